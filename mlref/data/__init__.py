@@ -1,0 +1,1 @@
+"""Click-log data: the synthetic generator and ingestion into curated Parquet."""

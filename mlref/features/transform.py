@@ -1,0 +1,151 @@
+"""The one feature transform, shared by training and serving.
+
+Training builds its tensors with :func:`transform` from the point-in-time training set; the
+serving transformer calls the same function on the rows it looked up in the online store.
+Cold entities (no feature row) get the same priors on both paths through :func:`fill_defaults`,
+so a model never sees a value at serving time that training could not have produced.
+
+Categorical inputs become int64 embedding indices; index 0 is the out-of-vocabulary / missing
+bucket, so an unseen id or category can never crash serving. Unbounded ids are hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlref import schema
+from mlref.settings import FeatureSettings
+
+WINDOWS = ("1d", "7d")
+USER_STATS = tuple(
+    f"user_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr")
+)
+AD_STATS = tuple(f"ad_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
+STAT_COLUMNS = USER_STATS + AD_STATS
+# Request-time inputs: what the caller knows about the impression being scored.
+REQUEST_COLUMNS = (
+    "user_id",
+    "ad_id",
+    "advertiser_id",
+    "ad_category",
+    "device_type",
+    "site_category",
+    "position",
+    "hour",
+)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier
+
+
+def smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior: float, strength: float):
+    """Bayesian-smoothed CTR: a cold entity sits at the prior, a busy one at its own rate."""
+    return (clicks + prior * strength) / (impressions + strength)
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """One embedding input. ``vocab`` None means the values are int ids, hashed into ``size``."""
+
+    name: str
+    size: int
+    vocab: tuple[str | int, ...] | None = None
+
+    def encode(self, values: pd.Series | np.ndarray) -> np.ndarray:
+        if self.vocab is not None:
+            codes = pd.Categorical(values, categories=list(self.vocab)).codes
+            return codes.astype(np.int64) + 1
+        ids = pd.to_numeric(pd.Series(values), errors="coerce")
+        valid = ids.notna().to_numpy() & (ids.fillna(-1).to_numpy() >= 0)
+        raw = ids.fillna(0).to_numpy().astype(np.uint64)
+        with np.errstate(over="ignore"):
+            mixed = (raw * _GOLDEN) >> np.uint64(32)
+        buckets = (mixed % np.uint64(self.size - 1)).astype(np.int64) + 1
+        return np.where(valid, buckets, 0)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model consumes, in order. Saved inside the ONNX model as its metadata."""
+
+    categorical: tuple[CategoricalFeature, ...]
+    numeric: tuple[str, ...]
+    defaults: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def categorical_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.categorical)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        raw = json.loads(text)
+        cats = tuple(
+            CategoricalFeature(
+                c["name"], c["size"], tuple(c["vocab"]) if c["vocab"] is not None else None
+            )
+            for c in raw["categorical"]
+        )
+        return cls(cats, tuple(raw["numeric"]), dict(raw["defaults"]))
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash that tells two specs apart (serving refuses a model built for another)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+
+def build_spec(settings: FeatureSettings) -> FeatureSpec:
+    """The feature spec for the current settings."""
+    categorical = (
+        CategoricalFeature("user_id", settings.user_hash_buckets),
+        CategoricalFeature("ad_id", settings.ad_hash_buckets),
+        CategoricalFeature("advertiser_id", settings.advertiser_hash_buckets),
+        CategoricalFeature("ad_category", len(schema.AD_CATEGORIES) + 1, schema.AD_CATEGORIES),
+        CategoricalFeature("device_type", len(schema.DEVICE_TYPES) + 1, schema.DEVICE_TYPES),
+        CategoricalFeature(
+            "site_category", len(schema.SITE_CATEGORIES) + 1, schema.SITE_CATEGORIES
+        ),
+        CategoricalFeature(
+            "position", schema.MAX_POSITION + 1, tuple(range(1, schema.MAX_POSITION + 1))
+        ),
+        CategoricalFeature("hour", 25, tuple(range(24))),
+    )
+    defaults = {
+        name: (settings.ctr_prior if "_ctr_" in name else 0.0) for name in STAT_COLUMNS
+    }
+    return FeatureSpec(categorical, STAT_COLUMNS, defaults)
+
+
+def fill_defaults(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fill missing stats with the priors; return the filled frame and a mask of what was filled.
+
+    A missing column counts as missing for every row (an entity absent from the store).
+    """
+    filled = frame.copy()
+    missing = pd.DataFrame(index=frame.index)
+    for name in spec.numeric:
+        column = filled[name] if name in filled else pd.Series(np.nan, index=filled.index)
+        missing[name] = column.isna()
+        filled[name] = column.astype("float64").fillna(spec.defaults[name])
+    return filled, missing
+
+
+def transform(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs for ``frame``: (categorical int64 [N, C], numeric float32 [N, M]).
+
+    ``frame`` must hold the request columns and the (already filled) stat columns.
+    Counts enter the model as log1p; rates as they are. Normalization lives in the model.
+    """
+    cat = np.stack([f.encode(frame[f.name]) for f in spec.categorical], axis=1)
+    num = np.empty((len(frame), len(spec.numeric)), dtype=np.float32)
+    for j, name in enumerate(spec.numeric):
+        values = frame[name].to_numpy(dtype=np.float64)
+        num[:, j] = values if "_ctr_" in name else np.log1p(np.clip(values, 0, None))
+    return cat.astype(np.int64), num

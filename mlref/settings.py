@@ -1,0 +1,207 @@
+"""The one settings object.
+
+Every field can be set three ways, highest precedence first: the ``MLREF_*`` environment
+(nested sections with ``__``, e.g. ``MLREF_TRAIN__EPOCHS=3``), a YAML config file named by
+``MLREF_CONFIG`` (or ``mlref.yaml`` in the working directory), and the defaults below.
+Local mode needs no configuration at all: every path lives under ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "MLREF_CONFIG"
+DEFAULT_CONFIG_FILE = "mlref.yaml"
+
+
+class Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class DataSettings(Section):
+    """The synthetic click-log generator."""
+
+    seed: int = 7
+    start_date: str = "2026-01-01"
+    days: int = Field(6, ge=1)
+    rows_per_day: int = Field(20_000, ge=1)
+    n_users: int = Field(5_000, ge=1)
+    n_ads: int = Field(400, ge=1)
+    n_advertisers: int = Field(60, ge=1)
+    chunk_rows: int = Field(250_000, ge=1_000, description="Rows held in memory at once.")
+
+
+class FeatureSettings(Section):
+    """Feast feature computation and stores."""
+
+    ctr_prior: float = Field(0.03, gt=0, lt=1, description="Prior CTR for cold entities.")
+    prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions of the prior.")
+    user_hash_buckets: int = Field(20_000, ge=16)
+    ad_hash_buckets: int = Field(4_000, ge=16)
+    advertiser_hash_buckets: int = Field(512, ge=16)
+    project: str = "mlref"
+    redis_connection: str = Field(
+        "localhost:6379", description="Online store in cluster mode (host:port[,options])."
+    )
+    offline_uri: str = Field(
+        "", description="Offline data root in cluster mode (any fsspec URI, e.g. s3://...)."
+    )
+
+
+class TrainSettings(Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    embedding_dim: int = Field(16, ge=1)
+    cross_layers: int = Field(2, ge=0)
+    hidden_units: list[int] = [128, 64]
+    dropout: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(2, ge=1, description="Epochs without val logloss gain before stopping.")
+    seed: int = 7
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    use_gpu_in_cluster: bool = Field(True, description="Request nvidia.com/gpu for training pods.")
+    test_days: int = Field(1, ge=1)
+    val_days: int = Field(1, ge=1)
+
+
+class ParitySettings(Section):
+    """Thresholds the int8 model must meet against fp32 before it is registered."""
+
+    max_abs_diff: float = 0.05
+    mean_abs_diff: float = 0.005
+    max_auc_drop: float = 0.002
+    max_logloss_increase: float = 0.002
+
+
+class RegistrySettings(Section):
+    tracking_uri: str = Field("", description="Empty: SQLite under work_dir (local mode).")
+    experiment: str = "mlref-ctr"
+    model_name: str = "ctr"
+    champion_min_auc_gain: float = Field(
+        0.0, description="Challenger must beat champion AUC by this much to be promoted."
+    )
+
+
+class ServingSettings(Section):
+    host: str = "127.0.0.1"
+    transformer_port: int = 8080
+    predictor_port: int = 8085
+    grpc: bool = False
+    model_name: str = "ctr"
+    intra_op_threads: int = Field(1, ge=1)
+    max_batch: int = Field(1024, ge=1)
+    log_flush_rows: int = Field(5_000, ge=1)
+    log_flush_seconds: float = Field(5.0, gt=0)
+
+
+class PipelineSettings(Section):
+    host: str = Field("", description="Kubeflow Pipelines endpoint for `pipeline submit`.")
+    namespace: str = "kubeflow"
+    existing_token_env: str = Field(
+        "KF_PIPELINES_TOKEN", description="Environment variable holding a bearer token."
+    )
+
+
+class Settings(BaseSettings):
+    """All of mlref's configuration, validated at construction."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLREF_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    mode: Literal["local", "cluster"] = "local"
+    work_dir: Path = Field(Path(".mlref"), description="Everything local mode writes.")
+    image: str = Field(
+        "ghcr.io/mlref/mlref:0.1.0", description="The one image every component and server runs."
+    )
+    data: DataSettings = DataSettings()
+    features: FeatureSettings = FeatureSettings()
+    train: TrainSettings = TrainSettings()
+    parity: ParitySettings = ParitySettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=config_file()),
+        )
+
+    # Derived locations: one place decides where each artefact lives.
+    @property
+    def raw_dir(self) -> Path:
+        return self.work_dir / "data" / "raw"
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.work_dir / "data" / "curated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.work_dir / "data" / "quarantine"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.work_dir / "features"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.work_dir / "artifacts"
+
+    @property
+    def inference_log_dir(self) -> Path:
+        return self.work_dir / "inference_log"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        return f"sqlite:///{(self.work_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return (self.work_dir / "mlruns").resolve()
+
+
+def config_file() -> Path | None:
+    """The YAML config file in force, if any; a named file that is missing is an error."""
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV}={named}: no such file; unset it or fix the path")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings`` instead)."""
+    return Settings()
+

@@ -1,0 +1,1 @@
+"""Training set, model, training loop, export and the model registry."""
