@@ -204,4 +204,3 @@ def config_file() -> Path | None:
 def get_settings() -> Settings:
     """The process-wide settings (tests build their own ``Settings`` instead)."""
     return Settings()
-

@@ -66,7 +66,10 @@ class Server:
         self.log = log
         self._out = log.open("wb")
         self.process = subprocess.Popen(
-            list(argv), stdout=self._out, stderr=subprocess.STDOUT, env=env,
+            list(argv),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
 

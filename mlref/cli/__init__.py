@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from mlref.cli import data, features, ingest, pipeline, train
+from mlref.cli import data, features, ingest, pipeline, serve, train
 
 app = typer.Typer(
     name="mlref",
@@ -16,8 +16,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(data.app, name="data", help="Generate synthetic ad-impression click logs.")
-app.add_typer(ingest.app, name="ingest", help="Validate raw logs into curated Parquet.")
-app.add_typer(features.app, name="features", help="Compute, apply and materialize Feast features.")
-app.add_typer(train.app, name="train", help="Train, export, quantize and register the CTR model.")
-app.add_typer(pipeline.app, name="pipeline", help="Compile, run locally or submit the kfp pipeline.")
+GROUPS = {
+    "data": (data, "Generate synthetic ad-impression click logs."),
+    "ingest": (ingest, "Validate raw logs into curated Parquet, quarantining bad rows."),
+    "features": (features, "Compute, apply and materialize Feast features."),
+    "train": (train, "Train, export, quantize and register the CTR model."),
+    "pipeline": (pipeline, "Compile, run locally or submit the kfp training pipeline."),
+    "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
+}
+for name, (module, text) in GROUPS.items():
+    app.add_typer(module.app, name=name, help=text)

@@ -23,9 +23,7 @@ from mlref import schema
 from mlref.settings import FeatureSettings
 
 WINDOWS = ("1d", "7d")
-USER_STATS = tuple(
-    f"user_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr")
-)
+USER_STATS = tuple(f"user_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
 AD_STATS = tuple(f"ad_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
 STAT_COLUMNS = USER_STATS + AD_STATS
 # Request-time inputs: what the caller knows about the impression being scored.
@@ -117,9 +115,7 @@ def build_spec(settings: FeatureSettings) -> FeatureSpec:
         ),
         CategoricalFeature("hour", 25, tuple(range(24))),
     )
-    defaults = {
-        name: (settings.ctr_prior if "_ctr_" in name else 0.0) for name in STAT_COLUMNS
-    }
+    defaults = {name: (settings.ctr_prior if "_ctr_" in name else 0.0) for name in STAT_COLUMNS}
     return FeatureSpec(categorical, STAT_COLUMNS, defaults)
 
 
