@@ -204,3 +204,12 @@ def config_file() -> Path | None:
 def get_settings() -> Settings:
     """The process-wide settings (tests build their own ``Settings`` instead)."""
     return Settings()
+
+
+def load_settings(settings_json: str = "") -> Settings:
+    """Settings passed into a kfp component as JSON, or the environment's when empty.
+
+    Pipelines pass the submitting process's settings explicitly so a run records and
+    reproduces exactly what it was given.
+    """
+    return Settings.model_validate_json(settings_json) if settings_json else get_settings()
