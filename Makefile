@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install tools demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "mlref needs Python 3.11 (torch 2.13 CPU build); run: make PYTHON=python3.11 ...")'
@@ -16,13 +16,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# checkov pins clash with ours, so it lives in its own venv nested in .venv.
+TOOLS := $(VENV)/tools
+$(TOOLS)/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet checkov==3.3.30
+
+tools: $(TOOLS)/bin/checkov
+
 demo: install
 	$(BIN)/mlref demo
 
 lint: install
 	$(BIN)/ruff check .
 
-test: lint
+test: lint tools
 	$(BIN)/pytest
 
 bench: install

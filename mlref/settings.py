@@ -40,6 +40,23 @@ class DataSettings(Section):
     n_ads: int = Field(400, ge=1)
     n_advertisers: int = Field(60, ge=1)
     chunk_rows: int = Field(250_000, ge=1_000, description="Rows held in memory at once.")
+    n_segments: int = Field(8, ge=1, description="Hidden user segments of the synthetic world.")
+    target_ctr: float = Field(0.03, gt=0, lt=0.5, description="Overall CTR of a baseline day.")
+    quality_bug_share: float = Field(
+        0.2, gt=0, le=1, description="Share of rows the `quality` scenario corrupts."
+    )
+    coldstart_share: float = Field(
+        0.3, gt=0, le=1, description="Share of impressions new ads take in `coldstart`."
+    )
+
+
+class IngestSettings(Section):
+    """Validation of raw click logs into curated Parquet."""
+
+    clock_skew_seconds: float = Field(
+        300.0, ge=0, description="How far in the future an event may be before it is rejected."
+    )
+    batch_rows: int = Field(250_000, ge=1_000, description="Rows validated in memory at once.")
 
 
 class FeatureSettings(Section):
@@ -66,6 +83,9 @@ class TrainSettings(Section):
     weight_decay: float = Field(1e-6, ge=0)
     embedding_dim: int = Field(16, ge=1)
     cross_layers: int = Field(2, ge=0)
+    cross_rank: int = Field(
+        0, ge=0, description="0: full-rank cross weights; r > 0: low-rank U V^T of rank r."
+    )
     hidden_units: list[int] = [128, 64]
     dropout: float = Field(0.1, ge=0, lt=1)
     patience: int = Field(2, ge=1, description="Epochs without val logloss gain before stopping.")
@@ -83,14 +103,33 @@ class ParitySettings(Section):
     mean_abs_diff: float = 0.005
     max_auc_drop: float = 0.002
     max_logloss_increase: float = 0.002
+    export_max_abs_diff: float = Field(
+        1e-4, description="fp32 ONNX vs torch: anything larger is an export bug, not rounding."
+    )
 
 
 class RegistrySettings(Section):
-    tracking_uri: str = Field("", description="Empty: SQLite under work_dir (local mode).")
+    """MLflow tracking and the model registry's promotion rule."""
+
+    tracking_uri: str = Field(
+        "", description="Empty: SQLite under work_dir (local mode); cluster: the tracking server."
+    )
+    artifact_location: str = Field(
+        "",
+        description="Artifact root of a newly created experiment. Empty: the tracking server's "
+        "default for an http(s) tracking URI, else work_dir/mlruns.",
+    )
     experiment: str = "mlref-ctr"
     model_name: str = "ctr"
     champion_min_auc_gain: float = Field(
-        0.0, description="Challenger must beat champion AUC by this much to be promoted."
+        0.0,
+        description="Challenger must beat champion AUC by at least this much to be promoted "
+        "(0: a tie promotes the newer model, trained on fresher data).",
+    )
+    champion_max_logloss_increase: float = Field(
+        0.001,
+        ge=0,
+        description="...and its logloss may be worse than the champion's by at most this.",
     )
 
 
@@ -104,6 +143,12 @@ class ServingSettings(Section):
     max_batch: int = Field(1024, ge=1)
     log_flush_rows: int = Field(5_000, ge=1)
     log_flush_seconds: float = Field(5.0, gt=0)
+    log_uri: str = Field(
+        "", description="Inference log target (fsspec URI, e.g. s3://...); empty: work_dir."
+    )
+    variant: str = Field("champion", description="Reported with every prediction and metric.")
+    predictor_timeout_seconds: float = Field(10.0, gt=0)
+    model_uri: str = Field("", description="Model to serve; empty: models:/<model_name>@champion.")
 
 
 class PipelineSettings(Section):
@@ -111,6 +156,18 @@ class PipelineSettings(Section):
     namespace: str = "kubeflow"
     existing_token_env: str = Field(
         "KF_PIPELINES_TOKEN", description="Environment variable holding a bearer token."
+    )
+
+
+class ClusterSettings(Section):
+    """Cluster mode: where mlref is deployed and what its manifests are validated against."""
+
+    namespace: str = "mlref"
+    kubernetes_version: str = Field(
+        "1.33", description="Kubernetes minor version the manifests are validated against."
+    )
+    pushgateway_url: str = Field(
+        "", description="Prometheus Pushgateway the drift job pushes its gauges to."
     )
 
 
@@ -130,12 +187,14 @@ class Settings(BaseSettings):
         "ghcr.io/mlref/mlref:0.1.0", description="The one image every component and server runs."
     )
     data: DataSettings = DataSettings()
+    ingest: IngestSettings = IngestSettings()
     features: FeatureSettings = FeatureSettings()
     train: TrainSettings = TrainSettings()
     parity: ParitySettings = ParitySettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

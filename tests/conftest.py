@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,3 +18,122 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         work_dir=tmp_path / ".mlref",
         data=DataSettings(days=3, rows_per_day=2_000, n_users=300, n_ads=60, n_advertisers=12),
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1; yields the URL of an empty database.
+
+    PostgreSQL refuses to run as root, so under root it runs as the ``postgres`` system user
+    (created by Debian's package) in a /tmp directory that user owns; /tmp also keeps the
+    socket path under the kernel's length limit.
+    """
+    import glob
+    import os
+    import pwd
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    import psycopg2
+
+    from tests.servers import Server, find_binary, free_port, require
+
+    bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    initdb = find_binary("initdb", "postgresql", bin_dirs)
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        accounts = {entry.pw_name: entry for entry in pwd.getpwall()}
+        require("postgres" in accounts, "no `postgres` user: `apt-get install postgresql`")
+        owner = accounts["postgres"]
+        as_user = [find_binary("runuser", "util-linux"), "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="mlref-pg-"))
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    data = base / "data"
+    init = subprocess.run(
+        [
+            *as_user,
+            initdb,
+            *("-D", str(data), "-U", "mlref", "--auth=trust", "--no-sync"),
+            *("--locale=C", "--encoding=UTF8"),
+        ],
+        cwd=base,
+        capture_output=True,
+        text=True,
+    )
+    if init.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
+    port = free_port()
+    server = Server(
+        [
+            *as_user,
+            str(Path(initdb).with_name("postgres")),
+            *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
+            *("-c", "fsync=off", "-c", "full_page_writes=off"),
+        ],
+        port,
+        base / "postgres.log",
+    )
+
+    def connect(dbname: str):
+        return psycopg2.connect(host="127.0.0.1", port=port, user="mlref", dbname=dbname)
+
+    def accepts_connections() -> bool:
+        try:
+            connect("postgres").close()
+        except psycopg2.OperationalError:
+            return False
+        return True
+
+    try:
+        server.wait_ready(check=accepts_connections)
+        admin = connect("postgres")
+        admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        admin.cursor().execute("CREATE DATABASE mlref")
+        admin.close()
+        yield f"postgresql://mlref@127.0.0.1:{port}/mlref"
+    finally:
+        # Fast shutdown (SIGINT) to the postmaster's own PID: a smart shutdown (SIGTERM) would
+        # wait for every pooled client connection to close, and runuser is only its parent.
+        pid_file = data / "postmaster.pid"
+        if pid_file.is_file():
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+            server.process.wait(timeout=30)
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway Redis on 127.0.0.1 without persistence; yields its ``host:port``."""
+    import redis
+
+    from tests.servers import Server, find_binary, free_port
+
+    binary = find_binary("redis-server", "redis-server")
+    base = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    server = Server(
+        [
+            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        port,
+        base / "redis.log",
+    )
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=port).ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        server.wait_ready(check=answers)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from mlref.cli import data, features, ingest, pipeline, serve, train
+from mlref.cli import data, features, ingest, manifests, pipeline, serve, train
 
 app = typer.Typer(
     name="mlref",
@@ -23,6 +23,7 @@ GROUPS = {
     "train": (train, "Train, export, quantize and register the CTR model."),
     "pipeline": (pipeline, "Compile, run locally or submit the kfp training pipeline."),
     "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
+    "manifests": (manifests, "Render and verify the Kubernetes manifests and Helm chart."),
 }
 for name, (module, text) in GROUPS.items():
     app.add_typer(module.app, name=name, help=text)

@@ -5,3 +5,42 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    source: str = typer.Argument(
+        ..., help="Raw logs: a Parquet/CSV file, a directory or glob of them; any fsspec URI."
+    ),
+) -> None:
+    """Validate raw click logs into curated Parquet; bad rows go to quarantine with reasons."""
+    from rich.markup import escape
+
+    from mlref.console import console, progress, summary
+    from mlref.data.ingest import IngestError, ingest
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    try:
+        with progress() as bar:
+            task = bar.add_task("Ingesting files", total=None)
+            result = ingest(
+                source,
+                settings,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except IngestError as e:
+        console.print(f"[red]ingest failed: {escape(str(e))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    rows = {
+        "files read": len(result.files),
+        "rows in": result.rows_in,
+        "rows curated": result.rows_curated,
+        "rows quarantined": result.rows_quarantined,
+        **{f"  {reason}": count for reason, count in result.reasons.items()},
+        "curated data": settings.curated_dir,
+        "quarantine": settings.quarantine_dir,
+        "partitions written": len(result.partitions),
+        "seconds": f"{result.seconds:.1f}",
+    }
+    summary("Ingestion", rows)

@@ -1,7 +1,88 @@
-"""`mlref serve` commands."""
+"""`mlref serve` commands: both servers locally, or one of them (what a container runs)."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from mlref.console import console
+
+app = typer.Typer(invoke_without_command=True)
+
+
+@app.callback()
+def serve(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        "", help="Model file, directory or models:/ URI; default models:/<model_name>@champion."
+    ),
+    grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC on the predictor."),
+) -> None:
+    """Start predictor and transformer on settings.serving.host (127.0.0.1) until Ctrl-C."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mlref.serving.server import default_model_uri, serve_local
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    serving = settings.serving
+    console.print(
+        f"transformer http://{serving.host}:{serving.transformer_port}"
+        f"/v1/models/{serving.model_name}:predict -> predictor "
+        f"http://{serving.host}:{serving.predictor_port}"
+    )
+    raise typer.Exit(serve_local(settings, model or default_model_uri(settings), grpc))
+
+
+@app.command()
+def predictor(
+    model: str = typer.Option(
+        "",
+        "--model",
+        "--model_dir",
+        help="Model file, directory (e.g. /mnt/models) or models:/ URI.",
+    ),
+    host: str = typer.Option("", help="Bind address; default settings.serving.host."),
+    port: int = typer.Option(0, "--port", "--http_port", help="Default serving.predictor_port."),
+    grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC."),
+    grpc_port: int = typer.Option(8081, "--grpc-port", "--grpc_port"),
+) -> None:
+    """Serve the ONNX model with KServe (v1 and v2 protocols)."""
+    from mlref.serving.server import default_model_uri, run_predictor
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    serving = settings.serving
+    try:
+        run_predictor(
+            settings,
+            model or default_model_uri(settings),
+            host or serving.host,
+            port or serving.predictor_port,
+            grpc,
+            grpc_port,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def transformer(
+    predictor_host: str = typer.Option(
+        "",
+        "--predictor-host",
+        "--predictor_host",
+        help="host:port of the predictor; default local.",
+    ),
+    host: str = typer.Option("", help="Bind address; default settings.serving.host."),
+    port: int = typer.Option(0, "--port", "--http_port", help="Default serving.transformer_port."),
+) -> None:
+    """Serve the transformer: Feast lookup, shared transform, predictor call, inference log."""
+    from mlref.serving.server import run_transformer
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    serving = settings.serving
+    target = predictor_host or f"{serving.host}:{serving.predictor_port}"
+    url = target if "://" in target else f"http://{target}"
+    run_transformer(settings, host or serving.host, port or serving.transformer_port, url)

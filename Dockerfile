@@ -1,0 +1,37 @@
+# The one mlref image: pipeline components, transformer, predictor, CronJobs and the MLflow
+# server all run from it. CPU torch by default; --build-arg TORCH_INDEX=cu128 (a PyTorch CUDA index) for CUDA.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/mlref
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY mlref mlref
+COPY components components
+COPY pipelines pipelines
+COPY serving serving
+COPY feature_repo feature_repo
+RUN /opt/mlref/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" \
+        --extra-index-url https://pypi.org/simple -c constraints.txt "torch==2.13.0" \
+ && /opt/mlref/bin/pip install -c constraints.txt .
+
+FROM ${PYTHON_IMAGE}
+RUN groupadd --gid 10001 mlref \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp mlref
+COPY --from=build /opt/mlref /opt/mlref
+COPY --chown=10001:10001 feature_repo /opt/mlref-feature-repo
+# A read-only root filesystem: everything written goes to /tmp (an emptyDir in the pods).
+ENV PATH=/opt/mlref/bin:$PATH \
+    HOME=/tmp \
+    MLREF_WORK_DIR=/tmp/mlref \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/.cache \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080 5000
+ENTRYPOINT []
+CMD ["mlref", "--help"]

@@ -1,0 +1,107 @@
+"""`mlref manifests` commands: render and verify the Kubernetes packaging offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def render(
+    overlay: str = typer.Option("", help="Kustomize overlay: base, kind, canary, promote, ..."),
+    chart: bool = typer.Option(False, "--chart", help="Render the Helm chart instead."),
+    values: str = typer.Option(
+        "default", help="With --chart: a value set (default, kind, canary, ...)."
+    ),
+) -> None:
+    """Print the rendered YAML of one overlay or of the chart."""
+    from mlref.k8s.render import (
+        RenderError,
+        chart_value_sets,
+        render_chart,
+        render_overlay,
+        repo_root,
+    )
+    from mlref.settings import get_settings
+
+    if chart == bool(overlay):
+        raise _fail("give exactly one of --overlay NAME or --chart")
+    try:
+        root = repo_root()
+        if chart:
+            sets = chart_value_sets(root)
+            if values not in sets:
+                raise _fail(f"no value set {values!r}; known: {', '.join(sets)}")
+            namespace = get_settings().cluster.namespace
+            form = render_chart(root, sets[values], values, namespace)
+        else:
+            form = render_overlay(root, overlay)
+    except RenderError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(form.to_yaml(), nl=False)
+
+
+@app.command()
+def verify(
+    crd_dir: Path | None = typer.Option(
+        None, help="Directory of CRD YAML (default: ../shared/crds beside the repo)."
+    ),
+    k8s_version: str = typer.Option("", help="Kubernetes version (default: settings)."),
+    skip_security: bool = typer.Option(
+        False, "--skip-security", help="Skip checkov (container hardening is still checked)."
+    ),
+) -> None:
+    """Render every overlay and chart value set, and check schemas, security, structure."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlref.k8s.checkov import CheckovMissing
+    from mlref.k8s.render import RenderError, render_all, repo_root
+    from mlref.k8s.schemas import SchemaSetupError, Validator
+    from mlref.k8s.verify import verify as run_verify
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    try:
+        root = repo_root()
+        validator = Validator(
+            crd_dir or root.parent / "shared" / "crds",
+            k8s_version or settings.cluster.kubernetes_version,
+        )
+        forms = render_all(root, settings.cluster.namespace)
+        report = run_verify(
+            forms, validator, settings.image, root / "pipelines", security_scan=not skip_security
+        )
+    except (RenderError, SchemaSetupError, CheckovMissing) as exc:
+        raise _fail(str(exc)) from None
+
+    table = Table(title=f"{len(report.objects)} objects in {len(forms)} rendered forms")
+    for column in ("kind", "name", "source", "schema", "security"):
+        table.add_column(column)
+    for result in report.objects:
+        table.add_row(
+            result.kind,
+            result.name,
+            result.source,
+            "[green]ok[/green]" if not result.schema else f"[red]{len(result.schema)} errors[/red]",
+            "[green]ok[/green]"
+            if not result.security
+            else f"[red]{len(result.security)} failed[/red]",
+        )
+    console = Console(width=max(Console().width, 100))
+    console.print(table)
+    if not report.ok:
+        for finding in report.findings:
+            console.print(f"[red]FAIL[/red] {finding}", highlight=False, soft_wrap=True)
+        raise _fail(f"{len(report.findings)} problems found")
+    console.print("[green]all manifests verified[/green]")

@@ -1,0 +1,317 @@
+"""Ingestion: raw click logs in, curated and quarantined Parquet out, nothing lost.
+
+Each input file becomes one part file per day, ``part-<hash>.parquet`` where the hash covers
+the file's location and content, in ``curated_dir/date=YYYY-MM-DD/`` (valid rows, exactly
+RAW_SCHEMA) and ``quarantine_dir/date=.../`` (every other row, original values as text, all
+its reasons, file and row). Re-ingesting a file rewrites the same parts, so reruns are
+idempotent. Everything is written to a staging directory first and moved into place only
+when every file has been read, so a failure leaves the datasets as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mlref.data.validate import UNKNOWN_DATE, Checked, as_mask, check, partitions, reasons
+from mlref.schema import RAW_COLUMNS, RAW_SCHEMA
+from mlref.settings import Settings
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+QUARANTINE_SCHEMA = pa.schema(
+    [pa.field(name, pa.string()) for name in RAW_COLUMNS]
+    + [
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),  # 0-based data row in the file
+    ]
+)
+CURATED, QUARANTINE = "curated", "quarantine"
+# Dictionary-encoding the near-unique columns would only cost write time (about half of it).
+DICTIONARY_COLUMNS = [
+    c for c in RAW_COLUMNS if c not in ("event_timestamp", "request_id", "user_id")
+]
+HASH_CHUNK = 8 << 20
+
+
+class IngestError(Exception):
+    """An input that cannot be ingested at all; the message names the file and the problem."""
+
+
+@dataclass
+class IngestResult:
+    """What one ingestion read and wrote."""
+
+    rows_in: int = 0
+    rows_curated: int = 0
+    rows_quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # rows having each reason
+    partitions: list[str] = field(default_factory=list)  # partition directories written
+    files: list[str] = field(default_factory=list)  # input files read
+    seconds: float = 0.0
+
+
+@dataclass
+class Source:
+    """One input file."""
+
+    uri: str
+    path: str
+    fmt: str
+    digest: str
+
+    @property
+    def part(self) -> str:
+        return f"part-{self.digest}.parquet"
+
+
+def ingest(
+    source: str,
+    settings: Settings,
+    now: datetime | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """Validate every row of ``source`` (a path, fsspec URI, directory or glob of Parquet/CSV).
+
+    ``now`` is the clock future timestamps are judged against (default: the current time);
+    ``on_progress(files_done, files_total)`` is called as files complete.
+    """
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    fs, sources = find_sources(source)
+    own_parts = {s.part for s in sources}
+    taken = RequestIds(settings.curated_dir, own_parts)
+    result = IngestResult(files=[s.uri for s in sources])
+    counts: Counter[str] = Counter()
+    with Staging(settings) as staging:
+        for done, src in enumerate(sources):
+            if on_progress:
+                on_progress(done, len(sources))
+            for offset, batch in _batches(fs, src, settings.ingest.batch_rows):
+                checked = check(batch, now, settings.ingest.clock_skew_seconds)
+                taken.claim(checked)
+                good, bad = _write_batch(staging, src, batch, checked, offset)
+                result.rows_in += batch.num_rows
+                result.rows_curated += good
+                result.rows_quarantined += bad
+                counts.update({r: int(m.sum()) for r, m in checked.problems.items()})
+            staging.close_files()
+        if result.rows_in != result.rows_curated + result.rows_quarantined:
+            raise AssertionError(f"rows lost: {result}")
+        result.partitions = staging.commit(settings, own_parts)
+    if on_progress:
+        on_progress(len(sources), len(sources))
+    result.reasons = dict(sorted(counts.items()))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def find_sources(source: str) -> tuple[fsspec.AbstractFileSystem, list[Source]]:
+    """The files ``source`` names, checked to be non-empty Parquet or CSV, with their hashes.
+
+    Files named ``.*`` or ``_*`` (markers such as ``_SUCCESS``) inside directories are skipped.
+    """
+    fs, path = fsspec.core.url_to_fs(source)
+    if fs.isfile(path):
+        paths = [path]
+    else:
+        found = [p for m in fs.glob(path) for p in (fs.find(m) if fs.isdir(m) else [m])]
+        paths = sorted(p for p in found if not PurePosixPath(p).name.startswith((".", "_")))
+    if not paths:
+        raise IngestError(f"{source}: nothing matches (no such file, or no files in it)")
+    return fs, [_source(fs, p) for p in paths]
+
+
+def _source(fs: fsspec.AbstractFileSystem, path: str) -> Source:
+    uri = fs.unstrip_protocol(path)
+    fmt = FORMATS.get(PurePosixPath(path).suffix.lower())
+    if fmt is None:
+        raise IngestError(f"{uri}: not a Parquet or CSV file (expected {', '.join(FORMATS)})")
+    digest = hashlib.blake2b(uri.encode(), digest_size=8)
+    size = 0
+    try:
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as e:
+        raise IngestError(f"{uri}: unreadable: {e}") from e
+    if size == 0:
+        raise IngestError(f"{uri}: empty file")
+    return Source(uri=uri, path=path, fmt=fmt, digest=digest.hexdigest())
+
+
+def _batches(
+    fs: fsspec.AbstractFileSystem, src: Source, batch_rows: int
+) -> Iterator[tuple[int, pa.Table]]:
+    """(first row number, rows) of RAW_COLUMNS, ``batch_rows`` or so at a time.
+
+    CSV is read as text so that validation, not the reader, decides what a bad value is.
+    """
+    rows = 0
+    try:
+        with fs.open(src.path, "rb") as f:
+            if src.fmt == "parquet":
+                parquet = pq.ParquetFile(f)
+                _require_columns(src, parquet.schema_arrow.names)
+                reader = parquet.iter_batches(batch_size=batch_rows, columns=list(RAW_COLUMNS))
+            else:
+                reader = pacsv.open_csv(
+                    f,
+                    read_options=pacsv.ReadOptions(block_size=max(batch_rows * 100, 1 << 20)),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=dict.fromkeys(RAW_COLUMNS, pa.string()),
+                        strings_can_be_null=True,
+                    ),
+                )
+                _require_columns(src, reader.schema.names)
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).select(list(RAW_COLUMNS))
+                yield rows, table
+                rows += table.num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise IngestError(f"{src.uri}: unreadable or corrupt {src.fmt} file: {e}") from e
+    if rows == 0:
+        raise IngestError(f"{src.uri}: empty file (no data rows)")
+
+
+def _require_columns(src: Source, names: list[str]) -> None:
+    missing = [c for c in RAW_COLUMNS if c not in names]
+    if missing:
+        raise IngestError(f"{src.uri}: missing column(s) {', '.join(missing)}")
+
+
+def _write_batch(
+    staging: Staging, src: Source, batch: pa.Table, checked: Checked, offset: int
+) -> tuple[int, int]:
+    """Stage the batch's valid and invalid rows by day; returns (curated, quarantined)."""
+    bad_mask = checked.bad(batch.num_rows)
+    good, bad = np.flatnonzero(~bad_mask), np.flatnonzero(bad_mask)
+    curated = pa.Table.from_arrays(
+        [checked.columns[f.name].take(good).cast(f.type) for f in RAW_SCHEMA], schema=RAW_SCHEMA
+    )
+    quarantined = pa.Table.from_arrays(
+        [batch.column(name).take(bad).cast(pa.string()) for name in RAW_COLUMNS]
+        + [
+            reasons(checked.problems, bad),
+            pa.array(np.full(len(bad), src.uri, dtype=object), pa.string()),
+            pa.array(bad + offset, pa.int64()),
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
+    for kind, table, days in (
+        (CURATED, curated, checked.days[good]),
+        (QUARANTINE, quarantined, checked.days[bad]),
+    ):
+        for date, rows in partitions(days):
+            staging.write(kind, date, src.part, table.take(rows))
+    if len(good) + len(bad) != batch.num_rows:
+        raise AssertionError(f"{src.uri}: rows lost at row {offset}")
+    return len(good), len(bad)
+
+
+class RequestIds:
+    """Which request ids are taken, so that each is curated once; the first valid row wins.
+
+    Taken means curated earlier for the same day from another source (``request_id: already
+    curated``) or curated by an earlier row of this ingestion (``request_id: duplicate``).
+    """
+
+    def __init__(self, curated_dir: Path, own_parts: set[str]) -> None:
+        self.curated_dir = curated_dir
+        self.own_parts = own_parts  # rewritten by this ingestion, so not "earlier"
+        self.before: dict[str, pa.Array] = {}
+        self.now: list[pa.Array] = [pa.array([], pa.string())]
+
+    def claim(self, checked: Checked) -> None:
+        """Add the request-id problems of a checked batch, and take the ids of its winners."""
+        ids = checked.columns["request_id"]
+        n = len(ids)
+        before = np.zeros(n, dtype=bool)
+        for date, rows in partitions(checked.days):
+            if date != UNKNOWN_DATE:
+                before[rows] = as_mask(pc.is_in(ids.take(rows), value_set=self._before(date)))
+        checked.add("request_id: already curated", before)
+        taken_now = as_mask(pc.is_in(ids, value_set=pa.concat_arrays(self.now)))
+        candidates = np.flatnonzero(~checked.bad(n) & ~taken_now)
+        # The winners are the first candidate row of each id (index_in finds first occurrences).
+        winners = pc.unique(ids.take(candidates))
+        first = candidates[pc.index_in(winners, value_set=ids.take(candidates)).to_numpy()]
+        # Each row's id's winning row, or n (after every row) when its id has no winner here.
+        code = pc.fill_null(pc.index_in(ids, value_set=winners), len(winners)).to_numpy()
+        later = np.append(first, n)[code] < np.arange(n)
+        checked.add("request_id: duplicate", as_mask(ids.is_valid()) & (taken_now | later))
+        self.now.append(winners)
+
+    def _before(self, date: str) -> pa.Array:
+        if date not in self.before:
+            parts = sorted((self.curated_dir / f"date={date}").glob("part-*.parquet"))
+            ids = [
+                pq.read_table(p, columns=["request_id"]).column(0).combine_chunks()
+                for p in parts
+                if p.name not in self.own_parts
+            ]
+            self.before[date] = pa.concat_arrays([pa.array([], pa.string()), *ids])
+        return self.before[date]
+
+
+class Staging:
+    """Part files written under a private directory, moved into the datasets on commit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.curated_dir.parent / ".staging" / uuid.uuid4().hex
+        self.writers: dict[Path, pq.ParquetWriter] = {}
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_files()
+        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another ingestion may be staging there
+            self.root.parent.rmdir()
+
+    def write(self, kind: str, date: str, part: str, table: pa.Table) -> None:
+        path = self.root / kind / f"date={date}" / part
+        if path not in self.writers:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writers[path] = pq.ParquetWriter(
+                path, table.schema, use_dictionary=DICTIONARY_COLUMNS
+            )
+        self.writers[path].write_table(table)
+
+    def close_files(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def commit(self, settings: Settings, own_parts: set[str]) -> list[str]:
+        """Move staged parts into place, drop stale parts of the same sources; partitions."""
+        targets = {CURATED: settings.curated_dir, QUARANTINE: settings.quarantine_dir}
+        written: set[Path] = set()
+        for kind, target in targets.items():
+            for staged in sorted((self.root / kind).glob("date=*/part-*.parquet")):
+                dest = target / staged.relative_to(self.root / kind)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, dest)
+                written.add(dest)
+            for old in target.glob("date=*/part-*.parquet"):
+                if old.name in own_parts and old not in written:
+                    old.unlink()
+        return sorted({str(p.parent) for p in written})

@@ -1,0 +1,160 @@
+"""Daily, point-in-time-correct entity statistics computed from the curated click log.
+
+For every day D from the day after the first data day to the day after the last, each entity
+active in [D-7d, D) gets one snapshot row stamped D 00:00 UTC, holding its impressions, clicks
+and smoothed CTR over [D-1d, D) and [D-7d, D). A row stamped t therefore only ever summarizes
+events strictly before t, so Feast's "latest row at or before t" join can never leak the
+impression being predicted (or anything after it) into its own training row.
+
+The log is scanned once in record batches with only the columns needed, and reduced to
+(entity, day) counts before any windowing, so memory follows entities x days, not rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
+from mlref.settings import Settings
+
+TIMESTAMP = "event_timestamp"
+CREATED = "created"
+LONG_WINDOW_DAYS = 7
+DAY = pd.Timedelta(days=1)
+
+
+class NoCuratedDataError(FileNotFoundError):
+    """There is nothing to compute features from."""
+
+
+@dataclass(frozen=True)
+class EntityTable:
+    """One entity's snapshot table: its join key, feature columns and file name."""
+
+    name: str
+    key: str
+    columns: tuple[str, ...]
+
+
+TABLES = (
+    EntityTable("user_stats", "user_id", USER_STATS),
+    EntityTable("ad_stats", "ad_id", AD_STATS),
+)
+
+
+def table_uri(settings: Settings, table: EntityTable) -> str:
+    """Where a snapshot table lives: feature_dir locally, the offline URI in cluster mode."""
+    if settings.mode == "cluster":
+        if not settings.features.offline_uri:
+            raise ValueError(
+                "cluster mode needs an offline store: set MLREF_FEATURES__OFFLINE_URI "
+                "(e.g. s3://bucket/offline)"
+            )
+        return f"{settings.features.offline_uri.rstrip('/')}/{table.name}.parquet"
+    return str((settings.feature_dir / f"{table.name}.parquet").resolve())
+
+
+def daily_counts(curated_dir: Path, batch_rows: int) -> dict[str, pd.DataFrame]:
+    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
+    if not curated_dir.is_dir() or not any(curated_dir.rglob("*.parquet")):
+        raise NoCuratedDataError(f"{curated_dir}: no curated data; run `mlref ingest run` first")
+    dataset = ds.dataset(curated_dir, format="parquet", partitioning="hive")
+    keys = [table.key for table in TABLES]
+    partials: dict[str, list[pd.DataFrame]] = {key: [] for key in keys}
+    for batch in dataset.to_batches(columns=[TIMESTAMP, *keys, "clicked"], batch_size=batch_rows):
+        frame = batch.to_pandas()
+        frame["day"] = frame[TIMESTAMP].dt.floor("D")
+        frame["clicked"] = frame["clicked"].astype("int64")
+        for key in keys:
+            grouped = frame.groupby([key, "day"], sort=False)["clicked"].agg(["size", "sum"])
+            partials[key].append(grouped)
+    return {
+        key: pd.concat(parts)
+        .groupby(level=[0, 1])
+        .sum()
+        .rename(columns={"size": "impressions", "sum": "clicks"})
+        .reset_index()
+        for key, parts in partials.items()
+    }
+
+
+def snapshots(daily: pd.DataFrame, table: EntityTable, prior: float, strength: float):
+    """Snapshot rows from (key, day, impressions, clicks) counts.
+
+    Each day's counts are spread to the snapshots of the next 7 days (offset 1 also feeds the
+    1-day window), then summed per (entity, snapshot): vectorized, no per-entity loop.
+    """
+    last_snapshot = daily["day"].max() + DAY
+    offsets = np.arange(1, LONG_WINDOW_DAYS + 1)
+    spread = daily.loc[daily.index.repeat(len(offsets))].reset_index(drop=True)
+    spread["offset"] = np.tile(offsets, len(daily))
+    spread[TIMESTAMP] = spread["day"] + pd.to_timedelta(spread["offset"], unit="D")
+    spread = spread[spread[TIMESTAMP] <= last_snapshot]
+    one_day = spread["offset"] == 1
+    spread["impressions_1d"] = spread["impressions"].where(one_day, 0)
+    spread["clicks_1d"] = spread["clicks"].where(one_day, 0)
+    out = (
+        spread.groupby([table.key, TIMESTAMP], sort=True)
+        .agg(
+            impressions_1d=("impressions_1d", "sum"),
+            clicks_1d=("clicks_1d", "sum"),
+            impressions_7d=("impressions", "sum"),
+            clicks_7d=("clicks", "sum"),
+        )
+        .reset_index()
+    )
+    prefix = table.key.removesuffix("_id")
+    for window in ("1d", "7d"):
+        clicks, impressions = out[f"clicks_{window}"], out[f"impressions_{window}"]
+        out[f"ctr_{window}"] = smoothed_ctr(
+            clicks.to_numpy("float64"), impressions.to_numpy("float64"), prior, strength
+        )
+    out = out.rename(columns=lambda c: f"{prefix}_{c}" if c not in (table.key, TIMESTAMP) else c)
+    out[table.key] = out[table.key].astype("int64")
+    # Feast hides versions created after the entity timestamp. A snapshot at D depends only on
+    # events before D, so D is when it could first have been created, even when backfilled.
+    out[CREATED] = out[TIMESTAMP]
+    return out[[table.key, TIMESTAMP, *table.columns, CREATED]]
+
+
+@dataclass(frozen=True)
+class ComputeResult:
+    """What was computed: rows and entities per table, snapshot range, where it went."""
+
+    rows: dict[str, int]
+    entities: dict[str, int]
+    first_snapshot: datetime
+    last_snapshot: datetime
+    uris: dict[str, str]
+
+
+def compute_tables(settings: Settings) -> ComputeResult:
+    """Compute both snapshot tables from the curated log and write them as Parquet."""
+    counts = daily_counts(settings.curated_dir, settings.data.chunk_rows)
+    rows, entities, uris, stamps = {}, {}, {}, []
+    for table in TABLES:
+        frame = snapshots(
+            counts[table.key],
+            table,
+            settings.features.ctr_prior,
+            settings.features.prior_strength,
+        )
+        uri = table_uri(settings, table)
+        fs, path = fsspec.core.url_to_fs(uri)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        with fs.open(path, "wb") as out:
+            frame.to_parquet(out, index=False)
+        rows[table.name] = len(frame)
+        entities[table.name] = int(frame[table.key].nunique())
+        uris[table.name] = uri
+        stamps.extend([frame[TIMESTAMP].min(), frame[TIMESTAMP].max()])
+    return ComputeResult(
+        rows, entities, min(stamps).to_pydatetime(), max(stamps).to_pydatetime(), uris
+    )

@@ -1,0 +1,226 @@
+"""The Feast store, configured from settings: apply, materialize, and both retrieval paths.
+
+Local mode keeps the registry and a SQLite online store under ``feature_dir`` and reads the
+snapshot Parquet through Feast's file offline store. Cluster mode differs only in where things
+live: Redis online (``features.redis_connection``) and registry + offline data under
+``features.offline_uri`` (any fsspec URI, e.g. ``s3://...``). The same code runs both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore, FeatureView, RepoConfig
+from feast.infra.provider import get_provider
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from feast.repo_config import RegistryConfig
+
+from mlref.features.compute import TABLES, TIMESTAMP, compute_tables
+from mlref.features.transform import STAT_COLUMNS
+from mlref.settings import Settings
+
+ROW_KEY = "_mlref_row"
+STEPS = 3  # reported through compute_and_materialize(on_step=...)
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """The Feast configuration for ``settings.mode``."""
+    if settings.mode == "cluster":
+        root = settings.features.offline_uri.rstrip("/")
+        if not root:
+            raise ValueError(
+                "cluster mode needs MLREF_FEATURES__OFFLINE_URI (registry and offline data root)"
+            )
+        registry = f"{root}/registry.db"
+        online = {"type": "redis", "connection_string": settings.features.redis_connection}
+    else:
+        local = settings.feature_dir.resolve()
+        local.mkdir(parents=True, exist_ok=True)
+        registry = str(local / "registry.db")
+        online = {"type": "sqlite", "path": str(local / "online.db")}
+    return RepoConfig(
+        project=settings.features.project,
+        provider="local",
+        registry=RegistryConfig(path=registry, cache_ttl_seconds=60),
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+    )
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    return FeatureStore(config=repo_config(settings))
+
+
+def apply(settings: Settings) -> None:
+    """Register the entities and feature views (idempotent)."""
+    # Imported here: the module also builds its objects from the process settings for the
+    # feast CLI, which should not run (or fail) just because this module is imported.
+    from mlref.feature_repo import definitions
+
+    open_store(settings).apply(definitions.build(settings))
+
+
+def materialize(settings: Settings, end: datetime) -> dict[str, datetime | None]:
+    """Load snapshots up to ``end`` into the online store, from where the last run stopped.
+
+    A first run starts one TTL before ``end`` (Feast's own incremental mode would start one
+    TTL before *now*, which skips a log whose days lie in the past). Returns each view's start,
+    None when it was already materialized up to ``end``.
+    """
+    store = open_store(settings)
+    starts: dict[str, datetime | None] = {}
+    for table in TABLES:
+        view = store.get_feature_view(table.name)
+        start = view.most_recent_end_time or end - view.ttl
+        if start >= end:
+            starts[table.name] = None
+            continue
+        store.materialize(start_date=start, end_date=end, feature_views=[table.name])
+        starts[table.name] = start
+    return starts
+
+
+def historical_features(settings: Settings, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Point-in-time join of every row of ``entity_df`` (user_id, ad_id, event_timestamp, ...).
+
+    Feast's file offline store keeps one row per (view join key, entity timestamp) and silently
+    drops the others, so each view is queried with its distinct (key, timestamp) pairs, keyed
+    by row number, and joined back. Rows Feast still returns nothing for keep NaN stats (as do
+    cold entities, left to ``transform.fill_defaults``); their count is returned.
+    """
+    keyed = entity_df.reset_index(drop=True)
+    store = open_store(settings)
+    parts, lost = [], np.zeros(len(keyed), dtype=bool)
+    for table in TABLES:
+        pairs = keyed[[table.key, TIMESTAMP]]
+        codes = pairs.groupby([table.key, TIMESTAMP], sort=False).ngroup().to_numpy()
+        request = pairs.drop_duplicates().reset_index(drop=True)
+        request[ROW_KEY] = np.arange(len(request))
+        refs = [f"{table.name}:{name}" for name in table.columns]
+        found = store.get_historical_features(entity_df=request, features=refs).to_df()
+        stats = (
+            found.drop_duplicates(ROW_KEY)
+            .set_index(ROW_KEY)[list(table.columns)]
+            .reindex(np.arange(len(request)))
+            .astype("float64")
+        )
+        lost |= ~np.isin(codes, found[ROW_KEY].to_numpy())
+        parts.append(stats.iloc[codes].reset_index(drop=True))
+    return pd.concat([keyed, *parts], axis=1), int(lost.sum())
+
+
+class OnlineFeatureLookup:
+    """Fast online reads for serving: one open store, one read per feature view per call.
+
+    ``FeatureStore.get_online_features`` re-resolves the registry and builds a response proto
+    on every call; this reads through the provider's ``online_read`` with the views resolved
+    once (re-resolved every ``refresh_seconds`` to pick up new materializations). A row more
+    than the view's TTL older than the last materialization is stale and reads as missing,
+    exactly as a point-in-time join at that moment would treat it.
+    """
+
+    def __init__(self, settings: Settings, refresh_seconds: float = 60.0):
+        self._store = open_store(settings)
+        self._config = self._store.config
+        self._provider = get_provider(self._config)
+        self._refresh_seconds = refresh_seconds
+        self._views: list[tuple[FeatureView, datetime | None]] = []
+        self._loaded_at = -np.inf
+
+    def _views_now(self) -> list[tuple[FeatureView, datetime | None]]:
+        """Each view with the time before which its rows are stale."""
+        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+            self._store.refresh_registry()
+            views = [self._store.get_feature_view(table.name) for table in TABLES]
+            self._views = [
+                (view, view.most_recent_end_time and view.most_recent_end_time - view.ttl)
+                for view in views
+            ]
+            self._loaded_at = time.monotonic()
+        return self._views
+
+    def lookup(self, user_ids: Sequence[int], ad_ids: Sequence[int]) -> pd.DataFrame:
+        """Stats for each (user, ad) pair, in input order; NaN where an entity is unknown."""
+        if len(user_ids) != len(ad_ids):
+            raise ValueError(f"{len(user_ids)} user ids but {len(ad_ids)} ad ids")
+        out = np.full((len(user_ids), len(STAT_COLUMNS)), np.nan)
+        first = 0
+        for table, (view, stale_before), ids in zip(
+            TABLES, self._views_now(), (user_ids, ad_ids), strict=True
+        ):
+            codes, uniques = pd.factorize(np.asarray(ids, dtype=np.int64))
+            values = self._read(view, stale_before, table.key, table.columns, uniques)
+            out[:, first : first + len(table.columns)] = values[codes]
+            first += len(table.columns)
+        return pd.DataFrame(out, columns=list(STAT_COLUMNS))
+
+    def _read(
+        self,
+        view: FeatureView,
+        stale_before: datetime | None,
+        key: str,
+        names: Sequence[str],
+        ids: np.ndarray,
+    ) -> np.ndarray:
+        keys = [EntityKey(join_keys=[key], entity_values=[Value(int64_val=int(i))]) for i in ids]
+        rows = self._provider.online_read(self._config, view, keys, list(names))
+        out = np.full((len(ids), len(names)), np.nan)
+        for i, (stamp, values) in enumerate(rows):
+            if values is None or (stale_before is not None and stamp < stale_before):
+                continue
+            for j, name in enumerate(names):
+                value = values.get(name)
+                kind = value.WhichOneof("val") if value is not None else None
+                if kind is not None:
+                    out[i, j] = getattr(value, kind)
+        return out
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    """What ``compute_and_materialize`` did: table sizes, snapshot range, where things are."""
+
+    rows: dict[str, int]
+    entities: dict[str, int]
+    first_snapshot: datetime
+    last_snapshot: datetime
+    offline: dict[str, str]
+    registry: str
+    online_store: str
+    materialized_from: dict[str, datetime | None]
+
+
+def compute_and_materialize(
+    settings: Settings, on_step: Callable[[str], None] = lambda step: None
+) -> FeaturesResult:
+    """Compute the snapshot tables, register them with Feast, and load the online store.
+
+    ``on_step`` is told each step's name as it completes (for progress displays).
+    """
+    computed = compute_tables(settings)
+    on_step("computed snapshots")
+    apply(settings)
+    on_step("applied definitions")
+    starts = materialize(settings, computed.last_snapshot)
+    on_step("materialized online")
+    config = repo_config(settings)
+    online = config.online_store
+    return FeaturesResult(
+        rows=computed.rows,
+        entities=computed.entities,
+        first_snapshot=computed.first_snapshot,
+        last_snapshot=computed.last_snapshot,
+        offline=computed.uris,
+        registry=config.registry.path,
+        online_store=f"redis {online.connection_string}"
+        if online.type == "redis"
+        else f"sqlite {online.path}",
+        materialized_from=starts,
+    )

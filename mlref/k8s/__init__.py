@@ -1,0 +1,1 @@
+"""Offline rendering and verification of the Kubernetes manifests and the Helm chart."""

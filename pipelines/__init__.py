@@ -1,0 +1,1 @@
+"""kfp pipelines: the training pipeline, its compiled IR and how to run it."""

@@ -1,0 +1,253 @@
+"""Request parsing and validation for both servers, and the one error shape they answer with.
+
+Every malformed request becomes a :class:`RequestError` (a 4xx) carrying a machine-readable
+code, a message that says what to fix, and the offending field; the servers render it (and
+KServe's own errors) as ``{"error": {"code": ..., "message": ..., "field": ...}}``.
+
+Wire formats:
+
+* transformer (business request): ``{"instances": [{"user_id": 1, "ad_id": 2, ...}, ...]}``
+  with the fields of :data:`BUSINESS_FIELDS`; ``hour`` and ``request_id`` are optional.
+* predictor v1: ``{"instances": [row, ...]}`` where a row is either the flat list
+  ``[cat_0..cat_7, num_0..num_11]`` or the object ``{"cat": [8 ints], "num": [12 numbers]}``.
+* predictor v2 (Open Inference Protocol): tensors ``cat`` INT64 [N, 8] and ``num`` FP32 [N, 12].
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+
+from mlref.onnx_model import INPUT_CAT, INPUT_NUM
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# name -> (required, accepted python type, description for messages)
+BUSINESS_FIELDS: dict[str, tuple[bool, type, str]] = {
+    "user_id": (True, int, "an integer id"),
+    "ad_id": (True, int, "an integer id"),
+    "advertiser_id": (True, int, "an integer id"),
+    "ad_category": (True, str, "a string"),
+    "device_type": (True, str, "a string"),
+    "site_category": (True, str, "a string"),
+    "position": (True, int, "an integer"),
+    "hour": (False, int, "an integer 0-23"),
+    "request_id": (False, str, "a string"),
+}
+REQUIRED_FIELDS = tuple(name for name, (required, _, _) in BUSINESS_FIELDS.items() if required)
+
+
+class RequestError(Exception):
+    """A client error: rendered as a 4xx in the one error shape, never a 500."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400, code: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.status = status
+        self.code = code or {404: "not_found", 413: "batch_too_large"}.get(
+            status, "invalid_request"
+        )
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict:
+    """The one error shape every response of both servers uses."""
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (NaN / Infinity literals are rejected by orjson, as RFC 8259 says)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+def instances_of(payload: Any, max_batch: int) -> list:
+    """The non-empty, bounded ``instances`` list of a request object (or its raw JSON)."""
+    if isinstance(payload, bytes | str):  # KServe passes bodies of non-JSON content types raw
+        payload = parse_json(payload)
+    if not isinstance(payload, dict):
+        raise RequestError(
+            f'request body must be a JSON object {{"instances": [...]}}, got {_kind(payload)}'
+        )
+    extra = sorted(set(payload) - {"instances"})
+    if extra:
+        raise RequestError(
+            f"unknown top-level field(s) {extra}; only 'instances' is accepted", field=extra[0]
+        )
+    if "instances" not in payload:
+        raise RequestError("missing field 'instances'", field="instances")
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(f"'instances' must be a list, got {_kind(instances)}", field="instances")
+    _check_size(len(instances), max_batch, "instances")
+    return instances
+
+
+def _check_size(n: int, max_batch: int, name: str) -> None:
+    if n == 0:
+        raise RequestError(f"'{name}' is empty: send at least one row", field=name)
+    if n > max_batch:
+        raise RequestError(
+            f"batch of {n} rows exceeds the limit of {max_batch} (serving.max_batch); split it",
+            field=name,
+            status=413,
+        )
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+@dataclass
+class BusinessBatch:
+    """Parsed business instances, column-wise (what lookup and transform consume)."""
+
+    columns: dict[str, list] = field(default_factory=dict)
+    request_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+def parse_business(payload: Any, max_batch: int, now: datetime | None = None) -> BusinessBatch:
+    """Validate a transformer request; fill ``hour`` (current UTC hour) and ``request_id``."""
+    instances = instances_of(payload, max_batch)
+    hour_now = (now or datetime.now(UTC)).hour
+    batch = BusinessBatch({name: [] for name in BUSINESS_FIELDS if name != "request_id"})
+    for i, row in enumerate(instances):
+        where = f"instances[{i}]"
+        if not isinstance(row, dict):
+            raise RequestError(f"{where} must be an object, got {_kind(row)}", field=where)
+        extra = sorted(set(row) - set(BUSINESS_FIELDS))
+        if extra:
+            raise RequestError(
+                f"{where}: unknown field(s) {extra}; accepted: {sorted(BUSINESS_FIELDS)}",
+                field=f"{where}.{extra[0]}",
+            )
+        for name in REQUIRED_FIELDS:
+            if name not in row:
+                raise RequestError(f"{where}: missing field '{name}'", field=f"{where}.{name}")
+        for name, (_, kind, text) in BUSINESS_FIELDS.items():
+            value = row.get(name)
+            if value is None and name in row:
+                raise RequestError(f"{where}.{name} must be {text}, got null", f"{where}.{name}")
+            if value is not None and (type(value) is not kind or _out_of_range(name, value)):
+                raise RequestError(
+                    f"{where}.{name} must be {text}, got {_kind(value)} {value!r}"[:300],
+                    field=f"{where}.{name}",
+                )
+        for name, values in batch.columns.items():
+            values.append(row.get(name, hour_now) if name == "hour" else row[name])
+        batch.request_ids.append(row.get("request_id") or uuid.uuid4().hex)
+    return batch
+
+
+def _out_of_range(name: str, value: Any) -> bool:
+    if name == "hour":
+        return not 0 <= value <= 23
+    return type(value) is int and not INT64_MIN <= value <= INT64_MAX
+
+
+def parse_v1_rows(payload: Any, max_batch: int, n_cat: int, n_num: int):
+    """Predictor v1 instances -> (cat int64 [N, n_cat], num float32 [N, n_num])."""
+    instances = instances_of(payload, max_batch)
+    cat = np.empty((len(instances), n_cat), dtype=np.int64)
+    num = np.empty((len(instances), n_num), dtype=np.float32)
+    for i, row in enumerate(instances):
+        where = f"instances[{i}]"
+        if isinstance(row, dict):
+            if set(row) != {INPUT_CAT, INPUT_NUM}:
+                raise RequestError(
+                    f"{where} must have exactly the keys '{INPUT_CAT}' and '{INPUT_NUM}', "
+                    f"got {sorted(row)}",
+                    field=where,
+                )
+            cat_values, num_values = row[INPUT_CAT], row[INPUT_NUM]
+            _check_list(cat_values, n_cat, f"{where}.{INPUT_CAT}")
+            _check_list(num_values, n_num, f"{where}.{INPUT_NUM}")
+        else:
+            _check_list(row, n_cat + n_num, where)
+            cat_values, num_values = row[:n_cat], row[n_cat:]
+        cat[i] = _ints(cat_values, where)
+        num[i] = _floats(num_values, where)
+    return cat, num
+
+
+def _check_list(value: Any, length: int, where: str) -> None:
+    if not isinstance(value, list):
+        raise RequestError(
+            f"{where} must be a list of {length} numbers, got {_kind(value)}", field=where
+        )
+    if len(value) != length:
+        raise RequestError(f"{where} must hold {length} values, got {len(value)}", field=where)
+
+
+def _ints(values: list, where: str) -> list[int]:
+    """Int64 values; integral floats pass too (a flat row of numpy floats sends 3.0)."""
+    for value in values:
+        integral = type(value) is int or (type(value) is float and value.is_integer())
+        if not integral or not INT64_MIN <= value <= INT64_MAX:
+            raise RequestError(
+                f"{where}: categorical inputs must be int64, got {value!r}", field=where
+            )
+    return values
+
+
+def _floats(values: list, where: str) -> list[float]:
+    for value in values:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise RequestError(
+                f"{where}: numeric inputs must be finite numbers, got {value!r}", field=where
+            )
+    return values
+
+
+V2_INPUTS = {INPUT_CAT: ("INT64", np.int64), INPUT_NUM: ("FP32", np.float32)}
+
+
+def parse_v2_inputs(inputs: list, max_batch: int, widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Open Inference Protocol inputs (KServe ``InferInput``s) -> validated arrays by name."""
+    names = [i.name for i in inputs]
+    if sorted(names) != sorted(V2_INPUTS):
+        raise RequestError(
+            f"inputs must be exactly {sorted(V2_INPUTS)}, got {names}", field="inputs"
+        )
+    arrays = {}
+    for item in inputs:
+        where = f"inputs[{item.name}]"
+        datatype, dtype = V2_INPUTS[item.name]
+        if item.datatype != datatype:
+            raise RequestError(
+                f"{where}: datatype must be {datatype}, got {item.datatype}",
+                field=f"{where}.datatype",
+            )
+        shape = list(item.shape)
+        if len(shape) != 2 or shape[1] != widths[item.name] or shape[0] < 0:
+            raise RequestError(
+                f"{where}: shape must be [N, {widths[item.name]}], got {shape}",
+                field=f"{where}.shape",
+            )
+        try:
+            array = item.as_numpy()
+        except (ValueError, TypeError) as exc:
+            raise RequestError(
+                f"{where}: data does not match shape {shape}: {exc}", field=f"{where}.data"
+            ) from exc
+        array = array.astype(dtype, copy=False)
+        if dtype is np.float32 and not np.isfinite(array).all():
+            raise RequestError(f"{where}: values must be finite", field=f"{where}.data")
+        arrays[item.name] = array
+    rows = {a.shape[0] for a in arrays.values()}
+    if len(rows) != 1:
+        raise RequestError(f"inputs disagree on the batch size: {sorted(rows)}", field="inputs")
+    _check_size(rows.pop(), max_batch, "inputs")
+    return arrays

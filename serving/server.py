@@ -1,0 +1,327 @@
+"""Process start and stop: KServe's ModelServer bound where we say, answering errors our way.
+
+:class:`ModelServer` is KServe's, with four differences that KServe has no switch for:
+the bind address (KServe hard-codes 0.0.0.0; local mode binds 127.0.0.1), the one error
+shape for every error response (KServe's handlers answer ``{"error": "..."}``, FastAPI's
+``{"detail": ...}``), an ``mlref_requests`` counter by status code, and model versions in
+the v2 model metadata. It runs one uvicorn process on uvloop; gRPC only when asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import kserve
+import uvloop
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+    UnsupportedProtocol,
+)
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException
+
+from mlref.serving import metrics
+from mlref.serving.requests import RequestError, error_body
+from mlref.settings import Settings
+
+log = logging.getLogger(__name__)
+# KServe's exception -> (status, code) in the one error shape.
+KSERVE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    InvalidInput: (400, "invalid_request"),
+    ModelNotFound: (404, "model_not_found"),
+    ModelNotReady: (503, "model_not_ready"),
+    ServerNotLive: (503, "server_not_live"),
+    ServerNotReady: (503, "server_not_ready"),
+    UnsupportedProtocol: (501, "unsupported_protocol"),
+    NotImplementedError: (501, "not_implemented"),
+}
+SCORING_PATHS = (":predict", "/infer")
+KSERVE_BAD_JSON = "Unrecognized request format"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, KServe's and FastAPI's included, as ``error_body``."""
+
+    async def request_error(_, exc: RequestError):
+        return ORJSONResponse(error_body(exc.code, exc.message, exc.field), exc.status)
+
+    def known(status: int, code: str):
+        async def handler(_, exc: Exception):
+            message = str(exc)
+            if message.startswith(KSERVE_BAD_JSON):  # KServe's words for a JSON syntax error
+                code_, message = (
+                    "malformed_json",
+                    "request body is not valid JSON" + message[len(KSERVE_BAD_JSON) :],
+                )
+                return ORJSONResponse(error_body(code_, message), status)
+            return ORJSONResponse(error_body(code, message), status)
+
+        return handler
+
+    async def validation_error(_, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+        message = f"invalid request body: {first.get('msg', 'validation failed')}"
+        if where:
+            message += f" at '{where}'"
+        return ORJSONResponse(error_body("invalid_request", message, where), 400)
+
+    async def http_error(_, exc: HTTPException):
+        return ORJSONResponse(
+            error_body(f"http_{exc.status_code}", str(exc.detail)), exc.status_code
+        )
+
+    async def unexpected(_, exc: Exception):
+        log.exception("unexpected error")
+        return ORJSONResponse(error_body("internal_error", f"{type(exc).__name__}: {exc}"), 500)
+
+    app.add_exception_handler(RequestError, request_error)
+    for kind, (status, code) in KSERVE_ERRORS.items():
+        app.add_exception_handler(kind, known(status, code))
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class RequestMetrics:
+    """ASGI middleware: ``mlref_requests`` by status, model version and variant."""
+
+    def __init__(self, app, server: str, labels: Callable[[], tuple[str, str]]):
+        self.app = app
+        self.server = server
+        self.labels = labels
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith(SCORING_PATHS):
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def record_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            metrics.REQUESTS.labels(self.server, str(status), *self.labels()).inc()
+
+
+class _RESTServer(RESTServer):
+    def __init__(self, *args, host: str, server: str, labels: Callable, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.host = host
+        self.server_name = server
+        self.labels = labels
+
+    def _add_middlewares(self, app: FastAPI) -> None:
+        super()._add_middlewares(app)
+        app.add_middleware(RequestMetrics, server=self.server_name, labels=self.labels)
+
+    def _add_exception_handlers(self, app: FastAPI) -> None:
+        install_error_handlers(app)
+
+
+class _DataPlane(DataPlane):
+    async def model_metadata(self, model_name: str) -> dict:
+        metadata = await super().model_metadata(model_name)
+        version = getattr(self.get_model_from_registry(model_name), "version", "")
+        return {
+            **metadata,
+            "platform": "onnxruntime_onnx",
+            "versions": [version] if version else [],
+        }
+
+
+class ModelServer(kserve.ModelServer):
+    """KServe's ModelServer on ``host`` (one process), with mlref errors and metrics."""
+
+    def __init__(
+        self,
+        host: str,
+        http_port: int,
+        server: str,
+        labels: Callable[[], tuple[str, str]],
+        grpc: bool = False,
+        grpc_port: int = 8081,
+    ):
+        super().__init__(
+            http_port=http_port,
+            grpc_port=grpc_port,
+            enable_grpc=grpc,
+            workers=1,
+            enable_latency_logging=False,
+        )
+        self.host = host
+        self.server_name = server
+        self.labels = labels
+        self.dataplane = _DataPlane(model_registry=self.registered_models)
+        quiet_request_logs()
+
+    def start(self, models: list[kserve.Model]) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = _RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            host=self.host,
+            server=self.server_name,
+            labels=self.labels,
+            grace_period=self.grace_period,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            self._grpc_server = GRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs={},
+                grace_period=self.grace_period,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.register_signal_handler()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            self.setup_event_loop_in(runner.get_loop())
+            runner.run(self._serve())
+
+    def setup_event_loop_in(self, loop: asyncio.AbstractEventLoop) -> None:
+        """KServe's executor and exception handler, on the loop that actually runs."""
+        asyncio.set_event_loop(loop)
+        self.setup_event_loop()
+
+
+def quiet_request_logs() -> None:
+    """KServe and uvicorn log up to three lines per request; keep warnings only."""
+    for name in ("kserve.trace", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_predictor(
+    settings: Settings,
+    model_uri: str,
+    host: str,
+    port: int,
+    grpc: bool = False,
+    grpc_port: int = 8081,
+) -> None:
+    """Load the model and serve it until SIGTERM / SIGINT."""
+    from mlref.serving.predictor import OnnxPredictor
+
+    model = OnnxPredictor(settings.serving.model_name, model_uri, settings)
+    model.load()
+    variant = settings.serving.variant
+    server = ModelServer(host, port, "predictor", lambda: (model.version, variant), grpc, grpc_port)
+    server.start([model])
+
+
+def run_transformer(
+    settings: Settings, host: str, port: int, predictor_url: str, lookup=None
+) -> None:
+    """Serve the transformer until SIGTERM / SIGINT, then flush the inference log."""
+    from mlref.features.transform import build_spec
+    from mlref.serving.inference_log import InferenceLog
+    from mlref.serving.transformer import CtrTransformer
+
+    if lookup is None:
+        from mlref.features.store import OnlineFeatureLookup
+
+        lookup = OnlineFeatureLookup(settings)
+    serving = settings.serving
+    inference_log = InferenceLog(
+        serving.log_uri or str(settings.inference_log_dir),
+        serving.log_flush_rows,
+        serving.log_flush_seconds,
+    )
+    model = CtrTransformer(
+        serving.model_name,
+        settings,
+        build_spec(settings.features),
+        lookup,
+        predictor_url,
+        inference_log,
+    )
+    server = ModelServer(host, port, "transformer", lambda: (model.model_version, model.variant))
+    try:
+        server.start([model])
+    finally:
+        inference_log.close()
+
+
+def default_model_uri(settings: Settings) -> str:
+    return settings.serving.model_uri or f"models:/{settings.serving.model_name}@champion"
+
+
+def serve_local(settings: Settings, model_uri: str, grpc: bool = False) -> int:
+    """Predictor and transformer as two local processes; SIGTERM / SIGINT stops both cleanly."""
+    serving = settings.serving
+    cli = [sys.executable, "-m", "mlref.serving.server"]
+    common = ["--host", serving.host]
+    predictor = subprocess.Popen(
+        [
+            *cli,
+            "predictor",
+            *common,
+            "--port",
+            str(serving.predictor_port),
+            "--model",
+            model_uri,
+            *(["--grpc"] if grpc else []),
+        ]
+    )
+    transformer = subprocess.Popen(
+        [
+            *cli,
+            "transformer",
+            *common,
+            "--port",
+            str(serving.transformer_port),
+            "--predictor-host",
+            f"{serving.host}:{serving.predictor_port}",
+        ]
+    )
+    children = (transformer, predictor)  # stop order: the transformer drains first
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=60)
+    return max(abs(child.returncode or 0) for child in children) if not stopping else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlref.serving.server predictor|transformer``: the CLI without Typer."""
+    from mlref.cli.serve import app
+
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="mlref serve")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The Feast store: point-in-time retrieval, online lookup, local and cluster configurations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlref.features import store
+from mlref.features.compute import compute_tables
+from mlref.features.transform import STAT_COLUMNS, build_spec, fill_defaults
+from mlref.settings import FeatureSettings, Settings
+from tests.features import LOG, events, write_curated
+
+
+def _stamp(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def _snapshot(settings: Settings, name: str, key: str, entity: int, day: str) -> pd.Series:
+    """One row of a computed snapshot table, read straight from its Parquet file."""
+    frame = pd.read_parquet(settings.feature_dir / f"{name}.parquet")
+    match = frame[(frame[key] == entity) & (frame["event_timestamp"] == _stamp(day))]
+    assert len(match) == 1
+    return match.iloc[0]
+
+
+@pytest.fixture
+def applied(settings: Settings) -> Settings:
+    """The hand-built log computed into snapshot tables and registered with Feast."""
+    write_curated(settings.curated_dir, events(LOG))
+    compute_tables(settings)
+    store.apply(settings)
+    return settings
+
+
+def test_training_rows_never_see_their_own_event_or_later(applied: Settings):
+    entity_df = pd.DataFrame(
+        [
+            ("2026-01-02 00:00:00", 1, 10),  # user 1 clicks at exactly this instant
+            ("2026-01-02 00:00:00", 1, 11),  # ad 11's first impression is this one
+            ("2026-01-01 23:59:59", 1, 10),  # before the first snapshot
+            ("2026-01-02 23:59:59", 1, 10),
+            ("2026-01-03 00:00:00", 1, 10),  # the Jan 2 click is now in the past
+            ("2026-01-12 00:00:00", 2, 11),  # last snapshots Jan 10: older than the TTL
+            ("2026-01-02 00:00:00", 3, 10),  # same ad and instant as the first row
+        ],
+        columns=["event_timestamp", "user_id", "ad_id"],
+    )
+    entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
+    entity_df["request_id"] = [f"q{i}" for i in range(len(entity_df))]
+
+    joined, dropped = store.historical_features(applied, entity_df)
+
+    assert joined["request_id"].tolist() == entity_df["request_id"].tolist()
+    assert list(joined.columns) == [*entity_df.columns, *STAT_COLUMNS]
+    user_7d = joined["user_impressions_7d"].tolist()
+    ad_7d = joined["ad_impressions_7d"].tolist()
+    # The click at Jan 2 00:00 (row 0) is excluded there and counted from Jan 3 on (row 4).
+    assert user_7d[0] == 2 and joined.at[0, "user_clicks_7d"] == 1
+    assert user_7d[3] == 2 and user_7d[4] == 3 and joined.at[4, "user_clicks_1d"] == 1
+    assert np.isnan(ad_7d[1])  # the ad's only history is the impression being scored
+    assert joined.iloc[2][list(STAT_COLUMNS)].isna().all()
+    assert joined.iloc[5][list(STAT_COLUMNS)].isna().all()
+    # Feast keeps one row per (ad, instant); both rows still get the ad's stats.
+    assert ad_7d[0] == ad_7d[6] == 3
+    assert user_7d[6] == 1
+    expected = _snapshot(applied, "user_stats", "user_id", 1, "2026-01-03")
+    assert joined.loc[4, list(expected.index[2:-1])].tolist() == expected.iloc[2:-1].tolist()
+    # Rows 1, 2 and 5 have entity rows only after them, or too long before: Feast drops them.
+    assert dropped == 3
+
+
+def test_cold_entities_are_nan_on_both_paths_and_get_the_priors(applied: Settings):
+    entity_df = pd.DataFrame(
+        {"user_id": [999], "ad_id": [555], "event_timestamp": [_stamp("2026-01-05 12:00")]}
+    )
+    historical, _ = store.historical_features(applied, entity_df)
+    store.materialize(applied, _stamp("2026-01-10").to_pydatetime())
+    online = store.OnlineFeatureLookup(applied).lookup([999], [555])
+
+    spec = build_spec(FeatureSettings(ctr_prior=applied.features.ctr_prior))
+    for frame in (historical, online):
+        assert frame[list(STAT_COLUMNS)].isna().all(axis=None)
+        filled, missing = fill_defaults(frame, spec)
+        assert missing[list(STAT_COLUMNS)].all(axis=None)
+        for name in STAT_COLUMNS:
+            prior = applied.features.ctr_prior if "_ctr_" in name else 0.0
+            assert filled.at[0, name] == prior
+
+
+def test_local_build_then_lookup_serves_the_latest_snapshots(settings: Settings):
+    write_curated(settings.curated_dir, events(LOG))
+    result = store.compute_and_materialize(settings)
+
+    assert result.rows == {"user_stats": 23, "ad_stats": 16}
+    assert result.online_store.startswith("sqlite ")
+    assert Path(result.registry) == settings.feature_dir.resolve() / "registry.db"
+    lookup = store.OnlineFeatureLookup(settings)
+    found = lookup.lookup([1, 999, 2, 1], [11, 10, 555, 11])
+
+    assert list(found.columns) == list(STAT_COLUMNS) and len(found) == 4
+    user1 = _snapshot(settings, "user_stats", "user_id", 1, "2026-01-10")
+    ad11 = _snapshot(settings, "ad_stats", "ad_id", 11, "2026-01-10")
+    for row in (0, 3):
+        assert found.loc[row, user1.index[2:-1]].tolist() == user1.iloc[2:-1].tolist()
+        assert found.loc[row, ad11.index[2:-1]].tolist() == ad11.iloc[2:-1].tolist()
+    assert found.loc[1, "user_impressions_7d"] != found.loc[1, "user_impressions_7d"]
+    assert found.loc[2, "ad_ctr_7d"] != found.loc[2, "ad_ctr_7d"]
+    assert found.loc[2, "user_impressions_1d"] == 0 and found.loc[2, "user_impressions_7d"] == 1
+
+    # Feast's own online API agrees on everything that is fresh.
+    feast = (
+        store.open_store(settings)
+        .get_online_features(
+            features=[f"user_stats:{c}" for c in STAT_COLUMNS[:6]]
+            + [f"ad_stats:{c}" for c in STAT_COLUMNS[6:]],
+            entity_rows=[{"user_id": u, "ad_id": a} for u, a in [(1, 11), (999, 10), (2, 555)]],
+        )
+        .to_df()
+    )
+    np.testing.assert_allclose(
+        found.iloc[:3].to_numpy(), feast[list(STAT_COLUMNS)].to_numpy(dtype=float)
+    )
+    with pytest.raises(ValueError, match="2 user ids but 1 ad ids"):
+        lookup.lookup([1, 2], [10])
+
+
+def test_incremental_materialization_and_stale_rows(applied: Settings):
+    first = store.materialize(applied, _stamp("2026-01-05").to_pydatetime())
+    assert set(first.values()) == {_stamp("2026-01-04")}  # one TTL before the first end
+    lookup = store.OnlineFeatureLookup(applied, refresh_seconds=0)
+    assert lookup.lookup([1, 3], [10, 10])["user_impressions_7d"].tolist() == [3, 1]
+
+    second = store.materialize(applied, _stamp("2026-01-10").to_pydatetime())
+    assert set(second.values()) == {_stamp("2026-01-05")}  # from where the last run ended
+    assert set(store.materialize(applied, _stamp("2026-01-10").to_pydatetime()).values()) == {None}
+    found = lookup.lookup([1, 3], [10, 10])
+    assert found.loc[0, "user_impressions_7d"] == 1  # the Jan 10 snapshot
+    # User 3's newest row (Jan 8) is still in the online store, but more than the TTL older
+    # than the last materialization: a point-in-time join would not use it, nor does lookup.
+    feast = store.open_store(applied).get_online_features(
+        features=["user_stats:user_impressions_7d"], entity_rows=[{"user_id": 3}]
+    )
+    assert feast.to_dict()["user_impressions_7d"] == [1]
+    assert np.isnan(found.loc[1, "user_impressions_7d"])
+
+
+def test_cluster_config_uses_redis_and_the_offline_uri(
+    settings: Settings, redis_server: str, tmp_path: Path
+):
+    offline = tmp_path / "object-store" / "offline"
+    cluster = settings.model_copy(
+        update={
+            "mode": "cluster",
+            "features": settings.features.model_copy(
+                update={
+                    "redis_connection": redis_server,
+                    "offline_uri": str(offline),
+                    "project": "mlref_cluster_test",
+                }
+            ),
+        }
+    )
+    write_curated(cluster.curated_dir, events(LOG))
+    result = store.compute_and_materialize(cluster)
+
+    assert result.online_store == f"redis {redis_server}"
+    assert result.registry == f"{offline}/registry.db" and Path(result.registry).is_file()
+    assert result.offline["user_stats"] == f"{offline}/user_stats.parquet"
+    assert not (cluster.feature_dir / "online.db").exists()
+    found = store.OnlineFeatureLookup(cluster).lookup([1, 999], [11, 10])
+    assert found.loc[
+        0, ["user_impressions_1d", "ad_impressions_1d", "ad_impressions_7d"]
+    ].tolist() == [1, 0, 1]
+    assert found.loc[1, "user_impressions_1d"] != found.loc[1, "user_impressions_1d"]
+    joined, _ = store.historical_features(
+        cluster,
+        pd.DataFrame(
+            {"user_id": [1], "ad_id": [10], "event_timestamp": [_stamp("2026-01-03 05:00")]}
+        ),
+    )
+    assert joined.at[0, "user_impressions_7d"] == 3
+
+
+def test_cluster_mode_without_an_offline_uri_names_the_setting(settings: Settings):
+    with pytest.raises(ValueError, match="MLREF_FEATURES__OFFLINE_URI"):
+        store.repo_config(settings.model_copy(update={"mode": "cluster"}))

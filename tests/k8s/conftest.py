@@ -1,0 +1,53 @@
+"""Session fixtures: render every form once, load the real CRDs once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlref.k8s.checkov import CheckovMissing, checkov_binary
+from mlref.k8s.render import Rendered, render_all, repo_root
+from mlref.k8s.schemas import Validator
+from tests.servers import require
+
+KUBERNETES_VERSION = "1.33"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return repo_root()
+
+
+@pytest.fixture(scope="session")
+def crd_dir(root: Path) -> Path:
+    path = root.parent / "shared" / "crds"
+    require(path.is_dir(), f"CRDs not found at {path} (the repo expects ../shared/crds)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def validator(crd_dir: Path) -> Validator:
+    return Validator(crd_dir, KUBERNETES_VERSION)
+
+
+@pytest.fixture(scope="session")
+def forms(root: Path) -> list[Rendered]:
+    return render_all(root)
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    try:
+        return checkov_binary()
+    except CheckovMissing as exc:
+        require(False, str(exc))
+        raise
+
+
+def form(forms: list[Rendered], source: str) -> Rendered:
+    return next(f for f in forms if f.source == source)
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)

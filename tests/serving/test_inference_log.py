@@ -1,0 +1,56 @@
+"""The inference log over a real transformer: one record per scored row after a clean stop."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlref.features.transform import STAT_COLUMNS
+from mlref.serving.predictor import file_version
+from tests.serving.conftest import serving_settings, start_predictor, start_transformer
+from tests.serving.feast_store import build_store
+from tests.serving.model import build_model
+from tests.serving.test_servers import business_rows
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
+    # Bounds far away: only the shutdown flush can write these rows.
+    settings = serving_settings(tmp_path, log_flush_rows=100_000, log_flush_seconds=600)
+    model = build_model(tmp_path / "model.onnx", settings)
+    build_store(tmp_path / "feast", range(1, 41), range(1, 16))
+    predictor = start_predictor(settings, model, tmp_path)
+    try:
+        transformer = start_transformer(
+            settings, tmp_path / "feast", f"http://127.0.0.1:{predictor.port}", tmp_path
+        )
+        url = f"http://127.0.0.1:{transformer.port}/v1/models/ctr:predict"
+        sent, answers, versions = [], {}, set()
+        for batch in (1, 5, 80):
+            rows = business_rows(batch, seed=batch)
+            body = httpx.post(url, json={"instances": rows}, timeout=10).json()
+            sent += rows
+            versions.add(body["model_version"])
+            answers.update({p["request_id"]: p for p in body["predictions"]})
+        httpx.post(url, json={"instances": []}, timeout=10)  # rejected: never logged
+        transformer.stop()
+    finally:
+        predictor.stop()
+    assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]
+    files = sorted(settings.inference_log_dir.glob("date=*/part-*.parquet"))
+    assert files
+    log = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    assert len(log) == len(sent) == len(set(log["request_id"]))
+    log = log.set_index("request_id").loc[[r["request_id"] for r in sent]]
+    for column in ("user_id", "ad_id", "advertiser_id", "device_type", "position", "hour"):
+        assert log[column].tolist() == [r[column] for r in sent]
+    np.testing.assert_allclose(
+        log["probability"], [answers[r["request_id"]]["probability"] for r in sent], rtol=1e-6
+    )
+    assert [list(d) for d in log["defaulted"]] == [answers[r]["defaulted"] for r in log.index]
+    assert not log[list(STAT_COLUMNS)].isna().any().any()  # stats as used: after defaults
+    assert set(log["model_version"]) == versions == {file_version(model)}
+    assert set(log["variant"]) == {"champion"}

@@ -1,0 +1,304 @@
+"""The predictor and transformer over HTTP: answers, protocols, errors, metrics, load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+from mlref import onnx_model
+from mlref.features.transform import build_spec, fill_defaults, transform
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS
+
+pytestmark = pytest.mark.slow
+
+
+def business_rows(n: int, seed: int = 0) -> list[dict]:
+    """Known and unknown users / ads, vocabulary and out-of-vocabulary categories."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        rows.append(
+            {
+                "user_id": int(rng.choice([*KNOWN_USERS, 10_000 + i])),
+                "ad_id": int(rng.choice([*KNOWN_ADS, 9_000 + i])),
+                "advertiser_id": int(rng.integers(1, 50)),
+                "ad_category": str(rng.choice(["retail", "travel", "unheard-of"])),
+                "device_type": str(rng.choice(["mobile", "desktop", "toaster"])),
+                "site_category": str(rng.choice(["news", "video"])),
+                "position": int(rng.integers(1, 10)),
+                "hour": int(rng.integers(0, 24)),
+                "request_id": f"req-{seed}-{i}",
+            }
+        )
+    return rows
+
+
+def expected(stack, lookup, rows: list[dict]) -> tuple[np.ndarray, list[list[str]]]:
+    """lookup + fill_defaults + transform + onnxruntime, in this process."""
+    spec = build_spec(stack.settings.features)
+    frame = pd.DataFrame(rows).drop(columns="request_id")
+    stats = lookup.lookup(frame["user_id"].tolist(), frame["ad_id"].tolist())
+    filled, missing = fill_defaults(pd.concat([frame, stats], axis=1), spec)
+    cat, num = transform(filled, spec)
+    model = onnx_model.load(stack.model_path)
+    defaulted = [[n for n in spec.numeric if missing.loc[i, n]] for i in missing.index]
+    return model.predict(cat, num), defaulted
+
+
+def in_process(stack, cat, num) -> np.ndarray:
+    return onnx_model.load(stack.model_path).predict(cat, num)
+
+
+def random_inputs(n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    cat = rng.integers(0, 8, (n, 8)).astype(np.int64)
+    num = rng.normal(0, 1, (n, 12)).astype(np.float32)
+    return cat, num
+
+
+def predict(url: str, name: str, body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=10)
+
+
+def test_predictor_v1_matches_in_process(stack):
+    cat, num = random_inputs(5)
+    flat = predict(stack.predictor_url, "ctr", {"instances": np.hstack([cat, num]).tolist()})
+    named = predict(
+        stack.predictor_url,
+        "ctr",
+        {
+            "instances": [
+                {"cat": c, "num": n} for c, n in zip(cat.tolist(), num.tolist(), strict=True)
+            ]
+        },
+    )
+    want = in_process(stack, cat, num)
+    for response in (flat, named):
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == stack.version
+        np.testing.assert_allclose(response.json()["predictions"], want, rtol=1e-6)
+
+
+def test_v2_with_kserve_client_matches_v1(stack):
+    cat, num = random_inputs(7, seed=3)
+    inputs = [
+        InferInput("cat", list(cat.shape), "INT64"),
+        InferInput("num", list(num.shape), "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(cat, binary_data=False)
+    inputs[1].set_data_from_numpy(num, binary_data=True)
+
+    async def call():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=10))
+        try:
+            return await client.infer(stack.predictor_url, InferRequest("ctr", inputs), "ctr")
+        finally:
+            await client.close()
+
+    response = asyncio.run(call())
+    v1 = predict(stack.predictor_url, "ctr", {"instances": np.hstack([cat, num]).tolist()})
+    # KServe's client drops model_version when decoding; the raw v2 JSON carries it.
+    raw = httpx.post(f"{stack.predictor_url}/v2/models/ctr/infer", json=V2_GOOD).json()
+    assert raw["model_version"] == stack.version
+    np.testing.assert_allclose(response.outputs[0].as_numpy(), v1.json()["predictions"], rtol=1e-6)
+    metadata = httpx.get(f"{stack.predictor_url}/v2/models/ctr").json()
+    assert metadata["versions"] == [stack.version]
+    assert {(i["name"], i["datatype"], tuple(i["shape"])) for i in metadata["inputs"]} == {
+        ("cat", "INT64", (-1, 8)),
+        ("num", "FP32", (-1, 12)),
+    }
+    assert metadata["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [-1]}]
+
+
+@pytest.mark.parametrize("n", [1, 3, 120])  # small-batch fast path and the shared pandas path
+def test_transformer_matches_lookup_transform_onnx(stack, lookup, n):
+    rows = business_rows(n, seed=n)
+    response = predict(stack.transformer_url, "ctr", {"instances": rows})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    want, defaulted = expected(stack, lookup, rows)
+    got = body["predictions"]
+    assert [p["request_id"] for p in got] == [r["request_id"] for r in rows]
+    np.testing.assert_allclose([p["probability"] for p in got], want, rtol=1e-6)
+    assert [p["defaulted"] for p in got] == defaulted
+    assert body["model_version"] == stack.version
+    assert body["variant"] == stack.settings.serving.variant
+
+
+def test_transformer_fills_optional_fields(stack):
+    row = business_rows(1)[0]
+    del row["hour"], row["request_id"]
+    body = predict(stack.transformer_url, "ctr", {"instances": [row, row]}).json()
+    ids = [p["request_id"] for p in body["predictions"]]
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+
+
+GOOD_ROW = business_rows(1)[0]
+V2_GOOD = {
+    "inputs": [
+        {"name": "cat", "datatype": "INT64", "shape": [1, 8], "data": [1] * 8},
+        {"name": "num", "datatype": "FP32", "shape": [1, 12], "data": [0.5] * 12},
+    ]
+}
+
+
+def with_row(**changes) -> dict:
+    row = {**GOOD_ROW, **changes}
+    return {"instances": [{k: v for k, v in row.items() if v is not ...}]}
+
+
+def v2_with(index: int, **changes) -> dict:
+    inputs = [dict(i) for i in V2_GOOD["inputs"]]
+    inputs[index].update(changes)
+    return {"inputs": inputs}
+
+
+# (target, path, raw body or JSON, status, message fragment)
+BAD_INPUTS = [
+    ("transformer", "v1/models/ctr:predict", b"{not json", 400, "JSON"),
+    ("transformer", "v1/models/ctr:predict", b"[1, 2]", 400, "must be a JSON object"),
+    ("transformer", "v1/models/ctr:predict", {"rows": []}, 400, "unknown top-level field"),
+    ("transformer", "v1/models/ctr:predict", {}, 400, "missing field 'instances'"),
+    ("transformer", "v1/models/ctr:predict", {"instances": {}}, 400, "must be a list"),
+    ("transformer", "v1/models/ctr:predict", {"instances": []}, 400, "is empty"),
+    ("transformer", "v1/models/ctr:predict", {"instances": [GOOD_ROW] * 301}, 413, "limit of 300"),
+    ("transformer", "v1/models/ctr:predict", {"instances": [3]}, 400, "must be an object"),
+    ("transformer", "v1/models/ctr:predict", with_row(user_id=...), 400, "missing field 'user_id'"),
+    ("transformer", "v1/models/ctr:predict", with_row(colour="red"), 400, "unknown field"),
+    (
+        "transformer",
+        "v1/models/ctr:predict",
+        with_row(user_id="7"),
+        400,
+        "user_id must be an integer",
+    ),
+    ("transformer", "v1/models/ctr:predict", with_row(ad_id=1.5), 400, "ad_id must be an integer"),
+    ("transformer", "v1/models/ctr:predict", with_row(ad_id=True), 400, "ad_id must be an integer"),
+    ("transformer", "v1/models/ctr:predict", with_row(user_id=2**70), 400, "user_id must be"),
+    ("transformer", "v1/models/ctr:predict", with_row(device_type=3), 400, "must be a string"),
+    (
+        "transformer",
+        "v1/models/ctr:predict",
+        with_row(hour=24),
+        400,
+        "hour must be an integer 0-23",
+    ),
+    ("transformer", "v1/models/ctr:predict", with_row(position=None), 400, "got null"),
+    ("transformer", "v1/models/ctr:predict", b'{"instances": [{"user_id": NaN}]}', 400, "JSON"),
+    (
+        "transformer",
+        "v1/models/ctr:predict",
+        b'{"instances": [{"user_id": Infinity}]}',
+        400,
+        "JSON",
+    ),
+    ("transformer", "v1/models/other:predict", {"instances": [GOOD_ROW]}, 404, "other"),
+    ("transformer", "v1/models/ctr:predict", with_row(device_type="fridge"), 200, ""),
+    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 19]}, 400, "must hold 20 values"),
+    ("predictor", "v1/models/ctr:predict", {"instances": [[1.5] * 20]}, 400, "must be int64"),
+    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 8 + ["x"] * 12]}, 400, "finite"),
+    (
+        "predictor",
+        "v1/models/ctr:predict",
+        {"instances": [{"cat": [1] * 8}]},
+        400,
+        "exactly the keys",
+    ),
+    (
+        "predictor",
+        "v1/models/ctr:predict",
+        b'{"instances": [[1, 1, 1, 1, 1, 1, 1, 1, 1e309, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}',
+        400,
+        "not valid JSON",
+    ),
+    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 20] * 301}, 413, "limit of 300"),
+    (
+        "predictor",
+        "v2/models/ctr/infer",
+        v2_with(0, datatype="FP32"),
+        400,
+        "datatype must be INT64",
+    ),
+    ("predictor", "v2/models/ctr/infer", v2_with(0, shape=[1, 7]), 400, "shape must be [N, 8]"),
+    ("predictor", "v2/models/ctr/infer", v2_with(1, data=[0.5] * 11), 400, "does not match shape"),
+    ("predictor", "v2/models/ctr/infer", v2_with(1, name="numbers"), 400, "inputs must be exactly"),
+    (
+        "predictor",
+        "v2/models/ctr/infer",
+        v2_with(1, shape=[2, 12], data=[0.1] * 24),
+        400,
+        "disagree on the batch size",
+    ),
+    ("predictor", "v2/models/ctr/infer", {"inputs": 3}, 400, "invalid request body"),
+    ("predictor", "v2/models/ctr/infer", b"{", 400, "invalid request body"),
+    ("predictor", "v2/models/nope/infer", V2_GOOD, 404, "nope"),
+    ("predictor", "v2/models/nope", None, 404, "nope"),
+    ("predictor", "v3/anything", None, 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("target, path, body, status, fragment", BAD_INPUTS)
+def test_bad_input_gets_one_error_shape(stack, target, path, body, status, fragment):
+    url = f"{getattr(stack, f'{target}_url')}/{path}"
+    if body is None:
+        response = httpx.get(url, timeout=10)
+    elif isinstance(body, bytes):
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(url, json=body, timeout=10)
+    assert response.status_code == status, response.text
+    if status != 200:
+        error = response.json()["error"]
+        assert set(error) == {"code", "message", "field"}
+        assert fragment in error["message"]
+    # The server still answers correctly afterwards.
+    ok = predict(stack.transformer_url, "ctr", {"instances": [GOOD_ROW]})
+    assert ok.status_code == 200 and 0 < ok.json()["predictions"][0]["probability"] < 1
+
+
+def test_metrics_cover_requests_stages_scores_and_defaults(stack):
+    predict(stack.transformer_url, "ctr", {"instances": business_rows(4)})
+    predict(stack.transformer_url, "ctr", {"instances": []})
+    text = httpx.get(f"{stack.transformer_url}/metrics").text
+    version, variant = stack.version, stack.settings.serving.variant
+    assert (
+        f'mlref_requests_total{{model_version="{version}",server="transformer",'
+        f'status="200",variant="{variant}"}}'
+    ) in text
+    assert 'server="transformer",status="400"' in text
+    for stage in ("feature_lookup", "transform", "inference", "total"):
+        assert f'mlref_stage_seconds_count{{server="transformer",stage="{stage}"}}' in text
+    assert f'mlref_prediction_score_count{{model_version="{version}",variant="{variant}"}}' in text
+    assert 'mlref_defaulted_features_total{feature="user_ctr_7d"}' in text
+    assert "request_predict_seconds_count" in text  # KServe's own metrics, side by side
+
+
+def test_bounded_load_has_no_errors(stack):
+    """Concurrency 8 for ~5 s against the full path: every request answered 200."""
+    rows = business_rows(64, seed=9)
+
+    async def worker(client: httpx.AsyncClient, deadline: float, counts: list[int]):
+        i = 0
+        while time.monotonic() < deadline and i < 5_000:
+            r = await client.post(
+                f"{stack.transformer_url}/v1/models/ctr:predict",
+                json={"instances": [rows[i % len(rows)]]},
+            )
+            counts[r.status_code == 200] += 1
+            i += 1
+
+    async def run():
+        counts = [0, 0]
+        async with httpx.AsyncClient(timeout=10) as client:
+            deadline = time.monotonic() + 5
+            await asyncio.gather(*(worker(client, deadline, counts) for _ in range(8)))
+        return counts
+
+    errors, ok = asyncio.run(run())
+    assert errors == 0 and ok > 50
