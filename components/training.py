@@ -90,4 +90,5 @@ def register_op(
     decision = workflow.register(
         load_settings(settings_json), Path(model.path), Path(onnx_model.path), Path(sets.path)
     )
-    return (decision.challenger, decision.champion, decision.reason)
+    champion = decision.version if decision.promoted else decision.champion_before
+    return (str(decision.version), str(champion), decision.reason)

@@ -4,4 +4,38 @@ from __future__ import annotations
 
 import typer
 
+from mlref.console import console, summary
+
 app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    start_date: str = typer.Option("", help="First curated day to use (ISO date); empty: all."),
+    end_date: str = typer.Option("", help="Last curated day to use (ISO date); empty: all."),
+    epochs: int = typer.Option(0, help="Training epochs; 0 keeps the settings' value."),
+) -> None:
+    """Training set -> train -> ONNX + int8 + parity gate -> MLflow registry, in-process."""
+    from mlref.settings import get_settings
+    from mlref.training.dataset import DatasetError
+    from mlref.training.workflow import GateFailed, run_all
+
+    settings = get_settings()
+    if epochs:
+        settings.train.epochs = epochs
+    work = settings.artifacts_dir / "train"
+    try:
+        decision = run_all(settings, work, start_date, end_date)
+    except (DatasetError, GateFailed) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    summary(
+        "trained",
+        {
+            "model version": decision.version,
+            "champion now": decision.version if decision.promoted else decision.champion_before,
+            "decision": decision.reason,
+            "artifacts": work,
+            "tracking": settings.tracking_uri,
+        },
+    )

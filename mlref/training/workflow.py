@@ -1,0 +1,141 @@
+"""The training half of the loop as four plain steps, each reading and writing a folder.
+
+The kfp components and ``mlref train run`` call the same functions; folders are what kfp
+passes between pods as artifacts, so local and cluster runs exchange exactly the same files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mlref import onnx_model
+from mlref.console import console
+from mlref.features.transform import build_spec, transform
+from mlref.settings import Settings
+from mlref.training import dataset, plots, registry, tracking
+from mlref.training.export import export_onnx, quantize_int8
+from mlref.training.metrics import auc, logloss
+from mlref.training.parity import ParityReport, check_parity
+from mlref.training.registry import PromotionDecision
+from mlref.training.train import encode, train
+
+MODEL_FILE = "model.pt"
+FP32_FILE = "model.fp32.onnx"
+INT8_FILE = "model.onnx"
+REPORT_FILE = "report.json"
+
+
+class GateFailed(RuntimeError):
+    """The int8 model failed the parity gate; it is not registered."""
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def make_training_set(
+    settings: Settings, out_dir: Path, start: str = "", end: str = ""
+) -> dataset.DatasetReport:
+    """Point-in-time training sets, written as Parquet with the dataset report beside them."""
+    sets, report = dataset.build_training_sets(settings, start or None, end or None)
+    dataset.save_training_sets(sets, out_dir)
+    _write_json(out_dir / REPORT_FILE, asdict(report))
+    console.print(
+        f"training set: {report.rows} rows, {report.feast_dropped} rows without feature "
+        "history (given the priors)"
+    )
+    return report
+
+
+def fit(settings: Settings, sets_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Train; save the model, per-split metrics and the two plots. Returns flat metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = build_spec(settings.features)
+    result = train(dataset.load_training_sets(sets_dir), spec, settings.train)
+    torch.save(result.model, out_dir / MODEL_FILE)
+    plots.reliability_diagram(result.metrics, out_dir / "reliability.png")
+    plots.training_curve(result.history, out_dir / "training_curve.png")
+    flat = tracking.flatten_metrics(result.metric_table())
+    _write_json(
+        out_dir / REPORT_FILE,
+        {
+            "metrics": result.metric_table(),
+            "history": [asdict(record) for record in result.history],
+            "best_epoch": result.best_epoch,
+            "device": result.device,
+            "precision": result.precision,
+            "samples_per_s": result.samples_per_s,
+        },
+    )
+    return flat
+
+
+def export_and_gate(
+    settings: Settings, model_dir: Path, sets_dir: Path, out_dir: Path
+) -> ParityReport:
+    """Export fp32 ONNX, quantize to int8 and compare all three on the test split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = build_spec(settings.features)
+    model = torch.load(model_dir / MODEL_FILE, weights_only=False)
+    fp32 = export_onnx(model, spec, out_dir / FP32_FILE)
+    int8 = quantize_int8(fp32, out_dir / INT8_FILE)
+    test = encode(dataset.load_training_sets(sets_dir).test, spec)
+    report = check_parity(model, fp32, int8, test.cat, test.num, test.labels, settings.parity)
+    _write_json(out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons)})
+    if not report.passed:
+        raise GateFailed("int8 model failed the parity gate: " + "; ".join(report.reasons))
+    return report
+
+
+def register(
+    settings: Settings, model_dir: Path, export_dir: Path, sets_dir: Path
+) -> PromotionDecision:
+    """Log the run to MLflow, register the int8 model and let the champion gate decide."""
+    data_report = json.loads((sets_dir / REPORT_FILE).read_text())
+    train_report = json.loads((model_dir / REPORT_FILE).read_text())
+    parity = json.loads((export_dir / REPORT_FILE).read_text())
+    test = dataset.load_training_sets(sets_dir).test
+
+    def evaluate(path: Path) -> dict[str, float]:
+        model = onnx_model.load(path)
+        cat, num = transform(test, model.spec)
+        probability = model.predict(cat, num)
+        labels = test["clicked"].to_numpy()
+        return {"auc": auc(labels, probability), "logloss": logloss(labels, probability)}
+
+    with tracking.tracking_run(settings, run_name="train") as run:
+        tracking.log_training(
+            params={
+                **settings.train.model_dump(),
+                "device": train_report["device"],
+                "best_epoch": train_report["best_epoch"],
+            },
+            metrics={**train_report["metrics"], "parity": parity_scalars(parity)},
+            artifacts=[
+                model_dir / "reliability.png",
+                model_dir / "training_curve.png",
+                sets_dir / REPORT_FILE,
+                export_dir / REPORT_FILE,
+            ],
+            data_version=data_report["data_version"],
+            feature_version=data_report["feature_version"],
+        )
+        version = registry.register_onnx(settings, run.info.run_id, export_dir / INT8_FILE)
+    return registry.promote(settings, version.version, evaluate)
+
+
+def parity_scalars(parity: dict) -> dict[str, float]:
+    return {key: value for key, value in parity.items() if isinstance(value, int | float)}
+
+
+def run_all(settings: Settings, work: Path, start: str = "", end: str = "") -> PromotionDecision:
+    """Every step in this process (``mlref train run``, the demo)."""
+    sets_dir, model_dir, export_dir = work / "sets", work / "model", work / "onnx"
+    make_training_set(settings, sets_dir, start, end)
+    fit(settings, sets_dir, model_dir)
+    export_and_gate(settings, model_dir, sets_dir, export_dir)
+    return register(settings, model_dir, export_dir, sets_dir)
