@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from mlref.cli import data, features, ingest, manifests, pipeline, serve, train
+from mlref.cli import data, demo, features, ingest, manifests, pipeline, serve, train
 
 app = typer.Typer(
     name="mlref",
@@ -22,6 +22,7 @@ GROUPS = {
     "features": (features, "Compute, apply and materialize Feast features."),
     "train": (train, "Train, export, quantize and register the CTR model."),
     "pipeline": (pipeline, "Compile, run locally or submit the kfp training pipeline."),
+    "demo": (demo, "Run the whole local loop on embedded defaults."),
     "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
     "manifests": (manifests, "Render and verify the Kubernetes manifests and Helm chart."),
 }

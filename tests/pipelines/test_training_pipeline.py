@@ -44,7 +44,7 @@ def test_submit_without_a_host_names_the_fix(settings: Settings) -> None:
 
 
 def test_submit_to_an_unreachable_host_is_one_clear_error(settings: Settings) -> None:
-    with pytest.raises(SubmitError, match="127.0.0.1:9"):
+    with pytest.raises(SubmitError, match=r"127\.0\.0\.1:9"):
         submit(settings, pipeline_arguments(settings, "s3://logs"), host="http://127.0.0.1:9")
 
 
