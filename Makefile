@@ -34,7 +34,7 @@ test: lint tools
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python -m bench
+	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf .mlref .pytest_cache .ruff_cache
