@@ -5,7 +5,7 @@ Single-row requests dominate real traffic, so the hot path avoids per-request fi
 * concurrent requests are coalesced: while one batch is being looked up and scored, new
   arrivals queue and go together in the next one (one lookup and one predictor call for
   many requests; no added wait when traffic is light);
-* small batches use :class:`SmallBatchTransform`, which gives numbers identical to
+* small batches use the shared module's :class:`SmallBatchTransform`, identical to
   ``fill_defaults`` + ``transform`` without pandas (categorical codes come from the shared
   encoders, memoized per value); large batches use the shared functions directly;
 * one keep-alive connection pool to the predictor (Open Inference Protocol v2, JSON);
@@ -28,52 +28,25 @@ import orjson
 import pandas as pd
 
 from mlref import onnx_model
-from mlref.features.transform import STAT_COLUMNS, FeatureSpec, fill_defaults, transform
+from mlref.features.transform import (
+    STAT_COLUMNS,
+    FeatureSpec,
+    SmallBatchTransform,
+    fill_defaults,
+    transform,
+)
 from mlref.serving import metrics
 from mlref.serving.inference_log import InferenceLog
 from mlref.serving.requests import BusinessBatch, RequestError, parse_business
 from mlref.settings import Settings
 
 SMALL_BATCH = 64
-MEMO_LIMIT = 200_000
 
 
 class FeatureLookup(Protocol):
     """Online feature stats aligned with the inputs; NaN for unknown entities."""
 
     def lookup(self, user_ids: Sequence[int], ad_ids: Sequence[int]) -> pd.DataFrame: ...
-
-
-class SmallBatchTransform:
-    """``fill_defaults`` + ``transform`` for a few rows, without pandas on the hot path.
-
-    Categorical codes are computed by the spec's own encoders (memoized per value, so each
-    distinct value costs one shared ``encode`` call ever); the numeric rule is the shared one
-    applied to a numpy block. Tests assert equality with the shared functions.
-    """
-
-    def __init__(self, spec: FeatureSpec):
-        self.spec = spec
-        self.memo: dict[str, dict] = {f.name: {} for f in spec.categorical}
-        self.defaults = np.array([spec.defaults[n] for n in spec.numeric], dtype=np.float64)
-        self.is_rate = np.array(["_ctr_" in n for n in spec.numeric])
-
-    def __call__(self, columns: dict[str, list], stats: np.ndarray):
-        """(cat, num, filled stats, missing mask) for ``stats`` [N, len(spec.numeric)]."""
-        cat = np.empty((len(stats), len(self.spec.categorical)), dtype=np.int64)
-        for j, feature in enumerate(self.spec.categorical):
-            memo = self.memo[feature.name]
-            values = columns[feature.name]
-            new = list(dict.fromkeys(v for v in values if v not in memo))
-            if new:
-                if len(memo) > MEMO_LIMIT:
-                    memo.clear()
-                memo.update(zip(new, feature.encode(pd.Series(new)).tolist(), strict=True))
-            cat[:, j] = [memo[v] for v in values]
-        missing = np.isnan(stats)
-        filled = np.where(missing, self.defaults, stats)
-        num = np.where(self.is_rate, filled, np.log1p(np.clip(filled, 0, None)))
-        return cat, num.astype(np.float32), filled, missing
 
 
 def shared_transform(columns: dict[str, list], stats: np.ndarray, spec: FeatureSpec):

@@ -140,8 +140,44 @@ def transform(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.nd
     Counts enter the model as log1p; rates as they are. Normalization lives in the model.
     """
     cat = np.stack([f.encode(frame[f.name]) for f in spec.categorical], axis=1)
-    num = np.empty((len(frame), len(spec.numeric)), dtype=np.float32)
-    for j, name in enumerate(spec.numeric):
-        values = frame[name].to_numpy(dtype=np.float64)
-        num[:, j] = values if "_ctr_" in name else np.log1p(np.clip(values, 0, None))
+    num = numeric_inputs(frame[list(spec.numeric)].to_numpy(dtype=np.float64), spec)
     return cat.astype(np.int64), num
+
+
+def numeric_inputs(stats: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Filled stats [N, M] as model inputs: counts as log1p, rates as they are."""
+    rate = np.array(["_ctr_" in name for name in spec.numeric])
+    return np.where(rate, stats, np.log1p(np.clip(stats, 0, None))).astype(np.float32)
+
+
+class SmallBatchTransform:
+    """:func:`fill_defaults` + :func:`transform` for a few rows, without pandas.
+
+    The serving hot path scores one or a few rows per request, where building DataFrames
+    costs more than the model. Categorical codes come from the spec's own encoders (memoized
+    per value, so each distinct value costs one ``encode`` call) and the numeric rule is
+    :func:`numeric_inputs`, so the numbers equal the pandas path exactly (tests assert it).
+    """
+
+    memo_limit = 200_000
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+        self.memo: dict[str, dict] = {f.name: {} for f in spec.categorical}
+        self.defaults = np.array([spec.defaults[n] for n in spec.numeric], dtype=np.float64)
+
+    def __call__(self, columns: dict[str, list], stats: np.ndarray):
+        """(cat, num, filled stats, missing mask) for ``stats`` [N, len(spec.numeric)]."""
+        cat = np.empty((len(stats), len(self.spec.categorical)), dtype=np.int64)
+        for j, feature in enumerate(self.spec.categorical):
+            memo = self.memo[feature.name]
+            values = columns[feature.name]
+            new = list(dict.fromkeys(v for v in values if v not in memo))
+            if new:
+                if len(memo) > self.memo_limit:
+                    memo.clear()
+                memo.update(zip(new, feature.encode(pd.Series(new)).tolist(), strict=True))
+            cat[:, j] = [memo[v] for v in values]
+        missing = np.isnan(stats)
+        filled = np.where(missing, self.defaults, stats)
+        return cat, numeric_inputs(filled, self.spec), filled, missing

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlref.features.transform import STAT_COLUMNS, build_spec
-from mlref.serving.transformer import SmallBatchTransform, shared_transform
+from mlref.features.transform import STAT_COLUMNS, SmallBatchTransform, build_spec
+from mlref.serving.transformer import shared_transform
 from tests.serving.test_servers import business_rows
 
 
