@@ -49,7 +49,7 @@ class PandasLookup:
     def __init__(self, result: store.FeaturesResult):
         self._tables = []
         for table in TABLES:
-            frame = pd.read_parquet(result.offline[table.name])
+            frame = pd.read_parquet(result.uris[table.name])
             latest = frame[frame[TIMESTAMP] == frame[TIMESTAMP].max()]
             self._tables.append(latest.set_index(table.key)[list(table.columns)])
 

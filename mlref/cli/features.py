@@ -42,7 +42,7 @@ def build() -> None:
         {
             **rows,
             "snapshots": f"{result.first_snapshot:%Y-%m-%d} .. {result.last_snapshot:%Y-%m-%d}",
-            **{f"offline {name}": uri for name, uri in result.offline.items()},
+            **{f"offline {name}": uri for name, uri in result.uris.items()},
             "registry": result.registry,
             "online store": result.online_store,
             "materialized up to": result.last_snapshot.isoformat(),

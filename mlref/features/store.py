@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 import numpy as np
@@ -21,7 +21,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
-from mlref.features.compute import TABLES, TIMESTAMP, compute_tables
+from mlref.features.compute import TABLES, TIMESTAMP, ComputeResult, compute_tables
 from mlref.features.transform import STAT_COLUMNS
 from mlref.settings import Settings
 
@@ -184,14 +184,9 @@ class OnlineFeatureLookup:
 
 
 @dataclass(frozen=True)
-class FeaturesResult:
-    """What ``compute_and_materialize`` did: table sizes, snapshot range, where things are."""
+class FeaturesResult(ComputeResult):
+    """What ``compute_and_materialize`` did: the computed tables plus where Feast keeps them."""
 
-    rows: dict[str, int]
-    entities: dict[str, int]
-    first_snapshot: datetime
-    last_snapshot: datetime
-    offline: dict[str, str]
     registry: str
     online_store: str
     materialized_from: dict[str, datetime | None]
@@ -213,11 +208,7 @@ def compute_and_materialize(
     config = repo_config(settings)
     online = config.online_store
     return FeaturesResult(
-        rows=computed.rows,
-        entities=computed.entities,
-        first_snapshot=computed.first_snapshot,
-        last_snapshot=computed.last_snapshot,
-        offline=computed.uris,
+        **{f.name: getattr(computed, f.name) for f in fields(ComputeResult)},
         registry=config.registry.path,
         online_store=f"redis {online.connection_string}"
         if online.type == "redis"

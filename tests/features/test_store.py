@@ -169,7 +169,7 @@ def test_cluster_config_uses_redis_and_the_offline_uri(
 
     assert result.online_store == f"redis {redis_server}"
     assert result.registry == f"{offline}/registry.db" and Path(result.registry).is_file()
-    assert result.offline["user_stats"] == f"{offline}/user_stats.parquet"
+    assert result.uris["user_stats"] == f"{offline}/user_stats.parquet"
     assert not (cluster.feature_dir / "online.db").exists()
     found = store.OnlineFeatureLookup(cluster).lookup([1, 999], [11, 10])
     assert found.loc[
