@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -18,7 +18,6 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True)
-T = TypeVar("T")
 
 
 @contextmanager
@@ -36,12 +35,6 @@ def progress() -> Iterator[Progress]:
     )
     with bar:
         yield bar
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a progress bar."""
-    with progress() as bar:
-        yield from bar.track(items, description=description, total=total)
 
 
 def summary(title: str, rows: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ online path does for unknown entities, so training and serving see the same valu
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,6 @@ class DatasetReport:
     positive_rate: dict[str, float]
     data_version: str
     feature_version: str
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def read_curated(settings: Settings, start: str | None = None, end: str | None = None):
