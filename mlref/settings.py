@@ -151,6 +151,62 @@ class ServingSettings(Section):
     model_uri: str = Field("", description="Model to serve; empty: models:/<model_name>@champion.")
 
 
+class CanarySettings(Section):
+    """Canary rollouts: the stages, the evidence a decision needs, and where state lives."""
+
+    inference_service: str = Field("ctr", description="The InferenceService `mlref canary` drives.")
+    deployment_mode: Literal["Serverless", "Standard"] = Field(
+        "Serverless",
+        description="KServe deployment mode; canaryTrafficPercent only works in Serverless.",
+    )
+    stages: list[int] = Field([10, 50, 100], description="Traffic percent of each stage.")
+    bake_seconds: float = Field(300.0, ge=0, description="Time each stage serves before analysis.")
+    poll_seconds: float = Field(5.0, gt=0)
+    ready_timeout_seconds: float = Field(300.0, gt=0)
+    min_requests: int = Field(200, ge=1, description="Requests per variant before any decision.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance of the error-rate test.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary error rate ceiling.")
+    max_latency_ratio: float = Field(1.5, gt=0, description="Canary / stable p99 latency ceiling.")
+    max_score_psi: float = Field(0.25, ge=0, description="Prediction-score PSI ceiling.")
+    max_logloss_increase: float = Field(
+        0.02, ge=0, description="Labelled traffic: canary logloss minus stable, upper CI bound."
+    )
+    max_calibration_error: float = Field(
+        0.5, ge=0, description="Labelled traffic: |predicted / observed CTR - 1| ceiling."
+    )
+    prometheus_url: str = Field(
+        "", description="Prometheus HTTP API for analysis in cluster mode; empty: local source."
+    )
+    candidate_port: int = Field(8086, description="Local mode: the candidate predictor's port.")
+
+
+class DriftSettings(Section):
+    """The drift job: what counts as drift, what as broken data, and how often to retrain."""
+
+    window_hours: float = Field(24.0, gt=0, description="Live inference log window compared.")
+    reference_rows: int = Field(50_000, ge=100, description="Reference sample kept with a model.")
+    sample_rows: int = Field(
+        100_000, ge=1_000, description="Rows per side above which the comparison samples."
+    )
+    drift_share: float = Field(
+        0.3, gt=0, le=1, description="Share of drifted columns that counts as dataset drift."
+    )
+    method: str = Field("psi", description="Evidently drift method for columns without their own.")
+    threshold: float = Field(
+        0.2, gt=0, description="Drift threshold for columns without their own."
+    )
+    column_methods: dict[str, str] = Field(
+        {}, description="Per-column Evidently drift method, e.g. {'hour': 'jensenshannon'}."
+    )
+    column_thresholds: dict[str, float] = Field({}, description="Per-column drift thresholds.")
+    max_null_share: float = Field(0.05, ge=0, le=1, description="Data-quality: null share ceiling.")
+    max_out_of_range_share: float = Field(0.05, ge=0, le=1)
+    max_logloss_increase: float = Field(
+        0.02, ge=0, description="Labelled traffic: logloss above the champion's test figure."
+    )
+    cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
+
+
 class PipelineSettings(Section):
     host: str = Field("", description="Kubeflow Pipelines endpoint for `pipeline submit`.")
     namespace: str = "kubeflow"
@@ -193,6 +249,8 @@ class Settings(BaseSettings):
     parity: ParitySettings = ParitySettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
+    canary: CanarySettings = CanarySettings()
+    drift: DriftSettings = DriftSettings()
     pipeline: PipelineSettings = PipelineSettings()
     cluster: ClusterSettings = ClusterSettings()
 
@@ -235,6 +293,18 @@ class Settings(BaseSettings):
     @property
     def inference_log_dir(self) -> Path:
         return self.work_dir / "inference_log"
+
+    @property
+    def canary_dir(self) -> Path:
+        return self.work_dir / "canary"
+
+    @property
+    def drift_dir(self) -> Path:
+        return self.work_dir / "drift"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.work_dir / "labels"
 
     @property
     def tracking_uri(self) -> str:

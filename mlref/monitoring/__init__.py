@@ -1,0 +1,1 @@
+"""Watching the served model: the inference log joined with labels, drift, and retraining."""

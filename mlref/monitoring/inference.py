@@ -1,0 +1,66 @@
+"""Reading what serving recorded: the inference log, and click labels joined to it later.
+
+The transformer appends every scored row to ``date=YYYY-MM-DD/part-*.parquet`` under the
+inference log root; clicks arrive later and are stored by request id under ``labels_dir``.
+The drift job and the canary analysis both read through these functions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from mlref.settings import Settings
+
+LABEL = "clicked"
+LABEL_SCHEMA = pa.schema([pa.field("request_id", pa.string()), pa.field(LABEL, pa.int8())])
+
+
+def log_uri(settings: Settings) -> str:
+    return settings.serving.log_uri or str(settings.inference_log_dir)
+
+
+def read_inference_log(
+    settings: Settings, since: datetime | None = None, until: datetime | None = None
+) -> pd.DataFrame:
+    """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty."""
+    from mlref.serving.inference_log import SCHEMA
+
+    fs, root = fsspec.core.url_to_fs(log_uri(settings))
+    if not fs.exists(root):
+        return SCHEMA.empty_table().to_pandas()
+    dataset = ds.dataset(root, schema=SCHEMA, format="parquet", filesystem=fs)
+    condition = None
+    if since is not None:
+        condition = ds.field("timestamp") >= pa.scalar(since, pa.timestamp("us", tz="UTC"))
+    if until is not None:
+        upper = ds.field("timestamp") < pa.scalar(until, pa.timestamp("us", tz="UTC"))
+        condition = upper if condition is None else condition & upper
+    return dataset.to_table(filter=condition).to_pandas()
+
+
+def write_labels(settings: Settings, labels: pd.DataFrame, name: str) -> None:
+    """Store observed clicks (``request_id``, ``clicked``) as ``labels_dir/<name>.parquet``."""
+    settings.labels_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(labels[["request_id", LABEL]], LABEL_SCHEMA, preserve_index=False)
+    pq.write_table(table, settings.labels_dir / f"{name}.parquet")
+
+
+def read_labels(settings: Settings) -> pd.DataFrame:
+    """Every stored label; a request labelled twice keeps its last label."""
+    if not settings.labels_dir.is_dir() or not any(settings.labels_dir.glob("*.parquet")):
+        return LABEL_SCHEMA.empty_table().to_pandas()
+    labels = ds.dataset(settings.labels_dir, schema=LABEL_SCHEMA, format="parquet").to_table()
+    return labels.to_pandas().drop_duplicates("request_id", keep="last")
+
+
+def join_labels(log: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The log with a float ``clicked`` column: 0 / 1 where a label arrived, NaN where not."""
+    joined = log.merge(labels, on="request_id", how="left", validate="many_to_one")
+    joined[LABEL] = joined[LABEL].astype("float64")
+    return joined
