@@ -126,6 +126,11 @@ class RegistrySettings(Section):
         description="Challenger must beat champion AUC by at least this much to be promoted "
         "(0: a tie promotes the newer model, trained on fresher data).",
     )
+    rollout: Literal["canary", "direct"] = Field(
+        "canary",
+        description="canary: a challenger that wins offline becomes champion only after a "
+        "canary rollout promotes it; direct: the offline win promotes it at once.",
+    )
     champion_max_logloss_increase: float = Field(
         0.001,
         ge=0,

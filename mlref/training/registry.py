@@ -1,10 +1,11 @@
 """The model registry: ONNX versions, champion/challenger aliases, and where servers get models.
 
 Every registered version gets the alias ``challenger``. The first one also becomes
-``champion``; later ones replace the champion only when they win on the same test set
-(:func:`promote`), and the decision is written onto the version so the registry itself says why
-a model is (or is not) serving. Servers ask for ``models:/<name>@champion`` and get a local
-ONNX file (:func:`resolve_model`).
+``champion``; later ones must win on the same test set (:func:`promote`), and then either
+replace the champion at once (``registry.rollout: direct``) or wait for a canary rollout to
+promote them on live traffic (``canary``, the default; :func:`set_champion`). Every decision is
+written onto the version, so the registry itself says why a model is (or is not) serving.
+Servers ask for ``models:/<name>@champion`` and get a local ONNX file (:func:`resolve_model`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODELS_SCHEME = "models:/"
 SPEC_FINGERPRINT_TAG = "mlref.spec_fingerprint"
-DECISION_TAG = "mlref.promotion"  # "first", "promoted" or "rejected"
+DECISION_TAG = "mlref.promotion"  # "first", "promoted", "canary" (passed, awaiting) or "rejected"
 REASON_TAG = "mlref.promotion_reason"
 COMPARED_WITH_TAG = "mlref.promotion_champion"  # the champion version it was compared with
 REPLACED_BY_TAG = "mlref.replaced_by"  # on a champion: the version that took its place
@@ -49,6 +50,7 @@ class PromotionDecision:
     version: str
     promoted: bool
     reason: str
+    passed: bool = False  # won the offline comparison (promoted, or awaiting its canary)
     champion_before: str | None = None
     challenger_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
@@ -181,17 +183,23 @@ def promote(settings: Settings, version: str | int, evaluate: Evaluate) -> Promo
 
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     if champion is None:
-        decision = PromotionDecision(version, True, "no champion yet: the first model serves")
+        decision = PromotionDecision(
+            version, True, "no champion yet: the first model serves", passed=True
+        )
         tags = {DECISION_TAG: "first", REASON_TAG: decision.reason}
     else:
         champion_scores = _scores(evaluate, resolve_model(settings, _uri(name, champion_before)))
         challenger_scores = _scores(evaluate, resolve_model(settings, _uri(name, version)))
-        promoted, reason = _compare(settings, champion_scores, challenger_scores)
+        passed, reason = _compare(settings, champion_scores, challenger_scores)
+        promoted = passed and settings.registry.rollout == "direct"
+        if passed and not promoted:
+            reason += "; goes out as a canary before it becomes champion"
         decision = PromotionDecision(
-            version, promoted, reason, champion_before, challenger_scores, champion_scores
+            version, promoted, reason, passed, champion_before, challenger_scores, champion_scores
         )
+        outcome = "promoted" if promoted else "canary" if passed else "rejected"
         tags = {
-            DECISION_TAG: "promoted" if promoted else "rejected",
+            DECISION_TAG: outcome,
             REASON_TAG: reason,
             COMPARED_WITH_TAG: champion_before,
             **{f"mlref.challenger_{k}": f"{v:.6f}" for k, v in challenger_scores.items()},
@@ -200,10 +208,31 @@ def promote(settings: Settings, version: str | int, evaluate: Evaluate) -> Promo
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, value)
     if decision.promoted:
-        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-        if champion_before is not None:
-            mlflow_client.set_model_version_tag(name, champion_before, REPLACED_BY_TAG, version)
+        _make_champion(settings, version, champion_before)
     return decision
+
+
+def set_champion(settings: Settings, version: str | int, reason: str) -> str | None:
+    """Make ``version`` the champion after its canary won; returns the champion it replaced."""
+    version = str(version)
+    before = model_version_of(settings, CHAMPION)
+    before_version = None if before is None else str(before.version)
+    if before_version == version:
+        return before_version
+    mlflow_client = client(settings)
+    name = settings.registry.model_name
+    mlflow_client.set_model_version_tag(name, version, DECISION_TAG, "promoted")
+    mlflow_client.set_model_version_tag(name, version, REASON_TAG, reason)
+    _make_champion(settings, version, before_version)
+    return before_version
+
+
+def _make_champion(settings: Settings, version: str, before: str | None) -> None:
+    mlflow_client = client(settings)
+    name = settings.registry.model_name
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    if before is not None:
+        mlflow_client.set_model_version_tag(name, before, REPLACED_BY_TAG, version)
 
 
 def _uri(name: str, version: str) -> str:

@@ -201,6 +201,7 @@ def test_first_model_becomes_champion(registry_settings: Settings):
 
 def test_better_challenger_replaces_champion_and_worse_one_does_not(registry_settings: Settings):
     settings = registry_settings
+    settings.registry.rollout = "direct"
     name = settings.registry.model_name
     first = register(settings, 0.3)
     registry.promote(settings, first, evaluate)
@@ -236,6 +237,30 @@ def test_better_challenger_replaces_champion_and_worse_one_does_not(registry_set
     assert tags[registry.REASON_TAG] == decision.reason
     assert str(registry.model_version_of(settings, "champion").version) == better
     assert_nothing_outside_work_dir(settings)
+
+
+def test_canary_rollout_keeps_the_champion_until_the_canary_promotes(registry_settings: Settings):
+    settings = registry_settings
+    name = settings.registry.model_name
+    first = register(settings, 0.3)
+    registry.promote(settings, first, evaluate)
+    better = register(settings, 1.0)
+
+    decision = registry.promote(settings, better, evaluate)
+
+    assert decision.passed and not decision.promoted
+    assert "canary" in decision.reason
+    assert aliases(settings) == {"champion": first, "challenger": better}
+    assert client(settings).get_model_version(name, better).tags[registry.DECISION_TAG] == "canary"
+
+    replaced = registry.set_champion(settings, better, "canary promoted: all checks passed")
+
+    assert replaced == first
+    assert aliases(settings) == {"champion": better, "challenger": better}
+    tags = {v: client(settings).get_model_version(name, v).tags for v in (first, better)}
+    assert tags[better][registry.DECISION_TAG] == "promoted"
+    assert tags[better][registry.REASON_TAG] == "canary promoted: all checks passed"
+    assert tags[first][registry.REPLACED_BY_TAG] == better
 
 
 def test_logloss_guard_rejects_a_miscalibrated_challenger(registry_settings: Settings):
