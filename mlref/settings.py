@@ -151,8 +151,13 @@ class ServingSettings(Section):
     log_uri: str = Field(
         "", description="Inference log target (fsspec URI, e.g. s3://...); empty: work_dir."
     )
-    variant: str = Field("champion", description="Reported with every prediction and metric.")
+    variant: str = Field(
+        "stable", description="Reported with every prediction and metric (canary: `canary`)."
+    )
     predictor_timeout_seconds: float = Field(10.0, gt=0)
+    predictor_ready_timeout_seconds: float = Field(
+        120.0, gt=0, description="How long the transformer waits at start for its predictors."
+    )
     model_uri: str = Field("", description="Model to serve; empty: models:/<model_name>@champion.")
 
 
@@ -196,20 +201,44 @@ class DriftSettings(Section):
     drift_share: float = Field(
         0.3, gt=0, le=1, description="Share of drifted columns that counts as dataset drift."
     )
-    method: str = Field("psi", description="Evidently drift method for columns without their own.")
-    threshold: float = Field(
-        0.2, gt=0, description="Drift threshold for columns without their own."
+    method: str = Field("psi", description="Evidently drift method of categorical columns.")
+    threshold: float = Field(0.2, gt=0, description="Drift threshold of categorical columns.")
+    numeric_method: str = Field(
+        "wasserstein",
+        description="Drift method of numeric columns (entity stats, the score): a distance, "
+        "since stats of few entities take few distinct values that PSI bins overreact to.",
     )
+    numeric_threshold: float = Field(0.1, gt=0, description="Drift threshold of numeric columns.")
     column_methods: dict[str, str] = Field(
         {}, description="Per-column Evidently drift method, e.g. {'hour': 'jensenshannon'}."
     )
     column_thresholds: dict[str, float] = Field({}, description="Per-column drift thresholds.")
     max_null_share: float = Field(0.05, ge=0, le=1, description="Data-quality: null share ceiling.")
     max_out_of_range_share: float = Field(0.05, ge=0, le=1)
+    max_cold_share_increase: float = Field(
+        0.1, ge=0, le=1, description="Cold start: rise in the share of rows scored with priors."
+    )
     max_logloss_increase: float = Field(
         0.02, ge=0, description="Labelled traffic: logloss above the champion's test figure."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
+
+
+class DemoSettings(Section):
+    """`mlref demo`: how much of the loop to replay, sized to finish in minutes on a laptop."""
+
+    scenario: str = Field("concept", description="Drift scenario of the days after the baseline.")
+    drift_days: int = Field(
+        4, ge=3, description="Days of drift before retraining (train, validation, test)."
+    )
+    retrain_days: int = Field(
+        4, ge=3, description="Retraining learns from the most recent days only (a sliding window)."
+    )
+    replay_rows: int = Field(6_000, ge=100, description="Impressions replayed per traffic window.")
+    replay_batch: int = Field(
+        20, ge=1, description="Impressions per request when replaying a window."
+    )
+    canary_bake_seconds: float = Field(8.0, gt=0, description="Bake time of each canary stage.")
 
 
 class PipelineSettings(Section):
@@ -256,6 +285,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     canary: CanarySettings = CanarySettings()
     drift: DriftSettings = DriftSettings()
+    demo: DemoSettings = DemoSettings()
     pipeline: PipelineSettings = PipelineSettings()
     cluster: ClusterSettings = ClusterSettings()
 

@@ -239,7 +239,7 @@ def _uri(name: str, version: str) -> str:
     return f"{MODELS_SCHEME}{name}/{version}"
 
 
-def _registered_version(settings: Settings, uri: str) -> ModelVersion:
+def registered_version(settings: Settings, uri: str) -> ModelVersion:
     """The version a ``models:/name@alias`` or ``models:/name/version`` URI names."""
     mlflow_client = client(settings)
     reference = uri.removeprefix(MODELS_SCHEME)
@@ -269,7 +269,7 @@ def resolve_model(settings: Settings, uri: str | Path) -> Path:
     text = str(uri)
     if not text.startswith(MODELS_SCHEME):
         return onnx_file(Path(text))
-    version = _registered_version(settings, text)
+    version = registered_version(settings, text)
     target = settings.artifacts_dir / "registry" / version.name / str(version.version)
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ passes between pods as artifacts, so local and cluster runs exchange exactly the
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
+from mlref.monitoring import reference
 from mlref.settings import Settings
 from mlref.training import dataset, plots, registry, tracking
 from mlref.training.export import export_onnx, quantize_int8
@@ -125,6 +127,11 @@ def register(
             feature_version=data_report["feature_version"],
         )
         version = registry.register_onnx(settings, run.info.run_id, export_dir / INT8_FILE)
+        with tempfile.TemporaryDirectory() as scratch:  # inputs may be read-only artifacts
+            drift_reference = reference.save_reference(
+                settings, test, export_dir / INT8_FILE, Path(scratch), str(version.version)
+            )
+            reference.log_reference(drift_reference)
     return registry.promote(settings, version.version, evaluate)
 
 

@@ -1,0 +1,72 @@
+"""`mlref drift` commands."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlref.console import console, summary
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("check")
+def check(
+    since: str = typer.Option("", help="Window start (ISO); default: until - window_hours."),
+    until: str = typer.Option("", help="Window end (ISO); default: the start of this hour."),
+    out: Path = typer.Option(None, help="Report folder; default: drift_dir/reports/<until>."),
+    model_uri: str = typer.Option("", help="Reference model; default: the champion."),
+    source: str = typer.Option("", help="Raw click logs a retraining ingests; default: raw_dir."),
+    trigger: bool = typer.Option(
+        True, "--trigger/--no-trigger", help="Submit the retraining a retrain decision asks for."
+    ),
+) -> None:
+    """Compare the live inference log with the champion's reference and act on the result.
+
+    Exits 0 whatever the decision (a CronJob that fails on drift would be retried and alert
+    as a broken job); non-zero only when the check itself could not run.
+    """
+    from mlref.monitoring.check import run_check
+    from mlref.monitoring.trigger import trigger as act
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    try:
+        result = run_check(
+            settings,
+            datetime.fromisoformat(since) if since else None,
+            datetime.fromisoformat(until) if until else None,
+            out,
+            model_uri,
+        )
+    except (LookupError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    outcome = act(settings, result, source, dry_run=not trigger)
+    if result.drift is not None:
+        table = Table("column", "method", "score", "threshold", "drifted", title="drift")
+        for column in (*result.drift.columns, result.drift.prediction):
+            table.add_row(
+                column.column,
+                column.method,
+                f"{column.score:.4f}",
+                f"{column.threshold:.4f}",
+                "yes" if column.drifted else "",
+            )
+        Console().print(table)
+    summary(
+        "drift check",
+        {
+            "decision": result.decision.action,
+            "reason": result.decision.reason,
+            "action taken": outcome.status + (f" ({outcome.run_id})" if outcome.run_id else ""),
+            "rows compared": f"{result.compared_rows} of {result.rows}",
+            "report": result.report or "-",
+            "summary": result.summary,
+            "decision log": settings.drift_dir / "decisions.jsonl",
+        },
+    )

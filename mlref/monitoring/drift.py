@@ -1,0 +1,132 @@
+"""Input and prediction drift with Evidently: the live window against the champion's reference.
+
+Every model input is compared (ids excepted: they are hashed into embeddings, and new ids are
+cold start, reported by :func:`mlref.monitoring.quality.cold_shares`). Stats of entities
+scored with the priors are left out on both sides, so a wave of new ads shows up as cold start
+rather than as drift of the ad stats. The prediction score is compared too, but only reported:
+it moves with its inputs and never decides on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.metrics import ValueDrift
+from evidently.presets import DataDriftPreset
+
+from mlref.features.transform import AD_STATS, STAT_COLUMNS, USER_STATS
+from mlref.monitoring.quality import cold_rows
+from mlref.settings import DriftSettings
+
+CATEGORICAL = ("ad_category", "device_type", "site_category", "position", "hour")
+FEATURES = (*CATEGORICAL, *STAT_COLUMNS)
+PREDICTION = "probability"
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    columns: tuple[ColumnDrift, ...]  # the model inputs
+    prediction: ColumnDrift
+    drifted_share: float
+    dataset_drift: bool
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset_drift": self.dataset_drift,
+            "drifted_share": self.drifted_share,
+            "columns": [asdict(c) for c in self.columns],
+            "prediction": asdict(self.prediction),
+        }
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The compared columns, with the stats of defaulted entities blanked (NaN is skipped)."""
+    out = frame[[*FEATURES, PREDICTION]].copy()
+    out[PREDICTION] = out[PREDICTION].astype("float64")
+    for name in ("position", "hour"):  # categorical for the model, so for the comparison too
+        out[name] = out[name].astype("Int64").astype("string")
+    for entity, columns in (("user", USER_STATS), ("ad", AD_STATS)):
+        out.loc[cold_rows(frame, entity), list(columns)] = np.nan
+    return out
+
+
+def numeric_method_of(column: str, rules: DriftSettings) -> tuple[str, float]:
+    return (
+        rules.column_methods.get(column, rules.numeric_method),
+        rules.column_thresholds.get(column, rules.numeric_threshold),
+    )
+
+
+def compare(
+    reference: pd.DataFrame, current: pd.DataFrame, rules: DriftSettings, html: Path
+) -> DriftResult:
+    """Run the Evidently report (saved as ``html``) and read back per-column verdicts."""
+    definition = DataDefinition(
+        numerical_columns=[*STAT_COLUMNS, PREDICTION], categorical_columns=list(CATEGORICAL)
+    )
+    method, threshold = numeric_method_of(PREDICTION, rules)
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=list(FEATURES),
+                drift_share=rules.drift_share,
+                cat_method=rules.method,
+                cat_threshold=rules.threshold,
+                num_method=rules.numeric_method,
+                num_threshold=rules.numeric_threshold,
+                per_column_method=dict(rules.column_methods) or None,
+                per_column_threshold=dict(rules.column_thresholds) or None,
+            ),
+            ValueDrift(column=PREDICTION, method=method, threshold=threshold),
+        ],
+        include_tests=True,
+    )
+    snapshot = report.run(
+        Dataset.from_pandas(comparable(current), data_definition=definition),
+        Dataset.from_pandas(comparable(reference), data_definition=definition),
+    )
+    html.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(html))
+    return _read(snapshot.dict())
+
+
+def _read(snapshot: dict) -> DriftResult:
+    """Per-column score from each ValueDrift metric, the verdict from its test."""
+    failed = {
+        test["metric_config"]["metric_id"]
+        for test in snapshot["tests"]
+        if str(getattr(test["status"], "value", test["status"])) == "FAIL"
+    }
+    verdicts, share = {}, 0.0
+    for metric in snapshot["metrics"]:
+        config = metric["config"]
+        if config["type"].endswith(":ValueDrift"):
+            verdicts[config["column"]] = ColumnDrift(
+                config["column"],
+                config["method"],
+                float(metric["value"]),
+                float(config["threshold"]),
+                metric["id"] in failed,
+            )
+        elif config["type"].endswith(":DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+            dataset_drift = metric["id"] in failed
+    columns = tuple(verdicts[name] for name in FEATURES)
+    return DriftResult(columns, verdicts[PREDICTION], share, dataset_drift)

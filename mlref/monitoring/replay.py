@@ -1,0 +1,74 @@
+"""Offline scoring into the inference-log schema: what serving would have logged for given rows.
+
+The drift job's reference sample and the replay of generated days (tests, the demo) both go
+through :func:`score_rows`: the shared ``fill_defaults`` + ``transform`` and the real ONNX
+model, so a replayed log holds exactly the values the transformer would have written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mlref import onnx_model
+from mlref.features.transform import REQUEST_COLUMNS, fill_defaults, transform
+from mlref.monitoring.inference import LABEL, log_uri, write_labels
+from mlref.settings import Settings
+
+TIMESTAMP = "event_timestamp"
+
+
+def score_rows(
+    rows: pd.DataFrame, model: onnx_model.OnnxModel, model_version: str, variant: str
+) -> pd.DataFrame:
+    """Inference-log rows for ``rows`` (request columns, ``request_id``, ``event_timestamp``
+    and the looked-up stats, NaN where the store had no row); ``clicked`` is kept if present."""
+    spec = model.spec
+    filled, missing = fill_defaults(rows, spec)
+    cat, num = transform(filled, spec)
+    names = np.array(spec.numeric)
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(rows[TIMESTAMP], utc=True),
+            "request_id": rows["request_id"].astype(str),
+            **{name: rows[name] for name in REQUEST_COLUMNS},
+            **{name: filled[name] for name in spec.numeric},
+            "defaulted": [names[row].tolist() for row in missing[list(spec.numeric)].to_numpy()],
+            "probability": model.predict(cat, num),
+            "model_version": model_version,
+            "variant": variant,
+        }
+    )
+    if LABEL in rows:
+        frame[LABEL] = rows[LABEL].to_numpy()
+    return frame.reset_index(drop=True)
+
+
+def replay(
+    settings: Settings, raw: pd.DataFrame, model_uri: str = "", variant: str = "champion"
+) -> pd.DataFrame:
+    """Score raw click-log rows as serving would have at their event time.
+
+    Stats come from the offline store's point-in-time join (the values the online store held
+    at that moment), so the features must have been computed over the days before ``raw``.
+    """
+    from mlref.features.store import historical_features
+    from mlref.serving.predictor import resolve
+
+    resolved = resolve(settings, model_uri or f"models:/{settings.registry.model_name}@champion")
+    columns = ["request_id", TIMESTAMP, *REQUEST_COLUMNS]
+    entities = raw[columns + ([LABEL] if LABEL in raw else [])].reset_index(drop=True)
+    joined, _ = historical_features(settings, entities)
+    return score_rows(joined, onnx_model.load(resolved.path), resolved.version, variant)
+
+
+def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
+    """Append ``scored`` to the inference log with serving's own writer, and store its labels
+    (as ``labels_dir/<name>.parquet``) when it has a ``clicked`` column."""
+    from mlref.serving.inference_log import SCHEMA, InferenceLog
+
+    writer = InferenceLog(log_uri(settings), flush_rows=len(scored) + 1, flush_seconds=3600.0)
+    writer.append({field.name: scored[field.name] for field in SCHEMA})
+    writer.close()
+    if LABEL in scored:
+        write_labels(settings, scored, name)

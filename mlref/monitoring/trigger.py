@@ -1,0 +1,139 @@
+"""From a drift decision to at most one retraining: cooldown, idempotency, and a decision log.
+
+Every call appends one line to ``drift_dir/decisions.jsonl``, whatever happened, so the log
+answers "why did (or didn't) it retrain?". A retraining is submitted only when the decision
+is ``retrain``, no retraining was submitted for the same key (champion version + window), and
+the last one is older than ``drift.cooldown_hours``. A file lock makes concurrent jobs on
+the same work dir take turns.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+from mlref.monitoring.check import CheckResult
+from mlref.settings import Settings
+
+DECISIONS_FILE = "decisions.jsonl"
+SUBMITTED = "submitted"
+
+Submitter = Callable[[Settings, dict], str]
+"""Starts the retraining pipeline with the given pipeline arguments; returns a run id."""
+
+
+@dataclass(frozen=True)
+class TriggerOutcome:
+    time: str
+    key: str
+    decision: str
+    reason: str
+    status: str  # "submitted", "skipped: cooldown", "skipped: already submitted", "no action", ...
+    run_id: str = ""
+    summary: str = ""
+
+
+def submit_retraining(settings: Settings, arguments: dict) -> str:
+    """The default submitter: kfp's local runner in local mode, Kubeflow Pipelines otherwise."""
+    from mlref.pipelines.runner import run_local, submit
+
+    if settings.mode == "cluster":
+        return submit(settings, arguments)
+    result = run_local(settings, arguments)
+    return f"local:{result.pipeline_root} (champion {result.champion})"
+
+
+def read_decisions(settings: Settings) -> list[dict]:
+    path = settings.drift_dir / DECISIONS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    settings.drift_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.drift_dir / "trigger.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _skip_reason(settings: Settings, key: str, now: datetime) -> str:
+    submitted = [d for d in read_decisions(settings) if d["status"] == SUBMITTED]
+    same = [d for d in submitted if d["key"] == key]
+    if same:
+        return f"skipped: already submitted ({same[-1]['run_id']} at {same[-1]['time']})"
+    if submitted:
+        last = datetime.fromisoformat(submitted[-1]["time"])
+        ready = last + timedelta(hours=settings.drift.cooldown_hours)
+        if now < ready:
+            return f"skipped: cooldown (last retraining {last.isoformat()}, next after {ready})"
+    return ""
+
+
+def trigger(
+    settings: Settings,
+    result: CheckResult,
+    source: str = "",
+    start_date: str = "",
+    submitter: Submitter = submit_retraining,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> TriggerOutcome:
+    """Act on ``result`` and record it. ``source`` is the raw click-log location the
+    retraining ingests (default: ``settings.raw_dir``), ``start_date`` its first training day
+    (after concept drift: the first drifted day; empty: all data); ``dry_run`` records
+    without submitting."""
+    from mlref.pipelines.runner import pipeline_arguments
+
+    now = now or datetime.now(UTC)
+    decision = result.decision
+    summary = str(result.summary or "")
+    with _locked(settings):
+        run_id = ""
+        if decision.action == "alert":
+            status = "alert: data quality, not retrained"
+        elif decision.action != "retrain":
+            status = "no action"
+        else:
+            status = _skip_reason(settings, result.key, now)
+            if not status and dry_run:
+                status = "skipped: trigger disabled (--no-trigger)"
+            if not status:
+                arguments = pipeline_arguments(
+                    settings, source or str(settings.raw_dir.resolve()), start_date
+                )
+                try:
+                    run_id = submitter(settings, arguments)
+                except Exception as exc:
+                    _append(
+                        settings,
+                        TriggerOutcome(
+                            now.isoformat(),
+                            result.key,
+                            decision.action,
+                            decision.reason,
+                            f"failed: {exc}"[:500],
+                            "",
+                            summary,
+                        ),
+                    )
+                    raise
+                status = SUBMITTED
+        outcome = TriggerOutcome(
+            now.isoformat(), result.key, decision.action, decision.reason, status, run_id, summary
+        )
+        _append(settings, outcome)
+    return outcome
+
+
+def _append(settings: Settings, outcome: TriggerOutcome) -> None:
+    with (settings.drift_dir / DECISIONS_FILE).open("a") as out:
+        out.write(json.dumps(asdict(outcome)) + "\n")
