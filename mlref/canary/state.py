@@ -19,6 +19,7 @@ from mlref.settings import Settings
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
 STABLE_ANNOTATION = "mlref.io/stable-model"
+VERSION_ANNOTATION = "mlref.io/candidate-version"
 STATE_FILE = "inferenceservice.yaml"
 
 
@@ -29,6 +30,7 @@ class CanaryState:
     candidate_model: str
     stable_model: str
     percent: int = 100
+    candidate_version: str = ""  # the registry version behind candidate_model, if any
 
     def __post_init__(self) -> None:
         if not 0 <= self.percent <= 100:
@@ -51,13 +53,16 @@ def to_patch(settings: Settings, state: CanaryState) -> dict:
     predictor: dict = {"model": {"storageUri": state.candidate_model}}
     if state.percent < 100:
         predictor["canaryTrafficPercent"] = state.percent
+    annotations = {STABLE_ANNOTATION: state.stable_model}
+    if state.candidate_version:
+        annotations[VERSION_ANNOTATION] = state.candidate_version
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
             "name": settings.canary.inference_service,
             "namespace": settings.cluster.namespace,
-            "annotations": {STABLE_ANNOTATION: state.stable_model},
+            "annotations": annotations,
         },
         "spec": {"predictor": predictor},
     }
@@ -74,6 +79,7 @@ def from_patch(document: dict) -> CanaryState:
         candidate_model=candidate,
         stable_model=annotations.get(STABLE_ANNOTATION, ""),
         percent=int(predictor.get("canaryTrafficPercent", 100)),
+        candidate_version=annotations.get(VERSION_ANNOTATION, ""),
     )
 
 

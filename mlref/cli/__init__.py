@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from mlref.cli import data, demo, features, ingest, manifests, pipeline, serve, train
+from mlref.cli import canary, data, demo, drift, features, ingest, manifests, pipeline, serve, train
 
 app = typer.Typer(
     name="mlref",
@@ -24,6 +24,8 @@ GROUPS = {
     "pipeline": (pipeline, "Compile, run locally or submit the kfp training pipeline."),
     "demo": (demo, "Run the whole local loop on embedded defaults."),
     "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
+    "canary": (canary, "Roll a candidate model out on a share of traffic, analyse, decide."),
+    "drift": (drift, "Compare live traffic with the champion's reference; retrain or alert."),
     "manifests": (manifests, "Render and verify the Kubernetes manifests and Helm chart."),
 }
 for name, (module, text) in GROUPS.items():

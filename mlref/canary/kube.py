@@ -1,0 +1,164 @@
+"""The InferenceService on the cluster: server-side apply of the canary patch, then wait.
+
+A thin layer over the kubernetes client's CustomObjectsApi. Every failure becomes one
+:class:`KubeError` line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mlref.k8s.checks import DEPLOYMENT_MODE, STANDARD_MODES
+from mlref.settings import Settings
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+FIELD_MANAGER = "mlref"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class KubeError(RuntimeError):
+    """A cluster operation that failed, in one line naming the fix."""
+
+
+def connect() -> Any:
+    """A CustomObjectsApi whose patches are server-side applies, from in-cluster or kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise KubeError(
+                f"no cluster: {exc}; set KUBECONFIG (or run in a pod with a service account)"
+            ) from None
+    return apply_api(client.ApiClient())
+
+
+def apply_api(api_client: Any) -> Any:
+    """The kubernetes client (v30) has no content-type argument: patches go as apply-patch."""
+    from kubernetes import client
+
+    api_client.set_default_header("Content-Type", APPLY_PATCH)
+    return client.CustomObjectsApi(api_client)
+
+
+def _explain(exc: Exception, settings: Settings, action: str) -> KubeError:
+    status = getattr(exc, "status", None)
+    where = f"InferenceService {settings.cluster.namespace}/{settings.canary.inference_service}"
+    if status == 404:
+        return KubeError(
+            f"{action} {where}: not found (404); is KServe installed (CRD "
+            f"{PLURAL}.{GROUP}) and the service deployed (`kubectl apply -k manifests/base`)?"
+        )
+    if status in (401, 403):
+        return KubeError(
+            f"{action} {where}: forbidden ({status}); grant get/patch on {PLURAL}.{GROUP} "
+            "(the mlref-canary Role) to this identity"
+        )
+    reason = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+    return KubeError(f"{action} {where}: {status or type(exc).__name__} {reason}")
+
+
+def _call(settings: Settings, action: str, call: Callable[[], Any]) -> Any:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call()
+    except (ApiException, HTTPError, OSError) as exc:
+        raise _explain(exc, settings, action) from None
+
+
+def get_inference_service(api: Any, settings: Settings) -> dict:
+    return _call(
+        settings,
+        "reading",
+        lambda: api.get_namespaced_custom_object(
+            GROUP, VERSION, settings.cluster.namespace, PLURAL, settings.canary.inference_service
+        ),
+    )
+
+
+def refuse_standard_mode(settings: Settings, live: dict | None = None) -> None:
+    """canaryTrafficPercent does nothing outside Serverless mode: refuse instead of pretending."""
+    annotations = ((live or {}).get("metadata") or {}).get("annotations") or {}
+    mode = annotations.get(DEPLOYMENT_MODE)
+    if settings.canary.deployment_mode == "Standard" or mode in STANDARD_MODES:
+        where = f"{DEPLOYMENT_MODE}: {mode}" if mode in STANDARD_MODES else "deployment_mode"
+        raise KubeError(
+            f"canary needs KServe Serverless mode ({where}); KServe ignores "
+            "canaryTrafficPercent otherwise: deploy Serverless, or roll out with spec.canary "
+            "(helm ci/standard-canary-values.yaml)"
+        )
+
+
+def apply_patch(api: Any, settings: Settings, patch: dict) -> dict:
+    """Server-side apply as field manager ``mlref``, taking over conflicting fields."""
+    return _call(
+        settings,
+        "patching",
+        lambda: api.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            settings.cluster.namespace,
+            PLURAL,
+            settings.canary.inference_service,
+            patch,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        ),
+    )
+
+
+def is_ready(obj: dict) -> bool:
+    """Ready for the current spec: the controller saw this generation and says Ready."""
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    if status.get("observedGeneration", -1) < generation:
+        return False
+    conditions = status.get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def wait_ready(
+    api: Any,
+    settings: Settings,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
+    """Poll until :func:`is_ready`, at most ``canary.ready_timeout_seconds``."""
+    rules = settings.canary
+    deadline = clock() + rules.ready_timeout_seconds
+    while True:
+        obj = get_inference_service(api, settings)
+        if is_ready(obj):
+            return obj
+        if clock() >= deadline:
+            raise KubeError(
+                f"InferenceService {settings.canary.inference_service} not Ready after "
+                f"{rules.ready_timeout_seconds:.0f}s ({not_ready_reason(obj)}); see "
+                "`kubectl describe inferenceservice`"
+            )
+        sleep(rules.poll_seconds)
+
+
+def not_ready_reason(obj: dict) -> str:
+    status = obj.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("status") != "True":
+            return condition.get("message") or condition.get("reason") or "Ready is False"
+    return "generation not yet observed"
+
+
+def traffic_split(obj: dict) -> list[str]:
+    """``revision: percent`` lines from status.components.predictor.traffic."""
+    traffic = ((obj.get("status") or {}).get("components") or {}).get("predictor", {})
+    lines = []
+    for target in traffic.get("traffic") or []:
+        latest = " (latest)" if target.get("latestRevision") else ""
+        lines.append(f"{target.get('revisionName', '?')}{latest}: {target.get('percent', 0)}%")
+    return lines

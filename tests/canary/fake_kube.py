@@ -1,0 +1,85 @@
+"""RecordedCustomObjectsApi: a recorded stand-in for the Kubernetes API server.
+
+No API server runs here, so cluster-mode tests talk to this recording of CustomObjectsApi:
+it keeps one InferenceService, records every call, applies patches the way server-side
+apply treats the fields mlref owns, and answers reads with a status sequence as recorded
+from a KServe Serverless rollout (not yet observed, then Ready with a traffic split).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from kubernetes.client.exceptions import ApiException
+
+from mlref.canary.state import STABLE_ANNOTATION, VERSION_ANNOTATION
+
+OWNED_ANNOTATIONS = (STABLE_ANNOTATION, VERSION_ANNOTATION)
+
+
+def server_side_apply(obj: dict, patch: dict) -> dict:
+    """``obj`` after applying ``patch`` as field manager mlref: the patch's fields are set,
+    and the fields mlref owns that the patch leaves out are removed."""
+    out = copy.deepcopy(obj)
+    annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
+    for key in OWNED_ANNOTATIONS:
+        annotations.pop(key, None)
+    annotations.update(patch["metadata"].get("annotations") or {})
+    predictor = out["spec"]["predictor"]
+    predictor.pop("canaryTrafficPercent", None)
+    wanted = patch["spec"]["predictor"]
+    predictor["model"]["storageUri"] = wanted["model"]["storageUri"]
+    if "canaryTrafficPercent" in wanted:
+        predictor["canaryTrafficPercent"] = wanted["canaryTrafficPercent"]
+    return out
+
+
+def traffic(percent: int | None) -> list[dict]:
+    if percent is None or percent == 100:
+        return [{"revisionName": "ctr-predictor-00002", "percent": 100, "latestRevision": True}]
+    return [
+        {"revisionName": "ctr-predictor-00002", "percent": percent, "latestRevision": True},
+        {"revisionName": "ctr-predictor-00001", "percent": 100 - percent, "latestRevision": False},
+    ]
+
+
+class RecordedCustomObjectsApi:
+    """The CustomObjectsApi calls mlref makes, answered from a recorded rollout."""
+
+    def __init__(self, isvc: dict | None, error_status: int | None = None, ready_after: int = 1):
+        self.isvc = copy.deepcopy(isvc)
+        self.error_status = error_status
+        self.ready_after = ready_after  # reads that still show the old generation
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self._reads_since_patch = 0
+
+    def _fail_if_asked(self) -> None:
+        if self.error_status is not None:
+            raise ApiException(status=self.error_status, reason="recorded error")
+        if self.isvc is None:
+            raise ApiException(status=404, reason="Not Found")
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(("get", (group, version, namespace, plural, name), {}))
+        self._fail_if_asked()
+        self._reads_since_patch += 1
+        obj = copy.deepcopy(self.isvc)
+        meta = obj["metadata"]
+        status = obj.setdefault("status", {})
+        if self._reads_since_patch <= self.ready_after:
+            status["observedGeneration"] = meta["generation"] - 1
+            status["conditions"] = [{"type": "Ready", "status": "Unknown", "reason": "Rolling"}]
+        else:
+            status["observedGeneration"] = meta["generation"]
+            status["conditions"] = [{"type": "Ready", "status": "True"}]
+            percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
+            status["components"] = {"predictor": {"traffic": traffic(percent)}}
+        return obj
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):
+        self.calls.append(("patch", (group, version, namespace, plural, name, body), kw))
+        self._fail_if_asked()
+        self.isvc = server_side_apply(self.isvc, body)
+        self.isvc["metadata"]["generation"] = self.isvc["metadata"].get("generation", 1) + 1
+        self._reads_since_patch = 0
+        return copy.deepcopy(self.isvc)

@@ -1,0 +1,96 @@
+"""PrometheusSource and LocalSource reach the same decision on the same traffic, with a real
+Prometheus server scraping the predictors every second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from mlref.canary.analysis import analyze
+from mlref.canary.rollout import start
+from mlref.canary.sources import LocalSource, PrometheusSource
+from tests.canary import models
+from tests.canary.e2e import Traffic, start_candidate
+from tests.canary.test_e2e import stable  # noqa: F401  (module fixture)
+from tests.servers import Server, find_binary, free_port
+
+pytestmark = pytest.mark.slow
+SCRAPE_SECONDS = 1
+
+
+def start_prometheus(targets: list[str], base: Path) -> Server:
+    binary = find_binary("prometheus", "prometheus")
+    config = {
+        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "predictors", "static_configs": [{"targets": targets}]}],
+    }
+    (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    server = Server(
+        [
+            binary,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        port,
+        base / "prometheus.log",
+    )
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    server.wait_ready(timeout=60, check=ready)
+    return server
+
+
+@pytest.fixture
+def nan_candidate(stable, tmp_path) -> Iterator:  # noqa: F811
+    settings, model, stable_url = stable
+    candidate = models.nan_model(model, tmp_path / "nan.onnx", 0.3)
+    serving = start_candidate(settings, stable_url, candidate, tmp_path)
+    start(settings, str(candidate), 50, stable_uri=str(model))
+    try:
+        prometheus = start_prometheus(
+            [url.removeprefix("http://") for url in (stable_url, serving.candidate_url)], tmp_path
+        )
+    except Exception:
+        serving.stop()
+        raise
+    yield settings, serving, f"http://127.0.0.1:{prometheus.port}"
+    prometheus.stop()
+    serving.stop()
+
+
+def test_prometheus_and_local_sources_agree(nan_candidate):
+    settings, serving, prometheus_url = nan_candidate
+    local = LocalSource(settings, serving.metrics_urls)
+    remote = PrometheusSource(settings, prometheus_url)
+    time.sleep(3 * SCRAPE_SECONDS)  # Prometheus has a sample of every series before the window
+    local.begin()
+    remote.begin()
+    with Traffic(serving):
+        time.sleep(6.0)
+    time.sleep(3 * SCRAPE_SECONDS)  # ...and after it
+    windows = {"local": local.collect(), "prometheus": remote.collect()}
+    decisions = {
+        name: analyze(w.stable, w.canary, settings.canary, w.outcomes)
+        for name, w in windows.items()
+    }
+    lines = {name: d.lines() for name, d in decisions.items()}
+    assert decisions["local"].action == decisions["prometheus"].action == "rollback", lines
+    assert [c.name for c in decisions["prometheus"].failed] == ["errors"], lines
+    local_errors = decisions["local"].check("errors").values
+    remote_errors = decisions["prometheus"].check("errors").values
+    assert remote_errors["canary_rate"] == pytest.approx(local_errors["canary_rate"], abs=0.1)
+    for variant in ("stable", "canary"):
+        counts = [getattr(w, variant).requests for w in windows.values()]
+        assert counts[1] == pytest.approx(counts[0], rel=0.5), (variant, counts)

@@ -1,0 +1,226 @@
+"""Rollout steps against a real MLflow registry: local state files, and cluster mode through
+the recorded CustomObjectsApi (the only stand-in: no API server runs here)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from kubernetes.client import ApiClient, Configuration
+from typer.testing import CliRunner
+
+from mlref.canary import kube, rollout
+from mlref.canary.state import read_state, state_path
+from mlref.cli import app
+from mlref.settings import CanarySettings, Settings, get_settings
+from mlref.training import registry
+from mlref.training.tracking import client
+from tests.canary.fake_kube import RecordedCustomObjectsApi
+from tests.training.test_registry import evaluate, register
+
+CHALLENGER = "models:/ctr@challenger"
+
+
+@pytest.fixture
+def versions(settings: Settings) -> tuple[str, str]:
+    """(champion, challenger) registered in this test's SQLite registry."""
+    first = register(settings, 0.3)
+    registry.promote(settings, first, evaluate)
+    second = register(settings, 1.0)
+    registry.promote(settings, second, evaluate)  # passes offline; awaits its canary
+    return first, second
+
+
+def champion(settings: Settings) -> str:
+    return str(registry.model_version_of(settings, registry.CHAMPION).version)
+
+
+def test_local_start_moves_split_then_promote_moves_champion(settings, versions):
+    first, second = versions
+    applied = rollout.start(settings, CHALLENGER, 10)
+    state = read_state(state_path(settings))
+    assert state == applied.state
+    assert (state.candidate_model, state.stable_model) == (
+        f"models:/ctr/{second}",
+        f"models:/ctr/{first}",
+    )
+    assert (state.percent, state.candidate_version, state.phase) == (10, second, "canary")
+
+    assert rollout.start(settings, CHALLENGER, 50).state.percent == 50
+    with pytest.raises(rollout.RolloutError, match="in progress"):
+        rollout.start(settings, f"models:/ctr/{first}", 10)
+
+    promoted = rollout.promote(settings)
+    assert promoted.state.percent == 100 and promoted.state.phase == "promoted"
+    assert champion(settings) == second
+
+
+def test_local_rollback_keeps_the_champion(settings, versions):
+    first, _ = versions
+    rollout.start(settings, CHALLENGER, 10)
+    assert rollout.rollback(settings).state.phase == "rolled_back"
+    assert read_state(state_path(settings)).percent == 0
+    assert champion(settings) == first
+
+
+def test_steps_without_a_rollout_fail_clearly(settings):
+    with pytest.raises(rollout.RolloutError, match="mlref canary start"):
+        rollout.promote(settings)
+
+
+def test_candidate_equal_to_stable_is_refused(settings, versions):
+    with pytest.raises(rollout.RolloutError, match="already the stable"):
+        rollout.start(settings, "models:/ctr@champion", 10)
+
+
+def cluster(settings: Settings, **canary) -> Settings:
+    rules = {"poll_seconds": 0.01, "ready_timeout_seconds": 5.0, **canary}
+    return settings.model_copy(update={"mode": "cluster", "canary": CanarySettings(**rules)})
+
+
+def live_isvc(mode: str = "Serverless") -> dict:
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": "ctr",
+            "namespace": "mlref",
+            "generation": 1,
+            "annotations": {"serving.kserve.io/deploymentMode": mode},
+        },
+        "spec": {
+            "predictor": {
+                "model": {"modelFormat": {"name": "mlref-onnx"}, "storageUri": "s3://old"}
+            }
+        },
+    }
+
+
+def test_cluster_start_applies_server_side_waits_and_reports_split(settings, versions):
+    _, second = versions
+    settings = cluster(settings)
+    api = RecordedCustomObjectsApi(live_isvc(), ready_after=3)
+
+    applied = rollout.start(settings, CHALLENGER, 10, api=api)
+
+    patches = [call for call in api.calls if call[0] == "patch"]
+    assert len(patches) == 1
+    (group, version, namespace, plural, name, body), kwargs = patches[0][1:]
+    assert (group, version, namespace, plural, name) == (
+        "serving.kserve.io",
+        "v1beta1",
+        "mlref",
+        "inferenceservices",
+        "ctr",
+    )
+    assert kwargs == {"field_manager": "mlref", "force": True}
+    storage = body["spec"]["predictor"]["model"]["storageUri"]
+    assert storage == client(settings).get_model_version_download_uri("ctr", second)
+    assert not storage.startswith("models:/")
+    assert body["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert sum(call[0] == "get" for call in api.calls) >= 4  # waited through 3 stale reads
+    assert applied.traffic == ["ctr-predictor-00002 (latest): 10%", "ctr-predictor-00001: 90%"]
+
+    promoted = rollout.promote(settings, api=api)
+    assert promoted.traffic == ["ctr-predictor-00002 (latest): 100%"]
+    assert "canaryTrafficPercent" not in api.isvc["spec"]["predictor"]
+    assert champion(settings) == second
+
+
+@pytest.mark.parametrize(
+    ("api", "message"),
+    [
+        (RecordedCustomObjectsApi(None), "not found (404)"),
+        (RecordedCustomObjectsApi(live_isvc(), error_status=403), "forbidden (403)"),
+        (RecordedCustomObjectsApi(live_isvc(), ready_after=10**9), "not Ready after"),
+        (RecordedCustomObjectsApi(live_isvc("RawDeployment")), "Serverless"),
+    ],
+)
+def test_cluster_failures_are_one_clear_line(settings, versions, api, message):
+    settings = cluster(settings, ready_timeout_seconds=0.05)
+    with pytest.raises(kube.KubeError, match=re.escape(message)) as caught:
+        rollout.start(settings, CHALLENGER, 10, api=api)
+    assert "\n" not in str(caught.value)
+    if message == "Serverless":
+        assert not [c for c in api.calls if c[0] == "patch"]
+
+
+def test_standard_mode_setting_refuses_even_write_only(settings):
+    settings = cluster(settings, deployment_mode="Standard")
+    with pytest.raises(kube.KubeError, match="Serverless"):
+        rollout.start(
+            settings, "s3://models/new", 10, stable_uri="s3://models/old", write_only=True
+        )
+    assert not state_path(settings).exists()
+
+
+def test_write_only_in_cluster_mode_touches_no_cluster(settings, tmp_path):
+    api = RecordedCustomObjectsApi(live_isvc())
+    out = tmp_path / "overlay" / "inferenceservice.yaml"
+    applied = rollout.start(
+        cluster(settings),
+        "s3://models/new",
+        10,
+        stable_uri="s3://models/old",
+        write_only=True,
+        out=out,
+        api=api,
+    )
+    assert applied.path == out and read_state(out).percent == 10
+    assert api.calls == []
+
+
+def test_apply_client_sends_apply_patch():
+    api = kube.apply_api(ApiClient(Configuration()))
+    assert api.api_client.default_headers["Content-Type"] == "application/apply-patch+yaml"
+
+
+def test_no_kubeconfig_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(kube.KubeError, match=r"no cluster.*KUBECONFIG"):
+        kube.connect()
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def test_cli_start_status_rollback(cli_env, versions, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "review.yaml"
+    result = runner.invoke(
+        app,
+        [
+            "canary",
+            "start",
+            "--model",
+            CHALLENGER,
+            "--percent",
+            "10",
+            "--write-only",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert read_state(out).percent == 10 and not state_path(cli_env).exists()
+
+    assert runner.invoke(app, ["canary", "start", "--model", CHALLENGER]).exit_code == 0
+    status = runner.invoke(app, ["canary", "status"])
+    assert status.exit_code == 0 and "canary: candidate models:/ctr/" in status.output
+    assert "takes 10%" in status.output
+    assert runner.invoke(app, ["canary", "rollback"]).exit_code == 0
+    assert read_state(state_path(cli_env)).percent == 0
+
+
+def test_cli_error_is_one_line_and_nonzero(cli_env):
+    result = CliRunner().invoke(app, ["canary", "promote"])
+    assert result.exit_code == 1
+    assert "no rollout started" in result.output
