@@ -34,7 +34,9 @@ class DataSettings(Section):
 
     seed: int = 7
     start_date: str = "2026-01-01"
-    days: int = Field(6, ge=1)
+    days: int = Field(
+        8, ge=1, description="Baseline days; 8 fills the 7-day feature windows before testing."
+    )
     rows_per_day: int = Field(20_000, ge=1)
     n_users: int = Field(5_000, ge=1)
     n_ads: int = Field(400, ge=1)
@@ -219,7 +221,12 @@ class DriftSettings(Section):
         0.1, ge=0, le=1, description="Cold start: rise in the share of rows scored with priors."
     )
     max_logloss_increase: float = Field(
-        0.02, ge=0, description="Labelled traffic: logloss above the champion's test figure."
+        0.005,
+        ge=0,
+        description="Labelled traffic: tolerated rise of logloss over the reference's rows.",
+    )
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance of the labelled-logloss rise (one-sided)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
 
@@ -234,7 +241,11 @@ class DemoSettings(Section):
     retrain_days: int = Field(
         4, ge=3, description="Retraining learns from the most recent days only (a sliding window)."
     )
-    replay_rows: int = Field(6_000, ge=100, description="Impressions replayed per traffic window.")
+    replay_rows: int = Field(
+        20_000,
+        ge=100,
+        description="Impressions replayed per traffic window: enough labels to see a logloss rise.",
+    )
     replay_batch: int = Field(
         20, ge=1, description="Impressions per request when replaying a window."
     )

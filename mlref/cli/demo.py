@@ -1,43 +1,55 @@
-"""`mlref demo`: the local loop, end to end, on embedded defaults."""
+"""`mlref demo`: the closed loop, end to end, on embedded defaults."""
 
 from __future__ import annotations
 
 import shutil
+import time
 
 import typer
 
-from mlref.console import console, summary
+from mlref.console import console
 
 app = typer.Typer()
 
 
 @app.callback(invoke_without_command=True)
 def demo(
+    scenario: str = typer.Option(
+        "", help="Drift scenario after the baseline days: concept, covariate, quality, coldstart."
+    ),
     fresh: bool = typer.Option(
-        True, "--fresh/--resume", help="Start from an empty work dir, or keep what is there."
+        True, "--fresh/--resume", help="Start from an empty work dir, or resume the last run."
     ),
 ) -> None:
-    """Generate click logs, then run the training pipeline locally and register a champion."""
-    from mlref.data.generate import generate
-    from mlref.pipelines.runner import pipeline_arguments, run_local
+    """Train a champion, serve it, drift, retrain, roll the challenger out as a canary."""
+    from rich.table import Table
+
+    from mlref.demo.loop import DemoError, run_loop
     from mlref.settings import get_settings
 
     settings = get_settings()
     if fresh and settings.work_dir.exists():
         shutil.rmtree(settings.work_dir)
-    console.rule("1/2 generate click logs")
-    generated = generate(settings)
-    console.rule("2/2 training pipeline (kfp local runner)")
-    result = run_local(settings, pipeline_arguments(settings, str(settings.raw_dir.resolve())))
-    summary(
-        "demo",
-        {
-            "click logs": f"{generated.rows:,} rows in {settings.raw_dir}",
-            "curated / quarantine": f"{settings.curated_dir} / {settings.quarantine_dir}",
-            "features": settings.feature_dir,
-            "champion version": result.champion,
-            "pipeline artifacts": result.pipeline_root,
-            "tracking": settings.tracking_uri,
-            "next": "mlref serve   (serve the champion on 127.0.0.1)",
-        },
-    )
+    start = time.perf_counter()
+    try:
+        record = run_loop(settings, scenario)
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"mlref demo: {time.perf_counter() - start:.0f}s", title_justify="left")
+    for column in ("step", "s", "outcome"):
+        table.add_column(column, overflow="fold")
+    for step in record.steps:
+        table.add_row(step.name, f"{step.seconds:.0f}", step.outcome)
+    console.print(table)
+    quality = Table(title="AUC per day (offline, same features for every model)")
+    days = sorted({p.day for p in record.quality})
+    quality.add_column("model")
+    for day in days:
+        quality.add_column(day)
+    for model in sorted({p.model for p in record.quality}):
+        scores = {p.day: p.auc for p in record.quality if p.model == model}
+        quality.add_row(model, *(f"{scores[d]:.3f}" if d in scores else "-" for d in days))
+    console.print(quality)
+    for name, target in record.links.items():
+        console.print(f"{name}: {target}")

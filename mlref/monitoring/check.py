@@ -6,7 +6,8 @@ Order of the rules (first match wins):
    model retrained on broken data would learn the bug;
 2. input drift -- a request input drifted (the audience changed), or at least
    ``drift.drift_share`` of all inputs did -- or performance drift (labelled logloss above the
-   champion's test logloss by more than ``drift.max_logloss_increase``) -> ``retrain``;
+   reference's by more than ``drift.max_logloss_increase``, significant at ``drift.alpha``)
+   -> ``retrain``;
 3. otherwise ``none``. A rise in the share of rows scored with priors (cold start) is named in
    the reason, and the drift of that entity's columns is put down to it rather than retrained
    on: the next scheduled training gives the new entities history.
@@ -142,8 +143,9 @@ def decide(
         reasons.append(f"input drift on {', '.join(drifted)} ({share:.0%} of features)")
     if perf is not None and perf.degraded:
         reasons.append(
-            f"logloss {perf.current['logloss']:.4f} vs {perf.reference['logloss']:.4f} at "
-            f"registration (+{perf.logloss_increase:.4f}) on {perf.labelled_rows} labelled rows"
+            f"logloss {perf.current['logloss']:.4f} vs {perf.reference['logloss']:.4f} on the "
+            f"reference (+{perf.logloss_increase:.4f}, p={perf.p_value:.2g}) on "
+            f"{perf.labelled_rows} labelled rows"
         )
     if reasons:
         return Decision("retrain", "; ".join(reasons))
@@ -155,7 +157,7 @@ def decide(
     quiet = f"no input drift to act on ({share:.0%} of features drifted"
     quiet += f": {', '.join(drifted)})" if drifted else ")"
     if perf is not None:
-        quiet += f", logloss {perf.logloss_increase:+.4f} vs registration"
+        quiet += f", logloss {perf.logloss_increase:+.4f} vs the reference (p={perf.p_value:.2g})"
     return Decision("none", "; ".join([*notes, quiet]))
 
 
@@ -182,7 +184,7 @@ def check_frames(
     issues = quality.quality_issues(reference.rows, current, settings.drift)
     shares, cold = cold_start(ref, cur, settings)
     result = drift.compare(ref, cur, settings.drift, out_dir / REPORT_FILE)
-    perf = performance(current, reference.meta["test"], settings.drift)
+    perf = performance(current, reference.rows, settings.drift)
     return CheckResult(
         since,
         until,

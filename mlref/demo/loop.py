@@ -1,0 +1,354 @@
+"""The closed loop, step by step, on embedded defaults.
+
+baseline days -> training pipeline -> serve the champion -> live traffic -> drift check (no
+action) -> drift days arrive -> live traffic -> drift check -> retraining pipeline -> the
+challenger goes out as a canary -> automated analysis promotes or rolls it back -> report.
+
+Every step is the same function a user or a cluster job runs; this module only sequences them
+and records what happened (:class:`~mlref.demo.report.LoopRecord`). Progress is kept in
+``work_dir/demo/progress.json`` so ``--resume`` continues after the last finished phase.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import yaml
+
+from mlref.console import console
+from mlref.data.generate import ScenarioWindow, day_date, generate, partition_dir
+from mlref.demo import report
+from mlref.demo.traffic import replay
+from mlref.settings import Settings
+
+PROGRESS_FILE = "progress.json"
+READY_TIMEOUT_SECONDS = 180.0
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+def demo_dir(settings: Settings) -> Path:
+    return settings.work_dir / "demo"
+
+
+class Progress:
+    """Finished phases and their results, persisted after each one."""
+
+    def __init__(self, settings: Settings):
+        self.path = demo_dir(settings) / PROGRESS_FILE
+        self.values: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    def save(self, key: str, value) -> None:
+        self.values[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.values, indent=2, default=str))
+
+
+class Recorder:
+    """Times each step, prints it, and keeps it for the report."""
+
+    def __init__(self, record: report.LoopRecord):
+        self.record = record
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[dict]:
+        console.rule(name)
+        outcome: dict = {"text": ""}
+        start = time.perf_counter()
+        yield outcome
+        seconds = time.perf_counter() - start
+        self.record.steps.append(report.Step(name, seconds, outcome["text"]))
+        console.print(f"[bold green]done[/] {name} in {seconds:.1f}s  {outcome['text']}")
+
+
+def raw_day(settings: Settings, day: int) -> pd.DataFrame:
+    return pd.read_parquet(partition_dir(settings.raw_dir, day_date(settings, day)))
+
+
+def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """A random sample in time order (traffic replays in the order it happened)."""
+    picked = frame.sample(n=min(rows, len(frame)), random_state=seed)
+    return picked.sort_values("event_timestamp", kind="stable")
+
+
+def model_uri(settings: Settings, version: str) -> str:
+    return f"models:/{settings.registry.model_name}/{version}"
+
+
+@contextmanager
+def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str]:
+    """``mlref serve`` in a child process; yields the transformer's predict URL, stops by PID."""
+    folder = demo_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    argv = [sys.executable, "-m", "mlref.serving.server", "--model", model]
+    if candidate:
+        argv += ["--candidate", candidate]
+    log_path = folder / "serving.log"
+    serving_ = settings.serving
+    base = f"http://{serving_.host}:{serving_.transformer_port}/v1/models/{serving_.model_name}"
+    with log_path.open("a") as log:
+        child = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLREF_CONFIG": str(config)},
+        )
+    try:
+        _wait_ready(child, base, log_path)
+        yield f"{base}:predict"
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _wait_ready(child: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise DemoError(f"serving exited with {child.returncode}; see {log_path}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise DemoError(f"serving not ready after {READY_TIMEOUT_SECONDS:.0f}s; see {log_path}")
+
+
+def score_days(
+    settings: Settings, days: list[int], models: dict[str, str]
+) -> list[report.QualityPoint]:
+    """Each model's AUC on each day, features from the offline store as of each impression."""
+    from mlref import onnx_model
+    from mlref.features.store import historical_features
+    from mlref.features.transform import REQUEST_COLUMNS
+    from mlref.monitoring.replay import TIMESTAMP, score_rows
+    from mlref.serving.predictor import resolve
+    from mlref.training.metrics import auc
+
+    loaded = {}
+    for name, uri in models.items():
+        resolved = resolve(settings, uri)
+        loaded[name] = (onnx_model.load(resolved.path), resolved.version)
+    points = []
+    for day in days:
+        raw = raw_day(settings, day)
+        entities = raw[["request_id", TIMESTAMP, *REQUEST_COLUMNS, "clicked"]]
+        joined, _ = historical_features(settings, entities.reset_index(drop=True))
+        for name, (model, version) in loaded.items():
+            scored = score_rows(joined, model, version, name)
+            label = f"day {day} ({day_date(settings, day).isoformat()})"
+            points.append(
+                report.QualityPoint(label, name, auc(scored["clicked"], scored["probability"]))
+            )
+    return points
+
+
+def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
+    """The whole loop; returns what happened (also written as ``demo/report.html``)."""
+    from mlref.pipelines.runner import pipeline_arguments, run_local
+    from mlref.training import registry
+
+    demo = settings.demo
+    scenario = scenario or demo.scenario
+    settings = settings.model_copy(
+        update={
+            "canary": settings.canary.model_copy(update={"bake_seconds": demo.canary_bake_seconds})
+        }
+    )
+    progress = Progress(settings)
+    record = report.LoopRecord()
+    steps = Recorder(record)
+    baseline = settings.data.days
+    quiet_day = baseline + 1  # the first day served: like the training days, no drift
+    drift_first, drift_last = quiet_day + 1, quiet_day + demo.drift_days
+    live_day = drift_last + 1  # served during the canary; no model ever trains on it
+    window = ScenarioWindow(scenario, drift_first, live_day)
+    raw_source = str(settings.raw_dir.resolve())
+
+    if "champion" not in progress:
+        with steps.step(f"generate baseline days 1-{baseline}") as out:
+            generated = generate(settings)
+            out["text"] = f"{generated.rows:,} impressions"
+        with steps.step("training pipeline (kfp local runner)") as out:
+            run = run_local(settings, pipeline_arguments(settings, raw_source))
+            out["text"] = f"champion v{run.champion}"
+        progress.save("champion", run.champion)
+    champion = str(progress["champion"])
+
+    if "challenger" not in progress:
+        marks = [datetime.now(UTC)]
+        with serving(settings, model_uri(settings, champion)) as url:
+            with steps.step(f"live traffic: day {quiet_day}, before any drift") as out:
+                generate(settings, [quiet_day])
+                out["text"] = _replay_window(settings, url, quiet_day, "quiet")
+            marks.append(datetime.now(UTC))
+            with steps.step(f"days {drift_first}-{drift_last} arrive ({scenario} drift)") as out:
+                generated = generate(settings, range(drift_first, drift_last + 1), [window])
+                out["text"] = f"{generated.rows:,} impressions"
+            with steps.step(f"live traffic: day {drift_first}, after the drift began") as out:
+                out["text"] = _replay_window(settings, url, drift_first, "drifted")
+            marks.append(datetime.now(UTC))
+        # Serving has stopped, so the inference log is flushed; each check judges one window.
+        with steps.step("drift check: the window before drift") as out:
+            out["text"] = _check(settings, record, "before drift", marks[0], marks[1])
+        with steps.step("drift check: the window after drift, retraining on a trigger") as out:
+            first = max(1, drift_last - demo.retrain_days + 1)
+            start_date = day_date(settings, first).isoformat()
+            out["text"] = _check(settings, record, "after drift", marks[1], marks[2], start_date)
+        challenger = registry.model_version_of(settings, registry.CHALLENGER)
+        decision = "" if challenger is None else challenger.tags.get(registry.DECISION_TAG, "")
+        progress.save("challenger", str(challenger.version) if challenger else "")
+        progress.save("gate", decision)
+    challenger, gate = str(progress["challenger"]), progress["gate"]
+
+    if "rollout" not in progress:
+        if challenger and challenger != champion and gate == "canary":
+            generate(settings, [live_day], [window])
+            outcome = _canary(settings, steps, record, champion, challenger, live_day)
+            progress.save("rollout", outcome)
+        else:
+            progress.save("rollout", f"no canary: the retrained model's offline gate said {gate!r}")
+
+    with steps.step("model quality per day (offline, point-in-time features)") as out:
+        models = {f"v{champion} (old champion)": model_uri(settings, champion)}
+        if challenger and challenger != champion:
+            models[f"v{challenger} (retrained)"] = model_uri(settings, challenger)
+        served = partition_dir(settings.raw_dir, day_date(settings, live_day)).exists()
+        days = [baseline, quiet_day, drift_first] + ([live_day] if served else [])
+        record.quality = score_days(settings, days, models)
+        out["text"] = ", ".join(f"{p.model} {p.day}: {p.auc:.3f}" for p in record.quality)
+    record.links = _links(settings)
+    record.links["mlref report"] = report.write_report(record, demo_dir(settings) / "report.html")
+    return record
+
+
+def _replay_window(settings: Settings, url: str, day: int, name: str) -> str:
+    rows = sample(raw_day(settings, day), settings.demo.replay_rows, seed=day)
+    result = replay(settings, url, rows, name, batch=settings.demo.replay_batch)
+    if result.errors:
+        raise DemoError(
+            f"{result.errors} of {result.requests} requests failed while replaying day {day}"
+        )
+    return f"{result.scored:,} impressions scored in {result.requests} requests, labels stored"
+
+
+def _check(
+    settings: Settings,
+    record: report.LoopRecord,
+    label: str,
+    since: datetime,
+    until: datetime,
+    start_date: str = "",
+) -> str:
+    """The drift job over one window, then its trigger (retraining from ``start_date``)."""
+    from mlref.monitoring.check import run_check
+    from mlref.monitoring.trigger import trigger
+
+    result = run_check(settings, since=since, until=until)
+    outcome = trigger(settings, result, start_date=start_date)
+    perf = result.performance
+    record.drift.append(
+        report.DriftPoint(
+            label,
+            result.drift.drifted_share if result.drift else 0.0,
+            perf.logloss_increase if perf else None,
+            result.decision.action,
+            result.decision.reason,
+        )
+    )
+    record.links[f"Evidently report ({label})"] = result.report
+    return f"{result.decision.action}: {result.decision.reason} -> {outcome.status}"
+
+
+def _canary(
+    settings: Settings,
+    steps: Recorder,
+    record: report.LoopRecord,
+    champion: str,
+    challenger: str,
+    live_day: int,
+) -> str:
+    """Serve champion and challenger; drive the staged rollout under live traffic."""
+    from mlref.canary.rollout import run_rollout
+    from mlref.canary.sources import LocalSource
+
+    stable, candidate = model_uri(settings, champion), model_uri(settings, challenger)
+    rows = raw_day(settings, live_day)
+    stages = settings.canary.stages
+    budget = 3 * settings.canary.bake_seconds * len(stages) + 60
+    with serving(settings, stable, candidate) as url:
+        name = f"canary rollout of v{challenger} ({'-'.join(map(str, stages))}%), day {live_day}"
+        with steps.step(name) as out:
+            stop = threading.Event()
+            traffic = threading.Thread(
+                target=replay,
+                args=(settings, url, rows, "canary"),
+                kwargs={"max_seconds": budget, "stop": stop},
+            )
+            traffic.start()
+            try:
+                rollout = run_rollout(
+                    settings,
+                    candidate,
+                    LocalSource(settings),
+                    stable_uri=stable,
+                    report=console.print,
+                )
+            finally:
+                stop.set()
+                traffic.join()
+            record.canary = _canary_points(rollout)
+            out["text"] = f"{rollout.outcome}: {rollout.reason}"
+    return rollout.outcome
+
+
+def _canary_points(rollout) -> list[report.CanaryPoint]:
+    points = []
+    for stage in rollout.stages:
+        checks = {c.name: c.values for c in stage.analysis.checks}
+        for variant in ("stable", "canary"):
+            p99 = checks.get("latency", {}).get(f"{variant}_p99")
+            points.append(
+                report.CanaryPoint(
+                    stage.percent,
+                    variant,
+                    int(checks["traffic"].get(f"{variant}_requests", 0)),
+                    checks.get("errors", {}).get(f"{variant}_rate", 0.0),
+                    None if p99 is None else p99 * 1e3,
+                    checks.get("logloss", {}).get(f"{variant}_logloss"),
+                    stage.analysis.action,
+                )
+            )
+    return points
+
+
+def _links(settings: Settings) -> dict[str, Path]:
+    return {"drift decisions": settings.drift_dir / "decisions.jsonl"}
