@@ -154,7 +154,7 @@ class ServingSettings(Section):
         "", description="Inference log target (fsspec URI, e.g. s3://...); empty: work_dir."
     )
     variant: str = Field(
-        "stable", description="Reported with every prediction and metric (canary: `canary`)."
+        "stable", description="A predictor's variant label: `stable`, or `canary` for a candidate."
     )
     predictor_timeout_seconds: float = Field(10.0, gt=0)
     predictor_ready_timeout_seconds: float = Field(
@@ -179,6 +179,9 @@ class CanarySettings(Section):
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance of the error-rate test.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary error rate ceiling.")
     max_latency_ratio: float = Field(1.5, gt=0, description="Canary / stable p99 latency ceiling.")
+    latency_slack_ms: float = Field(
+        2.0, ge=0, description="p99 differences below this never fail the latency check."
+    )
     max_score_psi: float = Field(0.25, ge=0, description="Prediction-score PSI ceiling.")
     max_logloss_increase: float = Field(
         0.02, ge=0, description="Labelled traffic: canary logloss minus stable, upper CI bound."
@@ -220,13 +223,13 @@ class DriftSettings(Section):
     max_cold_share_increase: float = Field(
         0.1, ge=0, le=1, description="Cold start: rise in the share of rows scored with priors."
     )
-    max_logloss_increase: float = Field(
+    max_ne_increase: float = Field(
         0.005,
         ge=0,
-        description="Labelled traffic: tolerated rise of logloss over the reference's rows.",
+        description="Labelled traffic: tolerated rise of normalized entropy over the reference.",
     )
     alpha: float = Field(
-        0.01, gt=0, lt=1, description="Significance of the labelled-logloss rise (one-sided)."
+        0.05, gt=0, lt=1, description="Significance of that rise (one-sided bootstrap test)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
 
@@ -239,12 +242,12 @@ class DemoSettings(Section):
         4, ge=3, description="Days of drift before retraining (train, validation, test)."
     )
     retrain_days: int = Field(
-        4, ge=3, description="Retraining learns from the most recent days only (a sliding window)."
+        0, ge=0, description="Retrain on the most recent N days only; 0: on all the data."
     )
     replay_rows: int = Field(
         20_000,
         ge=100,
-        description="Impressions replayed per traffic window: enough labels to see a logloss rise.",
+        description="Impressions replayed per day of traffic: enough labels to see an NE rise.",
     )
     replay_batch: int = Field(
         20, ge=1, description="Impressions per request when replaying a window."

@@ -142,7 +142,11 @@ def error_check(stable: VariantStats, canary: VariantStats, rules: CanarySetting
 
 
 def latency_check(stable: VariantStats, canary: VariantStats, rules: CanarySettings) -> Check:
-    """p99 (and p50, for the record) latency ratio canary / stable from histogram buckets."""
+    """p99 (and p50, for the record) latency ratio canary / stable from histogram buckets.
+
+    Fails when the ratio is above the ceiling and the p99s differ by more than
+    ``latency_slack_ms``: sub-millisecond timings on a shared CPU double from noise alone.
+    """
     counts = stable.latency.total, canary.latency.total
     if min(counts) < rules.min_requests:
         return Check("latency", "hold", f"{counts[0]:.0f} / {counts[1]:.0f} timed requests")
@@ -154,11 +158,13 @@ def latency_check(stable: VariantStats, canary: VariantStats, rules: CanarySetti
         values[f"{name}_ratio"] = values[f"canary_{name}"] / values[f"stable_{name}"]
     summary = (
         f"p99 {values['canary_p99'] * 1e3:.2f} ms vs {values['stable_p99'] * 1e3:.2f} ms "
-        f"(x{values['p99_ratio']:.2f}, ceiling x{rules.max_latency_ratio}), "
+        f"(x{values['p99_ratio']:.2f}, ceiling x{rules.max_latency_ratio} beyond "
+        f"{rules.latency_slack_ms} ms), "
         f"p50 {values['canary_p50'] * 1e3:.2f} ms vs {values['stable_p50'] * 1e3:.2f} ms "
         f"(x{values['p50_ratio']:.2f})"
     )
-    failed = values["p99_ratio"] > rules.max_latency_ratio
+    slower = (values["canary_p99"] - values["stable_p99"]) * 1e3 > rules.latency_slack_ms
+    failed = values["p99_ratio"] > rules.max_latency_ratio and slower
     return Check("latency", "fail" if failed else "pass", summary, values)
 
 

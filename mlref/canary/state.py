@@ -21,6 +21,7 @@ KIND = "InferenceService"
 STABLE_ANNOTATION = "mlref.io/stable-model"
 VERSION_ANNOTATION = "mlref.io/candidate-version"
 STATE_FILE = "inferenceservice.yaml"
+VARIANT_ENV = "MLREF_SERVING__VARIANT"
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,19 @@ def state_path(settings: Settings) -> Path:
 
 
 def to_patch(settings: Settings, state: CanaryState) -> dict:
-    """The InferenceService patch that puts ``state`` into effect (server-side apply body)."""
-    predictor: dict = {"model": {"storageUri": state.candidate_model}}
+    """The InferenceService patch that puts ``state`` into effect (server-side apply body).
+
+    The candidate's predictor reports ``variant="canary"`` in its metrics through an env
+    var: every revision of an InferenceService shares one spec, so the label has to travel
+    with the revision the patch creates. Promotion relabels it ``stable``.
+    """
+    variant = "stable" if state.percent == 100 else "canary"
+    predictor: dict = {
+        "model": {
+            "storageUri": state.candidate_model,
+            "env": [{"name": VARIANT_ENV, "value": variant}],
+        }
+    }
     if state.percent < 100:
         predictor["canaryTrafficPercent"] = state.percent
     annotations = {STABLE_ANNOTATION: state.stable_model}

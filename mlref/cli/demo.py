@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -27,6 +28,7 @@ def demo(
     from mlref.demo.loop import DemoError, run_loop
     from mlref.settings import get_settings
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = get_settings()
     if fresh and settings.work_dir.exists():
         shutil.rmtree(settings.work_dir)

@@ -34,6 +34,7 @@ from mlref.demo.traffic import replay
 from mlref.settings import Settings
 
 PROGRESS_FILE = "progress.json"
+PIPELINE_LOG = "pipelines.log"
 READY_TIMEOUT_SECONDS = 180.0
 
 
@@ -79,6 +80,30 @@ class Recorder:
         seconds = time.perf_counter() - start
         self.record.steps.append(report.Step(name, seconds, outcome["text"]))
         console.print(f"[bold green]done[/] {name} in {seconds:.1f}s  {outcome['text']}")
+
+
+@contextmanager
+def output_to(path: Path) -> Iterator[Path]:
+    """Send this process's stdout and stderr, and its children's, to ``path`` for a while.
+
+    kfp's local runner streams every task's full log to the terminal; the demo keeps its
+    own progress lines on screen and the pipeline's logs in a file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield path
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved, strict=True):
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def raw_day(settings: Settings, day: int) -> pd.DataFrame:
@@ -198,7 +223,9 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
             generated = generate(settings)
             out["text"] = f"{generated.rows:,} impressions"
         with steps.step("training pipeline (kfp local runner)") as out:
-            run = run_local(settings, pipeline_arguments(settings, raw_source))
+            console.print(f"pipeline logs: {demo_dir(settings) / PIPELINE_LOG}")
+            with output_to(demo_dir(settings) / PIPELINE_LOG):
+                run = run_local(settings, pipeline_arguments(settings, raw_source))
             out["text"] = f"champion v{run.champion}"
         progress.save("champion", run.champion)
     champion = str(progress["champion"])
@@ -208,21 +235,25 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         with serving(settings, model_uri(settings, champion)) as url:
             with steps.step(f"live traffic: day {quiet_day}, before any drift") as out:
                 generate(settings, [quiet_day])
-                out["text"] = _replay_window(settings, url, quiet_day, "quiet")
+                out["text"] = _replay_window(settings, url, [quiet_day], "quiet")
             marks.append(datetime.now(UTC))
             with steps.step(f"days {drift_first}-{drift_last} arrive ({scenario} drift)") as out:
                 generated = generate(settings, range(drift_first, drift_last + 1), [window])
                 out["text"] = f"{generated.rows:,} impressions"
-            with steps.step(f"live traffic: day {drift_first}, after the drift began") as out:
-                out["text"] = _replay_window(settings, url, drift_first, "drifted")
+            drifted = [drift_first, drift_first + 1]
+            with steps.step(f"live traffic: days {drifted[0]}-{drifted[1]}, drifted") as out:
+                out["text"] = _replay_window(settings, url, drifted, "drifted")
             marks.append(datetime.now(UTC))
         # Serving has stopped, so the inference log is flushed; each check judges one window.
         with steps.step("drift check: the window before drift") as out:
             out["text"] = _check(settings, record, "before drift", marks[0], marks[1])
         with steps.step("drift check: the window after drift, retraining on a trigger") as out:
-            first = max(1, drift_last - demo.retrain_days + 1)
-            start_date = day_date(settings, first).isoformat()
-            out["text"] = _check(settings, record, "after drift", marks[1], marks[2], start_date)
+            first = drift_last - demo.retrain_days + 1 if demo.retrain_days else 1
+            start_date = day_date(settings, max(first, 1)).isoformat()
+            console.print(f"retraining pipeline logs: {demo_dir(settings) / PIPELINE_LOG}")
+            with output_to(demo_dir(settings) / PIPELINE_LOG):
+                text = _check(settings, record, "after drift", marks[1], marks[2], start_date)
+            out["text"] = text
         challenger = registry.model_version_of(settings, registry.CHALLENGER)
         decision = "" if challenger is None else challenger.tags.get(registry.DECISION_TAG, "")
         progress.save("challenger", str(challenger.version) if challenger else "")
@@ -250,13 +281,13 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
     return record
 
 
-def _replay_window(settings: Settings, url: str, day: int, name: str) -> str:
-    rows = sample(raw_day(settings, day), settings.demo.replay_rows, seed=day)
+def _replay_window(settings: Settings, url: str, days: list[int], name: str) -> str:
+    rows = pd.concat(
+        [sample(raw_day(settings, day), settings.demo.replay_rows, seed=day) for day in days]
+    )
     result = replay(settings, url, rows, name, batch=settings.demo.replay_batch)
     if result.errors:
-        raise DemoError(
-            f"{result.errors} of {result.requests} requests failed while replaying day {day}"
-        )
+        raise DemoError(f"{result.errors} of {result.requests} requests failed replaying {days}")
     return f"{result.scored:,} impressions scored in {result.requests} requests, labels stored"
 
 
@@ -279,7 +310,7 @@ def _check(
         report.DriftPoint(
             label,
             result.drift.drifted_share if result.drift else 0.0,
-            perf.logloss_increase if perf else None,
+            perf.ne_increase if perf else None,
             result.decision.action,
             result.decision.reason,
         )

@@ -21,11 +21,11 @@ class Step:
 
 @dataclass(frozen=True)
 class DriftPoint:
-    """One drift check: the share of drifted columns and the live logloss vs the reference."""
+    """One drift check: drifted share of columns, live normalized entropy minus the reference."""
 
     label: str
     drift_share: float
-    logloss_increase: float | None
+    ne_increase: float | None
     decision: str
     reason: str
 
@@ -74,8 +74,8 @@ def drift_figure(points: list[DriftPoint]) -> Figure:
     labels = [p.label for p in points]
     share.bar(labels, [p.drift_share for p in points], color="tab:blue")
     share.set(title="drifted share of columns", ylim=(0, 1))
-    loss.bar(labels, [p.logloss_increase or 0.0 for p in points], color="tab:red")
-    loss.set(title="live logloss - reference logloss")
+    loss.bar(labels, [p.ne_increase or 0.0 for p in points], color="tab:red")
+    loss.set(title="normalized entropy: live - reference")
     for axes in (share, loss):
         axes.tick_params(axis="x", labelrotation=20)
     return figure
@@ -140,12 +140,12 @@ def write_report(record: LoopRecord, path: Path) -> Path:
             "<h2>Drift checks</h2>",
             f'<img src="data:image/png;base64,{_png(drift_figure(record.drift))}">',
             _table(
-                ["window", "drifted share", "logloss increase", "decision", "reason"],
+                ["window", "drifted share", "NE increase", "decision", "reason"],
                 [
                     [
                         p.label,
                         f"{p.drift_share:.2f}",
-                        _fmt(p.logloss_increase),
+                        _fmt(p.ne_increase),
                         p.decision,
                         p.reason,
                     ]

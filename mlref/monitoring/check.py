@@ -5,9 +5,9 @@ Order of the rules (first match wins):
 1. broken inputs (null, constant, out of range) -> ``alert``: the fix belongs upstream, and a
    model retrained on broken data would learn the bug;
 2. input drift -- a request input drifted (the audience changed), or at least
-   ``drift.drift_share`` of all inputs did -- or performance drift (labelled logloss above the
-   reference's by more than ``drift.max_logloss_increase``, significant at ``drift.alpha``)
-   -> ``retrain``;
+   ``drift.drift_share`` of all inputs did -- or performance drift (labelled normalized
+   entropy above the reference's by more than ``drift.max_ne_increase``, significant at
+   ``drift.alpha``) -> ``retrain``;
 3. otherwise ``none``. A rise in the share of rows scored with priors (cold start) is named in
    the reason, and the drift of that entity's columns is put down to it rather than retrained
    on: the next scheduled training gives the new entities history.
@@ -143,9 +143,10 @@ def decide(
         reasons.append(f"input drift on {', '.join(drifted)} ({share:.0%} of features)")
     if perf is not None and perf.degraded:
         reasons.append(
-            f"logloss {perf.current['logloss']:.4f} vs {perf.reference['logloss']:.4f} on the "
-            f"reference (+{perf.logloss_increase:.4f}, p={perf.p_value:.2g}) on "
-            f"{perf.labelled_rows} labelled rows"
+            f"normalized entropy {perf.current['normalized_entropy']:.4f} vs "
+            f"{perf.reference['normalized_entropy']:.4f} on the reference "
+            f"(+{perf.ne_increase:.4f}, p={perf.p_value:.2g}; AUC {perf.current['auc']:.3f} vs "
+            f"{perf.reference['auc']:.3f}) on {perf.labelled_rows} labelled rows"
         )
     if reasons:
         return Decision("retrain", "; ".join(reasons))
@@ -157,7 +158,8 @@ def decide(
     quiet = f"no input drift to act on ({share:.0%} of features drifted"
     quiet += f": {', '.join(drifted)})" if drifted else ")"
     if perf is not None:
-        quiet += f", logloss {perf.logloss_increase:+.4f} vs the reference (p={perf.p_value:.2g})"
+        quiet += f", normalized entropy {perf.ne_increase:+.4f} vs the reference"
+        quiet += f" (p={perf.p_value:.2g})"
     return Decision("none", "; ".join([*notes, quiet]))
 
 

@@ -29,6 +29,10 @@ def server_side_apply(obj: dict, patch: dict) -> dict:
     predictor.pop("canaryTrafficPercent", None)
     wanted = patch["spec"]["predictor"]
     predictor["model"]["storageUri"] = wanted["model"]["storageUri"]
+    owned = {e["name"] for e in wanted["model"].get("env", [])}  # env merges by name
+    kept = [e for e in predictor["model"].get("env", []) if e["name"] not in owned]
+    if kept or owned:
+        predictor["model"]["env"] = kept + wanted["model"].get("env", [])
     if "canaryTrafficPercent" in wanted:
         predictor["canaryTrafficPercent"] = wanted["canaryTrafficPercent"]
     return out

@@ -34,6 +34,8 @@ def test_patch_on_base_manifest_field_by_field(settings, base_isvc, validator, p
     predictor = patched["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == CANDIDATE
     assert predictor.get("canaryTrafficPercent") == (None if percent == 100 else percent)
+    variant = "stable" if percent == 100 else "canary"
+    assert predictor["model"]["env"] == [{"name": "MLREF_SERVING__VARIANT", "value": variant}]
     assert predictor["model"]["runtime"] == base_isvc["spec"]["predictor"]["model"]["runtime"]
     assert patched["spec"]["transformer"] == base_isvc["spec"]["transformer"]
     assert patched["metadata"]["annotations"][STABLE_ANNOTATION] == STABLE

@@ -41,7 +41,7 @@ def test_concept_drift_is_caught_by_labelled_performance(
     result = check(world, scenario_log("concept"), tmp_path)
     assert result.decision.action == "retrain", result.decision.reason
     assert result.performance.degraded
-    assert result.performance.logloss_increase > world.drift.max_logloss_increase
+    assert result.performance.ne_increase > world.drift.max_ne_increase
     # Inputs are those of a baseline day: no request input drifted.
     assert not {c.column for c in result.drift.columns if c.drifted} & {
         "ad_category",

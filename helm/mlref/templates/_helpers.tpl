@@ -75,4 +75,8 @@ model:
   modelFormat: {name: mlref-onnx}
   runtime: mlref-onnx
   storageUri: {{ .uri }}
+  {{- if hasKey . "variant" }}
+  env:
+    - {name: MLREF_SERVING__VARIANT, value: {{ .variant }}}
+  {{- end }}
 {{- end }}
