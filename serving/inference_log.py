@@ -1,22 +1,25 @@
 """The inference log: every scored row, appended to date-partitioned Parquet off the request path.
 
-Requests hand column batches to :meth:`InferenceLog.append` (a queue put, no I/O); a background
-thread concatenates them and writes ``date=YYYY-MM-DD/part-*.parquet`` whenever ``flush_rows``
-rows are waiting or ``flush_seconds`` have passed, and once more on :meth:`close`, so a clean
-stop loses nothing. The target is any fsspec URI: a local directory in local mode, object
-storage (``s3://...``, ``gs://...``) in cluster mode; the writer is the same.
+Requests hand column batches to :meth:`InferenceLog.append` (a list append, no I/O, no thread
+wake-up: waking a thread per request makes the event loop wait for the GIL); a background
+thread takes everything buffered and writes ``date=YYYY-MM-DD/part-*.parquet`` whenever
+``flush_rows`` rows are waiting or ``flush_seconds`` have passed, and once more on
+:meth:`close`, so a clean stop loses nothing. The target is any fsspec URI: a local directory
+in local mode, object storage (``s3://...``, ``gs://...``) in cluster mode; the writer is the
+same.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -44,7 +47,6 @@ SCHEMA = pa.schema(
         pa.field("variant", pa.string()),
     ]
 )
-_STOP = object()
 
 
 class InferenceLog:
@@ -56,44 +58,41 @@ class InferenceLog:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.rows_written = 0
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: list[Mapping[str, Sequence]] = []
+        self._rows = 0
+        self._wake = threading.Event()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
     def append(self, columns: Mapping[str, Sequence]) -> None:
-        """Queue one batch of scored rows (columns named as in :data:`SCHEMA`)."""
-        self._queue.put(columns)
+        """Buffer one batch of scored rows (columns named as in :data:`SCHEMA`)."""
+        with self._lock:
+            self._pending.append(columns)
+            self._rows += len(columns["request_id"])
+            if self._rows >= self.flush_rows:
+                self._wake.set()
 
     def close(self) -> None:
         """Write everything still buffered and stop the writer thread."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._stopping = True
+            self._wake.set()
             self._thread.join()
 
     def _run(self) -> None:
-        pending: list[pa.RecordBatch] = []
-        rows = 0
-        deadline = time.monotonic() + self.flush_seconds
         while True:
-            try:
-                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                item = None
-            if item is not None and item is not _STOP:
-                batch = pa.RecordBatch.from_pydict(dict(item), schema=SCHEMA)
-                pending.append(batch)
-                rows += batch.num_rows
-            if item is _STOP or rows >= self.flush_rows or time.monotonic() >= deadline:
-                self._flush(pending)
-                pending, rows = [], 0
-                deadline = time.monotonic() + self.flush_seconds
-            if item is _STOP:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            with self._lock:
+                pending, self._pending, self._rows = self._pending, [], 0
+            if pending:
+                self._flush(pa.Table.from_pydict(merged(pending), schema=SCHEMA))
+            if self._stopping:
                 return
 
-    def _flush(self, batches: list[pa.RecordBatch]) -> None:
-        if not batches:
-            return
-        table = pa.Table.from_batches(batches, schema=SCHEMA)
+    def _flush(self, table: pa.Table) -> None:
         dates = pc.strftime(table["timestamp"], format="%Y-%m-%d")
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
@@ -107,3 +106,16 @@ class InferenceLog:
                 log.exception("inference log: could not write %d rows to %s", part.num_rows, path)
                 continue
             self.rows_written += part.num_rows
+
+
+def merged(batches: list[Mapping[str, Sequence]]) -> dict[str, Sequence]:
+    """One column set from many: a single Arrow conversion per flush, not one per request
+    (thousands of small conversions hold the GIL long enough to delay requests)."""
+    columns = {}
+    for name in SCHEMA.names:
+        parts = [batch[name] for batch in batches]
+        if all(isinstance(part, np.ndarray) for part in parts):
+            columns[name] = np.concatenate(parts)
+        else:
+            columns[name] = list(itertools.chain.from_iterable(parts))
+    return columns

@@ -2,32 +2,85 @@
 
 KServe already serves the default registry on ``/metrics`` (with its ``request_*_seconds``
 histograms); every metric here is prefixed ``mlref_`` so the two sets never clash and one
-scrape sees both.
+scrape sees both. Both servers label by ``server`` and by the ``model_version`` and
+``variant`` (``stable`` / ``canary``) of the predictor that answered: the canary analysis
+compares the two variants through exactly these names.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import numpy as np
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-STAGES = ("feature_lookup", "transform", "inference", "total")
+SCORE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+class ArrayHistogram:
+    """A labelled histogram that takes a whole array per update.
+
+    prometheus_client's ``Histogram.observe`` is one Python call per value; scoring 256 rows
+    would spend more on metrics than on the model. This counts a batch with one
+    ``searchsorted`` + ``bincount`` and is exposed as an ordinary histogram. Updates and
+    scrapes both run on the server's event loop.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str], buckets):
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.bounds = np.array([*buckets, np.inf])
+        self.children: dict[tuple[str, ...], ArrayHistogramChild] = {}
+        REGISTRY.register(self)
+
+    def labels(self, *values: str) -> ArrayHistogramChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = ArrayHistogramChild(self.bounds)
+        return child
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            cumulative = np.cumsum(child.counts).tolist()
+            buckets = [
+                (floatToGoString(b), c) for b, c in zip(self.bounds, cumulative, strict=True)
+            ]
+            family.add_metric(list(values), buckets, child.total)
+        yield family
+
+
+class ArrayHistogramChild:
+    def __init__(self, bounds: np.ndarray):
+        self.bounds = bounds
+        self.counts = np.zeros(len(bounds), dtype=np.int64)
+        self.total = 0.0
+
+    def observe(self, values: np.ndarray) -> None:
+        """Count every value (``le`` buckets: a value equal to a bound counts in it)."""
+        slots = np.searchsorted(self.bounds, values, side="left")
+        self.counts += np.bincount(slots, minlength=len(self.bounds))
+        self.total += float(np.sum(values, dtype=np.float64))
+
 
 REQUESTS = Counter(
     "mlref_requests",
-    "Scoring requests by HTTP status, model version and variant.",
+    "Scoring requests by HTTP status (a string), model version and variant.",
     ["server", "status", "model_version", "variant"],
 )
 STAGE_SECONDS = Histogram(
     "mlref_stage_seconds",
     "Latency of each serving stage (feature_lookup, transform, inference, total).",
-    ["server", "stage"],
+    ["server", "stage", "model_version", "variant"],
     buckets=LATENCY_BUCKETS,
 )
-SCORES = Histogram(
+SCORES = ArrayHistogram(
     "mlref_prediction_score",
-    "Predicted click probabilities.",
-    ["model_version", "variant"],
-    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0),
+    "Returned click probabilities, every one.",
+    ["server", "model_version", "variant"],
+    buckets=SCORE_BUCKETS,
 )
 DEFAULTED = Counter(
     "mlref_defaulted_features",

@@ -20,7 +20,14 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
 from mlref.serving import metrics
-from mlref.serving.requests import V2_INPUTS, parse_v1_rows, parse_v2_inputs
+from mlref.serving.requests import (
+    MODEL_CHANGED,
+    V2_INPUTS,
+    VERSION_HEADER,
+    RequestError,
+    parse_v1_rows,
+    parse_v2_inputs,
+)
 from mlref.settings import Settings
 
 REGISTRY_SCHEME = "models:/"
@@ -77,7 +84,11 @@ def _registry_version(settings: Settings, uri: str) -> str:
 
 
 class OnnxPredictor(kserve.Model):
-    """ONNX Runtime behind KServe; validates inputs so that bad requests are 4xx, not 500."""
+    """ONNX Runtime behind KServe; bad requests are 4xx and non-finite outputs a 500, never NaN.
+
+    The model's feature spec is published in the v2 model metadata (``parameters``), so a
+    transformer builds its inputs from the model it actually calls, not from its own settings.
+    """
 
     def __init__(self, name: str, model_uri: str, settings: Settings):
         super().__init__(name)
@@ -96,11 +107,30 @@ class OnnxPredictor(kserve.Model):
             onnx_model.INPUT_CAT: len(self.model.spec.categorical),
             onnx_model.INPUT_NUM: len(self.model.spec.numeric),
         }
+        self.sizes = np.array([f.size for f in self.model.spec.categorical], dtype=np.int64)
+        stage = metrics.STAGE_SECONDS.labels
+        self.total_seconds = stage("predictor", "total", self.version, self.variant)
+        self.inference_seconds = stage("predictor", "inference", self.version, self.variant)
+        self.scores = metrics.SCORES.labels("predictor", self.version, self.variant)
         self.ready = True
         return self.ready
 
+    @property
+    def parameters(self) -> dict[str, str]:
+        """What the v2 model metadata publishes besides KServe's fields."""
+        return {onnx_model.META_SPEC: self.model.spec.to_json()}
+
     def predict(self, payload, headers=None):
         start = time.perf_counter()
+        expected = (headers or {}).get(VERSION_HEADER)
+        if expected and expected != self.version:
+            raise RequestError(
+                f"request built for model {expected}, but this predictor serves {self.version}: "
+                f"fetch /v2/models/{self.name} again and rebuild the inputs",
+                field=VERSION_HEADER,
+                status=409,
+                code=MODEL_CHANGED,
+            )
         if isinstance(payload, InferRequest):
             arrays = parse_v2_inputs(payload.inputs, self.max_batch, self.widths)
             probability = self._run(arrays[onnx_model.INPUT_CAT], arrays[onnx_model.INPUT_NUM])
@@ -117,13 +147,30 @@ class OnnxPredictor(kserve.Model):
             cat, num = parse_v1_rows(payload, self.max_batch, *self.widths.values())
             probability = self._run(cat, num)
             response = {"predictions": probability.tolist(), "model_version": self.version}
-        metrics.STAGE_SECONDS.labels("predictor", "total").observe(time.perf_counter() - start)
+        self.total_seconds.observe(time.perf_counter() - start)
         return response
 
     def _run(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        outside = ((cat < 0) | (cat >= self.sizes)).any(axis=0)
+        if outside.any():
+            j = int(np.flatnonzero(outside)[0])
+            raise RequestError(
+                f"categorical input {j} ({self.model.spec.categorical[j].name}) must be a code "
+                f"in [0, {self.sizes[j]}): build inputs with this model's feature spec",
+                field=onnx_model.INPUT_CAT,
+            )
         start = time.perf_counter()
         probability = self.model.predict(cat, num)
-        metrics.STAGE_SECONDS.labels("predictor", "inference").observe(time.perf_counter() - start)
+        self.inference_seconds.observe(time.perf_counter() - start)
+        finite = np.isfinite(probability)
+        if not finite.all():
+            raise RequestError(
+                f"model {self.version} produced {int((~finite).sum())} non-finite score(s) for "
+                f"{len(probability)} row(s): its weights are corrupt; roll it back",
+                status=500,
+                code="non_finite_output",
+            )
+        self.scores.observe(probability)
         return probability
 
     def get_input_types(self) -> list[dict]:

@@ -1,16 +1,20 @@
 """Process start and stop: KServe's ModelServer bound where we say, answering errors our way.
 
-:class:`ModelServer` is KServe's, with four differences that KServe has no switch for:
-the bind address (KServe hard-codes 0.0.0.0; local mode binds 127.0.0.1), the one error
-shape for every error response (KServe's handlers answer ``{"error": "..."}``, FastAPI's
-``{"detail": ...}``), an ``mlref_requests`` counter by status code, and model versions in
-the v2 model metadata. It runs one uvicorn process on uvloop; gRPC only when asked.
+:class:`ModelServer` is KServe's, with differences that KServe has no switch for: the bind
+address (KServe hard-codes 0.0.0.0; local mode binds 127.0.0.1), the one error shape for
+every error response (KServe's handlers answer ``{"error": "..."}``, FastAPI's
+``{"detail": ...}``), an ``mlref_requests`` counter by status, model version and variant,
+model versions and the feature spec in the v2 model metadata, and no per-request timing
+middleware (KServe's logs a line per request; ``mlref_stage_seconds`` measures instead).
+It runs one uvicorn process on uvloop; gRPC only when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -34,10 +38,11 @@ from kserve.errors import (
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
 from mlref.serving import metrics
-from mlref.serving.requests import RequestError, error_body
+from mlref.serving.requests import VARIANT_HEADER, VERSION_HEADER, RequestError, error_body
 from mlref.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +64,9 @@ def install_error_handlers(app: FastAPI) -> None:
     """Render every error, KServe's and FastAPI's included, as ``error_body``."""
 
     async def request_error(_, exc: RequestError):
-        return ORJSONResponse(error_body(exc.code, exc.message, exc.field), exc.status)
+        return ORJSONResponse(
+            error_body(exc.code, exc.message, exc.field), exc.status, headers=exc.headers
+        )
 
     def known(status: int, code: str):
         async def handler(_, exc: Exception):
@@ -99,29 +106,51 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+_VERSION_KEY, _VARIANT_KEY = VERSION_HEADER.encode(), VARIANT_HEADER.encode()
+
+
 class RequestMetrics:
-    """ASGI middleware: ``mlref_requests`` by status, model version and variant."""
+    """ASGI middleware: ``mlref_requests`` by status, model version and variant.
+
+    The labels come from the response's :func:`label_headers` when it has them (the
+    transformer's answer depends on the predictor it routed to), else from ``labels()``.
+    """
 
     def __init__(self, app, server: str, labels: Callable[[], tuple[str, str]]):
         self.app = app
         self.server = server
         self.labels = labels
+        self.counters: dict[tuple[int, str, str], Counter] = {}  # labels() costs per call
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].endswith(SCORING_PATHS):
             return await self.app(scope, receive, send)
-        status = 500
+        status, named = 500, {}
 
         async def record_status(message):
-            nonlocal status
+            nonlocal status, named
             if message["type"] == "http.response.start":
                 status = message["status"]
+                named = {
+                    key: value
+                    for key, value in message.get("headers", ())
+                    if key in (_VERSION_KEY, _VARIANT_KEY)
+                }
             await send(message)
 
         try:
             await self.app(scope, receive, record_status)
         finally:
-            metrics.REQUESTS.labels(self.server, str(status), *self.labels()).inc()
+            version, variant = self.labels()
+            version = named.get(_VERSION_KEY, b"").decode() or version
+            variant = named.get(_VARIANT_KEY, b"").decode() or variant
+            key = (status, version, variant)
+            counter = self.counters.get(key)
+            if counter is None:
+                counter = self.counters[key] = metrics.REQUESTS.labels(
+                    self.server, str(status), version, variant
+                )
+            counter.inc()
 
 
 class _RESTServer(RESTServer):
@@ -132,8 +161,16 @@ class _RESTServer(RESTServer):
         self.labels = labels
 
     def _add_middlewares(self, app: FastAPI) -> None:
-        super()._add_middlewares(app)
         app.add_middleware(RequestMetrics, server=self.server_name, labels=self.labels)
+
+    def _register_endpoints(self, app: FastAPI) -> None:
+        async def model_metadata(model_name: str) -> ORJSONResponse:
+            return ORJSONResponse(await self.dataplane.model_metadata(model_name))
+
+        # Registered first, so it answers before KServe's (whose response model drops
+        # ``parameters``).
+        app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
+        super()._register_endpoints(app)
 
     def _add_exception_handlers(self, app: FastAPI) -> None:
         install_error_handlers(app)
@@ -142,11 +179,13 @@ class _RESTServer(RESTServer):
 class _DataPlane(DataPlane):
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
-        version = getattr(self.get_model_from_registry(model_name), "version", "")
+        model = self.get_model_from_registry(model_name)
+        version = getattr(model, "version", "")
         return {
             **metadata,
             "platform": "onnxruntime_onnx",
             "versions": [version] if version else [],
+            "parameters": getattr(model, "parameters", {}),
         }
 
 
@@ -199,6 +238,11 @@ class ModelServer(kserve.ModelServer):
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.register_signal_handler()
+        # Everything loaded so far (model, Feast, KServe, pandas) lives as long as the process:
+        # keeping it out of the collector's scans avoids full collections of a few hundred
+        # thousand objects, which stall every request in flight for 100-200 ms.
+        gc.collect()
+        gc.freeze()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             self.setup_event_loop_in(runner.get_loop())
             runner.run(self._serve())
@@ -228,23 +272,23 @@ def run_predictor(
 
     model = OnnxPredictor(settings.serving.model_name, model_uri, settings)
     model.load()
-    variant = settings.serving.variant
-    server = ModelServer(host, port, "predictor", lambda: (model.version, variant), grpc, grpc_port)
+    labels = (model.version, settings.serving.variant)
+    server = ModelServer(host, port, "predictor", lambda: labels, grpc, grpc_port)
     server.start([model])
 
 
 def run_transformer(
-    settings: Settings, host: str, port: int, predictor_url: str, lookup=None
+    settings: Settings, host: str, port: int, predictor_url: str, candidate_url: str = ""
 ) -> None:
-    """Serve the transformer until SIGTERM / SIGINT, then flush the inference log."""
-    from mlref.features.transform import build_spec
+    """Serve the transformer until SIGTERM / SIGINT, then flush the inference log.
+
+    ``candidate_url``: the canary predictor, given its share by the canary state file.
+    """
+    from mlref.canary.state import state_path
+    from mlref.features.store import OnlineFeatureLookup
     from mlref.serving.inference_log import InferenceLog
-    from mlref.serving.transformer import CtrTransformer
+    from mlref.serving.transformer import CanarySplit, CtrTransformer
 
-    if lookup is None:
-        from mlref.features.store import OnlineFeatureLookup
-
-        lookup = OnlineFeatureLookup(settings)
     serving = settings.serving
     inference_log = InferenceLog(
         serving.log_uri or str(settings.inference_log_dir),
@@ -254,51 +298,64 @@ def run_transformer(
     model = CtrTransformer(
         serving.model_name,
         settings,
-        build_spec(settings.features),
-        lookup,
+        OnlineFeatureLookup(settings),
         predictor_url,
         inference_log,
+        candidate_url,
+        CanarySplit(state_path(settings)),
     )
-    server = ModelServer(host, port, "transformer", lambda: (model.model_version, model.variant))
+    server = ModelServer(host, port, "transformer", model.default_labels)
     try:
         server.start([model])
     finally:
         inference_log.close()
 
 
+# Feast's import sets these for its own pre-forked workers. Inherited by a server, they would
+# switch prometheus_client to multiprocess mode: every metric update a write to a shared file.
+FEAST_METRICS_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment for a server process: this one's, less Feast's metrics directory."""
+    return {
+        **{k: v for k, v in os.environ.items() if k not in FEAST_METRICS_ENV},
+        **extra,
+    }
+
+
 def default_model_uri(settings: Settings) -> str:
     return settings.serving.model_uri or f"models:/{settings.serving.model_name}@champion"
 
 
-def serve_local(settings: Settings, model_uri: str, grpc: bool = False) -> int:
-    """Predictor and transformer as two local processes; SIGTERM / SIGINT stops both cleanly."""
+def serve_local(
+    settings: Settings, model_uri: str, candidate_uri: str | None = None, grpc: bool = False
+) -> int:
+    """Predictor(s) and transformer as local processes; SIGTERM / SIGINT stops all cleanly.
+
+    With ``candidate_uri`` a second predictor serves it as the ``canary`` variant on
+    ``canary.candidate_port``; the transformer splits traffic as the canary state says.
+    """
     serving = settings.serving
     cli = [sys.executable, "-m", "mlref.serving.server"]
     common = ["--host", serving.host]
-    predictor = subprocess.Popen(
-        [
-            *cli,
-            "predictor",
-            *common,
-            "--port",
-            str(serving.predictor_port),
-            "--model",
-            model_uri,
-            *(["--grpc"] if grpc else []),
-        ]
-    )
+
+    def predictor(uri: str, port: int, *extra: str, **env: str) -> subprocess.Popen:
+        argv = [*cli, "predictor", *common, "--port", str(port), "--model", uri, *extra]
+        return subprocess.Popen(argv, env=server_env(**env))
+
+    # gRPC on the stable predictor only: both would bind the same default gRPC port.
+    predictors = [predictor(model_uri, serving.predictor_port, *(["--grpc"] if grpc else []))]
+    target = ["--predictor-host", f"{serving.host}:{serving.predictor_port}"]
+    if candidate_uri:
+        port = settings.canary.candidate_port
+        predictors.append(predictor(candidate_uri, port, MLREF_SERVING__VARIANT="canary"))
+        target += ["--candidate-host", f"{serving.host}:{port}"]
     transformer = subprocess.Popen(
-        [
-            *cli,
-            "transformer",
-            *common,
-            "--port",
-            str(serving.transformer_port),
-            "--predictor-host",
-            f"{serving.host}:{serving.predictor_port}",
-        ]
+        [*cli, "transformer", *common, "--port", str(serving.transformer_port), *target],
+        env=server_env(),
     )
-    children = (transformer, predictor)  # stop order: the transformer drains first
+    children = (transformer, *predictors)  # stop order: the transformer drains first
     stopping = False
 
     def stop(*_):

@@ -15,9 +15,14 @@ def serve(
     model: str = typer.Option(
         "", help="Model file, directory or models:/ URI; default models:/<model_name>@champion."
     ),
+    candidate: str = typer.Option(
+        "",
+        help="Canary candidate model (file, directory or models:/ URI), served as variant "
+        "`canary` on canary.candidate_port with the share the canary state gives it.",
+    ),
     grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC on the predictor."),
 ) -> None:
-    """Start predictor and transformer on settings.serving.host (127.0.0.1) until Ctrl-C."""
+    """Start predictor(s) and transformer on settings.serving.host (127.0.0.1) until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
     from mlref.serving.server import default_model_uri, serve_local
@@ -29,8 +34,15 @@ def serve(
         f"transformer http://{serving.host}:{serving.transformer_port}"
         f"/v1/models/{serving.model_name}:predict -> predictor "
         f"http://{serving.host}:{serving.predictor_port}"
+        + (
+            f" + candidate http://{serving.host}:{settings.canary.candidate_port}"
+            if candidate
+            else ""
+        )
     )
-    raise typer.Exit(serve_local(settings, model or default_model_uri(settings), grpc))
+    raise typer.Exit(
+        serve_local(settings, model or default_model_uri(settings), candidate or None, grpc)
+    )
 
 
 @app.command()
@@ -74,6 +86,11 @@ def transformer(
         "--predictor_host",
         help="host:port of the predictor; default local.",
     ),
+    candidate_host: str = typer.Option(
+        "",
+        "--candidate-host",
+        help="host:port of the canary candidate predictor; none: all traffic to the predictor.",
+    ),
     host: str = typer.Option("", help="Bind address; default settings.serving.host."),
     port: int = typer.Option(0, "--port", "--http_port", help="Default serving.transformer_port."),
 ) -> None:
@@ -84,5 +101,18 @@ def transformer(
     settings = get_settings()
     serving = settings.serving
     target = predictor_host or f"{serving.host}:{serving.predictor_port}"
-    url = target if "://" in target else f"http://{target}"
-    run_transformer(settings, host or serving.host, port or serving.transformer_port, url)
+    try:
+        run_transformer(
+            settings,
+            host or serving.host,
+            port or serving.transformer_port,
+            _url(target),
+            _url(candidate_host) if candidate_host else "",
+        )
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _url(target: str) -> str:
+    return target if "://" in target else f"http://{target}"

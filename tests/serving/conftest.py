@@ -1,20 +1,30 @@
-"""Real serving processes on 127.0.0.1: a predictor and a transformer over a test Feast store."""
+"""Real serving processes on 127.0.0.1: predictors and a transformer over a real Feast store.
+
+The feature store is built the way production builds it (curated log -> snapshot tables ->
+Feast apply + materialize, :func:`mlref.features.store.compute_and_materialize`), and the
+servers are started through the production CLI with the test's settings as a config file.
+"""
 
 from __future__ import annotations
 
-import os
+import hashlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
+from mlref.features.store import compute_and_materialize
 from mlref.serving.predictor import file_version
-from mlref.settings import ServingSettings, Settings
+from mlref.serving.server import server_env
+from mlref.settings import CONFIG_ENV, ServingSettings, Settings
+from tests.features import events, write_curated
 from tests.servers import Server, free_port
-from tests.serving.feast_store import FeastLookup, build_store
 from tests.serving.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,54 +37,62 @@ class Stack:
     settings: Settings
     model_path: Path
     version: str
-    feast_root: Path
     predictor_url: str
     transformer_url: str
 
 
-def _env(settings: Settings) -> dict:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MLREF_WORK_DIR": str(settings.work_dir),
-        "MLREF_SERVING__MAX_BATCH": str(settings.serving.max_batch),
-    }
-
-
-def start_predictor(settings: Settings, model_path: Path, logs: Path) -> Server:
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "mlref.serving.server",
-        "predictor",
-        "--model",
-        str(model_path),
-        "--port",
-        str(port),
+def build_features(settings: Settings, user_ids, ad_ids, seed: int = 0) -> None:
+    """A curated click log in which every given user and ad is active, computed into Feast."""
+    rng = np.random.default_rng(seed)
+    users, ads = list(user_ids), list(ad_ids)
+    n = 4 * max(len(users), len(ads))
+    stamps = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(
+        rng.integers(0, 3 * 86_400, n), unit="s"
+    )
+    rows = [
+        (str(stamps[i]), users[i % len(users)], ads[(i * 7) % len(ads)], int(rng.random() < 0.1))
+        for i in range(n)
     ]
-    server = Server(argv, port, logs / f"predictor-{port}.log", env=_env(settings))
-    server.wait_ready(check=lambda: _ready(port, settings.serving.model_name))
+    write_curated(settings.curated_dir, events(rows))
+    compute_and_materialize(settings)
+
+
+def config_env(settings: Settings, **extra: str) -> dict:
+    """The environment a server needs to see exactly ``settings`` (as its config file)."""
+    text = yaml.safe_dump(settings.model_dump(mode="json"))
+    path = settings.work_dir / f"mlref-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    inherited = {k: v for k, v in server_env().items() if not k.startswith("MLREF_")}
+    return {**inherited, "PYTHONPATH": str(REPO), CONFIG_ENV: str(path), **extra}
+
+
+def start_predictor(
+    settings: Settings, model_path: Path, logs: Path, variant: str = "", port: int = 0
+) -> Server:
+    port = port or free_port()
+    argv = [sys.executable, "-m", "mlref.serving.server", "predictor"]
+    argv += ["--model", str(model_path), "--port", str(port)]
+    extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
+    server = Server(argv, port, logs / f"predictor-{port}.log", env=config_env(settings, **extra))
+    server.wait_ready(check=lambda: model_ready(port, settings.serving.model_name))
     return server
 
 
-def start_transformer(settings: Settings, feast_root: Path, predictor_url: str, logs: Path):
+def start_transformer(
+    settings: Settings, predictor_url: str, logs: Path, candidate_url: str = ""
+) -> Server:
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "tests.serving.run_transformer",
-        settings.model_dump_json(),
-        str(feast_root),
-        str(port),
-        predictor_url,
-    ]
-    server = Server(argv, port, logs / f"transformer-{port}.log", env=_env(settings))
-    server.wait_ready(check=lambda: _ready(port, settings.serving.model_name))
+    argv = [sys.executable, "-m", "mlref.serving.server", "transformer"]
+    argv += ["--port", str(port), "--predictor-host", predictor_url]
+    if candidate_url:
+        argv += ["--candidate-host", candidate_url]
+    server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
+    server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.serving.model_name))
     return server
 
 
-def _ready(port: int, name: str) -> bool:
+def model_ready(port: int, name: str) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/v1/models/{name}").status_code == 200
     except httpx.HTTPError:
@@ -90,12 +108,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("serving")
     settings = serving_settings(root, log_flush_seconds=0.5)
     model_path = build_model(root / "model" / "model.onnx", settings)
-    feast_root = root / "feast"
-    build_store(feast_root, KNOWN_USERS, KNOWN_ADS)
+    build_features(settings, KNOWN_USERS, KNOWN_ADS)
     predictor = start_predictor(settings, model_path, root)
     predictor_url = f"http://127.0.0.1:{predictor.port}"
     try:
-        transformer = start_transformer(settings, feast_root, predictor_url, root)
+        transformer = start_transformer(settings, predictor_url, root)
     except Exception:
         predictor.stop()
         raise
@@ -103,7 +120,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         settings,
         model_path,
         file_version(model_path),
-        feast_root,
         predictor_url,
         f"http://127.0.0.1:{transformer.port}",
     )
@@ -112,5 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def lookup(stack: Stack) -> FeastLookup:
-    return FeastLookup(stack.feast_root)
+def lookup(stack: Stack):
+    from mlref.features.store import OnlineFeatureLookup
+
+    return OnlineFeatureLookup(stack.settings)

@@ -17,12 +17,15 @@ from mlref.onnx_model import INPUT_CAT, INPUT_NUM, META_SPEC, OUTPUT
 from mlref.settings import Settings
 
 
-def build_model(path: Path, settings: Settings, seed: int = 0) -> Path:
+def build_model(path: Path, settings: Settings, seed: int = 0, corrupt: bool = False) -> Path:
+    """The model for ``settings``' feature spec; ``corrupt``: NaN weights (NaN scores)."""
     spec = build_spec(settings.features)
     sizes = [f.size for f in spec.categorical]
     rng = np.random.default_rng(seed)
     offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
     table = rng.normal(0, 0.5, (sum(sizes), 1)).astype(np.float32)
+    if corrupt:
+        table[:] = np.nan
     weights = rng.normal(0, 0.3, (len(spec.numeric), 1)).astype(np.float32)
     initializers = [
         numpy_helper.from_array(offsets, "offsets"),

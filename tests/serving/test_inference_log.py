@@ -9,8 +9,12 @@ import pytest
 
 from mlref.features.transform import STAT_COLUMNS
 from mlref.serving.predictor import file_version
-from tests.serving.conftest import serving_settings, start_predictor, start_transformer
-from tests.serving.feast_store import build_store
+from tests.serving.conftest import (
+    build_features,
+    serving_settings,
+    start_predictor,
+    start_transformer,
+)
 from tests.serving.model import build_model
 from tests.serving.test_servers import business_rows
 
@@ -21,12 +25,10 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
     # Bounds far away: only the shutdown flush can write these rows.
     settings = serving_settings(tmp_path, log_flush_rows=100_000, log_flush_seconds=600)
     model = build_model(tmp_path / "model.onnx", settings)
-    build_store(tmp_path / "feast", range(1, 41), range(1, 16))
+    build_features(settings, range(1, 41), range(1, 16))
     predictor = start_predictor(settings, model, tmp_path)
     try:
-        transformer = start_transformer(
-            settings, tmp_path / "feast", f"http://127.0.0.1:{predictor.port}", tmp_path
-        )
+        transformer = start_transformer(settings, f"http://127.0.0.1:{predictor.port}", tmp_path)
         url = f"http://127.0.0.1:{transformer.port}/v1/models/ctr:predict"
         sent, answers, versions = [], {}, set()
         for batch in (1, 5, 80):
@@ -53,4 +55,4 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
     assert [list(d) for d in log["defaulted"]] == [answers[r]["defaulted"] for r in log.index]
     assert not log[list(STAT_COLUMNS)].isna().any().any()  # stats as used: after defaults
     assert set(log["model_version"]) == versions == {file_version(model)}
-    assert set(log["variant"]) == {"champion"}
+    assert set(log["variant"]) == {"stable"}

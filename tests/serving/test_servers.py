@@ -56,8 +56,9 @@ def in_process(stack, cat, num) -> np.ndarray:
 
 
 def random_inputs(n: int, seed: int = 1):
+    """Valid model inputs: every categorical code below its column's size (5 at least)."""
     rng = np.random.default_rng(seed)
-    cat = rng.integers(0, 8, (n, 8)).astype(np.int64)
+    cat = rng.integers(0, 5, (n, 8)).astype(np.int64)
     num = rng.normal(0, 1, (n, 12)).astype(np.float32)
     return cat, num
 
@@ -202,6 +203,13 @@ BAD_INPUTS = [
     ("transformer", "v1/models/ctr:predict", with_row(device_type="fridge"), 200, ""),
     ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 19]}, 400, "must hold 20 values"),
     ("predictor", "v1/models/ctr:predict", {"instances": [[1.5] * 20]}, 400, "must be int64"),
+    (
+        "predictor",
+        "v1/models/ctr:predict",
+        {"instances": [[10**9] * 8 + [0.5] * 12]},
+        400,
+        "must be a code in [0, ",
+    ),
     ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 8 + ["x"] * 12]}, 400, "finite"),
     (
         "predictor",
@@ -262,21 +270,30 @@ def test_bad_input_gets_one_error_shape(stack, target, path, body, status, fragm
     assert ok.status_code == 200 and 0 < ok.json()["predictions"][0]["probability"] < 1
 
 
+def sample(name: str, **labels: str) -> str:
+    """A Prometheus sample as the text exposition writes it (labels sorted by name)."""
+    pairs = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return f"{name}{{{pairs}}}"
+
+
 def test_metrics_cover_requests_stages_scores_and_defaults(stack):
     predict(stack.transformer_url, "ctr", {"instances": business_rows(4)})
     predict(stack.transformer_url, "ctr", {"instances": []})
+    predict(stack.predictor_url, "ctr", {"instances": [[1] * 8 + [0.5] * 12]})
+    labels = {"model_version": stack.version, "variant": "stable"}
+    for server, url, stages in (
+        ("transformer", stack.transformer_url, ("feature_lookup", "transform", "inference")),
+        ("predictor", stack.predictor_url, ("inference",)),
+    ):
+        text = httpx.get(f"{url}/metrics").text
+        assert sample("mlref_requests_total", server=server, status="200", **labels) in text
+        for stage in (*stages, "total"):
+            assert sample("mlref_stage_seconds_count", server=server, stage=stage, **labels) in text
+        assert sample("mlref_prediction_score_count", server=server, **labels) in text
+        assert "request_predict_seconds_count" in text  # KServe's own metrics, side by side
     text = httpx.get(f"{stack.transformer_url}/metrics").text
-    version, variant = stack.version, stack.settings.serving.variant
-    assert (
-        f'mlref_requests_total{{model_version="{version}",server="transformer",'
-        f'status="200",variant="{variant}"}}'
-    ) in text
-    assert 'server="transformer",status="400"' in text
-    for stage in ("feature_lookup", "transform", "inference", "total"):
-        assert f'mlref_stage_seconds_count{{server="transformer",stage="{stage}"}}' in text
-    assert f'mlref_prediction_score_count{{model_version="{version}",variant="{variant}"}}' in text
-    assert 'mlref_defaulted_features_total{feature="user_ctr_7d"}' in text
-    assert "request_predict_seconds_count" in text  # KServe's own metrics, side by side
+    assert sample("mlref_requests_total", server="transformer", status="400", **labels) in text
+    assert sample("mlref_defaulted_features_total", feature="user_ctr_7d") in text
 
 
 def test_bounded_load_has_no_errors(stack):

@@ -1,20 +1,37 @@
-"""The transformer's small-batch path gives exactly the shared transform's numbers."""
+"""The transformer's inputs are exactly the shared transform's numbers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from mlref.features.transform import STAT_COLUMNS, SmallBatchTransform, build_spec
-from mlref.serving.transformer import shared_transform
+from mlref.features.transform import (
+    STAT_COLUMNS,
+    FeatureSpec,
+    SmallBatchTransform,
+    build_spec,
+    fill_defaults,
+    transform,
+)
+from mlref.serving.transformer import defaulted_names
 from tests.serving.test_servers import business_rows
+
+
+def shared_transform(columns: dict[str, list], stats: np.ndarray, spec: FeatureSpec):
+    """The same four results through the shared pandas functions (what training uses)."""
+    frame = pd.DataFrame(columns)
+    frame[list(spec.numeric)] = stats
+    filled, missing = fill_defaults(frame, spec)
+    cat, num = transform(filled, spec)
+    names = list(spec.numeric)
+    return cat, num, filled[names].to_numpy(np.float64), missing[names].to_numpy()
 
 
 def test_small_batch_path_equals_shared_transform(settings):
     spec = build_spec(settings.features)
     fast = SmallBatchTransform(spec)
     rng = np.random.default_rng(0)
-    for n in (1, 7, 40):  # repeated calls exercise the memo as well
+    for n in (1, 7, 40, 700):  # repeated calls exercise the memo as well
         rows = pd.DataFrame(business_rows(n, seed=n)).drop(columns="request_id")
         rows.loc[0, "user_id"] = -5  # negative id: OOV bucket on both paths
         columns = {c: rows[c].tolist() for c in rows.columns}
@@ -25,3 +42,8 @@ def test_small_batch_path_equals_shared_transform(settings):
         ):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+def test_defaulted_names_per_row():
+    missing = np.array([[True, False, True], [False, False, False], [True, False, True]])
+    assert defaulted_names(missing, ("a", "b", "c")) == [["a", "c"], [], ["a", "c"]]
