@@ -38,12 +38,12 @@ class DataSettings(Section):
         8, ge=1, description="Baseline days; 8 fills the 7-day feature windows before testing."
     )
     rows_per_day: int = Field(20_000, ge=1)
-    n_users: int = Field(5_000, ge=1)
+    n_users: int = Field(1_000, ge=1)
     n_ads: int = Field(400, ge=1)
     n_advertisers: int = Field(60, ge=1)
     chunk_rows: int = Field(250_000, ge=1_000, description="Rows held in memory at once.")
-    n_segments: int = Field(8, ge=1, description="Hidden user segments of the synthetic world.")
-    target_ctr: float = Field(0.03, gt=0, lt=0.5, description="Overall CTR of a baseline day.")
+    n_segments: int = Field(4, ge=1, description="Hidden user segments of the synthetic world.")
+    target_ctr: float = Field(0.05, gt=0, lt=0.5, description="Overall CTR of a baseline day.")
     quality_bug_share: float = Field(
         0.2, gt=0, le=1, description="Share of rows the `quality` scenario corrupts."
     )
@@ -64,7 +64,7 @@ class IngestSettings(Section):
 class FeatureSettings(Section):
     """Feast feature computation and stores."""
 
-    ctr_prior: float = Field(0.03, gt=0, lt=1, description="Prior CTR for cold entities.")
+    ctr_prior: float = Field(0.05, gt=0, lt=1, description="Prior CTR for cold entities.")
     prior_strength: float = Field(20.0, gt=0, description="Pseudo-impressions of the prior.")
     user_hash_buckets: int = Field(20_000, ge=16)
     ad_hash_buckets: int = Field(4_000, ge=16)
@@ -241,9 +241,6 @@ class DemoSettings(Section):
     drift_days: int = Field(
         4, ge=3, description="Days of drift before retraining (train, validation, test)."
     )
-    retrain_days: int = Field(
-        0, ge=0, description="Retrain on the most recent N days only; 0: on all the data."
-    )
     replay_rows: int = Field(
         20_000,
         ge=100,
@@ -342,6 +339,11 @@ class Settings(BaseSettings):
     @property
     def inference_log_dir(self) -> Path:
         return self.work_dir / "inference_log"
+
+    @property
+    def inference_log_uri(self) -> str:
+        """Where the transformer logs and the drift job and canary analysis read."""
+        return self.serving.log_uri or str(self.inference_log_dir)
 
     @property
     def canary_dir(self) -> Path:

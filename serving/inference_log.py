@@ -98,10 +98,14 @@ class InferenceLog:
             part = table.filter(pc.equal(dates, date))
             directory = f"{self.root}/date={date}"
             self.fs.makedirs(directory, exist_ok=True)
-            path = f"{directory}/part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            path, hidden = f"{directory}/{name}", f"{directory}/.{name}"
             try:
-                with self.fs.open(path, "wb") as out:
+                # Readers (drift job, canary analysis) skip dot-files, so they never see a
+                # part half written; object stores make the finished part visible at once.
+                with self.fs.open(hidden, "wb") as out:
                     pq.write_table(part, out)
+                self.fs.mv(hidden, path)
             except OSError:
                 log.exception("inference log: could not write %d rows to %s", part.num_rows, path)
                 continue

@@ -291,7 +291,7 @@ def run_transformer(
 
     serving = settings.serving
     inference_log = InferenceLog(
-        serving.log_uri or str(settings.inference_log_dir),
+        settings.inference_log_uri,
         serving.log_flush_rows,
         serving.log_flush_seconds,
     )

@@ -176,12 +176,20 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def score_check(stable: VariantStats, canary: VariantStats, rules: CanarySettings) -> Check:
+def score_check(
+    stable: VariantStats,
+    canary: VariantStats,
+    rules: CanarySettings,
+    labelled: Check | None = None,
+) -> Check:
     """Shift of the prediction-score distribution between variants: PSI over the buckets.
 
     Fails when PSI is above the ceiling and a chi-square test of the bucket counts says the
     shift is real at ``alpha``: with few scores PSI is mostly sampling noise (its expected
     value between two samples of one distribution is about buckets x (1/n1 + 1/n2)).
+    A model retrained after drift is expected to score differently, so the shift is accepted
+    when the ``labelled`` logloss check shows the canary no worse than stable; without labels
+    the shift is the only quality signal there is.
     """
     counts = stable.scores.total, canary.scores.total
     if min(counts) < rules.min_requests:
@@ -197,10 +205,14 @@ def score_check(stable: VariantStats, canary: VariantStats, rules: CanarySetting
         f"(alpha {rules.alpha}) over {table.shape[1]} buckets, {counts[0]:.0f} / "
         f"{counts[1]:.0f} scores"
     )
-    failed = value > rules.max_score_psi and p_value < rules.alpha
-    return Check(
-        "scores", "fail" if failed else "pass", summary, {"psi": value, "p_value": p_value}
+    shifted = value > rules.max_score_psi and p_value < rules.alpha
+    better = (
+        labelled is not None and labelled.verdict == "pass" and labelled.values["difference"] <= 0
     )
+    if shifted and better:
+        summary += "; accepted: labelled logloss shows the canary no worse"
+    verdict = "fail" if shifted and not better else "pass"
+    return Check("scores", verdict, summary, {"psi": value, "p_value": p_value})
 
 
 def _losses(outcomes: Outcomes) -> np.ndarray:
@@ -280,14 +292,16 @@ def analyze(
     """Every check and the decision: too little traffic holds; any failure rolls back;
     any other hold holds; else promote. ``outcomes`` (stable, canary) switch on the
     quality checks when labels were joined to the window's predictions."""
+    quality = []
+    if outcomes is not None:
+        quality = [logloss_check(*outcomes, rules), calibration_check(*outcomes, rules)]
     checks = [
         traffic_check(stable, canary, rules.min_requests),
         error_check(stable, canary, rules),
         latency_check(stable, canary, rules),
-        score_check(stable, canary, rules),
+        score_check(stable, canary, rules, quality[0] if quality else None),
+        *quality,
     ]
-    if outcomes is not None:
-        checks += [logloss_check(*outcomes, rules), calibration_check(*outcomes, rules)]
     verdicts = {c.verdict for c in checks}
     if checks[0].verdict == "hold":
         action: Action = "hold"

@@ -10,14 +10,12 @@ both. Series are those of the predictor (``server="predictor"``), told apart by 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import httpx
-import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlref.canary.analysis import Histogram, Outcomes, VariantStats
@@ -30,7 +28,6 @@ LATENCY_STAGE = "total"
 REQUESTS = "mlref_requests_total"
 LATENCY = "mlref_stage_seconds_bucket"
 SCORES = "mlref_prediction_score_bucket"
-LOG_READ_ATTEMPTS = 5
 # A series: metric name and its sorted label pairs.
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -111,14 +108,7 @@ def labelled_outcomes(
     labels = read_labels(settings)
     if labels.empty:
         return None
-    for attempt in range(LOG_READ_ATTEMPTS):
-        try:
-            log = read_inference_log(settings, since, until)
-            break
-        except pa.ArrowInvalid:  # a log part caught while it is being written
-            if attempt == LOG_READ_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2)
+    log = read_inference_log(settings, since, until)
     joined = join_labels(log, labels)
     joined = joined[joined[LABEL].notna()]
     if joined.empty:

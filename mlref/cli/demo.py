@@ -45,7 +45,7 @@ def demo(
         table.add_row(step.name, f"{step.seconds:.0f}", step.outcome)
     console.print(table)
     quality = Table(title="AUC per day (offline, same features for every model)")
-    days = sorted({p.day for p in record.quality})
+    days = list(dict.fromkeys(p.day for p in record.quality))  # in the order scored
     quality.add_column("model")
     for day in days:
         quality.add_column(day)

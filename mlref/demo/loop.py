@@ -248,11 +248,9 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         with steps.step("drift check: the window before drift") as out:
             out["text"] = _check(settings, record, "before drift", marks[0], marks[1])
         with steps.step("drift check: the window after drift, retraining on a trigger") as out:
-            first = drift_last - demo.retrain_days + 1 if demo.retrain_days else 1
-            start_date = day_date(settings, max(first, 1)).isoformat()
             console.print(f"retraining pipeline logs: {demo_dir(settings) / PIPELINE_LOG}")
             with output_to(demo_dir(settings) / PIPELINE_LOG):
-                text = _check(settings, record, "after drift", marks[1], marks[2], start_date)
+                text = _check(settings, record, "after drift", marks[1], marks[2])
             out["text"] = text
         challenger = registry.model_version_of(settings, registry.CHALLENGER)
         decision = "" if challenger is None else challenger.tags.get(registry.DECISION_TAG, "")
@@ -297,14 +295,13 @@ def _check(
     label: str,
     since: datetime,
     until: datetime,
-    start_date: str = "",
 ) -> str:
-    """The drift job over one window, then its trigger (retraining from ``start_date``)."""
+    """The drift job over one window, then its trigger (retraining on all the data)."""
     from mlref.monitoring.check import run_check
     from mlref.monitoring.trigger import trigger
 
     result = run_check(settings, since=since, until=until)
-    outcome = trigger(settings, result, start_date=start_date)
+    outcome = trigger(settings, result)
     perf = result.performance
     record.drift.append(
         report.DriftPoint(

@@ -106,7 +106,7 @@ def canary_figure(points: list[CanaryPoint]) -> Figure:
 def quality_figure(points: list[QualityPoint]) -> Figure:
     figure = Figure(figsize=(7, 3.2))
     axes = figure.add_subplot()
-    days = sorted({p.day for p in points})
+    days = list(dict.fromkeys(p.day for p in points))  # in the order scored
     for model in sorted({p.model for p in points}):
         rows = {p.day: p.auc for p in points if p.model == model}
         xs = [d for d in days if d in rows]

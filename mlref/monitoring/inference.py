@@ -21,17 +21,13 @@ LABEL = "clicked"
 LABEL_SCHEMA = pa.schema([pa.field("request_id", pa.string()), pa.field(LABEL, pa.int8())])
 
 
-def log_uri(settings: Settings) -> str:
-    return settings.serving.log_uri or str(settings.inference_log_dir)
-
-
 def read_inference_log(
     settings: Settings, since: datetime | None = None, until: datetime | None = None
 ) -> pd.DataFrame:
     """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty."""
     from mlref.serving.inference_log import SCHEMA
 
-    fs, root = fsspec.core.url_to_fs(log_uri(settings))
+    fs, root = fsspec.core.url_to_fs(settings.inference_log_uri)
     if not fs.exists(root):
         return SCHEMA.empty_table().to_pandas()
     dataset = ds.dataset(root, schema=SCHEMA, format="parquet", filesystem=fs)

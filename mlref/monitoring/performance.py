@@ -3,7 +3,7 @@
 Concept drift leaves the inputs alone and changes how they click, so only labels can show
 it. Normalized entropy (logloss over the entropy of the observed CTR) is the deciding figure:
 it sees ranking and calibration like logloss, but a day that simply clicks more (CTR moves by
-15% from day to day) does not look worse. Twenty thousand labelled rows at a 3% CTR give it
+15% from day to day) does not look worse. Twenty thousand labelled rows at a 3-5% CTR give it
 to about +-0.007, so a rise must be larger than the tolerance and significant (a bootstrap of
 both sides, one-sided at ``drift.alpha``): a quiet day's noise never retrains. AUC, logloss
 and calibration are reported beside it.

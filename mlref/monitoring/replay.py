@@ -12,7 +12,7 @@ import pandas as pd
 
 from mlref import onnx_model
 from mlref.features.transform import REQUEST_COLUMNS, fill_defaults, transform
-from mlref.monitoring.inference import LABEL, log_uri, write_labels
+from mlref.monitoring.inference import LABEL, write_labels
 from mlref.settings import Settings
 
 TIMESTAMP = "event_timestamp"
@@ -67,7 +67,9 @@ def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     (as ``labels_dir/<name>.parquet``) when it has a ``clicked`` column."""
     from mlref.serving.inference_log import SCHEMA, InferenceLog
 
-    writer = InferenceLog(log_uri(settings), flush_rows=len(scored) + 1, flush_seconds=3600.0)
+    writer = InferenceLog(
+        settings.inference_log_uri, flush_rows=len(scored) + 1, flush_seconds=3600.0
+    )
     writer.append({field.name: scored[field.name] for field in SCHEMA})
     writer.close()
     if LABEL in scored:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 
 from mlref import onnx_model
 from mlref.features.transform import transform
@@ -149,10 +148,7 @@ class Traffic:
     def label(self, name: str) -> None:
         """Clicks for newly logged rows, drawn from the stable model's probability."""
         settings = self.serving.settings
-        try:
-            log = read_inference_log(settings, self.started)
-        except pa.ArrowInvalid:  # a log part still being written: label it next round
-            return
+        log = read_inference_log(settings, self.started)
         log = log[~log["request_id"].isin(self.labelled)]
         if log.empty:
             return

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlref.canary.analysis import (
+    Check,
     Histogram,
     Outcomes,
     VariantStats,
@@ -116,6 +117,15 @@ def test_score_shift_fails_psi_and_same_distribution_passes():
     same = score_check(variant(), variant(seed=4), RULES)
     assert same.verdict == "pass" and same.values["psi"] < 0.05
     assert score_check(variant(n=10), variant(), RULES).verdict == "hold"
+
+
+def test_score_shift_is_accepted_only_when_labels_show_the_canary_no_worse():
+    stable, retrained = variant(), variant(score_mean=0.25, seed=4)
+    better = Check("logloss", "pass", "", {"difference": -0.004})
+    worse = Check("logloss", "pass", "", {"difference": +0.015})  # e.g. a constant predictor
+    accepted = score_check(stable, retrained, RULES, better)
+    assert accepted.verdict == "pass" and "accepted" in accepted.summary
+    assert score_check(stable, retrained, RULES, worse).verdict == "fail"
 
 
 def test_psi_from_sampling_noise_alone_does_not_fail():

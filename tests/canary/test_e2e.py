@@ -112,5 +112,5 @@ def test_miscalibrated_candidate_is_rolled_back_on_labelled_traffic(stable):
     analysis = result.stages[-1].analysis
     assert {"logloss", "calibration"} & {c.name for c in analysis.failed}, analysis.lines()
     assert analysis.check("calibration").values["ratio"] > 1.5
-    assert analysis.check("scores").verdict == "fail"  # the score distribution moved too
+    assert analysis.check("scores").values["psi"] > settings.canary.max_score_psi  # moved too
     assert read_state(state_path(settings)).percent == 0

@@ -43,6 +43,7 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
         predictor.stop()
     assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]
     files = sorted(settings.inference_log_dir.glob("date=*/part-*.parquet"))
+    assert not list(settings.inference_log_dir.rglob(".part-*")), "a part left half-written"
     assert files
     log = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     assert len(log) == len(sent) == len(set(log["request_id"]))
