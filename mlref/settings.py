@@ -169,7 +169,8 @@ class CanarySettings(Section):
     inference_service: str = Field("ctr", description="The InferenceService `mlref canary` drives.")
     deployment_mode: Literal["Serverless", "Standard"] = Field(
         "Serverless",
-        description="KServe deployment mode; canaryTrafficPercent only works in Serverless.",
+        description="KServe deployment mode: Serverless splits with canaryTrafficPercent, "
+        "Standard with spec.canary.",
     )
     stages: list[int] = Field([10, 50, 100], description="Traffic percent of each stage.")
     bake_seconds: float = Field(300.0, ge=0, description="Time each stage serves before analysis.")

@@ -83,16 +83,28 @@ def get_inference_service(api: Any, settings: Settings) -> dict:
     )
 
 
-def refuse_standard_mode(settings: Settings, live: dict | None = None) -> None:
-    """canaryTrafficPercent does nothing outside Serverless mode: refuse instead of pretending."""
-    annotations = ((live or {}).get("metadata") or {}).get("annotations") or {}
-    mode = annotations.get(DEPLOYMENT_MODE)
-    if settings.canary.deployment_mode == "Standard" or mode in STANDARD_MODES:
-        where = f"{DEPLOYMENT_MODE}: {mode}" if mode in STANDARD_MODES else "deployment_mode"
+def deployment_mode(obj: dict) -> str | None:
+    """The mode an InferenceService runs in: its annotation, else what KServe reports."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(DEPLOYMENT_MODE) or (obj.get("status") or {}).get("deploymentMode")
+
+
+def check_deployment_mode(settings: Settings, live: dict) -> None:
+    """The patch speaks canary.deployment_mode's API; KServe ignores the other mode's
+    (canaryTrafficPercent outside Serverless, spec.canary outside Standard): refuse instead."""
+    mode = deployment_mode(live)
+    if mode in STANDARD_MODES:
+        wanted = "Standard"
+    elif mode == "Serverless":
+        wanted = "Serverless"
+    else:
+        return  # not reported: the setting is all there is to go by
+    configured = settings.canary.deployment_mode
+    if configured != wanted:
         raise KubeError(
-            f"canary needs KServe Serverless mode ({where}); KServe ignores "
-            "canaryTrafficPercent otherwise: deploy Serverless, or roll out with spec.canary "
-            "(helm ci/standard-canary-values.yaml)"
+            f"InferenceService {settings.cluster.namespace}/{settings.canary.inference_service} "
+            f"runs in {mode} mode but canary.deployment_mode is {configured}: "
+            f"set MLREF_CANARY__DEPLOYMENT_MODE={wanted}"
         )
 
 
@@ -154,11 +166,33 @@ def not_ready_reason(obj: dict) -> str:
     return "generation not yet observed"
 
 
-def traffic_split(obj: dict) -> list[str]:
-    """``revision: percent`` lines from status.components.predictor.traffic."""
+def traffic_split(obj: dict, standard: bool = False) -> list[str]:
+    """``target: percent`` lines as KServe reports the split: Knative revisions from
+    status.components.predictor.traffic (Serverless), or the predictor Deployments from
+    status.canaryStatuses (Standard), read from spec.canary until the controller reports."""
+    if standard:
+        return _standard_split(obj)
     traffic = ((obj.get("status") or {}).get("components") or {}).get("predictor", {})
     lines = []
     for target in traffic.get("traffic") or []:
         latest = " (latest)" if target.get("latestRevision") else ""
         lines.append(f"{target.get('revisionName', '?')}{latest}: {target.get('percent', 0)}%")
+    return lines
+
+
+def _standard_split(obj: dict) -> list[str]:
+    name = (obj.get("metadata") or {}).get("name", "?")
+    statuses = (obj.get("status") or {}).get("canaryStatuses")
+    source = ""
+    if statuses is None:  # no canary, or one the controller has not reported yet
+        statuses = [
+            {"name": (c.get("predictor") or {}).get("name", "?"), **c}
+            for c in (obj.get("spec") or {}).get("canary") or []
+        ]
+        source = " (spec, not yet reported)" if statuses else ""
+    canary = [(s["name"], int(s.get("trafficPercent", 0)), s.get("ready", True)) for s in statuses]
+    lines = [f"{name}-predictor (stable): {100 - sum(p for _, p, _ in canary)}%{source}"]
+    for variant, percent, ready in canary:
+        state = "" if ready else " (not ready)"
+        lines.append(f"{name}-{variant}-predictor: {percent}%{state}{source}")
     return lines

@@ -19,7 +19,14 @@ from typing import Any, Literal
 from mlref.canary import kube
 from mlref.canary.analysis import Action, Analysis, analyze
 from mlref.canary.sources import MetricSource, default_source
-from mlref.canary.state import CanaryState, read_state, state_path, to_patch, write_state
+from mlref.canary.state import (
+    CanaryState,
+    read_state,
+    standard_mode,
+    state_path,
+    to_patch,
+    write_state,
+)
 from mlref.settings import Settings
 
 MODELS_SCHEME = "models:/"
@@ -83,16 +90,21 @@ def apply_state(
     out: Path | None = None,
     api: Any = None,
 ) -> Applied:
-    """Write the patch; in cluster mode (unless ``write_only``) apply it and wait for Ready."""
-    kube.refuse_standard_mode(settings)
-    path = write_state(settings, state, out)
+    """Write the patch; in cluster mode (unless ``write_only``) apply it and wait for Ready.
+
+    The live InferenceService is read first: its deployment mode must be the one the patch
+    is written for, and in Standard mode its predictor lends the candidate its pod settings.
+    """
     if write_only or settings.mode != "cluster":
-        return Applied(state, path)
+        return Applied(state, write_state(settings, state, out))
     api = api or kube.connect()
-    kube.refuse_standard_mode(settings, kube.get_inference_service(api, settings))
-    kube.apply_patch(api, settings, to_patch(settings, state))
+    live = kube.get_inference_service(api, settings)
+    kube.check_deployment_mode(settings, live)
+    stable = (live.get("spec") or {}).get("predictor")
+    path = write_state(settings, state, out, stable)
+    kube.apply_patch(api, settings, to_patch(settings, state, stable))
     ready = kube.wait_ready(api, settings)
-    return Applied(state, path, kube.traffic_split(ready))
+    return Applied(state, path, kube.traffic_split(ready, standard_mode(settings)))
 
 
 def current_state(settings: Settings) -> CanaryState:
@@ -151,7 +163,7 @@ def status(settings: Settings, api: Any = None) -> Applied:
     if settings.mode != "cluster":
         return Applied(state, state_path(settings))
     live = kube.get_inference_service(api or kube.connect(), settings)
-    return Applied(state, state_path(settings), kube.traffic_split(live))
+    return Applied(state, state_path(settings), kube.traffic_split(live, standard_mode(settings)))
 
 
 @dataclass(frozen=True)

@@ -70,17 +70,26 @@ def container_problems(obj: dict[str, Any]) -> list[Problem]:
 
 
 def canary_problems(obj: dict[str, Any]) -> list[Problem]:
-    """canaryTrafficPercent only works in Serverless mode; KServe ignores it elsewhere."""
+    """Each deployment mode has its own canary API, and KServe ignores the other one:
+    canaryTrafficPercent needs Serverless (Knative revisions), spec.canary needs Standard."""
     if obj.get("kind") != "InferenceService":
         return []
     mode = ((obj.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE)
-    predictor = (obj.get("spec") or {}).get("predictor") or {}
-    if mode in STANDARD_MODES and "canaryTrafficPercent" in predictor:
+    spec = obj.get("spec") or {}
+    if mode in STANDARD_MODES and "canaryTrafficPercent" in (spec.get("predictor") or {}):
         return [
             (
                 "spec.predictor.canaryTrafficPercent",
-                f"is ignored by KServe when {DEPLOYMENT_MODE} is {mode}: use Serverless mode "
-                "for a canary, or spec.canary (trafficPercent) in Standard mode",
+                f"is ignored by KServe when {DEPLOYMENT_MODE} is {mode}: use spec.canary "
+                "(trafficPercent) in Standard mode, or Serverless mode",
+            )
+        ]
+    if mode == "Serverless" and spec.get("canary"):
+        return [
+            (
+                "spec.canary",
+                f"is Standard mode's canary API, not served when {DEPLOYMENT_MODE} is "
+                "Serverless: use spec.predictor.canaryTrafficPercent, or Standard mode",
             )
         ]
     return []

@@ -2,8 +2,9 @@
 
 No API server runs here, so cluster-mode tests talk to this recording of CustomObjectsApi:
 it keeps one InferenceService, records every call, applies patches the way server-side
-apply treats the fields mlref owns, and answers reads with a status sequence as recorded
-from a KServe Serverless rollout (not yet observed, then Ready with a traffic split).
+apply treats the fields mlref owns, and answers reads with a status sequence: not yet
+observed, then Ready with the split, as a Serverless rollout records it (Knative revisions in
+status.components) or, in Standard mode, as the CRD's status.canaryStatuses describes it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import copy
 
 from kubernetes.client.exceptions import ApiException
 
-from mlref.canary.state import STABLE_ANNOTATION, VERSION_ANNOTATION
+from mlref.canary.kube import deployment_mode
+from mlref.canary.state import CANDIDATE_ANNOTATION, STABLE_ANNOTATION, VERSION_ANNOTATION
+from mlref.k8s.checks import STANDARD_MODES
 
-OWNED_ANNOTATIONS = (STABLE_ANNOTATION, VERSION_ANNOTATION)
+OWNED_ANNOTATIONS = (STABLE_ANNOTATION, VERSION_ANNOTATION, CANDIDATE_ANNOTATION)
 
 
 def server_side_apply(obj: dict, patch: dict) -> dict:
     """``obj`` after applying ``patch`` as field manager mlref: the patch's fields are set,
-    and the fields mlref owns that the patch leaves out are removed."""
+    and the fields mlref owns that the patch leaves out are removed. spec.canary is an
+    atomic list: the patch's list replaces it whole, and leaving it out removes it."""
     out = copy.deepcopy(obj)
     annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
     for key in OWNED_ANNOTATIONS:
@@ -35,6 +39,9 @@ def server_side_apply(obj: dict, patch: dict) -> dict:
         predictor["model"]["env"] = kept + wanted["model"].get("env", [])
     if "canaryTrafficPercent" in wanted:
         predictor["canaryTrafficPercent"] = wanted["canaryTrafficPercent"]
+    out["spec"].pop("canary", None)
+    if "canary" in patch["spec"]:
+        out["spec"]["canary"] = copy.deepcopy(patch["spec"]["canary"])
     return out
 
 
@@ -44,6 +51,13 @@ def traffic(percent: int | None) -> list[dict]:
     return [
         {"revisionName": "ctr-predictor-00002", "percent": percent, "latestRevision": True},
         {"revisionName": "ctr-predictor-00001", "percent": 100 - percent, "latestRevision": False},
+    ]
+
+
+def canary_statuses(spec: dict) -> list[dict]:
+    return [
+        {"name": c["predictor"]["name"], "ready": True, "trafficPercent": c["trafficPercent"]}
+        for c in spec.get("canary") or []
     ]
 
 
@@ -76,8 +90,11 @@ class RecordedCustomObjectsApi:
         else:
             status["observedGeneration"] = meta["generation"]
             status["conditions"] = [{"type": "Ready", "status": "True"}]
-            percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
-            status["components"] = {"predictor": {"traffic": traffic(percent)}}
+            if deployment_mode(obj) in STANDARD_MODES:
+                status["canaryStatuses"] = canary_statuses(obj["spec"])
+            else:
+                percent = obj["spec"]["predictor"].get("canaryTrafficPercent")
+                status["components"] = {"predictor": {"traffic": traffic(percent)}}
         return obj
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):

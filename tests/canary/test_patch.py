@@ -1,10 +1,15 @@
-"""The canary patch on the real base manifest: every stage as KServe expects, schema-valid."""
+"""The canary patch on the real manifests: every stage as KServe expects, schema-valid, in
+Serverless mode (on the kustomize base) and Standard mode (on the chart)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import yaml
 
 from mlref.canary.state import (
+    CANDIDATE_ANNOTATION,
     STABLE_ANNOTATION,
     CanaryState,
     from_patch,
@@ -13,7 +18,7 @@ from mlref.canary.state import (
     write_state,
 )
 from mlref.k8s.checks import canary_problems
-from mlref.k8s.render import render_overlay
+from mlref.k8s.render import render_chart, render_overlay
 from tests.canary.fake_kube import server_side_apply
 from tests.k8s.conftest import find
 
@@ -74,4 +79,122 @@ def test_raw_deployment_canary_is_a_structure_problem(settings, base_isvc):
     patched = server_side_apply(base_isvc, to_patch(settings, CanaryState(CANDIDATE, STABLE, 10)))
     patched["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     ((path, message),) = canary_problems(patched)
-    assert path == "spec.predictor.canaryTrafficPercent" and "Serverless" in message
+    assert path == "spec.predictor.canaryTrafficPercent" and "spec.canary" in message
+
+
+def standard(settings):
+    return settings.model_copy(
+        update={"canary": settings.canary.model_copy(update={"deployment_mode": "Standard"})}
+    )
+
+
+@pytest.fixture(scope="module")
+def standard_isvc(root) -> dict:
+    """The chart's InferenceService in Standard mode before any rollout: the stable predictor."""
+    rendered = render_chart(root, {"serving": {"deploymentMode": "Standard"}}, "standard")
+    return find(rendered.objects, "InferenceService", "ctr")
+
+
+def apply_standard(settings, isvc: dict, percent: int) -> dict:
+    state = CanaryState(CANDIDATE, STABLE, percent, "7")
+    patch = to_patch(standard(settings), state, isvc["spec"]["predictor"])
+    assert from_patch(patch) == state
+    return server_side_apply(isvc, patch)
+
+
+def pod_settings(predictor: dict) -> dict:
+    return {k: v for k, v in predictor.items() if k not in {"name", "model"}}
+
+
+@pytest.mark.parametrize("percent", [10, 50, 0, 100])
+def test_standard_patch_on_chart_manifest_field_by_field(
+    settings, standard_isvc, validator, percent
+):
+    patched = apply_standard(settings, standard_isvc, percent)
+
+    base = standard_isvc["spec"]["predictor"]
+    predictor = patched["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == (CANDIDATE if percent == 100 else STABLE)
+    assert predictor["model"]["env"] == [{"name": "MLREF_SERVING__VARIANT", "value": "stable"}]
+    assert "canaryTrafficPercent" not in predictor
+    assert pod_settings(predictor) == pod_settings(base)
+    assert predictor["model"]["runtime"] == base["model"]["runtime"] == "mlref-onnx"
+    if 0 < percent < 100:
+        ((canary,),) = [patched["spec"]["canary"]]
+        assert canary["trafficPercent"] == percent
+        candidate = canary["predictor"]
+        assert candidate["name"] == "candidate"
+        assert pod_settings(candidate) == pod_settings(base)  # service account, security
+        assert candidate["model"] == {
+            "name": "candidate",
+            "modelFormat": base["model"]["modelFormat"],
+            "runtime": base["model"]["runtime"],
+            "storageUri": CANDIDATE,
+            "env": [{"name": "MLREF_SERVING__VARIANT", "value": "canary"}],
+        }
+    else:
+        assert "canary" not in patched["spec"]
+    annotations = patched["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
+    assert annotations[STABLE_ANNOTATION] == STABLE
+    assert annotations.get(CANDIDATE_ANNOTATION) == (CANDIDATE if percent == 0 else None)
+    assert patched["spec"]["transformer"] == standard_isvc["spec"]["transformer"]
+    assert from_patch(patched) == CanaryState(CANDIDATE, STABLE, percent, "7")
+    assert validator.validate(patched) == []
+    assert canary_problems(patched) == []
+
+
+def test_standard_steps_drop_the_canary_by_leaving_it_out(settings, standard_isvc):
+    """Server-side apply removes spec.canary (an atomic list mlref owns) once a patch omits it."""
+    isvc = standard_isvc
+    for percent, has_canary in [(10, True), (50, True), (0, False), (10, True), (100, False)]:
+        isvc = apply_standard(settings, isvc, percent)
+        assert ("canary" in isvc["spec"]) is has_canary, percent
+        assert from_patch(isvc).percent == percent
+    assert CANDIDATE_ANNOTATION not in isvc["metadata"]["annotations"]
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == CANDIDATE
+
+
+def test_standard_canary_matches_the_chart_stage(settings, root, standard_isvc, validator):
+    """helm --values ci/standard-canary-values.yaml and `mlref canary start` run the same
+    candidate (KServe names its Deployment after predictor.name)."""
+    values = render_chart(
+        root,
+        yaml.safe_load((root / "helm/mlref/ci/standard-canary-values.yaml").read_text()),
+        "standard-canary",
+    )
+    chart = find(values.objects, "InferenceService", "ctr")
+    assert validator.validate(chart) == []
+    chart_canary = chart["spec"]["canary"]
+    patched = apply_standard(settings, standard_isvc, chart_canary[0]["trafficPercent"])
+    assert patched["spec"]["canary"] == chart_canary
+    assert (
+        patched["spec"]["predictor"]["model"]["storageUri"]
+        == (chart["spec"]["predictor"]["model"]["storageUri"])
+    )
+    assert from_patch(chart).candidate_model == CANDIDATE
+
+
+def test_standard_state_file_without_a_live_predictor(settings, tmp_path, validator):
+    """--write-only has no live predictor to copy: the candidate gets model format and runtime."""
+    state = CanaryState("models:/ctr/3", "models:/ctr/2", 25, "3")
+    path = write_state(standard(settings), state, tmp_path / "isvc.yaml")
+    patch = yaml.safe_load(path.read_text())
+    assert patch["spec"]["canary"][0]["predictor"] == {
+        "name": "candidate",
+        "model": {
+            "name": "candidate",
+            "modelFormat": {"name": "mlref-onnx"},
+            "runtime": "mlref-onnx",
+            "storageUri": "models:/ctr/3",
+            "env": [{"name": "MLREF_SERVING__VARIANT", "value": "canary"}],
+        },
+    }
+    assert read_state(path) == state
+
+
+def test_canary_apis_of_the_other_mode_are_structure_problems(settings, standard_isvc):
+    serverless = copy.deepcopy(apply_standard(settings, standard_isvc, 10))
+    serverless["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Serverless"
+    ((path, message),) = canary_problems(serverless)
+    assert path == "spec.canary" and "Standard" in message

@@ -7,11 +7,12 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from kubernetes.client import ApiClient, Configuration
 from typer.testing import CliRunner
 
 from mlref.canary import kube, rollout
-from mlref.canary.state import read_state, state_path
+from mlref.canary.state import CanaryState, read_state, state_path
 from mlref.cli import app
 from mlref.settings import CanarySettings, Settings, get_settings
 from mlref.training import registry
@@ -91,7 +92,12 @@ def live_isvc(mode: str = "Serverless") -> dict:
         },
         "spec": {
             "predictor": {
-                "model": {"modelFormat": {"name": "mlref-onnx"}, "storageUri": "s3://old"}
+                "serviceAccountName": "mlref-serving",
+                "model": {
+                    "modelFormat": {"name": "mlref-onnx"},
+                    "runtime": "mlref-onnx",
+                    "storageUri": "s3://old",
+                },
             }
         },
     }
@@ -134,7 +140,11 @@ def test_cluster_start_applies_server_side_waits_and_reports_split(settings, ver
         (RecordedCustomObjectsApi(None), "not found (404)"),
         (RecordedCustomObjectsApi(live_isvc(), error_status=403), "forbidden (403)"),
         (RecordedCustomObjectsApi(live_isvc(), ready_after=10**9), "not Ready after"),
-        (RecordedCustomObjectsApi(live_isvc("RawDeployment")), "Serverless"),
+        (
+            RecordedCustomObjectsApi(live_isvc("RawDeployment")),
+            "runs in RawDeployment mode but canary.deployment_mode is Serverless: "
+            "set MLREF_CANARY__DEPLOYMENT_MODE=Standard",
+        ),
     ],
 )
 def test_cluster_failures_are_one_clear_line(settings, versions, api, message):
@@ -142,17 +152,69 @@ def test_cluster_failures_are_one_clear_line(settings, versions, api, message):
     with pytest.raises(kube.KubeError, match=re.escape(message)) as caught:
         rollout.start(settings, CHALLENGER, 10, api=api)
     assert "\n" not in str(caught.value)
-    if message == "Serverless":
+    if "MLREF_CANARY__DEPLOYMENT_MODE" in message:
         assert not [c for c in api.calls if c[0] == "patch"]
 
 
-def test_standard_mode_setting_refuses_even_write_only(settings):
+def test_cluster_standard_mode_canary_rollback_restart_promote(settings, versions):
+    _, second = versions
     settings = cluster(settings, deployment_mode="Standard")
-    with pytest.raises(kube.KubeError, match="Serverless"):
-        rollout.start(
-            settings, "s3://models/new", 10, stable_uri="s3://models/old", write_only=True
-        )
+    api = RecordedCustomObjectsApi(live_isvc("Standard"))
+    candidate = client(settings).get_model_version_download_uri("ctr", second)
+
+    applied = rollout.start(settings, CHALLENGER, 10, api=api)
+    ((_, args, _),) = [call for call in api.calls if call[0] == "patch"]
+    body = args[-1]
+    assert body == yaml.safe_load(state_path(settings).read_text())
+    assert "canaryTrafficPercent" not in body["spec"]["predictor"]
+    (canary,) = body["spec"]["canary"]
+    assert canary["trafficPercent"] == 10
+    assert canary["predictor"]["serviceAccountName"] == "mlref-serving"  # from the live one
+    assert canary["predictor"]["model"]["storageUri"] == candidate
+    assert applied.traffic == ["ctr-predictor (stable): 90%", "ctr-candidate-predictor: 10%"]
+    assert rollout.status(settings, api).traffic == applied.traffic
+
+    assert rollout.rollback(settings, api=api).traffic == ["ctr-predictor (stable): 100%"]
+    assert "canary" not in api.isvc["spec"]
+    assert read_state(state_path(settings)) == CanaryState(
+        candidate, applied.state.stable_model, 0, second
+    )
+
+    rollout.start(settings, CHALLENGER, 50, api=api)
+    assert api.isvc["spec"]["canary"][0]["trafficPercent"] == 50
+    promoted = rollout.promote(settings, api=api)
+    assert promoted.traffic == ["ctr-predictor (stable): 100%"]
+    assert "canary" not in api.isvc["spec"]
+    assert api.isvc["spec"]["predictor"]["model"]["storageUri"] == candidate
+    assert champion(settings) == second
+
+
+def test_standard_setting_on_a_serverless_service_is_refused(settings):
+    settings = cluster(settings, deployment_mode="Standard")
+    api = RecordedCustomObjectsApi(live_isvc("Serverless"))
+    with pytest.raises(kube.KubeError) as caught:
+        rollout.start(settings, "s3://models/new", 10, stable_uri="s3://models/old", api=api)
+    assert str(caught.value) == (
+        "InferenceService mlref/ctr runs in Serverless mode but canary.deployment_mode is "
+        "Standard: set MLREF_CANARY__DEPLOYMENT_MODE=Serverless"
+    )
+    assert not [c for c in api.calls if c[0] == "patch"]
     assert not state_path(settings).exists()
+
+
+def test_standard_traffic_is_read_from_spec_until_reported():
+    isvc = live_isvc("Standard")
+    isvc["spec"]["canary"] = [{"trafficPercent": 30, "predictor": {"name": "candidate"}}]
+    assert kube.traffic_split(isvc, standard=True) == [
+        "ctr-predictor (stable): 70% (spec, not yet reported)",
+        "ctr-candidate-predictor: 30% (spec, not yet reported)",
+    ]
+    isvc["status"] = {
+        "canaryStatuses": [{"name": "candidate", "ready": False, "trafficPercent": 30}]
+    }
+    assert kube.traffic_split(isvc, standard=True)[1] == "ctr-candidate-predictor: 30% (not ready)"
+    del isvc["spec"]["canary"], isvc["status"]
+    assert kube.traffic_split(isvc, standard=True) == ["ctr-predictor (stable): 100%"]
 
 
 def test_write_only_in_cluster_mode_touches_no_cluster(settings, tmp_path):
@@ -224,3 +286,24 @@ def test_cli_error_is_one_line_and_nonzero(cli_env):
     result = CliRunner().invoke(app, ["canary", "promote"])
     assert result.exit_code == 1
     assert "no rollout started" in result.output
+
+
+@pytest.mark.parametrize(
+    ("mode", "exit_code", "line"),
+    [
+        ("Standard", 0, "traffic ctr-candidate-predictor: 10%"),
+        ("Serverless", 1, "set MLREF_CANARY__DEPLOYMENT_MODE=Serverless"),
+    ],
+)
+def test_cli_start_in_standard_mode(cli_env, versions, monkeypatch, mode, exit_code, line):
+    """The live service's mode decides: Standard runs, Serverless names the setting to fix."""
+    api = RecordedCustomObjectsApi(live_isvc(mode))
+    monkeypatch.setattr(kube, "connect", lambda: api)  # the recorded API server
+    monkeypatch.setenv("MLREF_MODE", "cluster")
+    monkeypatch.setenv("MLREF_CANARY__DEPLOYMENT_MODE", "Standard")
+    monkeypatch.setenv("MLREF_CANARY__POLL_SECONDS", "0.01")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["canary", "start", "--model", CHALLENGER])
+    assert result.exit_code == exit_code, result.output
+    assert line in result.output
+    assert bool(api.isvc["spec"].get("canary")) is (exit_code == 0)

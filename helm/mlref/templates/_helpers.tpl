@@ -60,6 +60,9 @@ seccompProfile: {type: RuntimeDefault}
 
 {{/* The predictor of one model: the ServingRuntime carries the container. */}}
 {{- define "mlref.predictor" -}}
+{{- if hasKey . "name" }}
+name: {{ .name }}
+{{- end }}
 serviceAccountName: mlref-serving
 minReplicas: {{ .root.Values.serving.minReplicas }}
 maxReplicas: {{ .root.Values.serving.maxReplicas }}
