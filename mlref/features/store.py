@@ -117,32 +117,44 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> tuple[pd
 
 
 class OnlineFeatureLookup:
-    """Fast online reads for serving: one open store, one read per feature view per call.
+    """Fast online reads for serving: one open store, each entity read once per materialization.
 
     ``FeatureStore.get_online_features`` re-resolves the registry and builds a response proto
     on every call; this reads through the provider's ``online_read`` with the views resolved
-    once (re-resolved every ``refresh_seconds`` to pick up new materializations). A row more
-    than the view's TTL older than the last materialization is stale and reads as missing,
-    exactly as a point-in-time join at that moment would treat it.
+    once (re-resolved every ``refresh_seconds``). A row more than the view's TTL older than the
+    last materialization is stale and reads as missing, exactly as a point-in-time join at that
+    moment would treat it.
+
+    Online rows change only when Feast materializes, which also changes the view's registry
+    entry (its materialization intervals). So each view keeps the rows it has read, unknown
+    entities included, until its entry changes: between materializations a lookup answers
+    exactly what the store holds, and a new materialization is seen within
+    ``refresh_seconds``. At most ``cache_rows`` entities per view are kept (then it starts
+    over); with 0, every lookup reads the store. Not thread-safe: serving calls it from its
+    event loop only.
     """
 
-    def __init__(self, settings: Settings, refresh_seconds: float = 60.0):
+    def __init__(
+        self, settings: Settings, refresh_seconds: float = 60.0, cache_rows: int = 100_000
+    ):
         self._store = open_store(settings)
         self._config = self._store.config
         self._provider = get_provider(self._config)
         self._refresh_seconds = refresh_seconds
-        self._views: list[tuple[FeatureView, datetime | None]] = []
+        self._cache_rows = cache_rows
+        self._views: list[_ViewRows] = []
         self._loaded_at = -np.inf
 
-    def _views_now(self) -> list[tuple[FeatureView, datetime | None]]:
-        """Each view with the time before which its rows are stale."""
+    def _views_now(self) -> list[_ViewRows]:
+        """Each view with the rows read from it, dropped once its registry entry changed."""
         if time.monotonic() - self._loaded_at > self._refresh_seconds:
             self._store.refresh_registry()
             views = [self._store.get_feature_view(table.name) for table in TABLES]
-            self._views = [
-                (view, view.most_recent_end_time and view.most_recent_end_time - view.ttl)
-                for view in views
-            ]
+            if [rows.view for rows in self._views] != views:
+                self._views = [
+                    _ViewRows(view, table.key, table.columns, self._cache_rows)
+                    for view, table in zip(views, TABLES, strict=True)
+                ]
             self._loaded_at = time.monotonic()
         return self._views
 
@@ -150,37 +162,59 @@ class OnlineFeatureLookup:
         """Stats for each (user, ad) pair, in input order; NaN where an entity is unknown."""
         if len(user_ids) != len(ad_ids):
             raise ValueError(f"{len(user_ids)} user ids but {len(ad_ids)} ad ids")
-        out = np.full((len(user_ids), len(STAT_COLUMNS)), np.nan)
-        first = 0
-        for table, (view, stale_before), ids in zip(
-            TABLES, self._views_now(), (user_ids, ad_ids), strict=True
-        ):
-            codes, uniques = pd.factorize(np.asarray(ids, dtype=np.int64))
-            values = self._read(view, stale_before, table.key, table.columns, uniques)
-            out[:, first : first + len(table.columns)] = values[codes]
-            first += len(table.columns)
-        return pd.DataFrame(out, columns=list(STAT_COLUMNS))
+        parts = [
+            rows.values_for(np.asarray(ids, dtype=np.int64).tolist(), self._read)
+            for rows, ids in zip(self._views_now(), (user_ids, ad_ids), strict=True)
+        ]
+        return pd.DataFrame(np.hstack(parts), columns=list(STAT_COLUMNS))
 
-    def _read(
-        self,
-        view: FeatureView,
-        stale_before: datetime | None,
-        key: str,
-        names: Sequence[str],
-        ids: np.ndarray,
-    ) -> np.ndarray:
-        keys = [EntityKey(join_keys=[key], entity_values=[Value(int64_val=int(i))]) for i in ids]
-        rows = self._provider.online_read(self._config, view, keys, list(names))
-        out = np.full((len(ids), len(names)), np.nan)
-        for i, (stamp, values) in enumerate(rows):
-            if values is None or (stale_before is not None and stamp < stale_before):
+    def _read(self, rows: _ViewRows, ids: list[int]) -> np.ndarray:
+        """The store's values for ``ids`` [len(ids), len(names)]; NaN if unknown or stale."""
+        keys = [EntityKey(join_keys=[rows.key], entity_values=[Value(int64_val=i)]) for i in ids]
+        found = self._provider.online_read(self._config, rows.view, keys, list(rows.names))
+        out = np.full((len(ids), len(rows.names)), np.nan)
+        for i, (stamp, values) in enumerate(found):
+            if values is None or (rows.stale_before is not None and stamp < rows.stale_before):
                 continue
-            for j, name in enumerate(names):
+            for j, name in enumerate(rows.names):
                 value = values.get(name)
                 kind = value.WhichOneof("val") if value is not None else None
                 if kind is not None:
                     out[i, j] = getattr(value, kind)
         return out
+
+
+class _ViewRows:
+    """A view as the registry last described it, and the rows read from it since, by id."""
+
+    def __init__(self, view: FeatureView, key: str, names: Sequence[str], limit: int):
+        self.view = view
+        self.key = key
+        self.names = names
+        end = view.most_recent_end_time
+        self.stale_before: datetime | None = end and end - view.ttl
+        self.limit = limit
+        self.index: dict[int, int] = {}  # entity id -> its row in ``values``
+        self.values = np.empty((0, len(names)))
+
+    def values_for(
+        self, ids: list[int], read: Callable[[_ViewRows, list[int]], np.ndarray]
+    ) -> np.ndarray:
+        """Rows for ``ids``, in order; ``read`` is asked only for ids not seen yet."""
+        index = self.index
+        new = [i for i in dict.fromkeys(ids) if i not in index]
+        if new:
+            used = len(index)
+            if used + len(new) > len(self.values):  # first use, or full: start over
+                index.clear()
+                used, new = 0, list(dict.fromkeys(ids))
+                self.values = np.empty((max(self.limit, len(new)), len(self.names)))
+            self.values[used : used + len(new)] = read(self, new)
+            index.update(zip(new, range(used, used + len(new)), strict=True))
+        found = self.values[[index[i] for i in ids]]
+        if not self.limit:
+            index.clear()
+        return found
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,29 @@ def test_incremental_materialization_and_stale_rows(applied: Settings):
     assert np.isnan(found.loc[1, "user_impressions_7d"])
 
 
+def test_rows_kept_between_materializations_equal_store_reads(applied: Settings):
+    store.materialize(applied, _stamp("2026-01-05").to_pydatetime())
+    users, ads = [3, 1, 999, 1, 2, 3], [10, 555, 11, 10, 11, 10]
+    read = store.OnlineFeatureLookup(applied, refresh_seconds=0, cache_rows=0)  # keeps nothing
+    kept = store.OnlineFeatureLookup(applied, refresh_seconds=0)
+    tiny = store.OnlineFeatureLookup(applied, refresh_seconds=0, cache_rows=2)  # starts over
+    before = kept.lookup(users[:3], ads[:3])
+    for lookup in (kept, tiny, read):
+        lookup.lookup(users[3:], ads[3:])  # partly seen ids, partly new ones
+        pd.testing.assert_frame_equal(
+            lookup.lookup(users, ads), store.OnlineFeatureLookup(applied).lookup(users, ads)
+        )
+    assert kept.lookup(users, ads).iloc[:3].equals(before)
+    assert kept.lookup(users, ads)["user_impressions_7d"].tolist()[:2] == [1, 3]
+
+    # A new materialization changes the views' registry entries: every kept row is read again.
+    store.materialize(applied, _stamp("2026-01-10").to_pydatetime())
+    after = kept.lookup(users, ads)
+    pd.testing.assert_frame_equal(after, read.lookup(users, ads))
+    assert after["user_impressions_7d"].tolist()[1] == 1  # user 1's Jan 10 snapshot
+    assert np.isnan(after.loc[0, "user_impressions_7d"])  # user 3 is now stale
+
+
 def test_cluster_config_uses_redis_and_the_offline_uri(
     settings: Settings, redis_server: str, tmp_path: Path
 ):

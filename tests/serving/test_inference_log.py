@@ -45,7 +45,10 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
     files = sorted(settings.inference_log_dir.glob("date=*/part-*.parquet"))
     assert not list(settings.inference_log_dir.rglob(".part-*")), "a part left half-written"
     assert files
-    log = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    parts = [pd.read_parquet(f) for f in files]
+    for file, part in zip(files, parts, strict=True):  # partitioned by each row's UTC day
+        assert {f"date={day}" for day in part["timestamp"].dt.date} == {file.parent.name}
+    log = pd.concat(parts, ignore_index=True)
     assert len(log) == len(sent) == len(set(log["request_id"]))
     log = log.set_index("request_id").loc[[r["request_id"] for r in sent]]
     for column in ("user_id", "ad_id", "advertiser_id", "device_type", "position", "hour"):
