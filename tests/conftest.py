@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlref.settings import DataSettings, Settings
+from mlref.settings import DataSettings, Settings, get_settings
 
 
 @pytest.fixture
@@ -137,3 +137,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The CLI reads the environment's settings: point them at this test's small world."""
+    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
+    for key, value in settings.data.model_dump().items():
+        monkeypatch.setenv(f"MLREF_DATA__{key.upper()}", str(value))
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()

@@ -4,7 +4,6 @@ the recorded CustomObjectsApi (the only stand-in: no API server runs here)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -244,14 +243,6 @@ def test_no_kubeconfig_is_one_line(monkeypatch, tmp_path):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(kube.KubeError, match=r"no cluster.*KUBECONFIG"):
         kube.connect()
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
 
 
 def test_cli_start_status_rollback(cli_env, versions, tmp_path):

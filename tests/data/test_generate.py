@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from mlref import schema
 from mlref.data.generate import RAW_FILE_SCHEMA, ScenarioWindow, generate
 from mlref.data.world import World
-from mlref.settings import DataSettings, Settings, get_settings
+from mlref.settings import DataSettings, Settings
 
 
 def _with_data(settings: Settings, **changes) -> Settings:
@@ -256,17 +256,6 @@ def test_world_rejects_rows_from_another_world(settings: Settings) -> None:
 def test_bad_start_date_is_reported(settings: Settings) -> None:
     with pytest.raises(ValueError, match="write YYYY-MM-DD"):
         generate(_with_data(settings, start_date="2026-02-30"), [1])
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch):
-    """The CLI reads the environment's settings: point them at this test's small world."""
-    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
-    for key, value in settings.data.model_dump().items():
-        monkeypatch.setenv(f"MLREF_DATA__{key.upper()}", str(value))
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
 
 
 def test_cli_generates_days_with_scenarios(cli_env: Settings, tmp_path: Path) -> None:

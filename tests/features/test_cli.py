@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from typer.testing import CliRunner
 
 from mlref.cli import app
-from mlref.settings import Settings, get_settings
+from mlref.settings import Settings
 from tests.features import LOG, events, write_curated
-
-
-@pytest.fixture
-def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Point the CLI's process settings at this test's work dir."""
-    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
 
 
 def test_build_then_lookup(cli_env: Settings):
