@@ -67,7 +67,7 @@ def main() -> None:
         generate(settings)
         ingest(str(settings.raw_dir), settings)
         result = store.compute_and_materialize(settings)
-        online = store.OnlineFeatureLookup(settings)
+        online = store.OnlineFeatureLookup(settings, cache_rows=0)  # every call reads the store
         feast = store.open_store(settings)
         reference = PandasLookup(result)
         rng = np.random.default_rng(0)

@@ -64,10 +64,15 @@ def wrk(url: str, body: dict, connections: int = CONCURRENCY, seconds: int = DUR
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        "p50": _ms(_percentile(out, 50)),
+        "p99": _ms(_percentile(out, 99)),
         "errors": (int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0),
     }
+
+
+def _percentile(out: str, p: int) -> str:
+    """A latency percentile line; anchored, as a stdev column may also end in "50%"."""
+    return re.search(rf"^\s+{p}%\s+(\S+)", out, re.MULTILINE).group(1)
 
 
 def _ms(text: str) -> float:

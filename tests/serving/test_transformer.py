@@ -1,10 +1,14 @@
-"""The transformer's inputs are exactly the shared transform's numbers."""
+"""The transformer's inputs are exactly the shared transform's numbers; its reading of scores."""
 
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pandas as pd
+import pytest
+from kserve.protocol.infer_type import InferOutput, InferResponse
 
+from mlref import onnx_model
 from mlref.features.transform import (
     STAT_COLUMNS,
     FeatureSpec,
@@ -13,7 +17,8 @@ from mlref.features.transform import (
     fill_defaults,
     transform,
 )
-from mlref.serving.transformer import defaulted_names
+from mlref.serving.requests import RequestError
+from mlref.serving.transformer import defaulted_names, scores_of
 from tests.serving.test_servers import business_rows
 
 
@@ -47,3 +52,18 @@ def test_small_batch_path_equals_shared_transform(settings):
 def test_defaulted_names_per_row():
     missing = np.array([[True, False, True], [False, False, False], [True, False, True]])
     assert defaulted_names(missing, ("a", "b", "c")) == [["a", "c"], [], ["a", "c"]]
+
+
+def test_scores_come_from_binary_or_json_v2_outputs():
+    scores = np.array([0.25, 0.5, 0.125], dtype=np.float32)
+    for binary in (True, False):
+        other = InferOutput("other", [2], "INT64", np.array([7, 8], dtype=np.int64))
+        mine = InferOutput(onnx_model.OUTPUT, [3], "FP32", scores)
+        body, header = InferResponse("r", "ctr", [other, mine], use_binary_outputs=binary).to_rest()
+        content = body if binary else orjson.dumps(body)
+        found = scores_of(content, str(header) if header is not None else None)
+        np.testing.assert_array_equal(found, scores)
+        assert found.dtype == np.float32
+    body, header = InferResponse("r", "ctr", [other], use_binary_outputs=True).to_rest()
+    with pytest.raises(RequestError, match=f"no '{onnx_model.OUTPUT}' output"):
+        scores_of(body, str(header))
