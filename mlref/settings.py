@@ -230,7 +230,7 @@ class DriftSettings(Section):
         description="Labelled traffic: tolerated rise of normalized entropy over the reference.",
     )
     alpha: float = Field(
-        0.05, gt=0, lt=1, description="Significance of that rise (one-sided bootstrap test)."
+        0.05, gt=0, lt=1, description="Significance of that rise (one-sided z-test)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mlref.monitoring.check import check_frames
+from mlref.monitoring.performance import normalized_entropy
 from mlref.monitoring.reference import load_reference
 from mlref.settings import Settings
 from tests.monitoring.conftest import SCENARIO_DAY, day_window
@@ -89,3 +91,14 @@ def test_sampling_is_seeded_and_stated(world: Settings, scenario_log, tmp_path: 
     second = check(settings, scenario_log("covariate"), tmp_path / "b").to_dict()
     assert first["sampled"] and first["compared_rows"] == {"reference": 1_000, "current": 1_000}
     assert first["drift"] == second["drift"]
+
+
+def test_normalized_entropy_error_matches_a_bootstrap() -> None:
+    rng = np.random.default_rng(1)
+    probability = np.clip(rng.beta(1.2, 22, 20_000), 1e-4, 0.9)
+    labels = (rng.random(len(probability)) < probability).astype(float)
+    value, error = normalized_entropy(labels, probability)
+    rows = rng.integers(0, len(labels), (300, len(labels)))
+    boots = [normalized_entropy(labels[r], probability[r])[0] for r in rows]
+    assert value == pytest.approx(np.mean(boots), abs=error)
+    assert error == pytest.approx(np.std(boots), rel=0.25)
