@@ -42,10 +42,13 @@ class ResolvedModel:
 def resolve(settings: Settings, uri: str) -> ResolvedModel:
     """The local ONNX file and version for a file path, a directory or a ``models:/`` URI."""
     if uri.startswith(REGISTRY_SCHEME):
-        from mlref.training.registry import resolve_model
+        from mlref.training.registry import registered_version, resolve_model
 
+        # Pin an alias once, so the file fetched and the version reported cannot disagree.
+        version = registered_version(settings, uri)
+        pinned = f"{REGISTRY_SCHEME}{version.name}/{version.version}"
         return ResolvedModel(
-            _onnx_file(Path(resolve_model(settings, uri))), _registry_version(settings, uri)
+            _onnx_file(Path(resolve_model(settings, pinned))), str(version.version)
         )
     path = _onnx_file(Path(uri))
     return ResolvedModel(path, file_version(path))
@@ -68,19 +71,6 @@ def _onnx_file(path: Path) -> Path:
 def file_version(path: Path) -> str:
     """Version of a model outside the registry: the first 12 hex digits of its SHA-256."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def _registry_version(settings: Settings, uri: str) -> str:
-    """The MLflow model version a ``models:/name@alias`` or ``models:/name/N`` URI points at."""
-    from mlflow import MlflowClient
-
-    name_ref = uri[len(REGISTRY_SCHEME) :]
-    if "@" in name_ref:
-        name, alias = name_ref.split("@", 1)
-        return str(
-            MlflowClient(settings.tracking_uri).get_model_version_by_alias(name, alias).version
-        )
-    return name_ref.rsplit("/", 1)[-1]
 
 
 class OnnxPredictor(kserve.Model):

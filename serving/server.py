@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 import kserve
 import uvloop
+import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
@@ -41,9 +43,10 @@ from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
+from mlref.canary.state import VARIANT_ENV
 from mlref.serving import metrics
 from mlref.serving.requests import VARIANT_HEADER, VERSION_HEADER, RequestError, error_body
-from mlref.settings import Settings
+from mlref.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger(__name__)
 # KServe's exception -> (status, code) in the one error shape.
@@ -324,6 +327,20 @@ def server_env(**extra: str) -> dict[str, str]:
     }
 
 
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a server process that must see exactly ``settings``.
+
+    The settings go into a config file under ``work_dir`` named by ``MLREF_CONFIG``; inherited
+    ``MLREF_*`` variables are left out, since they would override the file.
+    """
+    text = yaml.safe_dump(settings.model_dump(mode="json"))
+    path = settings.work_dir / f"mlref-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    inherited = {k: v for k, v in server_env().items() if not k.startswith("MLREF_")}
+    return {**inherited, CONFIG_ENV: str(path), **extra}
+
+
 def default_model_uri(settings: Settings) -> str:
     return settings.serving.model_uri or f"models:/{settings.serving.model_name}@champion"
 
@@ -349,7 +366,7 @@ def serve_local(
     target = ["--predictor-host", f"{serving.host}:{serving.predictor_port}"]
     if candidate_uri:
         port = settings.canary.candidate_port
-        predictors.append(predictor(candidate_uri, port, MLREF_SERVING__VARIANT="canary"))
+        predictors.append(predictor(candidate_uri, port, **{VARIANT_ENV: "canary"}))
         target += ["--candidate-host", f"{serving.host}:{port}"]
     transformer = subprocess.Popen(
         [*cli, "transformer", *common, "--port", str(serving.transformer_port), *target],

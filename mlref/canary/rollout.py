@@ -46,12 +46,6 @@ class Applied:
     traffic: list[str] = field(default_factory=list)
 
 
-def _registry_version(settings: Settings, uri: str):
-    from mlref.training.registry import registered_version
-
-    return registered_version(settings, uri)
-
-
 def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
     """(what storageUri holds, registry version) for a model URI.
 
@@ -61,7 +55,9 @@ def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
     """
     if not uri.startswith(MODELS_SCHEME):
         return uri, ""
-    version = _registry_version(settings, uri)
+    from mlref.training.registry import registered_version
+
+    version = registered_version(settings, uri)
     number = str(version.version)
     if settings.mode == "cluster":
         from mlref.training.tracking import client

@@ -122,6 +122,23 @@ def labelled_outcomes(
     return by_variant[0], by_variant[1]
 
 
+def window(
+    settings: Settings,
+    start: datetime,
+    samples: Mapping[SeriesKey, float],
+    end: datetime | None = None,
+) -> Window:
+    """Both variants' stats from one window's samples, with the window's labelled rows."""
+    end = end or _now()
+    return Window(
+        start,
+        end,
+        variant_stats(samples, STABLE),
+        variant_stats(samples, CANARY),
+        labelled_outcomes(settings, start, end),
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -153,15 +170,7 @@ class LocalSource:
         self.start = _now()
 
     def collect(self) -> Window:
-        window = difference(self.before, self.scrape())
-        end = _now()
-        return Window(
-            self.start,
-            end,
-            variant_stats(window, STABLE),
-            variant_stats(window, CANARY),
-            labelled_outcomes(self.settings, self.start, end),
-        )
+        return window(self.settings, self.start, difference(self.before, self.scrape()))
 
 
 class PrometheusSource:
@@ -210,13 +219,7 @@ class PrometheusSource:
                     labels = {**fixed, by: series["metric"].get(by, "")}
                     key = (name, tuple(sorted(labels.items())))
                     samples[key] = float(series["value"][1])
-        return Window(
-            self.start,
-            end,
-            variant_stats(samples, STABLE),
-            variant_stats(samples, CANARY),
-            labelled_outcomes(self.settings, self.start, end),
-        )
+        return window(self.settings, self.start, samples, end)
 
 
 def default_source(settings: Settings) -> MetricSource:

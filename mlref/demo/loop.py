@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
-import yaml
 
 from mlref.console import console
 from mlref.data.generate import ScenarioWindow, day_date, generate, partition_dir
@@ -123,10 +122,10 @@ def model_uri(settings: Settings, version: str) -> str:
 @contextmanager
 def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str]:
     """``mlref serve`` in a child process; yields the transformer's predict URL, stops by PID."""
+    from mlref.serving.server import settings_env
+
     folder = demo_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "settings.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     argv = [sys.executable, "-m", "mlref.serving.server", "--model", model]
     if candidate:
         argv += ["--candidate", candidate]
@@ -138,7 +137,7 @@ def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "MLREF_CONFIG": str(config)},
+            env=settings_env(settings),
         )
     try:
         _wait_ready(child, base, log_path)
@@ -172,9 +171,7 @@ def score_days(
 ) -> list[report.QualityPoint]:
     """Each model's AUC on each day, features from the offline store as of each impression."""
     from mlref import onnx_model
-    from mlref.features.store import historical_features
-    from mlref.features.transform import REQUEST_COLUMNS
-    from mlref.monitoring.replay import TIMESTAMP, score_rows
+    from mlref.monitoring.replay import as_served, score_rows
     from mlref.serving.predictor import resolve
     from mlref.training.metrics import auc
 
@@ -184,9 +181,7 @@ def score_days(
         loaded[name] = (onnx_model.load(resolved.path), resolved.version)
     points = []
     for day in days:
-        raw = raw_day(settings, day)
-        entities = raw[["request_id", TIMESTAMP, *REQUEST_COLUMNS, "clicked"]]
-        joined, _ = historical_features(settings, entities.reset_index(drop=True))
+        joined = as_served(settings, raw_day(settings, day))
         for name, (model, version) in loaded.items():
             scored = score_rows(joined, model, version, name)
             label = f"day {day} ({day_date(settings, day).isoformat()})"

@@ -25,14 +25,8 @@ LABEL_CHUNK = 500  # scored impressions per label file
 @dataclass(frozen=True)
 class ReplayResult:
     requests: int
-    rows: int
-    scored: int
+    scored: int  # impressions answered (and so labelled)
     errors: int
-    seconds: float
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
 
 
 def instances(rows: pd.DataFrame) -> list[dict]:
@@ -71,7 +65,6 @@ async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, st
     errors = 0
     sent = 0
     deadline = time.perf_counter() + max_seconds
-    begun = time.perf_counter()
 
     def flush(final: bool = False) -> None:
         nonlocal written
@@ -102,5 +95,4 @@ async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, st
     async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     flush(final=True)
-    rows_sent = min(sum(min(batch, len(bodies) - s) for s in starts[:sent]), len(bodies))
-    return ReplayResult(sent, rows_sent, len(scored), errors, time.perf_counter() - begun)
+    return ReplayResult(sent, len(scored), errors)

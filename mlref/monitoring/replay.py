@@ -44,22 +44,28 @@ def score_rows(
     return frame.reset_index(drop=True)
 
 
-def replay(
-    settings: Settings, raw: pd.DataFrame, model_uri: str = "", variant: str = "champion"
-) -> pd.DataFrame:
-    """Score raw click-log rows as serving would have at their event time.
+def as_served(settings: Settings, raw: pd.DataFrame) -> pd.DataFrame:
+    """Raw click-log rows with the stats serving would have looked up at their event time.
 
     Stats come from the offline store's point-in-time join (the values the online store held
     at that moment), so the features must have been computed over the days before ``raw``.
     """
     from mlref.features.store import historical_features
+
+    columns = ["request_id", TIMESTAMP, *REQUEST_COLUMNS]
+    entities = raw[columns + ([LABEL] if LABEL in raw else [])].reset_index(drop=True)
+    return historical_features(settings, entities)[0]
+
+
+def replay(
+    settings: Settings, raw: pd.DataFrame, model_uri: str = "", variant: str = "champion"
+) -> pd.DataFrame:
+    """Score raw click-log rows as serving would have at their event time."""
     from mlref.serving.predictor import resolve
 
     resolved = resolve(settings, model_uri or f"models:/{settings.registry.model_name}@champion")
-    columns = ["request_id", TIMESTAMP, *REQUEST_COLUMNS]
-    entities = raw[columns + ([LABEL] if LABEL in raw else [])].reset_index(drop=True)
-    joined, _ = historical_features(settings, entities)
-    return score_rows(joined, onnx_model.load(resolved.path), resolved.version, variant)
+    model = onnx_model.load(resolved.path)
+    return score_rows(as_served(settings, raw), model, resolved.version, variant)
 
 
 def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:

@@ -7,7 +7,6 @@ servers are started through the production CLI with the test's settings as a con
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +16,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from mlref.features.store import compute_and_materialize
 from mlref.serving.predictor import file_version
-from mlref.serving.server import server_env
-from mlref.settings import CONFIG_ENV, ServingSettings, Settings
+from mlref.serving.server import settings_env
+from mlref.settings import ServingSettings, Settings
 from tests.features import events, write_curated
 from tests.servers import Server, free_port
 from tests.serving.model import build_model
@@ -58,13 +56,8 @@ def build_features(settings: Settings, user_ids, ad_ids, seed: int = 0) -> None:
 
 
 def config_env(settings: Settings, **extra: str) -> dict:
-    """The environment a server needs to see exactly ``settings`` (as its config file)."""
-    text = yaml.safe_dump(settings.model_dump(mode="json"))
-    path = settings.work_dir / f"mlref-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    inherited = {k: v for k, v in server_env().items() if not k.startswith("MLREF_")}
-    return {**inherited, "PYTHONPATH": str(REPO), CONFIG_ENV: str(path), **extra}
+    """The environment a server needs to see exactly ``settings``, with this repo importable."""
+    return settings_env(settings, PYTHONPATH=str(REPO), **extra)
 
 
 def start_predictor(
