@@ -7,6 +7,11 @@ thread takes everything buffered and writes ``date=YYYY-MM-DD/part-*.parquet`` w
 :meth:`close`, so a clean stop loses nothing. The target is any fsspec URI: a local directory
 in local mode, object storage (``s3://...``, ``gs://...``) in cluster mode; the writer is the
 same.
+
+Turning Python values into Arrow holds the GIL, so the writer converts in groups of at most
+``GROUP_ROWS`` rows and yields between groups: the serving event loop never waits long for
+it. Whatever can be built without Python objects is: numeric columns stay numpy, the
+``defaulted`` lists are built from a boolean mask, constant columns repeat one value.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
 import fsspec
 import numpy as np
@@ -49,6 +54,10 @@ SCHEMA = pa.schema(
 )
 
 
+GROUP_ROWS = 4096
+STAT_NAMES = pa.array(STAT_COLUMNS)
+
+
 class InferenceLog:
     """Buffered, partitioned Parquet writer fed from the serving event loop."""
 
@@ -59,18 +68,23 @@ class InferenceLog:
         self.flush_seconds = flush_seconds
         self.rows_written = 0
         self._lock = threading.Lock()
-        self._pending: list[Mapping[str, Sequence]] = []
+        self._pending: list[Mapping] = []
         self._rows = 0
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def append(self, columns: Mapping[str, Sequence]) -> None:
-        """Buffer one batch of scored rows (columns named as in :data:`SCHEMA`)."""
+    def append(self, columns: Mapping) -> None:
+        """Buffer one batch of scored rows, a column per :data:`SCHEMA` name.
+
+        A column is a sequence of one value per row (a list or a numpy array), or a ``str``
+        that holds for every row; ``defaulted`` is a boolean mask [rows, len(STAT_COLUMNS)]
+        saying which stats were filled with their prior. ``probability`` gives the row count.
+        """
         with self._lock:
             self._pending.append(columns)
-            self._rows += len(columns["request_id"])
+            self._rows += len(columns["probability"])
             if self._rows >= self.flush_rows:
                 self._wake.set()
 
@@ -88,7 +102,11 @@ class InferenceLog:
             with self._lock:
                 pending, self._pending, self._rows = self._pending, [], 0
             if pending:
-                self._flush(pa.Table.from_pydict(merged(pending), schema=SCHEMA))
+                batches = []
+                for group in groups(pending, GROUP_ROWS):
+                    batches.append(record_batch(group))
+                    time.sleep(0)  # let the event loop take the GIL between groups
+                self._flush(pa.Table.from_batches(batches, schema=SCHEMA))
             if self._stopping:
                 return
 
@@ -112,14 +130,45 @@ class InferenceLog:
             self.rows_written += part.num_rows
 
 
-def merged(batches: list[Mapping[str, Sequence]]) -> dict[str, Sequence]:
-    """One column set from many: a single Arrow conversion per flush, not one per request
-    (thousands of small conversions hold the GIL long enough to delay requests)."""
-    columns = {}
-    for name in SCHEMA.names:
-        parts = [batch[name] for batch in batches]
-        if all(isinstance(part, np.ndarray) for part in parts):
-            columns[name] = np.concatenate(parts)
+def groups(records: list[Mapping], max_rows: int) -> Iterator[list[Mapping]]:
+    """``records`` in order, in runs of at most ``max_rows`` rows (a larger record alone)."""
+    group, rows = [], 0
+    for record in records:
+        n = len(record["probability"])
+        if group and rows + n > max_rows:
+            yield group
+            group, rows = [], 0
+        group.append(record)
+        rows += n
+    if group:
+        yield group
+
+
+def record_batch(records: list[Mapping]) -> pa.RecordBatch:
+    """One Arrow batch from buffered records: one conversion per column, not per request
+    (thousands of small conversions cost more than the rows themselves)."""
+    lengths = [len(record["probability"]) for record in records]
+    arrays = []
+    for field in SCHEMA:
+        parts = [record[field.name] for record in records]
+        if field.name == "defaulted":
+            arrays.append(defaulted_lists(np.concatenate(parts)))
+        elif all(isinstance(part, str) for part in parts):
+            owner = np.repeat(np.arange(len(parts)), lengths)
+            arrays.append(pa.array(parts, field.type).take(owner))
+        elif all(isinstance(part, np.ndarray) for part in parts):
+            arrays.append(pa.array(np.concatenate(parts), field.type))
         else:
-            columns[name] = list(itertools.chain.from_iterable(parts))
-    return columns
+            rows = (
+                [part] * n if isinstance(part, str) else part
+                for part, n in zip(parts, lengths, strict=True)
+            )
+            arrays.append(pa.array(list(itertools.chain.from_iterable(rows)), field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def defaulted_lists(mask: np.ndarray) -> pa.ListArray:
+    """Per row, the names of the stats ``mask`` marks (columns in STAT_COLUMNS order)."""
+    offsets = np.zeros(len(mask) + 1, dtype=np.int32)
+    np.cumsum(mask.sum(axis=1), out=offsets[1:])
+    return pa.ListArray.from_arrays(offsets, STAT_NAMES.take(np.nonzero(mask)[1]))

@@ -9,6 +9,7 @@ and the metrics always know which model answered.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class OnnxPredictor(kserve.Model):
             onnx_model.INPUT_CAT: len(self.model.spec.categorical),
             onnx_model.INPUT_NUM: len(self.model.spec.numeric),
         }
-        self.sizes = np.array([f.size for f in self.model.spec.categorical], dtype=np.int64)
+        # As unsigned, a negative code lies above every size: one comparison checks both ends.
+        self.sizes = np.array([f.size for f in self.model.spec.categorical], dtype=np.uint64)
         stage = metrics.STAGE_SECONDS.labels
         self.total_seconds = stage("predictor", "total", self.version, self.variant)
         self.inference_seconds = stage("predictor", "inference", self.version, self.variant)
@@ -141,9 +143,9 @@ class OnnxPredictor(kserve.Model):
         return response
 
     def _run(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
-        outside = ((cat < 0) | (cat >= self.sizes)).any(axis=0)
+        outside = cat.view(np.uint64) >= self.sizes
         if outside.any():
-            j = int(np.flatnonzero(outside)[0])
+            j = int(np.flatnonzero(outside.any(axis=0))[0])
             raise RequestError(
                 f"categorical input {j} ({self.model.spec.categorical[j].name}) must be a code "
                 f"in [0, {self.sizes[j]}): build inputs with this model's feature spec",
@@ -152,10 +154,10 @@ class OnnxPredictor(kserve.Model):
         start = time.perf_counter()
         probability = self.model.predict(cat, num)
         self.inference_seconds.observe(time.perf_counter() - start)
-        finite = np.isfinite(probability)
-        if not finite.all():
+        if not math.isfinite(probability.sum(dtype=np.float64)):  # one pass; NaN/inf propagate
             raise RequestError(
-                f"model {self.version} produced {int((~finite).sum())} non-finite score(s) for "
+                f"model {self.version} produced {int((~np.isfinite(probability)).sum())} "
+                "non-finite score(s) for "
                 f"{len(probability)} row(s): its weights are corrupt; roll it back",
                 status=500,
                 code="non_finite_output",

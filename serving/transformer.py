@@ -264,9 +264,12 @@ class Route:
         """Adopt the model the predictor now serves (its version, spec and metric labels)."""
         self.spec = spec_of(metadata, self.client.model_url)
         self.transform = SmallBatchTransform(self.spec)
-        # Lookups answer in STAT_COLUMNS order; reorder only for a model that differs.
+        # Lookups answer in STAT_COLUMNS order; reorder only for a model that differs (and
+        # reorder back for the log, which keeps that order).
         order = [STAT_COLUMNS.index(name) for name in self.spec.numeric]
-        self.stat_order = None if order == list(range(len(order))) else order
+        same = order == list(range(len(order)))
+        self.stat_order = None if same else order
+        self.stat_back = None if same else np.argsort(order)
         self.version = (metadata.get("versions") or [""])[0]
         self.headers = label_headers(self.version, self.variant)
         labels = (self.version, self.variant)
@@ -407,7 +410,7 @@ class CtrTransformer(kserve.Model):
             filled, missing, probability = await self._infer(route, columns)
         version = route.version
         defaulted = defaulted_names(missing, route.spec.numeric)
-        self._record(route, joined, filled, missing, defaulted, probability)
+        self._record(route, joined, filled, missing, probability)
         results, offset = [], 0
         for batch in batches:
             end = offset + len(batch)
@@ -434,7 +437,7 @@ class CtrTransformer(kserve.Model):
         route.seconds["transform"].observe(time.perf_counter() - lookup_done)
         return result
 
-    def _record(self, route: Route, batch: BusinessBatch, filled, missing, defaulted, probability):
+    def _record(self, route: Route, batch: BusinessBatch, filled, missing, probability):
         for name, count in zip(route.spec.numeric, missing.sum(axis=0).tolist(), strict=True):
             if count:
                 metrics.DEFAULTED.labels(name).inc(count)
@@ -445,10 +448,10 @@ class CtrTransformer(kserve.Model):
             "request_id": batch.request_ids,
             **batch.columns,
             **{name: filled[:, j] for j, name in enumerate(route.spec.numeric)},
-            "defaulted": defaulted,
+            "defaulted": missing if route.stat_back is None else missing[:, route.stat_back],
             "probability": probability,
-            "model_version": [route.version] * n,
-            "variant": [route.variant] * n,
+            "model_version": route.version,
+            "variant": route.variant,
         }
         self.log.append(record)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mlref import onnx_model
-from mlref.features.transform import REQUEST_COLUMNS, fill_defaults, transform
+from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, fill_defaults, transform
 from mlref.monitoring.inference import LABEL, write_labels
 from mlref.settings import Settings
 
@@ -76,7 +76,11 @@ def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     writer = InferenceLog(
         settings.inference_log_uri, flush_rows=len(scored) + 1, flush_seconds=3600.0
     )
-    writer.append({field.name: scored[field.name] for field in SCHEMA})
+    columns = {field.name: scored[field.name] for field in SCHEMA}
+    columns["defaulted"] = np.array(
+        [[name in names for name in STAT_COLUMNS] for names in scored["defaulted"]], dtype=bool
+    ).reshape(-1, len(STAT_COLUMNS))
+    writer.append(columns)
     writer.close()
     if LABEL in scored:
         write_labels(settings, scored, name)

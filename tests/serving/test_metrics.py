@@ -14,8 +14,10 @@ def samples(registry, name: str) -> list[str]:
 
 
 def test_array_histogram_matches_one_observe_per_value():
-    # Values on bucket bounds, between them, at 0 and 1, as float32 scores arrive.
-    scores = np.array([0.005, 0.0051, 0.5, 1.0, 0.2, 0.0, 0.07], dtype=np.float32)
+    # Values on bucket bounds, between them, at 0 and 1, as float32 scores arrive; a small
+    # batch (counted value by value) and a large one (counted with numpy).
+    edges = [0.005, 0.0051, 0.5, 1.0, 0.2, 0.0, 0.07]
+    scores = np.array([*edges, *np.random.default_rng(0).random(20)], dtype=np.float32)
     labels = ("predictor", "test-version", "canary")
     reference = CollectorRegistry()
     one_by_one = Histogram(
@@ -25,10 +27,10 @@ def test_array_histogram_matches_one_observe_per_value():
         buckets=SCORE_BUCKETS,
         registry=reference,
     )
-    for half in (scores[:3], scores[3:]):
+    for half in (scores[:3], scores[3:]):  # 3 rows, then 24
         SCORES.labels(*labels).observe(half)
         for value in half.tolist():
             one_by_one.labels(*labels).observe(value)
     ours = [s for s in samples(REGISTRY, "mlref_prediction_score") if "test-version" in s]
     assert ours == samples(reference, "mlref_prediction_score")
-    assert any(s.endswith(" 7.0") for s in ours if "_count" in s)
+    assert any(s.endswith(" 27.0") for s in ours if "_count" in s)
