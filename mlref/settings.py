@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -153,6 +153,14 @@ class ServingSettings(Section):
     log_uri: str = Field(
         "", description="Inference log target (fsspec URI, e.g. s3://...); empty: work_dir."
     )
+    log_sink: Literal["storage", "http"] = Field(
+        "storage",
+        description="Where the transformer sends its inference log: storage writes Parquet to "
+        "log_uri; http posts CloudEvents to log_sink_url (KServe's logger sink: a Knative "
+        "broker, `mlref serve log-sink`, ...) and writes to log_uri what the sink refuses.",
+    )
+    log_sink_url: str = Field("", description="The logger sink's URL, for log_sink http.")
+    log_sink_port: int = Field(8090, description="Port of `mlref serve log-sink`.")
     variant: str = Field(
         "stable", description="A predictor's variant label: `stable`, or `canary` for a candidate."
     )
@@ -161,6 +169,15 @@ class ServingSettings(Section):
         120.0, gt=0, description="How long the transformer waits at start for its predictors."
     )
     model_uri: str = Field("", description="Model to serve; empty: models:/<model_name>@champion.")
+
+    @model_validator(mode="after")
+    def _sink_has_url(self) -> ServingSettings:
+        if self.log_sink == "http" and not self.log_sink_url:
+            raise ValueError(
+                "serving.log_sink is http but serving.log_sink_url is empty: set "
+                "MLREF_SERVING__LOG_SINK_URL to the logger sink, or log_sink to storage"
+            )
+        return self
 
 
 class CanarySettings(Section):

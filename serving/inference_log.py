@@ -4,9 +4,14 @@ Requests hand column batches to :meth:`InferenceLog.append` (a list append, no I
 wake-up: waking a thread per request makes the event loop wait for the GIL); a background
 thread takes everything buffered and writes ``date=YYYY-MM-DD/part-*.parquet`` whenever
 ``flush_rows`` rows are waiting or ``flush_seconds`` have passed, and once more on
-:meth:`close`, so a clean stop loses nothing. The target is any fsspec URI: a local directory
-in local mode, object storage (``s3://...``, ``gs://...``) in cluster mode; the writer is the
-same.
+:meth:`close`, so a clean stop loses nothing.
+
+Where the rows go is a sink, chosen by ``serving.log_sink`` (:func:`open_log`):
+:class:`StorageSink` writes the Parquet parts under any fsspec URI (a local directory in local
+mode, object storage such as ``s3://...`` in cluster mode); :class:`HttpSink` posts them as
+CloudEvents to KServe's logger sink (a Knative broker, a message dumper, or
+``mlref serve log-sink``, which writes them to storage), and writes to storage whatever the
+sink does not accept.
 
 Turning Python values into Arrow holds the GIL, so the writer converts in groups of at most
 ``GROUP_ROWS`` rows and yields between groups: the serving event loop never waits long for
@@ -22,14 +27,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 import fsspec
+import httpx
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlref.features.transform import STAT_COLUMNS
+from mlref.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +64,15 @@ SCHEMA = pa.schema(
 
 
 GROUP_ROWS = 4096
+EVENT_TYPE = "org.mlref.inference.log"
 STAT_NAMES = pa.array(STAT_COLUMNS)
 
 
 class InferenceLog:
-    """Buffered, partitioned Parquet writer fed from the serving event loop."""
+    """Buffered writer fed from the serving event loop; a background thread feeds ``sink``."""
 
-    def __init__(self, uri: str, flush_rows: int, flush_seconds: float):
-        self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+    def __init__(self, sink: Sink, flush_rows: int, flush_seconds: float):
+        self.sink = sink
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.rows_written = 0
@@ -106,11 +115,27 @@ class InferenceLog:
                 for group in groups(pending, GROUP_ROWS):
                     batches.append(record_batch(group))
                     time.sleep(0)  # let the event loop take the GIL between groups
-                self._flush(pa.Table.from_batches(batches, schema=SCHEMA))
+                table = pa.Table.from_batches(batches, schema=SCHEMA)
+                self.rows_written += self.sink.write(table)
             if self._stopping:
                 return
 
-    def _flush(self, table: pa.Table) -> None:
+
+class Sink(Protocol):
+    def write(self, table: pa.Table) -> int:
+        """Store ``table`` (rows in :data:`SCHEMA`); the number of rows stored."""
+        ...
+
+
+class StorageSink:
+    """Date-partitioned Parquet parts under an fsspec URI (a directory or object storage)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+
+    def write(self, table: pa.Table) -> int:
+        written = 0
         dates = pc.cast(table["timestamp"], pa.date32())  # UTC days; strftime costs 40x more
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
@@ -127,7 +152,98 @@ class InferenceLog:
             except OSError:
                 log.exception("inference log: could not write %d rows to %s", part.num_rows, path)
                 continue
-            self.rows_written += part.num_rows
+            written += part.num_rows
+        return written
+
+
+class HttpSink:
+    """CloudEvents (HTTP binary mode) to KServe's logger sink, one event per group of rows.
+
+    The event data is the JSON list of rows (timestamps in ISO 8601); ``ce-type`` is
+    :data:`EVENT_TYPE`, so a Knative trigger can route them. A group the sink has not
+    accepted after ``attempts`` tries (connection errors, 5xx, 429) goes to ``fallback``,
+    with an error naming the sink: rows are never dropped.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        source: str,
+        fallback: Sink,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 0.25,
+    ):
+        self.url = url
+        self.source = source
+        self.fallback = fallback
+        self.attempts = attempts
+        self.backoff = backoff
+        self.client = httpx.Client(timeout=timeout)
+
+    def write(self, table: pa.Table) -> int:
+        written = 0
+        for batch in table.to_batches(max_chunksize=GROUP_ROWS):
+            problem = self._post(orjson.dumps(batch.to_pylist()))
+            if problem is None:
+                written += batch.num_rows
+                continue
+            log.error(
+                "inference log: sink %s did not accept %d rows (%s); writing them to the "
+                "fallback storage instead",
+                self.url,
+                batch.num_rows,
+                problem,
+            )
+            written += self.fallback.write(pa.Table.from_batches([batch]))
+        return written
+
+    def _post(self, body: bytes) -> str | None:
+        """None once the sink accepted ``body``, else what went wrong on the last try."""
+        headers = {
+            "content-type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-type": EVENT_TYPE,
+            "ce-source": self.source,
+            "ce-id": uuid.uuid4().hex,  # one id for every retry: the sink may deduplicate
+        }
+        problem = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.client.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+                continue
+            if response.is_success:
+                return None
+            problem = f"{response.status_code}: {response.text[:200]}"
+            if response.status_code < 500 and response.status_code != 429:
+                break  # the sink refuses this event; retrying will not change that
+        return problem
+
+
+def open_log(settings: Settings) -> InferenceLog:
+    """The inference log for ``settings.serving``: storage or KServe's logger sink."""
+    serving = settings.serving
+    storage = StorageSink(settings.inference_log_uri)
+    sink: Sink = storage
+    if serving.log_sink == "http":
+        source = f"mlref/transformer/{serving.model_name}"
+        sink = HttpSink(serving.log_sink_url, source, fallback=storage)
+    return InferenceLog(sink, serving.log_flush_rows, serving.log_flush_seconds)
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    """The table for rows as :class:`HttpSink` sends them (JSON values, ISO timestamps);
+    KeyError when a row lacks a value."""
+    at = SCHEMA.get_field_index("timestamp")
+    table = pa.Table.from_pylist(rows, schema=SCHEMA.set(at, pa.field("timestamp", pa.string())))
+    lacking = [name for name in SCHEMA.names if table[name].null_count]
+    if lacking:  # from_pylist reads an absent key as null
+        raise KeyError(f"rows without values for {lacking}")
+    return table.set_column(at, SCHEMA.field(at), pc.cast(table[at], SCHEMA.field(at).type))
 
 
 def groups(records: list[Mapping], max_rows: int) -> Iterator[list[Mapping]]:

@@ -298,17 +298,12 @@ def run_transformer(
     """
     from mlref.canary.state import state_path
     from mlref.features.store import OnlineFeatureLookup
-    from mlref.serving.inference_log import InferenceLog
+    from mlref.serving.inference_log import open_log
     from mlref.serving.transformer import CanarySplit, CtrTransformer
 
-    serving = settings.serving
-    inference_log = InferenceLog(
-        settings.inference_log_uri,
-        serving.log_flush_rows,
-        serving.log_flush_seconds,
-    )
+    inference_log = open_log(settings)
     model = CtrTransformer(
-        serving.model_name,
+        settings.serving.model_name,
         settings,
         OnlineFeatureLookup(settings),
         predictor_url,

@@ -116,3 +116,18 @@ def transformer(
 
 def _url(target: str) -> str:
     return target if "://" in target else f"http://{target}"
+
+
+@app.command("log-sink")
+def log_sink(
+    host: str = typer.Option("", help="Bind address; default settings.serving.host."),
+    port: int = typer.Option(0, "--port", help="Default serving.log_sink_port."),
+) -> None:
+    """Receive inference-log CloudEvents (serving.log_sink http) and store them as Parquet."""
+    from mlref.serving.log_sink import run_log_sink
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    serving = settings.serving
+    console.print(f"storing inference-log events in {settings.inference_log_uri}")
+    run_log_sink(settings, host or serving.host, port or serving.log_sink_port)

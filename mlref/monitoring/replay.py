@@ -71,10 +71,10 @@ def replay(
 def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     """Append ``scored`` to the inference log with serving's own writer, and store its labels
     (as ``labels_dir/<name>.parquet``) when it has a ``clicked`` column."""
-    from mlref.serving.inference_log import SCHEMA, InferenceLog
+    from mlref.serving.inference_log import SCHEMA, InferenceLog, StorageSink
 
     writer = InferenceLog(
-        settings.inference_log_uri, flush_rows=len(scored) + 1, flush_seconds=3600.0
+        StorageSink(settings.inference_log_uri), flush_rows=len(scored) + 1, flush_seconds=3600.0
     )
     columns = {field.name: scored[field.name] for field in SCHEMA}
     columns["defaulted"] = np.array(

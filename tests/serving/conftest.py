@@ -85,6 +85,15 @@ def start_transformer(
     return server
 
 
+def start_log_sink(settings: Settings, logs: Path) -> Server:
+    """``mlref serve log-sink``, storing under ``settings.inference_log_uri``."""
+    port = free_port()
+    argv = [sys.executable, "-m", "mlref.serving.server", "log-sink", "--port", str(port)]
+    server = Server(argv, port, logs / f"log-sink-{port}.log", env=config_env(settings))
+    server.wait_ready(timeout=60)
+    return server
+
+
 def model_ready(port: int, name: str) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/v1/models/{name}").status_code == 200

@@ -1,18 +1,26 @@
-"""The inference log over a real transformer: one record per scored row after a clean stop."""
+"""The inference log over a real transformer: one record per scored row after a clean stop,
+written to storage or through the logger sink; and the writer and the sink on their own."""
 
 from __future__ import annotations
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from mlref.features.transform import STAT_COLUMNS
 from mlref.serving import inference_log
 from mlref.serving.predictor import file_version
+from mlref.settings import ServingSettings
+from tests.servers import free_port
 from tests.serving.conftest import (
     build_features,
     serving_settings,
+    start_log_sink,
     start_predictor,
     start_transformer,
 )
@@ -21,9 +29,15 @@ from tests.serving.test_servers import business_rows
 
 
 @pytest.mark.slow
-def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
+@pytest.mark.parametrize("sink", ["storage", "http"])
+def test_every_scored_row_is_logged_once_after_sigterm(tmp_path, sink):
     # Bounds far away: only the shutdown flush can write these rows.
-    settings = serving_settings(tmp_path, log_flush_rows=100_000, log_flush_seconds=600)
+    bounds = {"log_flush_rows": 100_000, "log_flush_seconds": 600}
+    stored = serving_settings(tmp_path / "sink")  # where the logger sink stores what it gets
+    receiver = start_log_sink(stored, tmp_path) if sink == "http" else None
+    if receiver:
+        bounds |= {"log_sink": "http", "log_sink_url": f"http://127.0.0.1:{receiver.port}/"}
+    settings = serving_settings(tmp_path, **bounds)
     model = build_model(tmp_path / "model.onnx", settings)
     build_features(settings, range(1, 41), range(1, 16))
     predictor = start_predictor(settings, model, tmp_path)
@@ -41,9 +55,14 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
         transformer.stop()
     finally:
         predictor.stop()
+        if receiver:
+            receiver.stop()
     assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]
-    files = sorted(settings.inference_log_dir.glob("date=*/part-*.parquet"))
-    assert not list(settings.inference_log_dir.rglob(".part-*")), "a part left half-written"
+    directory = (stored if receiver else settings).inference_log_dir
+    if receiver:  # everything went through the sink: nothing fell back to storage
+        assert not settings.inference_log_dir.exists(), transformer.log.read_text()[-2000:]
+    files = sorted(directory.glob("date=*/part-*.parquet"))
+    assert not list(directory.rglob(".part-*")), "a part left half-written"
     assert files
     parts = [pd.read_parquet(f) for f in files]
     for file, part in zip(files, parts, strict=True):  # partitioned by each row's UTC day
@@ -62,6 +81,31 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path):
     assert set(log["variant"]) == {"stable"}
 
 
+def log_record(start: int, size: int, variant: str = "stable") -> dict:
+    """``size`` rows as the transformer appends them, request ids r<start>..., one stat
+    defaulted per row."""
+    names = list(STAT_COLUMNS)
+    mask = np.zeros((size, len(names)), dtype=bool)
+    mask[:, start % len(names)] = True
+    return {
+        "timestamp": np.full(size, np.datetime64("2026-01-02T03:04:05", "us")),
+        "request_id": [f"r{start + i}" for i in range(size)],
+        "user_id": list(range(start, start + size)),
+        "ad_id": np.arange(start, start + size),
+        "advertiser_id": [7] * size,
+        "ad_category": ["retail"] * size,
+        "device_type": ["toaster"] * size,
+        "site_category": ["news"] * size,
+        "position": [1] * size,
+        "hour": [23] * size,
+        **{name: np.full(size, float(start)) for name in names},
+        "defaulted": mask,
+        "probability": np.linspace(0.1, 0.2, size, dtype=np.float32),
+        "model_version": f"v{size}",
+        "variant": variant,
+    }
+
+
 def test_writer_keeps_every_row_and_value_across_groups(tmp_path, monkeypatch):
     """Records of every size and column form come back in order, exactly, however grouped."""
     monkeypatch.setattr(inference_log, "GROUP_ROWS", 5)  # many groups, one record above it
@@ -69,33 +113,14 @@ def test_writer_keeps_every_row_and_value_across_groups(tmp_path, monkeypatch):
     records, expected_rows = [], []
     for size, variant in ((1, "stable"), (3, "canary"), (7, "stable"), (2, "stable")):
         start = len(expected_rows)
-        mask = np.zeros((size, len(names)), dtype=bool)
-        mask[:, (start % len(names))] = True
-        ids = [f"r{start + i}" for i in range(size)]
-        record = {
-            "timestamp": np.full(size, np.datetime64("2026-01-02T03:04:05", "us")),
-            "request_id": ids,
-            "user_id": list(range(start, start + size)),
-            "ad_id": np.arange(start, start + size),
-            "advertiser_id": [7] * size,
-            "ad_category": ["retail"] * size,
-            "device_type": ["toaster"] * size,
-            "site_category": ["news"] * size,
-            "position": [1] * size,
-            "hour": [23] * size,
-            **{name: np.full(size, float(start)) for name in names},
-            "defaulted": mask,
-            "probability": np.linspace(0.1, 0.2, size, dtype=np.float32),
-            "model_version": f"v{size}",
-            "variant": variant,
-        }
-        records.append(record)
+        records.append(log_record(start, size, variant))
         expected_rows += [
-            (ids[i], start + i, [names[start % len(names)]], f"v{size}", variant)
+            (f"r{start + i}", start + i, [names[start % len(names)]], f"v{size}", variant)
             for i in range(size)
         ]
     assert [len(g) for g in inference_log.groups(records, 5)] == [2, 1, 1]
-    writer = inference_log.InferenceLog(str(tmp_path / "log"), flush_rows=10**6, flush_seconds=600)
+    sink = inference_log.StorageSink(str(tmp_path / "log"))
+    writer = inference_log.InferenceLog(sink, flush_rows=10**6, flush_seconds=600)
     for record in records:
         writer.append(record)
     writer.close()
@@ -107,3 +132,46 @@ def test_writer_keeps_every_row_and_value_across_groups(tmp_path, monkeypatch):
     assert [(r, u, list(d), m, v) for r, u, d, m, v in got] == expected_rows
     assert log["ad_id"].tolist() == log["user_id"].tolist()
     assert set(log["device_type"]) == {"toaster"}
+
+
+def test_rows_the_sink_never_accepts_fall_back_to_storage(tmp_path, caplog):
+    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
+    fallback = inference_log.StorageSink(str(tmp_path / "log"))
+    sink = inference_log.HttpSink(url, "test", fallback, timeout=1, attempts=2, backoff=0.01)
+    writer = inference_log.InferenceLog(sink, flush_rows=10**6, flush_seconds=600)
+    writer.append(log_record(0, 3))
+    writer.close()
+    assert writer.rows_written == 3
+    (part,) = (tmp_path / "log").glob("date=*/part-*.parquet")
+    assert pd.read_parquet(part)["request_id"].tolist() == ["r0", "r1", "r2"]
+    assert f"sink {url} did not accept 3 rows" in caplog.text
+
+
+def test_log_sink_stores_inference_log_events_and_refuses_others(tmp_path):
+    settings = serving_settings(tmp_path)
+    receiver = start_log_sink(settings, tmp_path)
+    url = f"http://127.0.0.1:{receiver.port}/"
+    event = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "test"}
+    ours = {**event, "ce-type": inference_log.EVENT_TYPE, "content-type": "application/json"}
+    table = pa.Table.from_batches([inference_log.record_batch([log_record(0, 2)])])
+    try:
+        kserve_payload = {**event, "ce-type": "org.kubeflow.serving.inference.request"}
+        refused = httpx.post(url, content=b'{"instances": []}', headers=kserve_payload)
+        assert refused.status_code == 400
+        assert inference_log.EVENT_TYPE in refused.json()["error"]["message"]
+        assert httpx.post(url, content=b"[{", headers=ours).status_code == 400
+        lacking = httpx.post(url, content=orjson.dumps([{"request_id": "r0"}]), headers=ours)
+        assert lacking.status_code == 400, lacking.text
+        assert "without values for" in lacking.json()["error"]["message"]
+        assert not settings.inference_log_dir.exists()
+        accepted = httpx.post(url, content=orjson.dumps(table.to_pylist()), headers=ours)
+        assert (accepted.status_code, accepted.json()) == (202, {"stored": 2})
+    finally:
+        receiver.stop()
+    (part,) = settings.inference_log_dir.glob("date=*/part-*.parquet")
+    assert pq.read_table(part).equals(table)
+
+
+def test_http_sink_needs_its_url():
+    with pytest.raises(ValidationError, match="MLREF_SERVING__LOG_SINK_URL"):
+        ServingSettings(log_sink="http")
