@@ -50,3 +50,55 @@ def test_overlay_and_chart_stages_agree(forms):
         chart = _predictor(forms, f"chart:{stage}")["predictor"]
         assert overlay.get("canaryTrafficPercent") == chart.get("canaryTrafficPercent"), stage
         assert overlay["model"] == chart["model"], stage
+
+
+LOG_SINK_OBJECTS = {
+    ("Deployment", "log-sink"),
+    ("Service", "log-sink"),
+    ("NetworkPolicy", "log-sink"),
+    ("NetworkPolicy", "log-sink-egress"),
+    ("NetworkPolicy", "transformer-log-sink"),
+}
+
+
+def _keys(rendered):
+    objects = rendered.objects
+    return {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] != "Namespace"}
+
+
+def _sink_settings(rendered):
+    data = find(rendered.objects, "ConfigMap", "mlref-settings")["data"]
+    return {k: v for k, v in data.items() if k.startswith("MLREF_SERVING__LOG_SINK")}
+
+
+def test_log_sink_overlay_and_chart_agree(forms):
+    overlay, chart = form(forms, "overlay:log-sink"), form(forms, "chart:log-sink")
+    assert _keys(chart) == _keys(overlay)
+    assert _keys(chart) - _keys(form(forms, "chart:default")) == LOG_SINK_OBJECTS
+    for kind, name in LOG_SINK_OBJECTS:
+        assert find(chart.objects, kind, name)["spec"] == find(overlay.objects, kind, name)["spec"]
+    expected = {
+        "MLREF_SERVING__LOG_SINK": "http",
+        "MLREF_SERVING__LOG_SINK_URL": "http://log-sink.mlref.svc/",
+    }
+    assert _sink_settings(chart) == _sink_settings(overlay) == expected
+    assert _sink_settings(form(forms, "chart:default")) == {}
+
+
+def test_log_sink_url_only_sets_the_settings(root, forms):
+    url = "http://broker-ingress.knative-eventing.svc.cluster.local/mlref/default"
+    rendered = render_chart(root, {"inferenceLog": {"sink": "http", "sinkUrl": url}}, "broker")
+    assert _keys(rendered) == _keys(form(forms, "chart:default"))
+    assert _sink_settings(rendered) == {
+        "MLREF_SERVING__LOG_SINK": "http",
+        "MLREF_SERVING__LOG_SINK_URL": url,
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [({"sink": "kafka"}, "sink"), ({"sink": "http", "sinkUrl": "broker"}, "sinkUrl")],
+)
+def test_schema_rejects_bad_inference_log(root, values, field):
+    with pytest.raises(RenderError, match=field):
+        render_chart(root, {"inferenceLog": values}, "bad")

@@ -83,3 +83,13 @@ model:
     - {name: MLREF_SERVING__VARIANT, value: {{ .variant }}}
   {{- end }}
 {{- end }}
+
+{{/* Inference log through a logger sink: "true" when the chart deploys `mlref serve log-sink`
+(sink http without a sinkUrl of its own), else empty. */}}
+{{- define "mlref.logSinkDeployed" -}}
+{{- if and (eq .Values.inferenceLog.sink "http") (not .Values.inferenceLog.sinkUrl) }}true{{ end }}
+{{- end }}
+
+{{- define "mlref.logSinkUrl" -}}
+{{- default (printf "http://log-sink.%s.svc/" .Release.Namespace) .Values.inferenceLog.sinkUrl }}
+{{- end }}
