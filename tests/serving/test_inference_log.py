@@ -134,7 +134,8 @@ def test_writer_keeps_every_row_and_value_across_groups(tmp_path, monkeypatch):
     assert set(log["device_type"]) == {"toaster"}
 
 
-def test_rows_the_sink_never_accepts_fall_back_to_storage(tmp_path, caplog):
+def test_rows_the_sink_never_accepts_fall_back_to_storage(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(inference_log.HttpSink, "event_rows", 2)  # two events: 2 rows, then 1
     url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
     fallback = inference_log.StorageSink(str(tmp_path / "log"))
     sink = inference_log.HttpSink(url, "test", fallback, timeout=1, attempts=2, backoff=0.01)
@@ -142,9 +143,11 @@ def test_rows_the_sink_never_accepts_fall_back_to_storage(tmp_path, caplog):
     writer.append(log_record(0, 3))
     writer.close()
     assert writer.rows_written == 3
-    (part,) = (tmp_path / "log").glob("date=*/part-*.parquet")
-    assert pd.read_parquet(part)["request_id"].tolist() == ["r0", "r1", "r2"]
-    assert f"sink {url} did not accept 3 rows" in caplog.text
+    parts = sorted((tmp_path / "log").glob("date=*/part-*.parquet"))
+    assert pd.concat(map(pd.read_parquet, parts))["request_id"].tolist() == ["r0", "r1", "r2"]
+    # The first event tried the sink; the second went straight to storage.
+    assert f"sink {url} did not accept 2 rows" in caplog.text
+    assert f"sink {url} paused after a failure; 1 rows to the fallback" in caplog.text
 
 
 def test_log_sink_stores_inference_log_events_and_refuses_others(tmp_path):
