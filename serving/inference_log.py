@@ -255,12 +255,12 @@ def open_log(settings: Settings) -> InferenceLog:
 
 def rows_table(rows: list[dict]) -> pa.Table:
     """The table for rows as :class:`HttpSink` sends them (JSON values, ISO timestamps);
-    KeyError when a row lacks a value."""
+    ValueError or TypeError when they do not fit :data:`SCHEMA`."""
     at = SCHEMA.get_field_index("timestamp")
     table = pa.Table.from_pylist(rows, schema=SCHEMA.set(at, pa.field("timestamp", pa.string())))
     lacking = [name for name in SCHEMA.names if table[name].null_count]
     if lacking:  # from_pylist reads an absent key as null
-        raise KeyError(f"rows without values for {lacking}")
+        raise ValueError(f"rows without values for {lacking}")
     return table.set_column(at, SCHEMA.field(at), pc.cast(table[at], SCHEMA.field(at).type))
 
 

@@ -117,6 +117,11 @@ def quality_figure(points: list[QualityPoint]) -> Figure:
     return figure
 
 
+def _plotted(title: str, figure: Figure) -> list[str]:
+    """A section's heading and its plot, inline as a PNG (the page stays one file)."""
+    return [f"<h2>{html.escape(title)}</h2>", f'<img src="data:image/png;base64,{_png(figure)}">']
+
+
 def _table(header: list[str], rows: list[list[object]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
@@ -137,8 +142,7 @@ def write_report(record: LoopRecord, path: Path) -> Path:
     ]
     if record.drift:
         sections += [
-            "<h2>Drift checks</h2>",
-            f'<img src="data:image/png;base64,{_png(drift_figure(record.drift))}">',
+            *_plotted("Drift checks", drift_figure(record.drift)),
             _table(
                 ["window", "drifted share", "NE increase", "decision", "reason"],
                 [
@@ -155,8 +159,7 @@ def write_report(record: LoopRecord, path: Path) -> Path:
         ]
     if record.canary:
         sections += [
-            "<h2>Canary rollout</h2>",
-            f'<img src="data:image/png;base64,{_png(canary_figure(record.canary))}">',
+            *_plotted("Canary rollout", canary_figure(record.canary)),
             _table(
                 ["stage %", "variant", "requests", "error rate", "p99 ms", "logloss", "action"],
                 [
@@ -174,10 +177,7 @@ def write_report(record: LoopRecord, path: Path) -> Path:
             ),
         ]
     if record.quality:
-        sections += [
-            "<h2>Model quality over time</h2>",
-            f'<img src="data:image/png;base64,{_png(quality_figure(record.quality))}">',
-        ]
+        sections += _plotted("Model quality over time", quality_figure(record.quality))
     if record.links:
         items = "".join(
             f'<li><a href="{html.escape(str(target))}">{html.escape(name)}</a></li>'
