@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,86 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Set
     get_settings.cache_clear()
     yield settings
     get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible endpoint on 127.0.0.1 and the credentials every client is given."""
+
+    endpoint: str
+    access_key: str = "mlref-test"
+    secret_key: str = "mlref-test-secret"
+    region: str = "us-east-1"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a pod gets from the object-store Secret: boto3, s3fs, pyarrow and MLflow read
+        these names (``AWS_ENDPOINT_URL`` since botocore 1.31, ``MLFLOW_S3_ENDPOINT_URL``)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Create ``name`` (empty, or emptied if a test left objects in it); returns s3://name."""
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for item in page.get("Contents", []):
+                    client.delete_object(Bucket=name, Key=item["Key"])
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 REST endpoint on 127.0.0.1: moto's server mode.
+
+    moto is pure Python from PyPI (MinIO is on neither PyPI nor Debian), so CI and a user's
+    machine get it with the dev extras; boto3, s3fs, pyarrow, Feast, MLflow and KServe's
+    storage initializer all talk to it over HTTP exactly as they talk to MinIO or AWS.
+    """
+    import importlib.util
+    import sys
+
+    from tests.servers import Server, free_port, require
+
+    require(
+        importlib.util.find_spec("moto") is not None,
+        "moto is not installed: `pip install 'moto[server]'` (in the dev extras)",
+    )
+    base = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    server = Server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        base / "moto.log",
+    )
+    try:
+        server.wait_ready(timeout=60)
+        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """This process's S3 clients point at the test server, as the Secret's env does in a pod."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
