@@ -96,7 +96,10 @@ def test_one_retraining_per_key_and_none_within_the_cooldown(
     assert again.status.startswith("skipped: already submitted")
     assert sliding.status.startswith("skipped: cooldown")
     assert len(submitted) == 2
-    assert json.loads(submitted[0]["settings_json"])["work_dir"] == str(job_settings.work_dir)
+    # The run's steps take the settings of where they run; the source is shared storage.
+    assert submitted[0]["overrides"] == ""
+    assert submitted[0]["source"] == job_settings.raw_uri
+    assert read_decisions(job_settings)[0]["source"] == job_settings.raw_uri
     assert [d["status"].split(" (")[0] for d in read_decisions(job_settings)] == [
         SUBMITTED,
         "skipped: already submitted",
