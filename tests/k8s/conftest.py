@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlref.k8s.checkov import CheckovMissing, checkov_binary
+from mlref.k8s.knative import load_features
 from mlref.k8s.render import Rendered, render_all, repo_root
 from mlref.k8s.schemas import Validator
 from tests.servers import require
@@ -29,6 +30,12 @@ def crd_dir(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def validator(crd_dir: Path) -> Validator:
     return Validator(crd_dir, KUBERNETES_VERSION)
+
+
+@pytest.fixture(scope="session")
+def knative_features(root: Path) -> dict[str, str]:
+    """The Knative config-features scripts/kind-up.sh applies."""
+    return load_features(root / "manifests" / "cluster" / "knative-serving.yaml")
 
 
 @pytest.fixture(scope="session")
