@@ -205,6 +205,73 @@ def launch_problems(
     return {key: value for key, value in found.items() if value}
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against one label set."""
+    if not _labels_match(selector.get("matchLabels") or {}, labels):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = set(expression.get("values") or [])
+        present = key in labels
+        matched = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def service_monitor_problems(
+    objects: list[dict[str, Any]],
+) -> dict[tuple[str, str], list[Problem]]:
+    """A ServiceMonitor naming an InferenceService scrapes each of its serving containers
+    through exactly one Service, in Knative and in Standard mode alike (KServe and Knative
+    label those Services differently: mlref/k8s/kserve.py ``services``)."""
+    from mlref.k8s.kserve import KNATIVE, STANDARD, launches, services
+
+    isvcs = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "InferenceService"}
+    found: dict[tuple[str, str], list[Problem]] = {}
+    for monitor in objects:
+        if monitor.get("kind") != "ServiceMonitor":
+            continue
+        selector = (monitor.get("spec") or {}).get("selector") or {}
+        isvc = isvcs.get(
+            (selector.get("matchLabels") or {}).get("serving.kserve.io/inferenceservice")
+        )
+        if isvc is None:
+            continue
+        ports = {e.get("port") for e in monitor["spec"].get("endpoints") or []}
+        problems = []
+        for mode in (KNATIVE, STANDARD):
+            annotations = {**(isvc["metadata"].get("annotations") or {}), DEPLOYMENT_MODE: mode}
+            variant = {**isvc, "metadata": {**isvc["metadata"], "annotations": annotations}}
+            if mode == KNATIVE:
+                variant = {
+                    **variant,
+                    "spec": {k: v for k, v in isvc["spec"].items() if k != "canary"},
+                }
+            for started in launches(variant, objects):
+                scraped = [
+                    s
+                    for s in services(variant, started)
+                    if selects(selector, s["labels"]) and ports & set(s["ports"])
+                ]
+                if len(scraped) != 1:
+                    problems.append(
+                        (
+                            "spec.selector",
+                            f"scrapes {started.component} in {mode} mode through "
+                            f"{len(scraped)} Services, not 1",
+                        )
+                    )
+        if problems:
+            found[("ServiceMonitor", monitor["metadata"]["name"])] = problems
+    return found
+
+
 def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 

@@ -94,6 +94,7 @@ def verify(
         knative = feature_problems(form.objects, knative_features or {})
         chart = form.api_versions is not None
         waits = checks.helm_wait_problems(form.objects) if chart else {}
+        monitors = checks.service_monitor_problems(form.objects)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -111,6 +112,7 @@ def verify(
                 + started.get((kind, name), [])
                 + knative.get((kind, name), [])
                 + waits.get((kind, name), [])
+                + monitors.get((kind, name), [])
             )
             if chart:
                 structure += checks.optional_api_problems(obj, set(form.api_versions or []))
