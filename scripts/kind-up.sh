@@ -64,7 +64,9 @@ if [[ "$MODE" == "Knative" ]]; then
   # server-side apply merges these keys into Knative's own ConfigMaps.
   kubectl apply --server-side --force-conflicts -f "$ROOT/manifests/cluster/knative-serving.yaml"
   kubectl apply -f "https://github.com/knative/net-kourier/releases/download/${KOURIER_VERSION}/kourier.yaml"
-  kubectl -n knative-serving rollout status deploy/controller deploy/webhook --timeout=300s
+  for deployment in controller webhook; do
+    kubectl -n knative-serving rollout status "deploy/${deployment}" --timeout=300s
+  done
   kubectl -n kourier-system rollout status deploy/3scale-kourier-gateway --timeout=300s
 else
   step "3/9 Standard mode: no Knative"
