@@ -278,6 +278,22 @@ def compile_args(argv: list[str], executor_input: dict[str, Any]) -> list[str]:
     return compiled
 
 
+@dataclass
+class Run:
+    """One pipeline run in progress: what the driver and launcher of each task consult."""
+
+    spec: dict[str, Any]
+    k8s_executors: dict[str, Any]  # the IR's Kubernetes platform config, per executor
+    run_root: str
+    cluster: Cluster
+    launcher: Launcher
+    work_dir: Path
+    namespace: str
+    timeout: float
+    inputs: dict[str, Any] = field(default_factory=dict)  # the root DAG's parameters
+    tasks: dict[str, TaskRun] = field(default_factory=dict)  # finished tasks
+
+
 def run_pipeline(
     ir_path: Path,
     arguments: Mapping[str, Any],
@@ -292,74 +308,58 @@ def run_pipeline(
 
     ``store`` is the object store holding ``pipeline_root`` (``s3://bucket/prefix``), which
     the launcher reaches with its own credentials; pods get only what ``cluster`` and the
-    IR give them. ``work_dir`` holds each pod's host-side directories.
+    IR give them, in ``namespace`` (the ConfigMaps and Secrets they use must live there).
+    ``work_dir`` holds each pod's host-side directories; ``timeout`` bounds each pod.
     """
     spec, platform = load_ir(ir_path)
-    pipeline_name = spec["pipelineInfo"]["name"]
     run_id = str(uuid.uuid4())
-    run_root = f"{pipeline_root.rstrip('/')}/{pipeline_name}/{run_id}"
-    launcher = Launcher(store, pipeline_root)
-
+    run = Run(
+        spec=spec,
+        k8s_executors=platform.get("deploymentSpec", {}).get("executors", {}),
+        run_root=f"{pipeline_root.rstrip('/')}/{spec['pipelineInfo']['name']}/{run_id}",
+        cluster=cluster,
+        launcher=Launcher(store, pipeline_root),
+        work_dir=work_dir,
+        namespace=namespace,
+        timeout=timeout,
+    )
     root = spec["root"]
-    inputs: dict[str, Any] = {}
     for name, definition in root.get("inputDefinitions", {}).get("parameters", {}).items():
         if name in arguments:
-            inputs[name] = typed(arguments[name], definition["parameterType"])
+            run.inputs[name] = typed(arguments[name], definition["parameterType"])
         elif "defaultValue" in definition:
-            inputs[name] = typed(definition["defaultValue"], definition["parameterType"])
+            run.inputs[name] = typed(definition["defaultValue"], definition["parameterType"])
         elif not definition.get("isOptional"):
             raise PodFailed(f"pipeline input {name!r} is required")
-    unknown = set(arguments) - set(inputs)
+    unknown = set(arguments) - set(run.inputs)
     if unknown:
         raise PodFailed(f"unknown pipeline arguments: {sorted(unknown)}")
 
-    executors = platform.get("deploymentSpec", {}).get("executors", {})
-    tasks: dict[str, TaskRun] = {}
     dag = root["dag"]
     for name in task_order(dag):
-        task = dag["tasks"][name]
-        component = spec["components"][task["componentRef"]["name"]]
-        check_supported(name, task, component)
-        label = component["executorLabel"]
-        tasks[name] = run_task(
-            name,
-            task,
-            component,
-            spec["deploymentSpec"]["executors"][label]["container"],
-            executors.get(label, {}),
-            inputs,
-            tasks,
-            run_root,
-            cluster,
-            launcher,
-            work_dir,
-            namespace,
-            timeout,
-        )
+        run.tasks[name] = run_task(run, name, dag["tasks"][name])
 
     outputs = {}
     for name, selector in dag.get("outputs", {}).get("parameters", {}).items():
         source = selector["valueFromParameter"]
-        outputs[name] = tasks[source["producerSubtask"]].parameters[source["outputParameterKey"]]
-    return PipelineRun(run_id, run_root, tasks, outputs)
+        producer = run.tasks[source["producerSubtask"]]
+        outputs[name] = producer.parameters[source["outputParameterKey"]]
+    return PipelineRun(run_id, run.run_root, run.tasks, outputs)
 
 
 def resolve_inputs(
-    name: str,
-    task: Mapping[str, Any],
-    component: Mapping[str, Any],
-    dag_inputs: Mapping[str, Any],
-    done: Mapping[str, TaskRun],
+    run: Run, name: str, task: Mapping[str, Any], component: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The executor input's ``inputs``: parameter values and input artifacts."""
     values: dict[str, Any] = {}
     for key, source in task.get("inputs", {}).get("parameters", {}).items():
         if "componentInputParameter" in source:
-            if source["componentInputParameter"] in dag_inputs:
-                values[key] = dag_inputs[source["componentInputParameter"]]
+            if source["componentInputParameter"] in run.inputs:
+                values[key] = run.inputs[source["componentInputParameter"]]
         elif "taskOutputParameter" in source:
             producer = source["taskOutputParameter"]
-            values[key] = done[producer["producerTask"]].parameters[producer["outputParameterKey"]]
+            upstream = run.tasks[producer["producerTask"]]
+            values[key] = upstream.parameters[producer["outputParameterKey"]]
         elif "runtimeValue" in source:
             values[key] = source["runtimeValue"]["constant"]
         else:
@@ -369,8 +369,10 @@ def resolve_inputs(
         if "taskOutputArtifact" not in source:
             raise NotImplementedError(f"task {name}: artifact {key} {list(source)} not emulated")
         producer = source["taskOutputArtifact"]
-        upstream = done[producer["producerTask"]].artifacts[producer["outputArtifactKey"]]
-        artifacts[key] = {"artifacts": [copy.deepcopy(upstream)]}
+        upstream = run.tasks[producer["producerTask"]]
+        artifacts[key] = {
+            "artifacts": [copy.deepcopy(upstream.artifacts[producer["outputArtifactKey"]])]
+        }
     declared = component.get("inputDefinitions", {}).get("parameters", {})
     values = {
         key: typed(value, declared[key]["parameterType"]) if key in declared else value
@@ -379,27 +381,17 @@ def resolve_inputs(
     return {"parameterValues": values, "artifacts": artifacts}
 
 
-def run_task(
-    name: str,
-    task: Mapping[str, Any],
-    component: Mapping[str, Any],
-    container: Mapping[str, Any],
-    k8s: Mapping[str, Any],
-    dag_inputs: Mapping[str, Any],
-    done: Mapping[str, TaskRun],
-    run_root: str,
-    cluster: Cluster,
-    launcher: Launcher,
-    work_dir: Path,
-    namespace: str,
-    timeout: float,
-) -> TaskRun:
+def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     """Driver, then launcher, for one container task."""
+    component = run.spec["components"][task["componentRef"]["name"]]
+    check_supported(name, task, component)
+    label = component["executorLabel"]
+    container = run.spec["deploymentSpec"]["executors"][label]["container"]
     # Driver: resolve inputs, provision outputs under <run root>/<task>/<uuid>.
-    task_root = f"{run_root}/{name}/{uuid.uuid4()}"
+    task_root = f"{run.run_root}/{name}/{uuid.uuid4()}"
     outputs_spec = component.get("outputDefinitions", {})
     executor_input = {
-        "inputs": resolve_inputs(name, task, component, dag_inputs, done),
+        "inputs": resolve_inputs(run, name, task, component),
         "outputs": {
             "artifacts": {
                 key: {
@@ -425,12 +417,12 @@ def run_task(
             "outputFile": local_path(task_root) + "/output_metadata.json",
         },
     }
-    pod_name = f"{run_root.rsplit('/', 1)[-1][:8]}-{name}"
-    pod_dir = work_dir / pod_name
+    pod_name = f"{run.run_root.rsplit('/', 1)[-1][:8]}-{name}"
+    pod_dir = run.work_dir / pod_name
     volumes = {path: pod_dir / "volumes" / path.strip("/") for path in ("/tmp", *SCRATCH)}
     for directory in volumes.values():
         directory.mkdir(parents=True, exist_ok=True)
-    env = pod_env(container, k8s, cluster, namespace, pod_name)
+    env = pod_env(container, run.k8s_executors.get(label, {}), run.cluster, run.namespace, pod_name)
 
     # Launcher: defaults for {{$}}, placeholders, inputs in, run, outputs out.
     with_defaults = copy.deepcopy(executor_input)
@@ -439,7 +431,7 @@ def run_task(
             with_defaults["inputs"]["parameterValues"][key] = definition["defaultValue"]
     argv = compile_args([*container.get("command", []), *container.get("args", [])], with_defaults)
     for listing in executor_input["inputs"]["artifacts"].values():
-        launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
+        run.launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
     for path in [
         *(p["outputFile"] for p in executor_input["outputs"]["parameters"].values()),
         *(
@@ -449,7 +441,7 @@ def run_task(
     ]:
         (pod_dir / "volumes" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     done_process = run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=IMAGE_WORKDIR, timeout=timeout
+        argv, env, pod_dir, volumes, workdir=IMAGE_WORKDIR, timeout=run.timeout
     )
     if done_process.returncode != 0:
         raise PodFailed(
@@ -476,6 +468,6 @@ def run_task(
         if written:
             artifact["uri"] = written[0].get("uri") or artifact["uri"]
             artifact.setdefault("metadata", {}).update(written[0].get("metadata", {}))
-        launcher.upload(artifact["uri"], pod_dir / "volumes")
+        run.launcher.upload(artifact["uri"], pod_dir / "volumes")
         result.artifacts[key] = artifact
     return result
