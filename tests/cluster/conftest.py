@@ -89,3 +89,18 @@ def mlflow_server(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.process.pid, signal.SIGTERM)
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_services(s3_server: S3Server, redis_server: str, mlflow_server: str) -> dict[str, str]:
+    """The chart's in-cluster Service addresses, resolved to the test servers (the
+    ``services`` of a :class:`tests.cluster.pods.Cluster`)."""
+    local = {
+        "minio.mlref.svc:9000": s3_server.endpoint.removeprefix("http://"),
+        "redis.mlref.svc:6379": redis_server,
+        "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
+    }
+    fqdn = {
+        address.replace(".svc:", ".svc.cluster.local:"): target for address, target in local.items()
+    }
+    return {**local, **fqdn}

@@ -66,7 +66,6 @@ from tests.conftest import S3Server
 KFP_TAG = "2.17.0"
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
-IMAGE_WORKDIR = "/tmp"
 
 
 @dataclass
@@ -441,7 +440,7 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     ]:
         (pod_dir / "volumes" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     done_process = run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=IMAGE_WORKDIR, timeout=run.timeout
+        argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
     )
     if done_process.returncode != 0:
         raise PodFailed(

@@ -49,21 +49,33 @@ class PodFailed(RuntimeError):
 
 
 @functools.cache
-def image_env(dockerfile: Path = REPO / "Dockerfile") -> dict[str, str]:
-    """The ``ENV`` of the Dockerfile's final stage, as the container runtime sets it."""
+def image_config(dockerfile: Path = REPO / "Dockerfile") -> tuple[dict[str, str], str]:
+    """The ``ENV`` and ``WORKDIR`` of the Dockerfile's final stage, as the runtime sets them."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     env: dict[str, str] = {"PATH": BASE_IMAGE_PATH}
+    workdir = "/"
     for line in text.splitlines():
         words = line.strip().split(maxsplit=1)
         if not words:
             continue
-        if words[0].upper() == "FROM":
-            env = {"PATH": BASE_IMAGE_PATH}
-        elif words[0].upper() == "ENV" and len(words) == 2:
+        instruction = words[0].upper()
+        if instruction == "FROM":
+            env, workdir = {"PATH": BASE_IMAGE_PATH}, "/"
+        elif instruction == "WORKDIR" and len(words) == 2:
+            workdir = words[1]
+        elif instruction == "ENV" and len(words) == 2:
             for pair in shlex.split(words[1]):
                 name, _, value = pair.partition("=")
                 env[name] = value.replace("$PATH", env.get("PATH", ""))
-    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}
+    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}, workdir
+
+
+def image_env() -> dict[str, str]:
+    return dict(image_config()[0])
+
+
+def image_workdir() -> str:
+    return image_config()[1]
 
 
 @dataclass
@@ -77,6 +89,7 @@ class Cluster:
     services: dict[str, str] = field(default_factory=dict)
     namespace: str = "mlref"
     image_env: dict[str, str] = field(default_factory=image_env)
+    image_workdir: str = field(default_factory=image_workdir)
 
     def lookup(self, kind: str, name: str, namespace: str) -> dict[str, str] | None:
         """The string data of a ConfigMap or Secret in ``namespace``, or None."""
@@ -135,10 +148,11 @@ def run_in_sandbox(
     env: Mapping[str, str],
     pod_dir: Path,
     volumes: Mapping[str, Path],
-    workdir: str = "/tmp",
+    workdir: str,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a pod's container; ``volumes`` maps mount paths to host dirs."""
+    """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
+    host dirs."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -280,5 +294,10 @@ def run_pod(
     if not spec.get("command"):
         raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
     return run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=spec.get("workingDir", "/tmp"), timeout=timeout
+        argv,
+        env,
+        pod_dir,
+        volumes,
+        workdir=spec.get("workingDir", cluster.image_workdir),
+        timeout=timeout,
     )
