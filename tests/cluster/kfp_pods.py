@@ -386,6 +386,7 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     check_supported(name, task, component)
     label = component["executorLabel"]
     container = run.spec["deploymentSpec"]["executors"][label]["container"]
+    run.cluster.check_image(container["image"])
     # Driver: resolve inputs, provision outputs under <run root>/<task>/<uuid>.
     task_root = f"{run.run_root}/{name}/{uuid.uuid4()}"
     outputs_spec = component.get("outputDefinitions", {})

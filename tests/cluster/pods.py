@@ -6,14 +6,19 @@ volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh 
 Its environment is exactly what the kubelet gives the container: the image's ``ENV``
 (read from the project's Dockerfile, with the image's virtualenv mapped to this one), then
 ``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
-supplies, ``$(VAR)`` references expanded), and nothing from the test process. In-cluster
-service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1 ports of the
-test servers, in env values and arguments, in place of cluster DNS.
+supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
+source fails the pod as CreateContainerConfigError does), and nothing from the test
+process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
+In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
+ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
+project image is emulated (this virtualenv stands in for it, whatever the tag).
 
-Not emulated: the image's user (the process runs as root mapped into a user namespace),
-network isolation and NetworkPolicies, resource limits, probes, restarts, service-account
-tokens, volumes other than emptyDir / claims given by the test, and the writable container
-layer of pods without ``readOnlyRootFilesystem`` (here every write outside a volume fails).
+Not emulated: the image's own filesystem (pods see this machine's, e.g. the source checkout
+and not ``/opt/mlref-feature-repo``), its user (the process runs as root mapped into a user
+namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
+restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
+claims the test maps to host dirs, and the writable container layer of pods without
+``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlref.settings import Settings
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +47,7 @@ SANDBOX = Path(__file__).with_name("sandbox.py")
 IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, where this machine has sys.prefix
 # The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROJECT_IMAGE = Settings.model_fields["image"].default
 UNSHARE = ["unshare", "--mount", "--map-root-user", "--propagation", "private"]
 
 
@@ -90,6 +97,14 @@ class Cluster:
     namespace: str = "mlref"
     image_env: dict[str, str] = field(default_factory=image_env)
     image_workdir: str = field(default_factory=image_workdir)
+    image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
+
+    def check_image(self, image: str) -> None:
+        """This virtualenv stands in for the project image (any tag) and nothing else."""
+        if image.rsplit(":", 1)[0] != self.image_repository:
+            raise NotImplementedError(
+                f"image {image}: only {self.image_repository} is emulated (by this virtualenv)"
+            )
 
     def lookup(self, kind: str, name: str, namespace: str) -> dict[str, str] | None:
         """The string data of a ConfigMap or Secret in ``namespace``, or None."""

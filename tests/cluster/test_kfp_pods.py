@@ -227,3 +227,18 @@ def test_a_missing_configmap_fails_the_pod_as_the_kubelet_does(
         obj["metadata"]["namespace"] = "mlref"  # applied where the KFP pods cannot see it
     with pytest.raises(PodFailed, match="kubeflow/probe-credentials not found"):
         run(env_pipeline, tmp_path, s3_server, cluster)
+
+
+@dsl.component(base_image="python:3.11-slim")
+def foreign() -> str:
+    return "ran"
+
+
+@dsl.pipeline(name="emulator-foreign-image")
+def foreign_image() -> str:
+    return foreign().output
+
+
+def test_only_the_project_image_is_emulated(s3_server: S3Server, tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match=r"image python:3\.11-slim"):
+        run(foreign_image, tmp_path, s3_server, Cluster())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlref.k8s.render import chart_value_sets, render_chart, repo_root
-from tests.cluster.pods import Cluster, PodFailed, run_pod
+from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, run_pod
 from tests.conftest import S3Server
 
 PROBE = """
@@ -113,6 +113,7 @@ def test_env_references_and_writes_outside_volumes_behave_as_in_a_pod(tmp_path: 
                     "containers": [
                         {
                             "name": "main",
+                            "image": PROJECT_IMAGE,
                             "command": ["sh", "-c"],
                             "args": [
                                 "echo '$(GREETING)|$$(GREETING)|'\"$GREETING\"'|$(UNSET)'; "
@@ -168,6 +169,7 @@ def test_a_pod_reaches_the_shared_services_by_their_in_cluster_addresses(
             "containers": [
                 {
                     "name": "main",
+                    "image": PROJECT_IMAGE,
                     "command": ["python3", "-c", REACH_SERVICES],
                     "env": [{"name": k, "value": v} for k, v in env.items()],
                 }
