@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster.kfp_api import KfpApiServer
 from tests.conftest import S3Server
 
 MLFLOW_BUCKET = "mlflow"
@@ -104,3 +105,13 @@ def cluster_services(s3_server: S3Server, redis_server: str, mlflow_server: str)
         address.replace(".svc:", ".svc.cluster.local:"): target for address, target in local.items()
     }
     return {**local, **fqdn}
+
+
+@pytest.fixture
+def kfp_api() -> Iterator[KfpApiServer]:
+    """The Kubeflow Pipelines API stand-in; its ``runs`` are what was submitted to it."""
+    server = KfpApiServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -88,14 +88,20 @@ class PipelineRun:
     outputs: dict[str, Any]  # the pipeline's own output parameters
 
 
-def load_ir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pipeline spec and its Kubernetes platform spec (a second YAML document)."""
-    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    spec = documents[0]
+def load_ir(ir: Path | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline spec and its Kubernetes platform spec, from a compiled YAML file (the
+    platform spec is a second document) or from a submitted run's ``pipeline_spec`` (the
+    spec alone, or ``{pipeline_spec, platform_spec}`` as ``kfp.Client`` sends it)."""
+    if isinstance(ir, Path):
+        documents = [doc for doc in yaml.safe_load_all(ir.read_text()) if doc]
+    elif "pipeline_spec" in ir:
+        documents = [ir["pipeline_spec"], ir.get("platform_spec", {})]
+    else:
+        documents = [dict(ir)]
     platform: dict[str, Any] = {}
-    for doc in documents:
+    for doc in documents[1:]:
         platform = doc.get("platforms", {}).get("kubernetes", platform)
-    return spec, platform
+    return copy.deepcopy(documents[0]), copy.deepcopy(platform)
 
 
 def local_path(uri: str) -> str:
@@ -294,7 +300,7 @@ class Run:
 
 
 def run_pipeline(
-    ir_path: Path,
+    ir: Path | Mapping[str, Any],
     arguments: Mapping[str, Any],
     cluster: Cluster,
     store: S3Server,
@@ -310,7 +316,7 @@ def run_pipeline(
     IR give them, in ``namespace`` (the ConfigMaps and Secrets they use must live there).
     ``work_dir`` holds each pod's host-side directories; ``timeout`` bounds each pod.
     """
-    spec, platform = load_ir(ir_path)
+    spec, platform = load_ir(ir)
     run_id = str(uuid.uuid4())
     run = Run(
         spec=spec,
