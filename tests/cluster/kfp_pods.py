@@ -38,13 +38,22 @@ Emulated, as in upstream:
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
 
+Use: ``run_pipeline(ir, arguments, cluster, store, work_dir, "s3://bucket/root")`` with the
+compiled YAML's path (or a spec recorded by :mod:`tests.cluster.kfp_api`), the pipeline's
+arguments, a :class:`tests.cluster.pods.Cluster` (ConfigMaps and Secrets in the pipelines
+namespace, Service addresses mapped to the test servers) and the S3 server holding the
+pipeline root; it returns every task's outputs and the pipeline's, or raises
+:class:`tests.cluster.pods.PodFailed` with the failed task's log tail.
+
 Not emulated: caching, retries, MLMD, the executor-logs artifact, ``dsl.If`` conditions,
 ``ParallelFor``, nested DAGs and exit handlers (``dsl.ExitHandler``), importer and
 Kubernetes-platform-only tasks, ``IfPresent``/``Concat`` placeholders, PVC, volume, node and
 pod-metadata settings of the platform spec, accelerators and resource limits (a GPU request
-is recorded in ``TaskRun.resources`` but the step runs on CPU), pipeline roots other than
-``s3://`` (with the endpoint and credentials of ``kfp-launcher``), and task parallelism
-(tasks run one at a time in dependency order, which any parallel schedule must also allow).
+is recorded in ``TaskRun.resources`` but the step runs on CPU), images other than the
+project's, the launcher's own object-store configuration (``kfp-launcher`` ConfigMap: here
+the launcher uses the test S3 server's endpoint and keys), pipeline roots other than
+``s3://``, and task parallelism (tasks run one at a time in dependency order, which any
+parallel schedule must also allow). Unsupported constructs raise NotImplementedError.
 """
 
 from __future__ import annotations
@@ -63,7 +72,6 @@ import yaml
 from tests.cluster.pods import Cluster, PodFailed, run_in_sandbox
 from tests.conftest import S3Server
 
-KFP_TAG = "2.17.0"
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 
@@ -161,10 +169,10 @@ class Launcher:
         return bucket, key.strip("/")
 
     def download(self, uri: str, pod_dir: Path) -> None:
-        """``DownloadBlob``: the object itself, or every object under ``<key>/``."""
+        """``DownloadBlob``: the object itself, or every object under ``<key>/``; nothing
+        when there is none (the component then finds no file, as upstream)."""
         bucket, key = self.split(uri)
         target = pod_dir / local_path(uri).lstrip("/")
-        found = False
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
         for page in pages:
             for item in page.get("Contents", []):
@@ -174,9 +182,6 @@ class Launcher:
                 path = target / name[len(key) :].lstrip("/") if name != key else target
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(bucket, name, str(path))
-                found = True
-        if not found:
-            raise PodFailed(f"failed to download input artifact from {uri}: no such object")
 
     def upload(self, uri: str, pod_dir: Path) -> bool:
         """``UploadBlob``: a file, or a directory's files under ``<key>/``; False if absent."""
