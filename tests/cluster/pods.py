@@ -222,11 +222,12 @@ def field_value(path: str, pod_name: str, namespace: str) -> str:
     return values[path]
 
 
-def container_env(
+def declared_env(
     container: Mapping[str, Any], cluster: Cluster, namespace: str, pod_name: str
 ) -> dict[str, str]:
-    """The environment the kubelet builds: image ENV, then envFrom, then env."""
-    env = dict(cluster.image_env)
+    """What the container spec declares: ``envFrom``, then ``env`` (whose ``$(VAR)``
+    references see only what was declared before them, not the image's ENV)."""
+    env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         prefix = source.get("prefix", "")
         for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
@@ -256,7 +257,7 @@ def container_env(
             )
         if value is not None:
             env[var["name"]] = value
-    return {name: cluster.resolve(value) for name, value in env.items()}
+    return env
 
 
 def pod_spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -301,9 +302,10 @@ def run_pod(
             raise PodFailed(f"volume {volume['name']}: only emptyDir and claims are emulated")
     for source in volumes.values():
         source.mkdir(parents=True, exist_ok=True)
-    env = container_env(spec, cluster, namespace, pod_name)
+    declared = declared_env(spec, cluster, namespace, pod_name)
+    env = {k: cluster.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
     argv = [
-        cluster.resolve(expand(arg, env))
+        cluster.resolve(expand(arg, declared))
         for arg in [*spec.get("command", []), *spec.get("args", [])]
     ]
     if not spec.get("command"):
