@@ -32,6 +32,7 @@ def check(
     """
     from mlref.monitoring.check import run_check
     from mlref.monitoring.trigger import trigger as act
+    from mlref.pipelines.runner import SubmitError
     from mlref.settings import get_settings
 
     settings = get_settings()
@@ -46,7 +47,11 @@ def check(
     except (LookupError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    outcome = act(settings, result, source, dry_run=not trigger)
+    try:
+        outcome = act(settings, result, source, dry_run=not trigger)
+    except SubmitError as exc:  # recorded in the decision log; the next run tries again
+        console.print(f"[red]error:[/red] retraining not submitted: {exc}")
+        raise typer.Exit(1) from exc
     if result.drift is not None:
         table = Table("column", "method", "score", "threshold", "drifted", title="drift")
         for column in (*result.drift.columns, result.drift.prediction):
