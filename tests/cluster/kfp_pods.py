@@ -37,6 +37,8 @@ Emulated, as in upstream:
 
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
+In-cluster Service addresses in its env and arguments (the executor input included) are
+rewritten to the test servers' addresses, in place of cluster DNS.
 
 Use: ``run_pipeline(ir, arguments, cluster, store, work_dir, "s3://bucket/root")`` with the
 compiled YAML's path (or a spec recorded by :mod:`tests.cluster.kfp_api`), the pipeline's
@@ -441,6 +443,7 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
         if key not in with_defaults["inputs"]["parameterValues"] and "defaultValue" in definition:
             with_defaults["inputs"]["parameterValues"][key] = definition["defaultValue"]
     argv = compile_args([*container.get("command", []), *container.get("args", [])], with_defaults)
+    argv = [run.cluster.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
     for listing in executor_input["inputs"]["artifacts"].values():
         run.launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
     for path in [
