@@ -115,3 +115,12 @@ def kfp_api() -> Iterator[KfpApiServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kind_chart() -> list[dict]:
+    """The chart as ``helm install -f values-kind.yaml`` renders it."""
+    from mlref.k8s.render import chart_value_sets, render_chart, repo_root
+
+    root = repo_root()
+    return render_chart(root, chart_value_sets(root)["kind"], "kind").objects

@@ -6,10 +6,12 @@ import pytest
 from kfp import Client, compiler
 from kfp_server_api.exceptions import ApiException
 
+from mlref.pipelines.runner import COMPILED
 from tests.cluster.kfp_api import KfpApiServer
-from tests.cluster.kfp_pods import run_pipeline
-from tests.cluster.pods import Cluster
+from tests.cluster.kfp_pods import load_ir, run_pipeline
+from tests.cluster.pods import Cluster, run_pod
 from tests.cluster.test_kfp_pods import BUCKET, ROOT, env_pipeline, probe_cluster, two_steps
+from tests.cluster.test_pods import chart_cluster, probe_job
 from tests.conftest import S3Server
 
 
@@ -59,3 +61,34 @@ def test_a_run_with_unknown_parameters_is_refused(
     with pytest.raises(ApiException, match="unknown \\['colour'\\]"):
         submit(kfp_api, two_steps, tmp_path, colour="red")
     assert kfp_api.runs == []
+
+
+def test_the_drift_cronjob_pod_can_submit_the_training_pipeline_to_kubeflow(
+    kind_chart: list[dict], kfp_api: KfpApiServer, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The drift job's pod, as the chart renders it, reaches the Kubeflow API by its
+    in-cluster address and submits the compiled pipeline with an ``s3://`` source."""
+    cluster = chart_cluster(kind_chart, s3_server)
+    cluster.services["ml-pipeline.kubeflow.svc:8888"] = kfp_api.address
+    job = probe_job(kind_chart, "drift-check")
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["mlref"]
+    claims = {"drift-state": tmp_path / "state"}
+    claims["drift-state"].mkdir()
+    for schedule in ([], ["--schedule", "0 3 * * *"]):
+        container["args"] = [
+            *("pipeline", "submit", "--source", "s3://mlref/data/raw"),
+            *("--set", "train.epochs=1", *schedule),
+        ]
+        done = run_pod(job, cluster, tmp_path, claims=claims)
+        assert done.returncode == 0, done.stdout[-3000:]
+
+    once, nightly = kfp_api.runs
+    assert once.parameters["source"] == "s3://mlref/data/raw"
+    assert once.parameters["overrides"] == '{"train": {"epochs": 1}}'
+    assert nightly.schedule == "0 0 3 * * *"
+    spec, platform = load_ir(once.pipeline_spec)
+    compiled_spec, compiled_platform = load_ir(COMPILED)
+    assert spec["pipelineInfo"] == compiled_spec["pipelineInfo"]
+    assert spec["deploymentSpec"] == compiled_spec["deploymentSpec"]
+    assert platform == compiled_platform  # the ConfigMap/Secret env travels with the run

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, run_pod
 from tests.conftest import S3Server
 
@@ -30,12 +29,6 @@ print(json.dumps({
 }))
 open("/tmp/scratch", "w").write("gone with the pod")
 """
-
-
-@pytest.fixture(scope="module")
-def kind_chart() -> list[dict]:
-    root = repo_root()
-    return render_chart(root, chart_value_sets(root)["kind"], "kind").objects
 
 
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
