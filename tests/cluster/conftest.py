@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster.kfp_api import KfpApiServer
 from tests.conftest import S3Server
 
 MLFLOW_BUCKET = "mlflow"
@@ -89,3 +90,37 @@ def mlflow_server(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.process.pid, signal.SIGTERM)
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_services(s3_server: S3Server, redis_server: str, mlflow_server: str) -> dict[str, str]:
+    """The chart's in-cluster Service addresses, resolved to the test servers (the
+    ``services`` of a :class:`tests.cluster.pods.Cluster`)."""
+    local = {
+        "minio.mlref.svc:9000": s3_server.endpoint.removeprefix("http://"),
+        "redis.mlref.svc:6379": redis_server,
+        "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
+    }
+    fqdn = {
+        address.replace(".svc:", ".svc.cluster.local:"): target for address, target in local.items()
+    }
+    return {**local, **fqdn}
+
+
+@pytest.fixture
+def kfp_api() -> Iterator[KfpApiServer]:
+    """The Kubeflow Pipelines API stand-in; its ``runs`` are what was submitted to it."""
+    server = KfpApiServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kind_chart() -> list[dict]:
+    """The chart as ``helm install -f values-kind.yaml`` renders it."""
+    from mlref.k8s.render import chart_value_sets, render_chart, repo_root
+
+    root = repo_root()
+    return render_chart(root, chart_value_sets(root)["kind"], "kind").objects

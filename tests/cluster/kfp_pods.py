@@ -37,14 +37,25 @@ Emulated, as in upstream:
 
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
+In-cluster Service addresses in its env and arguments (the executor input included) are
+rewritten to the test servers' addresses, in place of cluster DNS.
+
+Use: ``run_pipeline(ir, arguments, cluster, store, work_dir, "s3://bucket/root")`` with the
+compiled YAML's path (or a spec recorded by :mod:`tests.cluster.kfp_api`), the pipeline's
+arguments, a :class:`tests.cluster.pods.Cluster` (ConfigMaps and Secrets in the pipelines
+namespace, Service addresses mapped to the test servers) and the S3 server holding the
+pipeline root; it returns every task's outputs and the pipeline's, or raises
+:class:`tests.cluster.pods.PodFailed` with the failed task's log tail.
 
 Not emulated: caching, retries, MLMD, the executor-logs artifact, ``dsl.If`` conditions,
 ``ParallelFor``, nested DAGs and exit handlers (``dsl.ExitHandler``), importer and
 Kubernetes-platform-only tasks, ``IfPresent``/``Concat`` placeholders, PVC, volume, node and
 pod-metadata settings of the platform spec, accelerators and resource limits (a GPU request
-is recorded in ``TaskRun.resources`` but the step runs on CPU), pipeline roots other than
-``s3://`` (with the endpoint and credentials of ``kfp-launcher``), and task parallelism
-(tasks run one at a time in dependency order, which any parallel schedule must also allow).
+is recorded in ``TaskRun.resources`` but the step runs on CPU), images other than the
+project's, the launcher's own object-store configuration (``kfp-launcher`` ConfigMap: here
+the launcher uses the test S3 server's endpoint and keys), pipeline roots other than
+``s3://``, and task parallelism (tasks run one at a time in dependency order, which any
+parallel schedule must also allow). Unsupported constructs raise NotImplementedError.
 """
 
 from __future__ import annotations
@@ -63,10 +74,8 @@ import yaml
 from tests.cluster.pods import Cluster, PodFailed, run_in_sandbox
 from tests.conftest import S3Server
 
-KFP_TAG = "2.17.0"
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
-IMAGE_WORKDIR = "/tmp"
 
 
 @dataclass
@@ -89,14 +98,20 @@ class PipelineRun:
     outputs: dict[str, Any]  # the pipeline's own output parameters
 
 
-def load_ir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pipeline spec and its Kubernetes platform spec (a second YAML document)."""
-    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    spec = documents[0]
+def load_ir(ir: Path | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pipeline spec and its Kubernetes platform spec, from a compiled YAML file (the
+    platform spec is a second document) or from a submitted run's ``pipeline_spec`` (the
+    spec alone, or ``{pipeline_spec, platform_spec}`` as ``kfp.Client`` sends it)."""
+    if isinstance(ir, Path):
+        documents = [doc for doc in yaml.safe_load_all(ir.read_text()) if doc]
+    elif "pipeline_spec" in ir:
+        documents = [ir["pipeline_spec"], ir.get("platform_spec", {})]
+    else:
+        documents = [dict(ir)]
     platform: dict[str, Any] = {}
-    for doc in documents:
+    for doc in documents[1:]:
         platform = doc.get("platforms", {}).get("kubernetes", platform)
-    return spec, platform
+    return copy.deepcopy(documents[0]), copy.deepcopy(platform)
 
 
 def local_path(uri: str) -> str:
@@ -156,10 +171,10 @@ class Launcher:
         return bucket, key.strip("/")
 
     def download(self, uri: str, pod_dir: Path) -> None:
-        """``DownloadBlob``: the object itself, or every object under ``<key>/``."""
+        """``DownloadBlob``: the object itself, or every object under ``<key>/``; nothing
+        when there is none (the component then finds no file, as upstream)."""
         bucket, key = self.split(uri)
         target = pod_dir / local_path(uri).lstrip("/")
-        found = False
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
         for page in pages:
             for item in page.get("Contents", []):
@@ -169,9 +184,6 @@ class Launcher:
                 path = target / name[len(key) :].lstrip("/") if name != key else target
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(bucket, name, str(path))
-                found = True
-        if not found:
-            raise PodFailed(f"failed to download input artifact from {uri}: no such object")
 
     def upload(self, uri: str, pod_dir: Path) -> bool:
         """``UploadBlob``: a file, or a directory's files under ``<key>/``; False if absent."""
@@ -278,8 +290,24 @@ def compile_args(argv: list[str], executor_input: dict[str, Any]) -> list[str]:
     return compiled
 
 
+@dataclass
+class Run:
+    """One pipeline run in progress: what the driver and launcher of each task consult."""
+
+    spec: dict[str, Any]
+    k8s_executors: dict[str, Any]  # the IR's Kubernetes platform config, per executor
+    run_root: str
+    cluster: Cluster
+    launcher: Launcher
+    work_dir: Path
+    namespace: str
+    timeout: float
+    inputs: dict[str, Any] = field(default_factory=dict)  # the root DAG's parameters
+    tasks: dict[str, TaskRun] = field(default_factory=dict)  # finished tasks
+
+
 def run_pipeline(
-    ir_path: Path,
+    ir: Path | Mapping[str, Any],
     arguments: Mapping[str, Any],
     cluster: Cluster,
     store: S3Server,
@@ -292,74 +320,58 @@ def run_pipeline(
 
     ``store`` is the object store holding ``pipeline_root`` (``s3://bucket/prefix``), which
     the launcher reaches with its own credentials; pods get only what ``cluster`` and the
-    IR give them. ``work_dir`` holds each pod's host-side directories.
+    IR give them, in ``namespace`` (the ConfigMaps and Secrets they use must live there).
+    ``work_dir`` holds each pod's host-side directories; ``timeout`` bounds each pod.
     """
-    spec, platform = load_ir(ir_path)
-    pipeline_name = spec["pipelineInfo"]["name"]
+    spec, platform = load_ir(ir)
     run_id = str(uuid.uuid4())
-    run_root = f"{pipeline_root.rstrip('/')}/{pipeline_name}/{run_id}"
-    launcher = Launcher(store, pipeline_root)
-
+    run = Run(
+        spec=spec,
+        k8s_executors=platform.get("deploymentSpec", {}).get("executors", {}),
+        run_root=f"{pipeline_root.rstrip('/')}/{spec['pipelineInfo']['name']}/{run_id}",
+        cluster=cluster,
+        launcher=Launcher(store, pipeline_root),
+        work_dir=work_dir,
+        namespace=namespace,
+        timeout=timeout,
+    )
     root = spec["root"]
-    inputs: dict[str, Any] = {}
     for name, definition in root.get("inputDefinitions", {}).get("parameters", {}).items():
         if name in arguments:
-            inputs[name] = typed(arguments[name], definition["parameterType"])
+            run.inputs[name] = typed(arguments[name], definition["parameterType"])
         elif "defaultValue" in definition:
-            inputs[name] = typed(definition["defaultValue"], definition["parameterType"])
+            run.inputs[name] = typed(definition["defaultValue"], definition["parameterType"])
         elif not definition.get("isOptional"):
             raise PodFailed(f"pipeline input {name!r} is required")
-    unknown = set(arguments) - set(inputs)
+    unknown = set(arguments) - set(run.inputs)
     if unknown:
         raise PodFailed(f"unknown pipeline arguments: {sorted(unknown)}")
 
-    executors = platform.get("deploymentSpec", {}).get("executors", {})
-    tasks: dict[str, TaskRun] = {}
     dag = root["dag"]
     for name in task_order(dag):
-        task = dag["tasks"][name]
-        component = spec["components"][task["componentRef"]["name"]]
-        check_supported(name, task, component)
-        label = component["executorLabel"]
-        tasks[name] = run_task(
-            name,
-            task,
-            component,
-            spec["deploymentSpec"]["executors"][label]["container"],
-            executors.get(label, {}),
-            inputs,
-            tasks,
-            run_root,
-            cluster,
-            launcher,
-            work_dir,
-            namespace,
-            timeout,
-        )
+        run.tasks[name] = run_task(run, name, dag["tasks"][name])
 
     outputs = {}
     for name, selector in dag.get("outputs", {}).get("parameters", {}).items():
         source = selector["valueFromParameter"]
-        outputs[name] = tasks[source["producerSubtask"]].parameters[source["outputParameterKey"]]
-    return PipelineRun(run_id, run_root, tasks, outputs)
+        producer = run.tasks[source["producerSubtask"]]
+        outputs[name] = producer.parameters[source["outputParameterKey"]]
+    return PipelineRun(run_id, run.run_root, run.tasks, outputs)
 
 
 def resolve_inputs(
-    name: str,
-    task: Mapping[str, Any],
-    component: Mapping[str, Any],
-    dag_inputs: Mapping[str, Any],
-    done: Mapping[str, TaskRun],
+    run: Run, name: str, task: Mapping[str, Any], component: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The executor input's ``inputs``: parameter values and input artifacts."""
     values: dict[str, Any] = {}
     for key, source in task.get("inputs", {}).get("parameters", {}).items():
         if "componentInputParameter" in source:
-            if source["componentInputParameter"] in dag_inputs:
-                values[key] = dag_inputs[source["componentInputParameter"]]
+            if source["componentInputParameter"] in run.inputs:
+                values[key] = run.inputs[source["componentInputParameter"]]
         elif "taskOutputParameter" in source:
             producer = source["taskOutputParameter"]
-            values[key] = done[producer["producerTask"]].parameters[producer["outputParameterKey"]]
+            upstream = run.tasks[producer["producerTask"]]
+            values[key] = upstream.parameters[producer["outputParameterKey"]]
         elif "runtimeValue" in source:
             values[key] = source["runtimeValue"]["constant"]
         else:
@@ -369,8 +381,10 @@ def resolve_inputs(
         if "taskOutputArtifact" not in source:
             raise NotImplementedError(f"task {name}: artifact {key} {list(source)} not emulated")
         producer = source["taskOutputArtifact"]
-        upstream = done[producer["producerTask"]].artifacts[producer["outputArtifactKey"]]
-        artifacts[key] = {"artifacts": [copy.deepcopy(upstream)]}
+        upstream = run.tasks[producer["producerTask"]]
+        artifacts[key] = {
+            "artifacts": [copy.deepcopy(upstream.artifacts[producer["outputArtifactKey"]])]
+        }
     declared = component.get("inputDefinitions", {}).get("parameters", {})
     values = {
         key: typed(value, declared[key]["parameterType"]) if key in declared else value
@@ -379,27 +393,18 @@ def resolve_inputs(
     return {"parameterValues": values, "artifacts": artifacts}
 
 
-def run_task(
-    name: str,
-    task: Mapping[str, Any],
-    component: Mapping[str, Any],
-    container: Mapping[str, Any],
-    k8s: Mapping[str, Any],
-    dag_inputs: Mapping[str, Any],
-    done: Mapping[str, TaskRun],
-    run_root: str,
-    cluster: Cluster,
-    launcher: Launcher,
-    work_dir: Path,
-    namespace: str,
-    timeout: float,
-) -> TaskRun:
+def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     """Driver, then launcher, for one container task."""
+    component = run.spec["components"][task["componentRef"]["name"]]
+    check_supported(name, task, component)
+    label = component["executorLabel"]
+    container = run.spec["deploymentSpec"]["executors"][label]["container"]
+    run.cluster.check_image(container["image"])
     # Driver: resolve inputs, provision outputs under <run root>/<task>/<uuid>.
-    task_root = f"{run_root}/{name}/{uuid.uuid4()}"
+    task_root = f"{run.run_root}/{name}/{uuid.uuid4()}"
     outputs_spec = component.get("outputDefinitions", {})
     executor_input = {
-        "inputs": resolve_inputs(name, task, component, dag_inputs, done),
+        "inputs": resolve_inputs(run, name, task, component),
         "outputs": {
             "artifacts": {
                 key: {
@@ -425,12 +430,12 @@ def run_task(
             "outputFile": local_path(task_root) + "/output_metadata.json",
         },
     }
-    pod_name = f"{run_root.rsplit('/', 1)[-1][:8]}-{name}"
-    pod_dir = work_dir / pod_name
+    pod_name = f"{run.run_root.rsplit('/', 1)[-1][:8]}-{name}"
+    pod_dir = run.work_dir / pod_name
     volumes = {path: pod_dir / "volumes" / path.strip("/") for path in ("/tmp", *SCRATCH)}
     for directory in volumes.values():
         directory.mkdir(parents=True, exist_ok=True)
-    env = pod_env(container, k8s, cluster, namespace, pod_name)
+    env = pod_env(container, run.k8s_executors.get(label, {}), run.cluster, run.namespace, pod_name)
 
     # Launcher: defaults for {{$}}, placeholders, inputs in, run, outputs out.
     with_defaults = copy.deepcopy(executor_input)
@@ -438,8 +443,9 @@ def run_task(
         if key not in with_defaults["inputs"]["parameterValues"] and "defaultValue" in definition:
             with_defaults["inputs"]["parameterValues"][key] = definition["defaultValue"]
     argv = compile_args([*container.get("command", []), *container.get("args", [])], with_defaults)
+    argv = [run.cluster.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
     for listing in executor_input["inputs"]["artifacts"].values():
-        launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
+        run.launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
     for path in [
         *(p["outputFile"] for p in executor_input["outputs"]["parameters"].values()),
         *(
@@ -449,7 +455,7 @@ def run_task(
     ]:
         (pod_dir / "volumes" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     done_process = run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=IMAGE_WORKDIR, timeout=timeout
+        argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
     )
     if done_process.returncode != 0:
         raise PodFailed(
@@ -476,6 +482,6 @@ def run_task(
         if written:
             artifact["uri"] = written[0].get("uri") or artifact["uri"]
             artifact.setdefault("metadata", {}).update(written[0].get("metadata", {}))
-        launcher.upload(artifact["uri"], pod_dir / "volumes")
+        run.launcher.upload(artifact["uri"], pod_dir / "volumes")
         result.artifacts[key] = artifact
     return result

@@ -6,14 +6,19 @@ volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh 
 Its environment is exactly what the kubelet gives the container: the image's ``ENV``
 (read from the project's Dockerfile, with the image's virtualenv mapped to this one), then
 ``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
-supplies, ``$(VAR)`` references expanded), and nothing from the test process. In-cluster
-service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1 ports of the
-test servers, in env values and arguments, in place of cluster DNS.
+supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
+source fails the pod as CreateContainerConfigError does), and nothing from the test
+process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
+In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
+ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
+project image is emulated (this virtualenv stands in for it, whatever the tag).
 
-Not emulated: the image's user (the process runs as root mapped into a user namespace),
-network isolation and NetworkPolicies, resource limits, probes, restarts, service-account
-tokens, volumes other than emptyDir / claims given by the test, and the writable container
-layer of pods without ``readOnlyRootFilesystem`` (here every write outside a volume fails).
+Not emulated: the image's own filesystem (pods see this machine's, e.g. the source checkout
+and not ``/opt/mlref-feature-repo``), its user (the process runs as root mapped into a user
+namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
+restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
+claims the test maps to host dirs, and the writable container layer of pods without
+``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlref.settings import Settings
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +47,7 @@ SANDBOX = Path(__file__).with_name("sandbox.py")
 IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, where this machine has sys.prefix
 # The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROJECT_IMAGE = Settings.model_fields["image"].default
 UNSHARE = ["unshare", "--mount", "--map-root-user", "--propagation", "private"]
 
 
@@ -49,21 +56,33 @@ class PodFailed(RuntimeError):
 
 
 @functools.cache
-def image_env(dockerfile: Path = REPO / "Dockerfile") -> dict[str, str]:
-    """The ``ENV`` of the Dockerfile's final stage, as the container runtime sets it."""
+def image_config(dockerfile: Path = REPO / "Dockerfile") -> tuple[dict[str, str], str]:
+    """The ``ENV`` and ``WORKDIR`` of the Dockerfile's final stage, as the runtime sets them."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
     env: dict[str, str] = {"PATH": BASE_IMAGE_PATH}
+    workdir = "/"
     for line in text.splitlines():
         words = line.strip().split(maxsplit=1)
         if not words:
             continue
-        if words[0].upper() == "FROM":
-            env = {"PATH": BASE_IMAGE_PATH}
-        elif words[0].upper() == "ENV" and len(words) == 2:
+        instruction = words[0].upper()
+        if instruction == "FROM":
+            env, workdir = {"PATH": BASE_IMAGE_PATH}, "/"
+        elif instruction == "WORKDIR" and len(words) == 2:
+            workdir = words[1]
+        elif instruction == "ENV" and len(words) == 2:
             for pair in shlex.split(words[1]):
                 name, _, value = pair.partition("=")
                 env[name] = value.replace("$PATH", env.get("PATH", ""))
-    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}
+    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}, workdir
+
+
+def image_env() -> dict[str, str]:
+    return dict(image_config()[0])
+
+
+def image_workdir() -> str:
+    return image_config()[1]
 
 
 @dataclass
@@ -77,6 +96,15 @@ class Cluster:
     services: dict[str, str] = field(default_factory=dict)
     namespace: str = "mlref"
     image_env: dict[str, str] = field(default_factory=image_env)
+    image_workdir: str = field(default_factory=image_workdir)
+    image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
+
+    def check_image(self, image: str) -> None:
+        """This virtualenv stands in for the project image (any tag) and nothing else."""
+        if image.rsplit(":", 1)[0] != self.image_repository:
+            raise NotImplementedError(
+                f"image {image}: only {self.image_repository} is emulated (by this virtualenv)"
+            )
 
     def lookup(self, kind: str, name: str, namespace: str) -> dict[str, str] | None:
         """The string data of a ConfigMap or Secret in ``namespace``, or None."""
@@ -135,10 +163,11 @@ def run_in_sandbox(
     env: Mapping[str, str],
     pod_dir: Path,
     volumes: Mapping[str, Path],
-    workdir: str = "/tmp",
+    workdir: str,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a pod's container; ``volumes`` maps mount paths to host dirs."""
+    """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
+    host dirs."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -193,11 +222,12 @@ def field_value(path: str, pod_name: str, namespace: str) -> str:
     return values[path]
 
 
-def container_env(
+def declared_env(
     container: Mapping[str, Any], cluster: Cluster, namespace: str, pod_name: str
 ) -> dict[str, str]:
-    """The environment the kubelet builds: image ENV, then envFrom, then env."""
-    env = dict(cluster.image_env)
+    """What the container spec declares: ``envFrom``, then ``env`` (whose ``$(VAR)``
+    references see only what was declared before them, not the image's ENV)."""
+    env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         prefix = source.get("prefix", "")
         for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
@@ -227,7 +257,7 @@ def container_env(
             )
         if value is not None:
             env[var["name"]] = value
-    return {name: cluster.resolve(value) for name, value in env.items()}
+    return env
 
 
 def pod_spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -272,13 +302,19 @@ def run_pod(
             raise PodFailed(f"volume {volume['name']}: only emptyDir and claims are emulated")
     for source in volumes.values():
         source.mkdir(parents=True, exist_ok=True)
-    env = container_env(spec, cluster, namespace, pod_name)
+    declared = declared_env(spec, cluster, namespace, pod_name)
+    env = {k: cluster.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
     argv = [
-        cluster.resolve(expand(arg, env))
+        cluster.resolve(expand(arg, declared))
         for arg in [*spec.get("command", []), *spec.get("args", [])]
     ]
     if not spec.get("command"):
         raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
     return run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=spec.get("workingDir", "/tmp"), timeout=timeout
+        argv,
+        env,
+        pod_dir,
+        volumes,
+        workdir=spec.get("workingDir", cluster.image_workdir),
+        timeout=timeout,
     )

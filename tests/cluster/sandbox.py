@@ -27,10 +27,16 @@ def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True)
 
 
+KEPT_FLAGS = ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec"))
+
+
 def bind(source: str, target: str, read_only: bool) -> None:
     mount("--rbind", source, target)
     if read_only:
-        mount("-o", "remount,bind,ro", target)
+        # In a user namespace a remount must keep the flags the mount already has.
+        flags = os.statvfs(target).f_flag
+        kept = [name for bit, name in KEPT_FLAGS if flags & bit]
+        mount("-o", ",".join(["remount", "bind", "ro", *kept]), target)
 
 
 def build(host_dir: str | None, new_dir: str, volumes: dict[str, str], top: bool) -> None:

@@ -7,11 +7,11 @@ from typing import NamedTuple
 
 import pytest
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Dataset, Input, Model, Output, OutputPath
 
 from mlref.components.base import component
 from tests.cluster.kfp_pods import PipelineRun, run_pipeline
-from tests.cluster.pods import Cluster, PodFailed
+from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed
 from tests.conftest import S3Server
 
 BUCKET = "pipelines"
@@ -227,3 +227,49 @@ def test_a_missing_configmap_fails_the_pod_as_the_kubelet_does(
         obj["metadata"]["namespace"] = "mlref"  # applied where the KFP pods cannot see it
     with pytest.raises(PodFailed, match="kubeflow/probe-credentials not found"):
         run(env_pipeline, tmp_path, s3_server, cluster)
+
+
+@dsl.component(base_image="python:3.11-slim")
+def foreign() -> str:
+    return "ran"
+
+
+@dsl.pipeline(name="emulator-foreign-image")
+def foreign_image() -> str:
+    return foreign().output
+
+
+def test_only_the_project_image_is_emulated(s3_server: S3Server, tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match=r"image python:3\.11-slim"):
+        run(foreign_image, tmp_path, s3_server, Cluster())
+
+
+@dsl.container_component
+def shout(word: str, loud: OutputPath(str), echo: Output[Dataset]):
+    """A container component: placeholders in its args, outputs written by the shell."""
+    return dsl.ContainerSpec(
+        image=PROJECT_IMAGE,
+        command=["sh", "-c", 'printf "%s!" "$0" > "$1" && printf "%s" "$0" > "$2"'],
+        args=[word, loud, echo.path],
+    )
+
+
+@component
+def upper(value: str) -> str:
+    return value.upper()
+
+
+@dsl.pipeline(name="emulator-container")
+def container_pipeline(word: str = "hey") -> str:
+    said = shout(word=word)
+    return upper(value=said.outputs["loud"]).output
+
+
+def test_container_placeholders_and_output_files(s3_server: S3Server, tmp_path: Path) -> None:
+    result = run(container_pipeline, tmp_path, s3_server, Cluster(), word="hello")
+    shouted = result.tasks["shout"]
+    assert shouted.parameters == {"loud": "hello!"}
+    echo_key = shouted.artifacts["echo"]["uri"].removeprefix(f"s3://{BUCKET}/")
+    body = s3_server.client().get_object(Bucket=BUCKET, Key=echo_key)["Body"].read()
+    assert body == b"hello"
+    assert result.outputs == {"Output": "HELLO!"}  # the value, read from the output file

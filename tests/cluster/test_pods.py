@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlref.k8s.render import chart_value_sets, render_chart, repo_root
-from tests.cluster.pods import Cluster, PodFailed, run_pod
+from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, run_pod
 from tests.conftest import S3Server
 
 PROBE = """
@@ -30,12 +29,6 @@ print(json.dumps({
 }))
 open("/tmp/scratch", "w").write("gone with the pod")
 """
-
-
-@pytest.fixture(scope="module")
-def kind_chart() -> list[dict]:
-    root = repo_root()
-    return render_chart(root, chart_value_sets(root)["kind"], "kind").objects
 
 
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
@@ -113,6 +106,7 @@ def test_env_references_and_writes_outside_volumes_behave_as_in_a_pod(tmp_path: 
                     "containers": [
                         {
                             "name": "main",
+                            "image": PROJECT_IMAGE,
                             "command": ["sh", "-c"],
                             "args": [
                                 "echo '$(GREETING)|$$(GREETING)|'\"$GREETING\"'|$(UNSET)'; "
@@ -137,3 +131,44 @@ def test_env_references_and_writes_outside_volumes_behave_as_in_a_pod(tmp_path: 
     lines = done.stdout.splitlines()
     assert lines[0] == "hello pod|$(GREETING)|hello pod|$(UNSET)"
     assert lines[-1] == "read-only"
+
+
+REACH_SERVICES = """
+import os, urllib.request
+import boto3, redis
+host, port = os.environ["REDIS"].split(":")
+print(redis.Redis(host=host, port=int(port)).ping())
+print(urllib.request.urlopen(os.environ["TRACKING"] + "/health").read().decode())
+print(len(boto3.client("s3").list_buckets()["Buckets"]) > 0)
+"""
+
+
+def test_a_pod_reaches_the_shared_services_by_their_in_cluster_addresses(
+    cluster_services: dict[str, str], s3_server: S3Server, tmp_path: Path
+) -> None:
+    s3_server.create_bucket("mlref")
+    env = {
+        "REDIS": "redis.mlref.svc:6379",
+        "TRACKING": "http://mlflow.mlref.svc.cluster.local:5000",
+        "AWS_ENDPOINT_URL": "http://minio.mlref.svc:9000",
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+    }
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "reach"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": PROJECT_IMAGE,
+                    "command": ["python3", "-c", REACH_SERVICES],
+                    "env": [{"name": k, "value": v} for k, v in env.items()],
+                }
+            ]
+        },
+    }
+    done = run_pod(pod, Cluster(services=cluster_services), tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.split() == ["True", "OK", "True"]
