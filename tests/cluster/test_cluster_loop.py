@@ -8,7 +8,8 @@ steps share are the ones a cluster shares: S3 (moto), the MLflow server (Postgre
 in S3) and Redis. KServe's own storage initializer then fetches the champion from the
 InferenceService's ``storageUri`` for the predictor. The chart's label and drift CronJobs run
 as their pods: labels from the click logs, the drift check against the champion's reference,
-a retraining asked for with an ``s3://`` source, which a fresh ingest pod reads.
+a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source and the
+compiled pipeline, whose first step a fresh pod then runs on that source.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     mlflow_server: str,
     redis_server: str,
     pushgateway: str,
+    kfp_api,
     tmp_path: Path,
 ) -> None:
     s3 = s3_env
@@ -128,6 +130,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
             "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
             "redis.mlref.svc:6379": redis_server,
             "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
+            "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
         },
         s3,
     )
