@@ -8,8 +8,8 @@ steps share are the ones a cluster shares: S3 (moto), the MLflow server (Postgre
 in S3) and Redis. KServe's own storage initializer then fetches the champion from the
 InferenceService's ``storageUri`` for the predictor. The chart's label and drift CronJobs run
 as their pods: labels from the click logs, the drift check against the champion's reference,
-a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source and the
-compiled pipeline, whose first step a fresh pod then runs on that source.
+a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source, which a
+fresh ingest pod reads.
 """
 
 from __future__ import annotations
