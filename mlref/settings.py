@@ -207,6 +207,11 @@ class CanarySettings(Section):
     max_calibration_error: float = Field(
         0.5, ge=0, description="Labelled traffic: |predicted / observed CTR - 1| ceiling."
     )
+    await_labels: bool = Field(
+        False,
+        description="Click labels arrive for canary traffic: a score shift waits for the "
+        "labelled checks instead of rolling back on its own.",
+    )
     prometheus_url: str = Field(
         "", description="Prometheus HTTP API for analysis in cluster mode; empty: local source."
     )

@@ -188,8 +188,11 @@ def score_check(
     shift is real at ``alpha``: with few scores PSI is mostly sampling noise (its expected
     value between two samples of one distribution is about buckets x (1/n1 + 1/n2)).
     A model retrained after drift is expected to score differently, so the shift is accepted
-    when the ``labelled`` logloss check shows the canary no worse than stable; without labels
-    the shift is the only quality signal there is.
+    when the ``labelled`` logloss check shows the canary no worse than stable. While labelled
+    evidence is still arriving (the logloss check holds, or ``rules.await_labels`` says labels
+    come for canary traffic and none has been joined yet) a shift holds: how soon labels
+    arrive depends on machine load, and a verdict must not. Without labels to wait for the
+    shift is the only quality signal there is.
     """
     counts = stable.scores.total, canary.scores.total
     if min(counts) < rules.min_requests:
@@ -209,9 +212,15 @@ def score_check(
     better = (
         labelled is not None and labelled.verdict == "pass" and labelled.values["difference"] <= 0
     )
+    waiting = (labelled.verdict == "hold") if labelled is not None else rules.await_labels
+    verdict: Verdict = "pass"
     if shifted and better:
         summary += "; accepted: labelled logloss shows the canary no worse"
-    verdict = "fail" if shifted and not better else "pass"
+    elif shifted and waiting:
+        summary += "; waiting for labelled traffic to judge the shift"
+        verdict = "hold"
+    elif shifted:
+        verdict = "fail"
     return Check("scores", verdict, summary, {"psi": value, "p_value": p_value})
 
 

@@ -181,3 +181,16 @@ def test_any_failure_rolls_back_and_a_quality_hold_holds():
     waiting = analyze(variant(), variant(seed=9), RULES, (outcomes(n=30), outcomes(n=30)))
     assert waiting.action == "hold"
     assert waiting.check("logloss").verdict == "hold"
+
+
+def test_score_shift_waits_while_labelled_evidence_is_arriving():
+    """How soon labels arrive depends on load; the verdict must not: a shift holds until the
+    labelled checks can judge it, and then they decide."""
+    stable, shifted = variant(), variant(score_mean=0.25, seed=4)
+    arriving = Check("logloss", "hold", "12 / 9 labelled predictions")
+    assert score_check(stable, shifted, RULES, arriving).verdict == "hold"
+    awaiting = RULES.model_copy(update={"await_labels": True})
+    assert score_check(stable, shifted, awaiting).verdict == "hold"
+    assert score_check(stable, shifted, RULES).verdict == "fail"  # no labels to wait for
+    worse = Check("logloss", "fail", "", {"difference": +0.3})
+    assert score_check(stable, shifted, awaiting, worse).verdict == "fail"

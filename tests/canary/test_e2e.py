@@ -51,6 +51,9 @@ def stable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings,
 
 def rollout(stable, candidate: Path, labelled: bool = False):
     settings, model, stable_url = stable
+    if labelled:  # clicks come for every logged row: the labelled checks judge score shifts
+        rules = settings.canary.model_copy(update={"await_labels": True})
+        settings = settings.model_copy(update={"canary": rules})
     serving: Serving = start_candidate(settings, stable_url, candidate, candidate.parent)
     try:
         with Traffic(serving, truth=model if labelled else None) as traffic:
