@@ -80,7 +80,12 @@ def verify(
         )
         forms = render_all(root, settings.cluster.namespace)
         report = run_verify(
-            forms, validator, settings.image, root / "pipelines", security_scan=not skip_security
+            forms,
+            validator,
+            settings.image,
+            root / "pipelines",
+            security_scan=not skip_security,
+            model_name=settings.serving.model_name,
         )
     except (RenderError, SchemaSetupError, CheckovMissing) as exc:
         raise _fail(str(exc)) from None

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from mlref.console import console
+
+if TYPE_CHECKING:
+    from mlref.settings import Settings
+
+# The flags KServe's controller appends (pkg/apis/serving/v1beta1/transformer_custom.go) or
+# that a ServingRuntime passes, under KServe's own names; mlref/k8s/kserve.py computes them.
+MODEL_NAME_HELP = (
+    "Name the model is served under (/v1/models/NAME); KServe passes the InferenceService "
+    "name. Default serving.model_name."
+)
+WORKERS_HELP = (
+    "KServe passes containerConcurrency here; only 1 (or 0) is accepted: one process per pod."
+)
 
 app = typer.Typer(invoke_without_command=True)
 
@@ -58,12 +73,13 @@ def predictor(
     port: int = typer.Option(0, "--port", "--http_port", help="Default serving.predictor_port."),
     grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC."),
     grpc_port: int = typer.Option(8081, "--grpc-port", "--grpc_port"),
+    model_name: str = typer.Option("", "--model_name", "--model-name", help=MODEL_NAME_HELP),
+    workers: int = typer.Option(1, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Serve the ONNX model with KServe (v1 and v2 protocols)."""
     from mlref.serving.server import default_model_uri, run_predictor
-    from mlref.settings import get_settings
 
-    settings = get_settings()
+    settings = _settings(model_name, workers)
     serving = settings.serving
     try:
         run_predictor(
@@ -89,12 +105,13 @@ def transformer(
     ),
     host: str = typer.Option("", help="Bind address; default settings.serving.host."),
     port: int = typer.Option(0, "--port", "--http_port", help="Default serving.transformer_port."),
+    model_name: str = typer.Option("", "--model_name", "--model-name", help=MODEL_NAME_HELP),
+    workers: int = typer.Option(1, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Serve the transformer: Feast lookup, shared transform, predictor call, inference log."""
     from mlref.serving.server import run_transformer
-    from mlref.settings import get_settings
 
-    settings = get_settings()
+    settings = _settings(model_name, workers)
     serving = settings.serving
     target = predictor_host or f"{serving.host}:{serving.predictor_port}"
     try:
@@ -108,6 +125,24 @@ def transformer(
     except (RuntimeError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
+
+
+def _settings(model_name: str, workers: int) -> Settings:
+    """Settings with KServe's ``--model_name`` as the served name; one process only."""
+    from mlref.settings import get_settings
+
+    if workers > 1:
+        console.print(
+            f"[red]--workers {workers}: the server is one asyncio process; remove "
+            "containerConcurrency from the InferenceService component and scale with "
+            "minReplicas/maxReplicas instead[/red]"
+        )
+        raise typer.Exit(2)
+    settings = get_settings()
+    if not model_name:
+        return settings
+    serving = settings.serving.model_copy(update={"model_name": model_name})
+    return settings.model_copy(update={"serving": serving})
 
 
 def _url(target: str) -> str:

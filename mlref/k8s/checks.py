@@ -95,6 +95,82 @@ def canary_problems(obj: dict[str, Any]) -> list[Problem]:
     return []
 
 
+class CliArgsError(ValueError):
+    """An argv the mlref command line refuses, as the container would at start."""
+
+
+def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
+    """Parse ``argv`` with mlref's own command line (Typer), without running it.
+
+    Returns the command path ("mlref serve transformer") and its parameters, or raises
+    CliArgsError with the message the pod would print. Subcommands come first: a group's
+    own options placed before them are refused here.
+    """
+    import typer
+
+    from mlref.cli import app
+
+    if not argv or argv[0] != "mlref":
+        raise CliArgsError(f"the container runs {argv[:1]}, not the mlref command")
+    command = typer.main.get_command(app)
+    path, rest = ["mlref"], list(argv[1:])
+    while isinstance(command, typer.core.TyperGroup):
+        if not rest or rest[0] not in command.commands:
+            raise CliArgsError(f"{' '.join(path)}: no subcommand {' '.join(rest[:1])!r}")
+        path.append(rest[0])
+        command, rest = command.commands[rest[0]], rest[1:]
+    try:
+        context = command.make_context(" ".join(path), rest)
+    except typer.TyperException as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        raise CliArgsError(f"{' '.join(path)}: {message}") from None
+    return " ".join(path), context.params
+
+
+def launch_problems(
+    objects: list[dict[str, Any]], default_model_name: str
+) -> dict[tuple[str, str], list[Problem]]:
+    """Each serving container's final argv (ours plus what KServe appends, mlref/k8s/kserve.py)
+    parses with our command line, listens where its Service and Knative send traffic, and the
+    transformer asks the predictor for the model name the predictor serves."""
+    from mlref.k8s.kserve import KNATIVE, KServeSpecError, launches
+
+    found: dict[tuple[str, str], list[Problem]] = {}
+    for isvc in objects:
+        if isvc.get("kind") != "InferenceService":
+            continue
+        key = ("InferenceService", (isvc.get("metadata") or {}).get("name", "?"))
+        problems = found.setdefault(key, [])
+        served: dict[str, str] = {}
+        try:
+            started = launches(isvc, objects)
+        except KServeSpecError as exc:
+            problems.append(("spec", str(exc)))
+            continue
+        for launch in started:
+            where = f"{launch.component} ({launch.mode})"
+            try:
+                _, params = parse_cli(launch.argv)
+            except CliArgsError as exc:
+                problems.append((where, f"{' '.join(launch.argv)}: {exc}"))
+                continue
+            port = str((launch.ports[0] if launch.ports else {}).get("containerPort", ""))
+            if "port" in params and str(params["port"]) != port:
+                problems.append((where, f"listens on {params['port']}, container port is {port}"))
+            if launch.mode == KNATIVE and launch.literal_env().get("PORT") != port:
+                problems.append((where, f"Knative sets PORT={launch.literal_env().get('PORT')}"))
+            served[launch.component] = params.get("model_name") or default_model_name
+        if "transformer" in served and served["transformer"] != served.get("predictor"):
+            problems.append(
+                (
+                    "transformer",
+                    f"asks for model {served['transformer']!r} but the predictor serves "
+                    f"{served.get('predictor')!r}: pass --model_name {{{{.Name}}}} in the runtime",
+                )
+            )
+    return {key: value for key, value in found.items() if value}
+
+
 def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 

@@ -63,8 +63,13 @@ def verify(
     image: str,
     pipelines_dir: Path | None = None,
     security_scan: bool = True,
+    model_name: str = "ctr",
 ) -> Report:
-    """Check every object of every form; ``security_scan`` False skips only checkov."""
+    """Check every object of every form; ``security_scan`` False skips only checkov.
+
+    ``model_name``: the name a server serves under when no ``--model_name`` is given
+    (settings.serving.model_name).
+    """
     failed_checks = scan(forms) if security_scan else {}
     results: list[ObjectResult] = []
     findings: list[Finding] = []
@@ -76,6 +81,7 @@ def verify(
 
     for form in forms:
         selectors = checks.selector_problems(form.objects)
+        started = checks.launch_problems(form.objects, model_name)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -86,7 +92,11 @@ def verify(
                 add(result, "security", "", check_id)
             for path, message in checks.container_problems(obj):
                 add(result, "security", path, message)
-            structure = checks.canary_problems(obj) + selectors.get((kind, name), [])
+            structure = (
+                checks.canary_problems(obj)
+                + selectors.get((kind, name), [])
+                + started.get((kind, name), [])
+            )
             for path, message in structure + checks.image_problems(obj, image):
                 add(result, "structure", path, message)
     findings.extend(_form_problems(forms, image, pipelines_dir))

@@ -1,0 +1,136 @@
+"""What KServe's controller starts: final argv and env per component, accepted by our CLI.
+
+The expected values are those of KServe v0.21's transformer_custom.go / predictor.go and
+Knative v1.21's revision deploy.go (see mlref/k8s/kserve.py for the files).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from typer.testing import CliRunner
+
+from mlref.cli import app
+from mlref.cli.serve import _settings
+from mlref.k8s.checks import CliArgsError, launch_problems, parse_cli
+from mlref.k8s.kserve import KServeSpecError, deployment_mode, launch, launches
+from tests.k8s.conftest import find, form
+
+runner = CliRunner()
+
+
+def _isvc(forms, source):
+    objects = form(forms, source).objects
+    return find(objects, "InferenceService", "ctr"), objects
+
+
+def test_transformer_gets_kserves_flags_appended(forms):
+    isvc, objects = _isvc(forms, "overlay:base")
+    started = launch(isvc, "transformer", objects)
+    assert started.mode == "Knative"
+    assert started.argv == [
+        "mlref", "serve", "transformer", "--host", "0.0.0.0", "--http_port", "8080",
+        "--model_name", "ctr", "--predictor_host", "ctr-predictor.mlref",
+    ]  # fmt: skip
+    assert started.literal_env() == {
+        "INFERENCE_SERVICE_NAME": "ctr",
+        "PORT": "8080",
+        "K_REVISION": "ctr-transformer-00001",
+        "K_CONFIGURATION": "ctr-transformer",
+        "K_SERVICE": "ctr-transformer",
+    }
+    command, params = parse_cli(started.argv)
+    assert command == "mlref serve transformer"
+    assert params["model_name"] == "ctr" and params["predictor_host"] == "ctr-predictor.mlref"
+    assert params["port"] == 8080
+
+
+def test_predictor_runtime_placeholders_are_filled(forms):
+    isvc, objects = _isvc(forms, "chart:default")
+    started = launch(isvc, "predictor", objects)
+    assert started.argv == [
+        "mlref", "serve", "predictor", "--model_dir", "/mnt/models", "--model_name", "ctr",
+        "--host", "0.0.0.0", "--http_port", "8080",
+    ]  # fmt: skip
+    assert parse_cli(started.argv)[1]["model"] == "/mnt/models"
+    assert {"name": "INFERENCE_SERVICE_NAME", "value": "ctr"} in started.env
+
+
+def test_flags_already_given_are_not_appended(forms):
+    isvc, _ = _isvc(forms, "overlay:base")
+    isvc = copy.deepcopy(isvc)
+    container = isvc["spec"]["transformer"]["containers"][0]
+    container["args"] += ["--model_name=other", "--predictor_host", "elsewhere:80"]
+    isvc["spec"]["transformer"]["containerConcurrency"] = 4
+    args = launch(isvc, "transformer").args
+    assert args.count("--predictor_host") == 1 and "--model_name" not in args
+    assert args[-2:] == ["--workers", "4"]
+
+
+def test_our_cli_refuses_more_than_one_worker():
+    result = runner.invoke(app, ["serve", "transformer", "--workers", "4"])
+    assert result.exit_code == 2
+    assert "containerConcurrency" in result.output
+
+
+def test_model_name_is_the_served_name():
+    assert _settings("fraud", 1).serving.model_name == "fraud"
+    assert _settings("", 0).serving.model_name == _settings("", 1).serving.model_name
+
+
+def test_standard_mode_canary_predictor(forms):
+    isvc, objects = _isvc(forms, "chart:standard-canary")
+    assert deployment_mode(isvc) == "Standard"
+    started = {launch.component: launch for launch in launches(isvc, objects)}
+    assert set(started) == {"transformer", "predictor", "predictor:candidate"}
+    canary = started["predictor:candidate"]
+    assert "PORT" not in canary.literal_env() and "K_SERVICE" not in canary.literal_env()
+    assert canary.literal_env()["MLREF_SERVING__VARIANT"] == "canary"
+    assert "MLREF_SERVING__VARIANT" not in started["predictor"].literal_env()
+    assert started["transformer"].args[-1] == "ctr-predictor.mlref"
+    for each in started.values():
+        parse_cli(each.argv)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "mode"),
+    [("Serverless", "Knative"), ("RawDeployment", "Standard"), ("Knative", "Knative")],
+)
+def test_legacy_mode_names_normalize_like_the_defaulter(annotation, mode):
+    isvc = {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": annotation}}}
+    assert deployment_mode(isvc) == mode
+
+
+def test_unknown_mode_and_placeholder_are_errors(forms):
+    with pytest.raises(KServeSpecError, match="ModelMesh"):
+        deployment_mode(
+            {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "ModelMesh"}}}
+        )
+    isvc, objects = _isvc(forms, "overlay:base")
+    objects = copy.deepcopy(objects)
+    runtime = find(objects, "ServingRuntime", "mlref-onnx")
+    runtime["spec"]["containers"][0]["args"].append("{{.Spec.Predictor}}")
+    with pytest.raises(KServeSpecError, match="placeholder"):
+        launch(isvc, "predictor", objects)
+
+
+def test_parse_cli_refuses_what_the_pod_would():
+    with pytest.raises(CliArgsError, match="--model-nme"):
+        parse_cli(["mlref", "serve", "transformer", "--model-nme", "x"])
+    with pytest.raises(CliArgsError, match="not the mlref command"):
+        parse_cli(["python", "-m", "mlref"])
+
+
+def test_launch_problems_name_mismatch_and_port(forms):
+    objects = copy.deepcopy(form(forms, "overlay:kind").objects)
+    assert launch_problems(objects, "ctr") == {}
+    runtime = find(objects, "ServingRuntime", "mlref-onnx")
+    args = runtime["spec"]["containers"][0]["args"]
+    del args[args.index("--model_name") : args.index("--model_name") + 2]
+    find(objects, "InferenceService", "ctr")["metadata"]["name"] = "ads"
+    transformer = find(objects, "InferenceService", "ads")["spec"]["transformer"]
+    transformer["containers"][0]["ports"][0]["containerPort"] = 9000
+    messages = [m for _, m in launch_problems(objects, "ctr")[("InferenceService", "ads")]]
+    assert any("asks for model 'ads' but the predictor serves 'ctr'" in m for m in messages)
+    assert any("listens on 8080, container port is 9000" in m for m in messages)
