@@ -65,7 +65,10 @@ name: {{ .name }}
 {{- end }}
 serviceAccountName: mlref-serving
 minReplicas: {{ .root.Values.serving.minReplicas }}
+{{- if not (hasKey . "name") }}
+{{- /* A Standard-mode canary (named) runs fixed replicas: KServe's webhook refuses maxReplicas. */}}
 maxReplicas: {{ .root.Values.serving.maxReplicas }}
+{{- end }}
 securityContext:
   {{- include "mlref.podSecurityContext" .root | nindent 2 }}
 {{- if hasKey . "percent" }}
