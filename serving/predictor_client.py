@@ -95,14 +95,19 @@ class PredictorClient:
     async def infer(self, inputs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> Answer:
         """Scores for inputs built per feature spec: (fingerprint, cat, num) for each."""
         body, headers = v2.infer_request(inputs)
-        try:
-            async with self._session().post(self.url, data=body, headers=headers) as response:
-                content = await response.read()
-                answered = response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RequestError(
-                f"predictor at {self.url} unreachable: {exc!r}", status=502, code="predictor_error"
-            ) from exc
+        for attempt in range(2):
+            try:
+                async with self._session().post(self.url, data=body, headers=headers) as response:
+                    content = await response.read()
+                    answered = response.headers
+                break
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled connection the other side closed (a proxy reloading, a pod
+                # draining) before answering: scoring has no side effect, send it again once.
+                if attempt:
+                    raise self.unreachable(exc) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self.unreachable(exc) from exc
         if response.status != 200:
             text = content[:500].decode(errors="replace")
             message = f"predictor answered {response.status}: {text}"
@@ -118,6 +123,11 @@ class PredictorClient:
             answered.get(VERSION_HEADER, ""),
             answered.get(VARIANT_HEADER, ""),
             answered.get(v2.SPEC_HEADER, ""),
+        )
+
+    def unreachable(self, exc: Exception) -> RequestError:
+        return RequestError(
+            f"predictor at {self.url} unreachable: {exc!r}", status=502, code="predictor_error"
         )
 
     async def close(self) -> None:

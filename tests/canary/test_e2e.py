@@ -103,7 +103,7 @@ def test_slow_candidate_is_rolled_back_on_latency(stable):
     settings, result = rollout(stable, candidate)
     assert result.outcome == "rolled_back"
     latency = result.stages[-1].analysis.check("latency")
-    assert latency.verdict == "fail" and latency.values["p99_ratio"] > 3.0
+    assert latency.verdict == "fail" and latency.values["tail_ratio"] > 3.0
     assert read_state(state_path(settings)).percent == 0
 
 
