@@ -189,6 +189,11 @@ class ServingSettings(Section):
         "stable", description="A predictor's variant label: `stable`, or `canary` for a candidate."
     )
     predictor_timeout_seconds: float = Field(10.0, gt=0)
+    predictor_host_header: str = Field(
+        "",
+        description="Host header of the transformer's predictor calls: with --predictor_host "
+        "a Gateway, the host of the predictor's HTTPRoute (Standard-mode canary split).",
+    )
     predictor_ready_timeout_seconds: float = Field(
         120.0, gt=0, description="How long the transformer waits at start for its predictors."
     )
@@ -231,10 +236,18 @@ class CanarySettings(Section):
     max_calibration_error: float = Field(
         0.5, ge=0, description="Labelled traffic: |predicted / observed CTR - 1| ceiling."
     )
+    await_labels: bool = Field(
+        False,
+        description="Click labels arrive for canary traffic: a score shift waits for the "
+        "labelled checks instead of rolling back on its own.",
+    )
     prometheus_url: str = Field(
         "", description="Prometheus HTTP API for analysis in cluster mode; empty: local source."
     )
     candidate_port: int = Field(8086, description="Local mode: the candidate predictor's port.")
+    proxy_port: int = Field(
+        8087, description="Local mode: the split proxy in front of stable and candidate."
+    )
 
 
 class DriftSettings(Section):

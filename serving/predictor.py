@@ -2,8 +2,9 @@
 
 The model comes from a file, a directory (what KServe's storage initializer fills at
 ``/mnt/models``) or an MLflow ``models:/`` URI; every response carries the model version
-(the MLflow registry version, else a short hash of the file) so a caller, the inference log
-and the metrics always know which model answered.
+(the MLflow registry version, else a short hash of the file) and the variant it serves as
+(response headers; ``model_version`` in the body too), so a caller behind a traffic split,
+the inference log and the metrics always know which model answered.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
-from mlref.serving import metrics
+from mlref.serving import metrics, v2
 from mlref.serving.requests import (
     MODEL_CHANGED,
     V2_INPUTS,
-    VERSION_HEADER,
     RequestError,
+    label_headers,
     parse_v1_rows,
     parse_v2_inputs,
 )
@@ -83,7 +84,7 @@ class OnnxPredictor(kserve.Model):
     """
 
     def __init__(self, name: str, model_uri: str, settings: Settings):
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)
         self.model_uri = model_uri
         self.settings = settings
         self.variant = settings.serving.variant
@@ -105,27 +106,35 @@ class OnnxPredictor(kserve.Model):
         self.total_seconds = stage("predictor", "total", self.version, self.variant)
         self.inference_seconds = stage("predictor", "inference", self.version, self.variant)
         self.scores = metrics.SCORES.labels("predictor", self.version, self.variant)
+        self.fingerprint = self.model.spec.fingerprint
+        self.headers = {
+            **label_headers(self.version, self.variant),
+            v2.SPEC_HEADER: self.fingerprint,
+        }
         self.ready = True
         return self.ready
 
     @property
     def parameters(self) -> dict[str, str]:
         """What the v2 model metadata publishes besides KServe's fields."""
-        return {onnx_model.META_SPEC: self.model.spec.to_json()}
+        return {onnx_model.META_SPEC: self.model.spec.to_json(), "variant": self.variant}
 
-    def predict(self, payload, headers=None):
+    def predict(self, payload, headers=None, response_headers=None):
+        if response_headers is not None:
+            response_headers.update(self.headers)
+        try:
+            return self._predict(payload)
+        except RequestError as exc:  # errors name the model too: a split's caller counts them
+            exc.headers = {**self.headers, **exc.headers}
+            raise
+
+    def _predict(self, payload):
         start = time.perf_counter()
-        expected = (headers or {}).get(VERSION_HEADER)
-        if expected and expected != self.version:
-            raise RequestError(
-                f"request built for model {expected}, but this predictor serves {self.version}: "
-                f"fetch /v2/models/{self.name} again and rebuild the inputs",
-                field=VERSION_HEADER,
-                status=409,
-                code=MODEL_CHANGED,
-            )
         if isinstance(payload, InferRequest):
-            arrays = parse_v2_inputs(payload.inputs, self.max_batch, self.widths)
+            inputs = v2.inputs_for(payload.inputs, self.fingerprint)
+            if inputs is None:
+                raise self.spec_refusal()
+            arrays = parse_v2_inputs(inputs, self.max_batch, self.widths)
             probability = self._run(arrays[onnx_model.INPUT_CAT], arrays[onnx_model.INPUT_NUM])
             response = InferResponse(
                 response_id=payload.id or uuid.uuid4().hex,
@@ -142,6 +151,18 @@ class OnnxPredictor(kserve.Model):
             response = {"predictions": probability.tolist(), "model_version": self.version}
         self.total_seconds.observe(time.perf_counter() - start)
         return response
+
+    def spec_refusal(self) -> RequestError:
+        """409 for inputs built only for other feature specs, naming the spec to build for."""
+        refusal = RequestError(
+            f"inputs built for other feature specs; model {self.version} needs spec "
+            f"{self.fingerprint} (header {v2.SPEC_JSON_HEADER}, or /v2/models/{self.name})",
+            field="inputs",
+            status=409,
+            code=MODEL_CHANGED,
+        )
+        refusal.headers = {**self.headers, v2.SPEC_JSON_HEADER: self.model.spec.to_json()}
+        return refusal
 
     def _run(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
         outside = cat.view(np.uint64) >= self.sizes

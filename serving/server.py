@@ -28,7 +28,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import (
     InvalidInput,
     ModelNotFound,
@@ -39,11 +39,11 @@ from kserve.errors import (
 )
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
-from mlref.canary.state import VARIANT_ENV
 from mlref.serving import metrics
 from mlref.serving.requests import VARIANT_HEADER, VERSION_HEADER, RequestError, error_body
 from mlref.settings import CONFIG_ENV, Settings
@@ -180,6 +180,13 @@ class _RESTServer(RESTServer):
 
 
 class _DataPlane(DataPlane):
+    def decode_inference_request(self, body, headers: dict, model_name: str) -> InferRequest:
+        """A v2 body without the binary extension's length header is all JSON: what
+        ``tritonclient.http`` sends (no Content-Type either), which KServe refuses."""
+        if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in headers:
+            return InferRequest.from_bytes(body, len(body), model_name)
+        return super().decode_inference_request(body, headers, model_name)
+
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
         model = self.get_model_from_registry(model_name)
@@ -290,16 +297,16 @@ def run_predictor(
 
 
 def run_transformer(
-    settings: Settings, host: str, port: int, predictor_url: str, candidate_url: str = ""
+    settings: Settings, host: str, port: int, predictor_url: str, host_header: str = ""
 ) -> None:
     """Serve the transformer until SIGTERM / SIGINT, then flush the inference log.
 
-    ``candidate_url``: the canary predictor, given its share by the canary state file.
+    ``predictor_url`` may be a traffic split over several predictors; ``host_header`` is
+    the Host to send when it is a gateway that routes by host.
     """
-    from mlref.canary.state import state_path
     from mlref.features.store import OnlineFeatureLookup
     from mlref.serving.inference_log import open_log
-    from mlref.serving.transformer import CanarySplit, CtrTransformer
+    from mlref.serving.transformer import CtrTransformer
 
     inference_log = open_log(settings)
     model = CtrTransformer(
@@ -308,8 +315,7 @@ def run_transformer(
         OnlineFeatureLookup(settings),
         predictor_url,
         inference_log,
-        candidate_url,
-        CanarySplit(state_path(settings)),
+        host_header,
     )
     server = ModelServer(host, port, "transformer", model.default_labels, use_uvloop=True)
     try:
@@ -355,7 +361,9 @@ def serve_local(
     """Predictor(s) and transformer as local processes; SIGTERM / SIGINT stops all cleanly.
 
     With ``candidate_uri`` a second predictor serves it as the ``canary`` variant on
-    ``canary.candidate_port``; the transformer splits traffic as the canary state says.
+    ``canary.candidate_port``, and the transformer calls the local split proxy
+    (``mlref.canary.proxy`` on ``canary.proxy_port``), which shares traffic between the two
+    as the canary patch says: the transformer sees one host, as in the cluster.
     """
     serving = settings.serving
     cli = [sys.executable, "-m", "mlref.serving.server"]
@@ -367,13 +375,18 @@ def serve_local(
 
     # gRPC on the stable predictor only: both would bind the same default gRPC port.
     predictors = [predictor(model_uri, serving.predictor_port, *(["--grpc"] if grpc else []))]
-    target = ["--predictor-host", f"{serving.host}:{serving.predictor_port}"]
+    target = f"{serving.host}:{serving.predictor_port}"
     if candidate_uri:
         port = settings.canary.candidate_port
-        predictors.append(predictor(candidate_uri, port, **{VARIANT_ENV: "canary"}))
-        target += ["--candidate-host", f"{serving.host}:{port}"]
+        predictors.append(predictor(candidate_uri, port, MLREF_SERVING__VARIANT="canary"))
+        split = [sys.executable, "-m", "mlref.canary.proxy", "--host", serving.host]
+        split += ["--port", str(settings.canary.proxy_port), "--stable", f"http://{target}"]
+        split += ["--candidate", f"http://{serving.host}:{port}"]
+        predictors.append(subprocess.Popen(split, env=server_env()))
+        target = f"{serving.host}:{settings.canary.proxy_port}"
+    own = ["--port", str(serving.transformer_port), "--predictor-host", target]
     transformer = subprocess.Popen(
-        [*cli, "transformer", *common, "--port", str(serving.transformer_port), *target],
+        [*cli, "transformer", *common, *own],
         env=server_env(),
     )
     children = (transformer, *predictors)  # stop order: the transformer drains first

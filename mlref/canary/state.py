@@ -30,8 +30,18 @@ VARIANT_ENV = "MLREF_SERVING__VARIANT"
 CANARY_NAME = "candidate"  # KServe runs a canary named so as <isvc>-candidate-predictor
 RUNTIME = "mlref-onnx"  # the ServingRuntime and model format the manifests and chart deploy
 DEFAULT_MODEL = {"modelFormat": {"name": RUNTIME}, "runtime": RUNTIME}
-# Fields of the stable predictor that name or place it, never copied to the candidate's.
-NOT_INHERITED = {"name", "canaryTrafficPercent", "model"}
+# Fields of the stable predictor that name or place it, never copied to the candidate's;
+# and the autoscaling fields KServe's webhook refuses on a canary, which runs fixed replicas
+# (validateCanarySpecs in pkg/apis/serving/v1beta1/inference_service_validation.go).
+NOT_INHERITED = {
+    "name",
+    "canaryTrafficPercent",
+    "model",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "autoScaling",
+}
 
 
 @dataclass(frozen=True)

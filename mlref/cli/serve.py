@@ -33,7 +33,8 @@ def serve(
     candidate: str = typer.Option(
         "",
         help="Canary candidate model (file, directory or models:/ URI), served as variant "
-        "`canary` on canary.candidate_port with the share the canary state gives it.",
+        "`canary` on canary.candidate_port behind a split proxy that gives it the share the "
+        "canary state says.",
     ),
     grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC on the predictor."),
 ) -> None:
@@ -100,12 +101,7 @@ def transformer(
         "",
         "--predictor-host",
         "--predictor_host",
-        help="host:port of the predictor; default local.",
-    ),
-    candidate_host: str = typer.Option(
-        "",
-        "--candidate-host",
-        help="host:port of the canary candidate predictor; none: all traffic to the predictor.",
+        help="host:port of the predictor, or of a traffic split over several; default local.",
     ),
     host: str = typer.Option("", help="Bind address; default settings.serving.host."),
     port: int = typer.Option(0, "--port", "--http_port", help="Default serving.transformer_port."),
@@ -124,7 +120,7 @@ def transformer(
             host or serving.host,
             port or serving.transformer_port,
             _url(target),
-            _url(candidate_host) if candidate_host else "",
+            serving.predictor_host_header,
         )
     except (RuntimeError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")

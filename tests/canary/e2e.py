@@ -22,7 +22,7 @@ from mlref import onnx_model
 from mlref.features.transform import transform
 from mlref.monitoring.inference import read_inference_log, write_labels
 from mlref.settings import Settings
-from tests.serving.conftest import start_predictor, start_transformer
+from tests.serving.conftest import start_predictor, start_split, start_transformer
 from tests.serving.test_servers import business_rows
 
 MAX_REQUESTS = 40_000
@@ -32,7 +32,8 @@ CONCURRENCY = 4
 
 @dataclass
 class Serving:
-    """A candidate predictor and a transformer in front of it and the shared stable one."""
+    """A candidate predictor, the split proxy over it and the shared stable one, and a
+    transformer calling the proxy."""
 
     settings: Settings
     stable_url: str
@@ -78,17 +79,21 @@ def start_candidate(settings: Settings, stable_url: str, candidate: Path, logs: 
     predictor = start_predictor(settings, candidate, logs, variant="canary")
     candidate_url = f"http://127.0.0.1:{predictor.port}"
     warm_up(candidate_url, candidate)
+    started = [predictor]
     try:
-        transformer = start_transformer(settings, stable_url, logs, candidate_url)
+        split = start_split(settings, stable_url, candidate_url, logs)
+        started.insert(0, split)
+        transformer = start_transformer(settings, f"http://127.0.0.1:{split.port}", logs)
     except Exception:
-        predictor.stop()
+        for server in started:
+            server.stop()
         raise
     return Serving(
         settings,
         stable_url,
         candidate_url,
         f"http://127.0.0.1:{transformer.port}",
-        [transformer, predictor],
+        [transformer, *started],
     )
 
 

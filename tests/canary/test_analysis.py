@@ -100,13 +100,13 @@ def test_error_check_holds_on_few_requests():
 
 def test_slow_canary_fails_latency_and_a_similar_one_passes():
     slow = latency_check(variant(latency_ms=1.5), variant(latency_ms=8.0, seed=3), RULES)
-    assert slow.verdict == "fail" and slow.values["p99_ratio"] > RULES.max_latency_ratio
+    assert slow.verdict == "fail" and slow.values["tail_ratio"] > RULES.max_latency_ratio
     assert slow.values["p50_ratio"] > 1
     same = latency_check(variant(latency_ms=1.5), variant(latency_ms=1.6, seed=3), RULES)
     assert same.verdict == "pass", same.summary
     # Twice as slow, but both well under a millisecond: noise on a shared CPU, not a fault.
     tiny = latency_check(variant(latency_ms=0.3), variant(latency_ms=0.9, seed=3), RULES)
-    assert tiny.verdict == "pass" and tiny.values["p99_ratio"] > RULES.max_latency_ratio
+    assert tiny.verdict == "pass" and tiny.values["tail_ratio"] > RULES.max_latency_ratio
     few = latency_check(variant(n=20), variant(), RULES)
     assert few.verdict == "hold"
 
@@ -181,3 +181,30 @@ def test_any_failure_rolls_back_and_a_quality_hold_holds():
     waiting = analyze(variant(), variant(seed=9), RULES, (outcomes(n=30), outcomes(n=30)))
     assert waiting.action == "hold"
     assert waiting.check("logloss").verdict == "hold"
+
+
+def test_score_shift_waits_while_labelled_evidence_is_arriving():
+    """How soon labels arrive depends on load; the verdict must not: a shift holds until the
+    labelled checks can judge it, and then they decide."""
+    stable, shifted = variant(), variant(score_mean=0.25, seed=4)
+    arriving = Check("logloss", "hold", "12 / 9 labelled predictions")
+    assert score_check(stable, shifted, RULES, arriving).verdict == "hold"
+    awaiting = RULES.model_copy(update={"await_labels": True})
+    assert score_check(stable, shifted, awaiting).verdict == "hold"
+    assert score_check(stable, shifted, RULES).verdict == "fail"  # no labels to wait for
+    worse = Check("logloss", "fail", "", {"difference": +0.3})
+    assert score_check(stable, shifted, awaiting, worse).verdict == "fail"
+
+
+def test_one_slow_timing_among_few_does_not_decide_the_tail():
+    """The p99 of 45 timings is their maximum: one scheduler hiccup. The check judges the
+    highest quantile with TAIL_SAMPLES timings above it instead."""
+    bounds = (0.0005, 0.001, 0.0025, 0.005, 0.01, float("inf"))
+    steady = VariantStats(45, latency=histogram(bounds, np.full(45, 0.0008)))
+    hiccup = VariantStats(45, latency=histogram(bounds, np.r_[np.full(44, 0.0008), 0.009]))
+    rules = RULES.model_copy(update={"min_requests": 40})
+    check = latency_check(steady, hiccup, rules)
+    assert check.values["p99_ratio"] > rules.max_latency_ratio  # the raw p99 would fail
+    assert check.values["tail_q"] < 0.99 and check.verdict == "pass", check.summary
+    slow = VariantStats(45, latency=histogram(bounds, np.full(45, 0.009)))
+    assert latency_check(steady, slow, rules).verdict == "fail"

@@ -10,6 +10,7 @@ import yaml
 
 from mlref.canary.state import (
     CANDIDATE_ANNOTATION,
+    NOT_INHERITED,
     STABLE_ANNOTATION,
     CanaryState,
     from_patch,
@@ -124,7 +125,12 @@ def test_standard_patch_on_chart_manifest_field_by_field(
         assert canary["trafficPercent"] == percent
         candidate = canary["predictor"]
         assert candidate["name"] == "candidate"
-        assert pod_settings(candidate) == pod_settings(base)  # service account, security
+        # Service account and security as stable's; no autoscaling, which KServe's webhook
+        # refuses on a canary (validateCanarySpecs: "canary uses fixed replicas").
+        assert "maxReplicas" in base and "maxReplicas" not in candidate
+        assert pod_settings(candidate) == {
+            k: v for k, v in pod_settings(base).items() if k not in NOT_INHERITED
+        }
         assert candidate["model"] == {
             "name": "candidate",
             "modelFormat": base["model"]["modelFormat"],

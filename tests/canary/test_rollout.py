@@ -11,6 +11,7 @@ from kubernetes.client import ApiClient, Configuration
 from typer.testing import CliRunner
 
 from mlref.canary import kube, rollout
+from mlref.canary.sources import LocalSource, PrometheusSource, SourceError, default_source
 from mlref.canary.state import CanaryState, read_state, state_path
 from mlref.cli import app
 from mlref.settings import CanarySettings, Settings, get_settings
@@ -299,3 +300,15 @@ def test_cli_start_in_standard_mode(cli_env, versions, monkeypatch, mode, exit_c
     assert result.exit_code == exit_code, result.output
     assert line in result.output
     assert bool(api.isvc["spec"].get("canary")) is (exit_code == 0)
+
+
+def test_cluster_analysis_without_prometheus_names_the_setting(tmp_path):
+    """The predictors are pods, not local ports: no silent scrape of 127.0.0.1."""
+    cluster = Settings(work_dir=tmp_path, mode="cluster")
+    with pytest.raises(SourceError, match="MLREF_CANARY__PROMETHEUS_URL"):
+        default_source(cluster)
+    assert isinstance(default_source(Settings(work_dir=tmp_path)), LocalSource)
+    with_url = cluster.model_copy(
+        update={"canary": cluster.canary.model_copy(update={"prometheus_url": "http://p:9090"})}
+    )
+    assert isinstance(default_source(with_url), PrometheusSource)

@@ -72,16 +72,23 @@ def start_predictor(
     return server
 
 
-def start_transformer(
-    settings: Settings, predictor_url: str, logs: Path, candidate_url: str = ""
-) -> Server:
+def start_transformer(settings: Settings, predictor_url: str, logs: Path) -> Server:
+    """The transformer calling ``predictor_url``: one predictor, or a split over several."""
     port = free_port()
     argv = [sys.executable, "-m", "mlref.serving.server", "transformer"]
     argv += ["--port", str(port), "--predictor-host", predictor_url]
-    if candidate_url:
-        argv += ["--candidate-host", candidate_url]
     server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
     server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.serving.model_name))
+    return server
+
+
+def start_split(settings: Settings, stable_url: str, candidate_url: str, logs: Path) -> Server:
+    """The local split proxy over two predictors, following the canary patch's share."""
+    port = free_port()
+    argv = [sys.executable, "-m", "mlref.canary.proxy", "--port", str(port)]
+    argv += ["--stable", stable_url, "--candidate", candidate_url]
+    server = Server(argv, port, logs / f"split-{port}.log", env=config_env(settings))
+    server.wait_ready(timeout=30)
     return server
 
 

@@ -59,7 +59,7 @@ def test_non_finite_scores_are_a_500_in_the_error_shape_and_counted(tmp_path):
     labels = {"model_version": version, "server": "predictor", "variant": "canary"}
     # Two direct requests and the transformer's: the canary analysis sees every one.
     assert sample("mlref_requests_total", status="500", **labels) + " 3.0" in own
-    labels = {"model_version": version, "server": "transformer", "variant": "stable"}
+    labels = {"model_version": version, "server": "transformer", "variant": "canary"}
     assert sample("mlref_requests_total", status="502", **labels) + " 1.0" in text
 
 

@@ -17,8 +17,9 @@ from mlref.features.transform import (
     fill_defaults,
     transform,
 )
+from mlref.serving.records import defaulted_names
 from mlref.serving.requests import RequestError
-from mlref.serving.transformer import defaulted_names, scores_of
+from mlref.serving.v2 import scores_of
 from tests.serving.test_servers import business_rows
 
 

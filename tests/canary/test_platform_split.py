@@ -1,0 +1,166 @@
+"""`mlref canary run` through a platform traffic split, as Knative Serverless makes it.
+
+One host (nginx, weighted by the canary percent, reloaded per stage) splits requests between
+predictor revisions; the transformer, started with the arguments KServe gives it, calls that
+host and cannot choose a model. A good candidate must be promoted and a miscalibrated one
+rolled back, with no answer refused by a version handshake, and every inference-log row must
+name the version and variant of the predictor that scored it: each revision's scored-row
+counter equals the log rows that name it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlref.canary.rollout import run_rollout
+from mlref.canary.sources import LocalSource, parse_metrics
+from mlref.k8s.kserve import launch
+from mlref.monitoring.inference import read_inference_log
+from mlref.serving.predictor import file_version
+from mlref.settings import CanarySettings, Settings
+from tests.canary import models
+from tests.canary.e2e import Serving, Traffic
+from tests.canary.platform import (
+    WARM_UP,
+    KnativeStandIn,
+    Nginx,
+    base_objects,
+    local_argv,
+    start_pod,
+)
+from tests.servers import free_port
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, build_features, serving_settings
+
+pytestmark = pytest.mark.slow
+
+
+class RevisionSource(LocalSource):
+    """What a Prometheus pod scrape sees: every running predictor revision's /metrics."""
+
+    def __init__(self, settings: Settings, knative: KnativeStandIn):
+        super().__init__(settings, ["-"])
+        self.knative = knative
+
+    def scrape(self) -> dict:
+        ports = [pod.port for pod in self.knative.revisions.values()]
+        self.urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
+        return super().scrape()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
+    root = tmp_path_factory.mktemp("platform")
+    settings = serving_settings(root, log_flush_seconds=0.3).model_copy(
+        update={
+            "canary": CanarySettings(
+                stages=[20, 50, 100],
+                bake_seconds=3.0,
+                poll_seconds=0.5,
+                min_requests=40,
+                max_latency_ratio=3.0,  # a shared CPU makes p99 noisy
+                await_labels=True,  # the labeller clicks every logged row
+                ready_timeout_seconds=30.0,
+            )
+        }
+    )
+    build_features(settings, KNOWN_USERS, KNOWN_ADS)
+    yield settings, models.stable_model(root / "stable" / "model.onnx", settings)
+
+
+def rollout_through_nginx(settings: Settings, stable: Path, candidate: Path, root: Path):
+    """Everything a Serverless rollout runs, then the evidence: (result, traffic, nginx
+    answers, log rows, rows each revision scored)."""
+    isvc, runtimes = base_objects()
+    isvc["spec"]["predictor"]["model"]["storageUri"] = str(stable)
+    isvc["metadata"]["generation"] = 1
+    nginx = Nginx(root / "nginx")
+    knative = None
+    transformer = None
+    try:
+        knative = KnativeStandIn(isvc, runtimes, settings, root / "pods", nginx)
+        started = launch(isvc, "transformer")
+        port = free_port()
+        argv = local_argv(
+            started.argv,
+            host="127.0.0.1",
+            http_port=str(port),
+            predictor_host=f"127.0.0.1:{nginx.port}",  # ctr-predictor.<ns> resolves to the split
+        )
+        assert "--model_name" in argv
+        transformer = start_pod(settings, argv, started.literal_env(), root / "transformer", port)
+        serving = Serving(settings, "", "", f"http://127.0.0.1:{port}")
+        cluster = settings.model_copy(update={"mode": "cluster"})
+        with Traffic(serving, truth=stable) as traffic:
+            result = run_rollout(
+                cluster,
+                str(candidate),
+                RevisionSource(settings, knative),
+                stable_uri=str(stable),
+                api=knative,
+            )
+        scored = {key: scored_rows(pod.port) - WARM_UP for key, pod in knative.revisions.items()}
+        transformer.stop()  # flushes the inference log
+        transformer = None
+    finally:
+        for server in (transformer, knative):
+            if server is not None:
+                server.stop()
+        nginx.stop()
+    log = read_inference_log(settings, traffic.started)
+    return result, traffic, nginx.answers(), log, scored
+
+
+def scored_rows(port: int) -> int:
+    samples = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    return int(
+        sum(
+            value
+            for (name, labels), value in samples.items()
+            if name == "mlref_prediction_score_count" and ("server", "predictor") in labels
+        )
+    )
+
+
+def check_handshake_and_log(traffic, answers, log, scored, versions: dict[str, str]) -> None:
+    assert traffic.sent > 0 and set(traffic.statuses) == {200}, traffic.statuses
+    statuses = Counter(status for _, status in answers)
+    assert statuses[409] == 0 and sum(n for s, n in statuses.items() if s >= 500) == 0, statuses
+    assert len({upstream for upstream, _ in answers}) >= 2  # nginx really split
+    # Every row names the predictor that scored it: per (model, variant) the log holds
+    # exactly as many rows as that revision counted scoring.
+    logged = Counter(zip(log["model_version"], log["variant"], strict=True))
+    expected = {(versions[uri], variant): rows for (uri, variant), rows in scored.items() if rows}
+    assert dict(logged) == expected
+    assert {variant for _, variant in logged} == {"stable", "canary"}
+
+
+def test_good_candidate_is_promoted_through_the_platform_split(world, tmp_path):
+    settings, stable = world
+    candidate = models.shifted_bias(stable, tmp_path / "good" / "model.onnx", 0.05)
+    result, traffic, answers, log, scored = rollout_through_nginx(
+        settings, stable, candidate, tmp_path
+    )
+    lines = [line for s in result.stages for line in s.analysis.lines()]
+    assert result.promoted, lines
+    assert [s.percent for s in result.stages] == [20, 50]
+    versions = {str(stable): file_version(stable), str(candidate): file_version(candidate)}
+    check_handshake_and_log(traffic, answers, log, scored, versions)
+
+
+def test_miscalibrated_candidate_is_rolled_back_through_the_platform_split(world, tmp_path):
+    settings, stable = world
+    candidate = models.shifted_bias(stable, tmp_path / "bad" / "model.onnx", 2.0)
+    result, traffic, answers, log, scored = rollout_through_nginx(
+        settings, stable, candidate, tmp_path
+    )
+    assert result.outcome == "rolled_back"
+    analysis = result.stages[-1].analysis
+    # Only rows logged as `canary` can show the candidate's miscalibration.
+    assert {"logloss", "calibration"} & {c.name for c in analysis.failed}, analysis.lines()
+    versions = {str(stable): file_version(stable), str(candidate): file_version(candidate)}
+    check_handshake_and_log(traffic, answers, log, scored, versions)
