@@ -29,24 +29,21 @@ from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.monitoring.replay import record, replay
 from mlref.pipelines.runner import COMPILED, pipeline_arguments
 from mlref.serving.predictor import resolve
-from mlref.settings import DataSettings, Settings
+from mlref.settings import Settings
 from mlref.training.publish import served_uri
 from tests.cluster.kfp_pods import run_pipeline
 from tests.cluster.pods import Cluster, run_pod
 from tests.conftest import S3Server
+from tests.monitoring.conftest import TRAIN_DAYS, world_settings
 from tests.servers import require
 
 BUCKET = "mlref"  # values.yaml objectStore.bucket
 PIPELINE_ROOT = "s3://kubeflow-pipelines/pipeline-root"
-TRAIN_DAYS = 8
 STORAGE_INITIALIZER = repo_root() / ".venv" / "storage-initializer" / "bin" / "python"
-# What the run's submitter sets on purpose: a model and data this small train in seconds and
-# lose more to int8 than the production gate allows; everything else comes from the cluster.
-OVERRIDES = {
-    "train": {"epochs": 2, "batch_size": 512, "embedding_dim": 8, "hidden_units": [32, 16]},
-    "parity": {"max_abs_diff": 1, "mean_abs_diff": 1, "max_auc_drop": 1},
-}
-OVERRIDES["parity"]["max_logloss_increase"] = 1
+# The drift tests' small learnable world; its model trains in seconds and loses more to int8
+# than the production gate allows, so the run's submitter sets those sections on purpose.
+WORLD = world_settings(Path(".mlref"))
+OVERRIDES = {"train": WORLD.train.model_dump(), "parity": WORLD.parity.model_dump()}
 
 
 def chart_cluster(objects: list[dict], services: dict[str, str], s3: S3Server) -> Cluster:
@@ -142,16 +139,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
         storage={"root": f"s3://{BUCKET}"},
         registry={"tracking_uri": mlflow_server},
         features={"redis_connection": redis_server},
-        data=DataSettings(
-            start_date=first_day.isoformat(),
-            days=TRAIN_DAYS,
-            rows_per_day=4_000,
-            n_users=300,
-            n_ads=60,
-            n_advertisers=12,
-            n_segments=2,
-            target_ctr=0.15,
-        ),
+        data=WORLD.data.model_copy(update={"start_date": first_day.isoformat()}),
         **OVERRIDES,
     )
     raw = fsspec.filesystem("s3")
