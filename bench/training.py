@@ -25,7 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
-from itertools import cycle
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +179,10 @@ def compare(base: TrainResult, other: TrainResult, parity: ParitySettings) -> No
     )
 
 
-def precision_probe(train_set: Tensors, spec: FeatureSpec, settings: TrainSettings) -> None:
-    """Optimizer steps/s at the GPU batch in each precision (the data's content is irrelevant)."""
-    device = torch.device("cuda")
+def precision_probe(
+    train_set: Tensors, spec: FeatureSpec, settings: TrainSettings, device: torch.device
+) -> None:
+    """Training samples/s at the GPU batch in each precision (the data's content is irrelevant)."""
     rates = {}
     for precision in ("float32", "tf32", "bfloat16"):
         torch.manual_seed(settings.seed)
@@ -193,16 +194,17 @@ def precision_probe(train_set: Tensors, spec: FeatureSpec, settings: TrainSettin
             (train_set.cat, train_set.num, train_set.labels), plan.batch_size, device, 0
         )
         optimizer, schedule = optimizer_and_schedule(model, plan, settings)
+        epochs = chain.from_iterable(repeat(batches))  # a fresh permutation each pass
         with precision_scope(device, precision) as amp:
-            for i, batch in enumerate(cycle(batches)):
-                if i == PROBE_STEPS:
-                    torch.cuda.synchronize()
-                    started = time.perf_counter()
-                if i == 2 * PROBE_STEPS:
-                    break
+            for batch in islice(epochs, PROBE_STEPS):  # warm-up: kernels, allocator, cuBLAS
                 step(model, batch, optimizer, schedule, amp)
             torch.cuda.synchronize()
-        rates[precision] = PROBE_STEPS * plan.batch_size / (time.perf_counter() - started)
+            rows, started = 0, time.perf_counter()
+            for batch in islice(epochs, PROBE_STEPS):
+                step(model, batch, optimizer, schedule, amp)
+                rows += len(batch[-1])
+            torch.cuda.synchronize()
+        rates[precision] = rows / (time.perf_counter() - started)
     print(
         f"precision at batch {plan.batch_size:,} on {torch.cuda.get_device_name()}: "
         + ", ".join(f"{name} {rate:,.0f} samples/s" for name, rate in rates.items())
@@ -230,7 +232,7 @@ def main() -> None:
         show("large-batch recipe", same_data)
         compare(default, same_data, settings.parity)
         if gpu:
-            precision_probe(encode(sets.train, spec), spec, large)
+            precision_probe(encode(sets.train, spec), spec, large, torch.device("cuda"))
             _, big = data(args.gpu_rows_per_day, args.days, Path(tmp) / "gpu")
             scaled = train(big, spec, large)
             show("GPU recipe at GPU size", scaled)
