@@ -105,7 +105,9 @@ class TrainSettings(Section):
         description="Large-batch recipe: the batch, capped so an epoch still takes "
         "min_steps_per_epoch steps and never below batch_size.",
     )
-    min_steps_per_epoch: int = Field(64, ge=1)
+    min_steps_per_epoch: int = Field(
+        128, ge=1, description="Large-batch recipe: an epoch of a handful of steps learns little."
+    )
     lr_scaling: Literal["none", "sqrt", "linear"] = Field(
         "sqrt",
         description="Large-batch recipe: learning_rate (tuned at batch_size) times "
