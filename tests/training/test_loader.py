@@ -139,4 +139,7 @@ def test_large_batch_training_on_the_device_repeats_and_streaming_matches_it(
     assert first.metrics["test"].auc > 0.6  # it learned
     streamed = train(tiny_sets, spec, settings.model_copy(update={"device_memory_fraction": 0.0}))
     assert streamed.resident == (device == "cpu")  # host memory already holds a CPU's set
-    assert streamed.metrics["val"].logloss == pytest.approx(first.metrics["val"].logloss, abs=0.005)
+    # CPU: the same batches, so the same model; CUDA: a host-drawn order instead of the GPU's
+    assert streamed.metrics["val"].logloss == pytest.approx(
+        first.metrics["val"].logloss, abs=0 if exact else 0.01
+    )
