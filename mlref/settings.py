@@ -93,6 +93,9 @@ class TrainSettings(Section):
     patience: int = Field(2, ge=1, description="Epochs without val logloss gain before stopping.")
     seed: int = 7
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    use_gpu_in_cluster: bool = Field(True, description="Request nvidia.com/gpu for training pods.")
+    test_days: int = Field(1, ge=1)
+    val_days: int = Field(1, ge=1)
     large_batch: Literal["auto", "on", "off"] = Field(
         "auto",
         description="The large-batch recipe (batch_size_gpu, lr_scaling, warmup_steps). auto: on "
@@ -133,9 +136,6 @@ class TrainSettings(Section):
         description="Share of free GPU memory the training set may take; a larger set streams "
         "from host memory in chunks (0: always stream).",
     )
-    use_gpu_in_cluster: bool = Field(True, description="Request nvidia.com/gpu for training pods.")
-    test_days: int = Field(1, ge=1)
-    val_days: int = Field(1, ge=1)
 
 
 class ParitySettings(Section):
