@@ -1,12 +1,20 @@
-"""Training and int8 benchmark: train throughput per device, int8 vs fp32 onnxruntime speed.
+"""Training and int8 benchmark: CPU vs GPU training speed and quality, int8 vs fp32 speed.
 
-Run from the repo root: ``python bench/training.py [--rows-per-day N] [--days N]``.
-Data comes from the click-log generator, with point-in-time user/ad stats built by the same
-snapshot code the feature step uses (joined in-process instead of through Feast). Every ratio
-is measured in one run: training samples/s CPU vs CUDA (when present), and int8 vs fp32 rows/s
-at batch 1 and 256 on ONE onnxruntime thread, next to file sizes and the AUC delta.
+Run from the repo root: ``python bench/training.py``. Data comes from the click-log generator,
+with point-in-time user/ad stats built by the same snapshot code the feature step uses (joined
+in-process instead of through Feast). Every ratio is measured in one run:
 
-The models are timed in alternating short rounds and each reports its median: on a shared
+- Same data, sized for the CPU (a few hundred thousand training rows): the default recipe on
+  the CPU on ``--cpu-threads`` threads against the large-batch recipe on the training device
+  (the GPU when there is one, else the CPU): samples/s, test AUC and calibration of each, the
+  quality gap against the parity thresholds, and the time each needs to reach the CPU model's
+  best validation logloss.
+- On a GPU only: float32 / TF32 / bf16 step throughput at the GPU batch, then the GPU recipe on
+  data sized for the GPU (tens of millions of rows), its samples/s against the CPU's above.
+- int8 vs fp32 onnxruntime rows/s at batch 1 and 256 on ONE thread, with file sizes and the AUC
+  delta.
+
+The onnx models are timed in alternating short rounds and each reports its median: on a shared
 CPU, timing one model after the other measures the neighbours' load as much as the model.
 int8 speed depends on the CPU's integer dot-product instructions, so they are printed too.
 """
@@ -17,6 +25,7 @@ import argparse
 import sys
 import tempfile
 import time
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +42,26 @@ from mlref.features.compute import TABLES, TIMESTAMP, snapshots  # noqa: E402
 from mlref.features.transform import (  # noqa: E402
     REQUEST_COLUMNS,
     STAT_COLUMNS,
+    FeatureSpec,
     build_spec,
     fill_defaults,
 )
-from mlref.settings import DataSettings, Settings, TrainSettings  # noqa: E402
+from mlref.settings import DataSettings, ParitySettings, Settings, TrainSettings  # noqa: E402
 from mlref.training.export import export_onnx, quantize_int8  # noqa: E402
+from mlref.training.loader import Batches  # noqa: E402
+from mlref.training.model import CTRModel  # noqa: E402
 from mlref.training.parity import check_parity  # noqa: E402
-from mlref.training.train import TrainingSets, encode, train  # noqa: E402
+from mlref.training.train import (  # noqa: E402
+    Tensors,
+    TrainingSets,
+    TrainResult,
+    encode,
+    optimizer_and_schedule,
+    precision_scope,
+    recipe,
+    step,
+    train,
+)
 
 ROUNDS = 11  # alternating rounds per batch size; the median of each model is reported
 SECONDS_PER_ROUND = 0.3
@@ -104,41 +126,131 @@ def rows_per_second(
     return [float(np.median(rate)) for rate in rates]
 
 
+PROBE_STEPS = 200  # timed optimizer steps per precision, after as many warm-up steps
+
+
+def data(rows_per_day: int, days: int, work: Path) -> tuple[Settings, TrainingSets]:
+    settings = Settings(work_dir=work, data=DataSettings(days=days, rows_per_day=rows_per_day))
+    sets = training_sets(settings)
+    print(
+        f"data: train {len(sets.train):,} / val {len(sets.val):,} / test {len(sets.test):,} "
+        f"rows, CTR {sets.train['clicked'].mean():.4f}"
+    )
+    return settings, sets
+
+
+def show(name: str, result: TrainResult) -> None:
+    test, plan = result.metrics["test"], result.recipe
+    print(
+        f"{name} on {result.device} ({result.precision}, batch {plan.batch_size:,}, "
+        f"lr {plan.learning_rate:.3g}, warm-up {plan.warmup_steps}, "
+        f"{'resident' if result.resident else 'streamed'}): "
+        f"{result.samples_per_s:,.0f} samples/s, {len(result.history)} epochs, "
+        f"test AUC {test.auc:.4f}, logloss {test.logloss:.5f}, calibration {test.calibration:.3f}"
+    )
+
+
+def seconds_to_reach(result: TrainResult, target: float) -> float:
+    """Training seconds (evaluation excluded) until an epoch's val logloss is <= ``target``."""
+    rows, elapsed = result.metrics["train"].rows, 0.0
+    for record in result.history:
+        elapsed += rows / record.samples_per_s
+        if record.val_logloss <= target:
+            return elapsed
+    return float("inf")
+
+
+def compare(base: TrainResult, other: TrainResult, parity: ParitySettings) -> None:
+    """The large-batch model against the default one, on the int8 gate's margins: AUC drop,
+    logloss rise, and the gap in mean prediction (calibration) against ``mean_abs_diff``."""
+    a, b = base.metrics["test"], other.metrics["test"]
+    auc_drop, logloss_rise = a.auc - b.auc, b.logloss - a.logloss
+    mean_gap = abs(b.mean_predicted - a.mean_predicted)
+    passed = (
+        auc_drop <= parity.max_auc_drop
+        and logloss_rise <= parity.max_logloss_increase
+        and mean_gap <= parity.mean_abs_diff
+    )
+    print(
+        f"large-batch vs default: AUC drop {auc_drop:+.4f} (max {parity.max_auc_drop}), "
+        f"logloss rise {logloss_rise:+.5f} (max {parity.max_logloss_increase}), "
+        f"mean prediction gap {mean_gap:.4f} (max {parity.mean_abs_diff}; calibration "
+        f"{b.calibration:.3f} vs {a.calibration:.3f}): {'PASS' if passed else 'FAIL'}"
+    )
+    target = min(record.val_logloss for record in base.history)
+    cpu, device = seconds_to_reach(base, target), seconds_to_reach(other, target)
+    reached = f"{device:.2f} s, {cpu / device:.1f}x" if device < float("inf") else "not reached"
+    print(
+        f"training time to the default model's best val logloss {target:.5f}: "
+        f"default {cpu:.2f} s, large-batch {reached}"
+    )
+
+
+def precision_probe(
+    train_set: Tensors, spec: FeatureSpec, settings: TrainSettings, device: torch.device
+) -> None:
+    """Training samples/s at the GPU batch in each precision (the data's content is irrelevant)."""
+    rates = {}
+    for precision in ("float32", "tf32", "bfloat16"):
+        torch.manual_seed(settings.seed)
+        model = CTRModel(
+            spec, settings, np.zeros(len(spec.numeric)), np.ones(len(spec.numeric)), 0.05
+        ).to(device)
+        plan = recipe(settings.model_copy(update={"large_batch": "on"}), device, 2**62)
+        batches = Batches(
+            (train_set.cat, train_set.num, train_set.labels), plan.batch_size, device, 0
+        )
+        optimizer, schedule = optimizer_and_schedule(model, plan, settings)
+        epochs = chain.from_iterable(repeat(batches))  # a fresh permutation each pass
+        with precision_scope(device, precision) as amp:
+            for batch in islice(epochs, PROBE_STEPS):  # warm-up: kernels, allocator, cuBLAS
+                step(model, batch, optimizer, schedule, amp)
+            torch.cuda.synchronize()
+            rows, started = 0, time.perf_counter()
+            for batch in islice(epochs, PROBE_STEPS):
+                step(model, batch, optimizer, schedule, amp)
+                rows += len(batch[-1])
+            torch.cuda.synchronize()
+        rates[precision] = rows / (time.perf_counter() - started)
+    print(
+        f"precision at batch {plan.batch_size:,} on {torch.cuda.get_device_name()}: "
+        + ", ".join(f"{name} {rate:,.0f} samples/s" for name, rate in rates.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=5)
-    parser.add_argument("--rows-per-day", type=int, default=60_000)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--days", type=int, default=6, help="day 1 warm-up, 3 train, val, test")
+    parser.add_argument("--rows-per-day", type=int, default=100_000, help="CPU-sized data")
+    parser.add_argument("--gpu-rows-per-day", type=int, default=4_000_000, help="GPU-sized data")
+    parser.add_argument("--epochs", type=int, default=TrainSettings().epochs)
+    parser.add_argument("--cpu-threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.cpu_threads)
+    gpu = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            work_dir=Path(tmp), data=DataSettings(days=args.days, rows_per_day=args.rows_per_day)
-        )
+        settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "cpu")
         spec = build_spec(settings.features)
-        sets = training_sets(settings)
-        print(
-            f"data: train {len(sets.train):,} / val {len(sets.val):,} / test {len(sets.test):,} "
-            f"rows, CTR {sets.train['clicked'].mean():.4f}"
-        )
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        results = {}
-        for device in devices:
-            train_settings = TrainSettings(epochs=args.epochs, device=device, patience=args.epochs)
-            results[device] = train(sets, spec, train_settings)
-            result = results[device]
+        base = TrainSettings(epochs=args.epochs, device="cpu")
+        default = train(sets, spec, base)
+        show(f"default recipe ({args.cpu_threads} CPU threads)", default)
+        large = base.model_copy(update={"device": "auto", "large_batch": "on"})
+        same_data = train(sets, spec, large)
+        show("large-batch recipe", same_data)
+        compare(default, same_data, settings.parity)
+        if gpu:
+            precision_probe(encode(sets.train, spec), spec, large, torch.device("cuda"))
+            _, big = data(args.gpu_rows_per_day, args.days, Path(tmp) / "gpu")
+            scaled = train(big, spec, large)
+            show("GPU recipe at GPU size", scaled)
             print(
-                f"train {device} ({result.precision}, {torch.get_num_threads()} CPU threads): "
-                f"{result.samples_per_s:,.0f} samples/s, test AUC {result.metrics['test'].auc:.4f}"
-                f", calibration {result.metrics['test'].calibration:.3f}"
+                f"train cuda / cpu ({args.cpu_threads} threads): "
+                f"{scaled.samples_per_s / default.samples_per_s:.1f}x samples/s"
             )
-        if "cuda" in results:
-            ratio = results["cuda"].samples_per_s / results["cpu"].samples_per_s
-            print(f"train cuda / cpu: {ratio:.1f}x samples/s")
         else:
             print("train cuda: GPU not available (torch.cuda.is_available() is False)")
 
-        model = results["cpu"].model
+        model = default.model
         fp32 = export_onnx(model, spec, Path(tmp) / "model.onnx")
         test = encode(sets.test, spec)
         cat, num = test.cat.numpy(), test.num.numpy()

@@ -120,6 +120,46 @@ class TrainSettings(Section):
     )
     test_days: int = Field(1, ge=1)
     val_days: int = Field(1, ge=1)
+    large_batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="The large-batch recipe (batch_size_gpu, lr_scaling, warmup_steps). auto: on "
+        "CUDA only, where batches of batch_size leave the GPU idle; on: on the CPU too (to check "
+        "its quality there); off: batch_size and learning_rate everywhere.",
+    )
+    batch_size_gpu: int = Field(
+        65_536,
+        ge=1,
+        description="Large-batch recipe: the batch, capped so an epoch still takes "
+        "min_steps_per_epoch steps and never below batch_size.",
+    )
+    min_steps_per_epoch: int = Field(
+        128, ge=1, description="Large-batch recipe: an epoch of a handful of steps learns little."
+    )
+    lr_scaling: Literal["none", "sqrt", "linear"] = Field(
+        "sqrt",
+        description="Large-batch recipe: learning_rate (tuned at batch_size) times "
+        "(batch / batch_size) ** 0.5 or ** 1. sqrt suits AdamW, whose step size does not grow "
+        "with the gradient's scale as SGD's does.",
+    )
+    warmup_steps: int = Field(
+        50,
+        ge=0,
+        description="Large-batch recipe: steps over which the rate ramps linearly from "
+        "learning_rate to the scaled rate (the first steps' statistics are the noisiest).",
+    )
+    precision: Literal["float32", "tf32", "bfloat16"] = Field(
+        "float32",
+        description="CUDA math, chosen by measurement (bench/training.py prints all three): "
+        "this model's layers are too narrow for bf16 autocast's casts to pay. The CPU always "
+        "trains in float32.",
+    )
+    device_memory_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of free GPU memory the training set may take; a larger set streams "
+        "from host memory in chunks (0: always stream).",
+    )
 
 
 class ParitySettings(Section):

@@ -1,7 +1,10 @@
 """The training loop: same code on CPU and CUDA, seeded, early-stopped on validation logloss.
 
 Inputs are built with the shared :func:`mlref.features.transform.transform`, so the model
-trains on exactly the tensors serving will feed it.
+trains on exactly the tensors serving will feed it. On CUDA the training set is resident on the
+GPU (:mod:`mlref.training.loader`) and the large-batch recipe applies: batches of 1,024 rows
+leave a GPU idle on this model, so the batch grows and the learning rate with it, after a
+warm-up. The CPU keeps ``batch_size`` and ``learning_rate``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from mlref.console import console, progress
 from mlref.features.transform import FeatureSpec, transform
 from mlref.settings import TrainSettings
+from mlref.training.loader import Batches, memory_budget
 from mlref.training.metrics import SplitMetrics, evaluate
 from mlref.training.model import CTRModel
 
@@ -77,6 +80,8 @@ class TrainResult:
     stopped_early: bool
     device: str
     precision: str
+    recipe: Recipe
+    resident: bool
     metrics: dict[str, SplitMetrics] = field(default_factory=dict)
 
     @property
@@ -100,11 +105,73 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cuda")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where supported (no loss scaling needed), else fp16 with a GradScaler; CPU: fp32."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+@dataclass(frozen=True)
+class Recipe:
+    """The batch and learning-rate schedule one run trains with."""
+
+    batch_size: int
+    learning_rate: float  # the peak, reached after ``warmup_steps``
+    warmup_steps: int
+
+
+def recipe(settings: TrainSettings, device: torch.device, rows: int) -> Recipe:
+    """``batch_size``/``learning_rate``, or the large-batch recipe (on CUDA unless set).
+
+    Large batch: ``batch_size_gpu`` capped at ``rows / min_steps_per_epoch`` (an epoch of a
+    handful of steps learns little), the rate scaled by ``lr_scaling`` from the one tuned at
+    ``batch_size`` and reached by a linear warm-up from it.
+    """
+    large = settings.large_batch == "on" or (
+        settings.large_batch == "auto" and device.type == "cuda"
+    )
+    batch = settings.batch_size
+    if large:
+        batch = max(batch, min(settings.batch_size_gpu, rows // settings.min_steps_per_epoch))
+    if batch == settings.batch_size:
+        return Recipe(batch, settings.learning_rate, 0)
+    power = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[settings.lr_scaling]
+    peak = settings.learning_rate * (batch / settings.batch_size) ** power
+    return Recipe(batch, peak, settings.warmup_steps)
+
+
+def optimizer_and_schedule(
+    model: nn.Module, plan: Recipe, settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW at the recipe's peak rate, ramped linearly from ``settings.learning_rate`` over
+    the warm-up steps (step the schedule once per batch)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=plan.learning_rate, weight_decay=settings.weight_decay
+    )
+    start = settings.learning_rate / plan.learning_rate
+
+    def factor(step: int) -> float:
+        if step >= plan.warmup_steps:
+            return 1.0
+        return start + (1 - start) * step / plan.warmup_steps
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextmanager
+def precision_scope(device: torch.device, precision: str) -> Iterator[torch.dtype | None]:
+    """Matmul precision for training only; yields the autocast dtype (None: plain fp32)."""
+    if device.type != "cuda" or precision == "float32":
+        yield None
+        return
+    if precision == "bfloat16":
+        if not torch.cuda.is_bf16_supported():
+            raise RuntimeError(
+                "train.precision=bfloat16 but this GPU has no bf16; set MLREF_TRAIN__PRECISION="
+                "float32"
+            )
+        yield torch.bfloat16
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
+    try:
+        yield None
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @contextmanager
@@ -124,23 +191,23 @@ def predict(model: CTRModel, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray
     model.eval()
     device = next(model.parameters()).device
     parts = [
-        model(cat[i : i + EVAL_BATCH].to(device), num[i : i + EVAL_BATCH].to(device)).float().cpu()
+        model(cat[i : i + EVAL_BATCH].to(device), num[i : i + EVAL_BATCH].to(device)).float()
         for i in range(0, len(cat), EVAL_BATCH)
-    ]
-    return torch.cat(parts).numpy() if parts else np.empty(0, dtype=np.float32)
+    ]  # one device-to-host copy at the end, not one sync per batch
+    return torch.cat(parts).cpu().numpy() if parts else np.empty(0, dtype=np.float32)
 
 
 def train(sets: TrainingSets, spec: FeatureSpec, settings: TrainSettings) -> TrainResult:
     """Train a :class:`CTRModel` and evaluate it on every split."""
     device = resolve_device(settings.device)
-    amp = autocast_dtype(device)
     data = {name: encode(getattr(sets, name), spec) for name in ("train", "val", "test")}
     for name, split in data.items():
         if len(split) == 0:
             raise ValueError(f"the {name} split is empty: generate or select more days")
     train_set = data["train"]
+    plan = recipe(settings, device, len(train_set))
     torch.manual_seed(settings.seed)
-    with _deterministic(device.type == "cpu"):
+    with _deterministic(device.type == "cpu"), precision_scope(device, settings.precision) as amp:
         num = train_set.num.double()
         model = CTRModel(
             spec,
@@ -149,7 +216,19 @@ def train(sets: TrainingSets, spec: FeatureSpec, settings: TrainSettings) -> Tra
             num_std=num.std(0).numpy(),
             base_rate=float(train_set.labels.mean()),
         ).to(device)
-        history = _fit(model, train_set, data["val"], settings, device, amp)
+        batches = Batches(
+            (train_set.cat, train_set.num, train_set.labels),
+            plan.batch_size,
+            device,
+            settings.seed,
+            memory_budget(device, settings.device_memory_fraction),
+        )
+        console.print(
+            f"training on {device}: batch {plan.batch_size:,}, learning rate "
+            f"{plan.learning_rate:.3g} (warm-up {plan.warmup_steps} steps), training set "
+            f"{'resident' if batches.resident else 'streamed in chunks'}"
+        )
+        history = _fit(model, batches, data["val"], plan, settings, amp)
         best = min(history, key=lambda record: record.val_logloss)
         metrics = {
             name: evaluate(split.labels.numpy(), predict(model, split.cat, split.num))
@@ -161,57 +240,57 @@ def train(sets: TrainingSets, spec: FeatureSpec, settings: TrainSettings) -> Tra
         best_epoch=best.epoch,
         stopped_early=len(history) < settings.epochs,
         device=str(device),
-        precision=str(amp).removeprefix("torch.") if amp else "float32",
+        precision=settings.precision if device.type == "cuda" else "float32",
+        recipe=plan,
+        resident=batches.resident,
         metrics=metrics,
     )
 
 
+def step(
+    model: CTRModel,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    amp: torch.dtype | None,
+) -> torch.Tensor:
+    """One optimizer step on ``(cat, num, labels)``; returns the batch's mean loss, on the
+    device (reading it would sync the GPU every step)."""
+    cat, num, labels = batch
+    with torch.autocast(cat.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            model.logits(cat, num).float(), labels
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return loss.detach()
+
+
 def _fit(
     model: CTRModel,
-    train_set: Tensors,
+    batches: Batches,
     val: Tensors,
+    plan: Recipe,
     settings: TrainSettings,
-    device: torch.device,
     amp: torch.dtype | None,
 ) -> list[EpochRecord]:
     """Epochs until ``patience`` epochs bring no val logloss gain; leaves the best weights in."""
-    dataset = TensorDataset(train_set.cat, train_set.num, train_set.labels)
-    order = RandomSampler(dataset, generator=torch.Generator().manual_seed(settings.seed))
-    # Whole batches are sliced from the tensors at once; per-row collation would dominate.
-    loader = DataLoader(
-        dataset,
-        sampler=BatchSampler(order, settings.batch_size, drop_last=False),
-        batch_size=None,
-        pin_memory=device.type == "cuda",
-    )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
-    loss_fn = nn.BCEWithLogitsLoss()
+    device = batches.device
+    optimizer, schedule = optimizer_and_schedule(model, plan, settings)
     history: list[EpochRecord] = []
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     with progress() as bar:
-        task = bar.add_task("training", total=settings.epochs * len(loader))
+        task = bar.add_task("training", total=settings.epochs * len(batches))
         for epoch in range(1, settings.epochs + 1):
             bar.update(task, description=f"epoch {epoch}/{settings.epochs}")
             model.train()
             total, started = torch.zeros((), device=device), time.perf_counter()
-            for cat, num, labels in loader:
-                cat = cat.to(device, non_blocking=True)
-                num = num.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                with torch.autocast(
-                    device.type, dtype=amp or torch.float32, enabled=amp is not None
-                ):
-                    loss = loss_fn(model.logits(cat, num).float(), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total += loss.detach() * len(labels)
+            for batch in batches:
+                total += step(model, batch, optimizer, schedule, amp) * len(batch[-1])
                 bar.advance(task)
-            train_loss = float(total) / len(train_set)  # one device sync per epoch
+            train_loss = float(total) / batches.rows  # one device sync per epoch
             seconds = time.perf_counter() - started
             scores = evaluate(val.labels.numpy(), predict(model, val.cat, val.num))
             record = EpochRecord(
@@ -219,7 +298,7 @@ def _fit(
                 train_logloss=train_loss,
                 val_logloss=scores.logloss,
                 val_auc=scores.auc,
-                samples_per_s=len(train_set) / seconds,
+                samples_per_s=batches.rows / seconds,
             )
             history.append(record)
             console.print(
