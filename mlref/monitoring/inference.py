@@ -41,10 +41,14 @@ def read_inference_log(
 
 
 def write_labels(settings: Settings, labels: pd.DataFrame, name: str) -> None:
-    """Store observed clicks (``request_id``, ``clicked``) as ``labels_dir/<name>.parquet``."""
+    """Store observed clicks (``request_id``, ``clicked``) as ``labels_dir/<name>.parquet``,
+    atomically: a reader (the canary analysis) never sees half a file. The partial file's
+    leading dot hides it from Arrow's dataset discovery."""
     settings.labels_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(labels[["request_id", LABEL]], LABEL_SCHEMA, preserve_index=False)
-    pq.write_table(table, settings.labels_dir / f"{name}.parquet")
+    partial = settings.labels_dir / f".{name}.parquet.partial"
+    pq.write_table(table, partial)
+    partial.replace(settings.labels_dir / f"{name}.parquet")
 
 
 def read_labels(settings: Settings) -> pd.DataFrame:
