@@ -1,5 +1,9 @@
 # The one mlref image: pipeline components, transformer, predictor, CronJobs and the MLflow
-# server all run from it. CPU torch by default; --build-arg TORCH_INDEX=cu128 (a PyTorch CUDA index) for CUDA.
+# server all run from it. CPU torch by default (kind, CPU clusters). For a GPU cluster build
+# the CUDA variant from a PyTorch CUDA index, whose wheels bring the CUDA libraries (the node
+# needs the NVIDIA driver and device plugin), tag it <version>-cuda and install the chart with
+# helm/mlref/values-gpu.yaml, which also makes the training step ask for nvidia.com/gpu:
+#   docker build --build-arg TORCH_INDEX=cu128 -t ghcr.io/mlref/mlref:0.1.0-cuda .
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -22,7 +22,14 @@ $(TOOLS)/bin/checkov:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet checkov==3.3.30
 
-tools: $(TOOLS)/bin/checkov
+# KServe's storage initializer (kserve-storage) runs in its own image in a cluster, and its
+# pins clash with kfp's: the cluster tests run it from its own venv, as that container.
+STORAGE_INITIALIZER := $(VENV)/storage-initializer
+$(STORAGE_INITIALIZER)/bin/python:
+	$(PYTHON) -m venv $(STORAGE_INITIALIZER)
+	$(STORAGE_INITIALIZER)/bin/python -m pip install --quiet kserve-storage==0.21.0
+
+tools: $(TOOLS)/bin/checkov $(STORAGE_INITIALIZER)/bin/python
 
 demo: install
 	$(BIN)/mlref demo

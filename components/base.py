@@ -12,5 +12,6 @@ from kfp import dsl
 from mlref.settings import get_settings
 
 
-def component(func: Callable) -> dsl.base_component.BaseComponent:
-    return dsl.component(base_image=get_settings().image, install_kfp_package=False)(func)
+def component(func: Callable, image: str = "") -> dsl.base_component.BaseComponent:
+    """``func`` as a component of the project image (``image`` for one that needs another)."""
+    return dsl.component(base_image=image or get_settings().image, install_kfp_package=False)(func)

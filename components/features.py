@@ -11,7 +11,7 @@ from mlref.components.base import component
 
 @component
 def features_op(
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple(
     "FeaturesOutputs",
     [("user_rows", int), ("ad_rows", int), ("users", int), ("ads", int), ("last_snapshot", str)],
@@ -20,7 +20,7 @@ def features_op(
     from mlref.features import store
     from mlref.settings import load_settings
 
-    result = store.compute_and_materialize(load_settings(settings_json))
+    result = store.compute_and_materialize(load_settings(overrides))
     return (
         result.rows["user_stats"],
         result.rows["ad_stats"],

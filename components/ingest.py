@@ -11,16 +11,16 @@ from mlref.components.base import component
 def ingest_op(
     source: str,
     metrics: Output[Metrics],
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple(
     "IngestOutputs",
-    [("rows_in", int), ("rows_curated", int), ("rows_quarantined", int), ("curated_dir", str)],
+    [("rows_in", int), ("rows_curated", int), ("rows_quarantined", int), ("curated_uri", str)],
 ):
     """Ingest ``source``; the counts are outputs too because local runs never save Metrics."""
     from mlref.data.ingest import ingest
     from mlref.settings import load_settings
 
-    settings = load_settings(settings_json)
+    settings = load_settings(overrides)
     result = ingest(source, settings)
     counts = {
         "rows_in": result.rows_in,
@@ -29,4 +29,4 @@ def ingest_op(
     }
     for name, value in counts.items():
         metrics.log_metric(name, value)
-    return (*counts.values(), str(settings.curated_dir.resolve()))
+    return (*counts.values(), settings.curated_uri)

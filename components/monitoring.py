@@ -19,7 +19,7 @@ def drift_check_op(
     until: str = "",
     source: str = "",
     trigger: bool = True,
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple("DriftOutputs", [("decision", str), ("reason", str), ("action", str)]):
     """Compare the inference log over the window (ISO bounds; empty: the last window_hours)
     with the champion's reference; on a retrain decision submit the training pipeline."""
@@ -31,7 +31,7 @@ def drift_check_op(
     from mlref.monitoring.trigger import trigger as act
     from mlref.settings import load_settings
 
-    settings = load_settings(settings_json)
+    settings = load_settings(overrides)
     result = run_check(
         settings,
         datetime.fromisoformat(since) if since else None,

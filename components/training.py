@@ -4,12 +4,14 @@ Each body only parses its inputs and calls one plain function of
 :mod:`mlref.training.workflow`; the heavy lifting is tested there, not here.
 """
 
+from functools import partial
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
 from mlref.components.base import component
+from mlref.settings import get_settings
 
 
 @component
@@ -17,7 +19,7 @@ def training_set_op(
     sets: Output[dsl.Dataset],
     start_date: str = "",
     end_date: str = "",
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple("TrainingSetOutputs", [("train_rows", int), ("feast_dropped", int)]):
     """Point-in-time join of curated impressions with Feast features, split by day."""
     from pathlib import Path
@@ -26,19 +28,20 @@ def training_set_op(
     from mlref.training import workflow
 
     report = workflow.make_training_set(
-        load_settings(settings_json), Path(sets.path), start_date, end_date
+        load_settings(overrides), Path(sets.path), start_date, end_date
     )
     sets.metadata.update({"rows": report.rows, "data_version": report.data_version})
     return (report.rows["train"], report.feast_dropped)
 
 
-@component
+# The training pod's image: the CUDA build where the cluster has GPUs.
+@partial(component, image=get_settings().train.cluster_image)
 def train_op(
     sets: Input[dsl.Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
     epochs: int = 0,
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple("TrainOutputs", [("val_auc", float), ("test_auc", float)]):
     """Train the CTR model (GPU when the pod has one); epochs 0 keeps the settings' value."""
     from pathlib import Path
@@ -46,7 +49,7 @@ def train_op(
     from mlref.settings import load_settings
     from mlref.training import workflow
 
-    settings = load_settings(settings_json)
+    settings = load_settings(overrides)
     if epochs:
         settings.train.epochs = epochs
     result = workflow.fit(settings, Path(sets.path), Path(model.path))
@@ -60,7 +63,7 @@ def export_op(
     sets: Input[dsl.Dataset],
     model: Input[Model],
     onnx_model: Output[Model],
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple("ExportOutputs", [("int8_auc_drop", float), ("max_abs_diff", float)]):
     """Export to ONNX, quantize to int8 and fail the run unless the parity gate passes."""
     from pathlib import Path
@@ -69,7 +72,7 @@ def export_op(
     from mlref.training import workflow
 
     report = workflow.export_and_gate(
-        load_settings(settings_json), Path(model.path), Path(sets.path), Path(onnx_model.path)
+        load_settings(overrides), Path(model.path), Path(sets.path), Path(onnx_model.path)
     )
     return (report.auc_drop, report.max_abs_diff)
 
@@ -79,7 +82,7 @@ def register_op(
     sets: Input[dsl.Dataset],
     model: Input[Model],
     onnx_model: Input[Model],
-    settings_json: str = "",
+    overrides: str = "",
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("champion", str), ("reason", str)]):
     """Log the run to MLflow, register the int8 model as challenger, promote if it wins."""
     from pathlib import Path
@@ -88,7 +91,7 @@ def register_op(
     from mlref.training import workflow
 
     decision = workflow.register(
-        load_settings(settings_json), Path(model.path), Path(onnx_model.path), Path(sets.path)
+        load_settings(overrides), Path(model.path), Path(onnx_model.path), Path(sets.path)
     )
     champion = decision.version if decision.promoted else decision.champion_before
     return (str(decision.version), str(champion), decision.reason)

@@ -7,6 +7,7 @@ run inside this folder finds them too. The data paths come from the settings eit
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
@@ -22,11 +23,16 @@ ENTITY_NAMES = {"user_id": "user", "ad_id": "ad"}
 
 
 def _view(settings: Settings, table: EntityTable, entity: Entity) -> FeatureView:
+    path = table_uri(settings, table)
+    # Feast reads S3 with pyarrow, which takes no endpoint from the environment: pass the
+    # one the object-store Secret gives every S3 client (MinIO, moto, ...).
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") if path.startswith("s3://") else None
     source = FileSource(
         name=f"{table.name}_source",
-        path=table_uri(settings, table),
+        path=path,
         timestamp_field=TIMESTAMP,
         created_timestamp_column=CREATED,
+        s3_endpoint_override=endpoint,
     )
     return FeatureView(
         name=table.name,

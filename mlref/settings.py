@@ -8,6 +8,7 @@ Local mode needs no configuration at all: every path lives under ``work_dir``.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,22 @@ DEFAULT_CONFIG_FILE = "mlref.yaml"
 
 class Section(BaseModel):
     model_config = {"extra": "forbid"}
+
+
+class StorageSettings(Section):
+    """Where the data every step shares lives: work_dir locally, object storage in a cluster.
+
+    Pipeline steps, CronJobs and servers run in separate pods with nothing on disk in common,
+    so in cluster mode everything one of them writes for another goes under ``root``.
+    """
+
+    root: str = Field(
+        "",
+        description="Shared data root, any fsspec URI (cluster: s3://mlref). Empty: work_dir.",
+    )
+    raw_uri: str = Field(
+        "", description="Raw click logs that retraining ingests; empty: <root>/data/raw."
+    )
 
 
 class DataSettings(Section):
@@ -74,7 +91,7 @@ class FeatureSettings(Section):
         "localhost:6379", description="Online store in cluster mode (host:port[,options])."
     )
     offline_uri: str = Field(
-        "", description="Offline data root in cluster mode (any fsspec URI, e.g. s3://...)."
+        "", description="Registry and offline data root in cluster mode; empty: <root>/features."
     )
 
 
@@ -93,7 +110,14 @@ class TrainSettings(Section):
     patience: int = Field(2, ge=1, description="Epochs without val logloss gain before stopping.")
     seed: int = 7
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    use_gpu_in_cluster: bool = Field(True, description="Request nvidia.com/gpu for training pods.")
+    use_gpu_in_cluster: bool = Field(
+        False,
+        description="Request nvidia.com/gpu for the training pod (compile time); a cluster "
+        "without GPUs would leave it Pending, so only GPU clusters turn it on.",
+    )
+    cluster_image: str = Field(
+        "", description="Image of the training pod; empty: `image`. GPU clusters: the CUDA build."
+    )
     test_days: int = Field(1, ge=1)
     val_days: int = Field(1, ge=1)
 
@@ -269,6 +293,11 @@ class DriftSettings(Section):
         0.05, gt=0, lt=1, description="Significance of that rise (one-sided z-test)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
+    label_maturity_hours: float = Field(
+        1.0,
+        ge=0,
+        description="How long after serving a request without a click counts as no click.",
+    )
 
 
 class DemoSettings(Section):
@@ -324,6 +353,7 @@ class Settings(BaseSettings):
     image: str = Field(
         "ghcr.io/mlref/mlref:0.1.0", description="The one image every component and server runs."
     )
+    storage: StorageSettings = StorageSettings()
     data: DataSettings = DataSettings()
     ingest: IngestSettings = IngestSettings()
     features: FeatureSettings = FeatureSettings()
@@ -352,7 +382,53 @@ class Settings(BaseSettings):
             YamlConfigSettingsSource(settings_cls, yaml_file=config_file()),
         )
 
-    # Derived locations: one place decides where each artefact lives.
+    @model_validator(mode="after")
+    def _cluster_has_storage(self) -> Settings:
+        if self.mode == "cluster" and not self.storage.root:
+            raise ValueError(
+                "mode is cluster but storage.root is empty: pods share no disk, so set "
+                "MLREF_STORAGE__ROOT to the object store (e.g. s3://mlref)"
+            )
+        return self
+
+    # Derived locations: one place decides where each artefact lives. The *_dir paths are
+    # this process's own disk; the *_uri locations are shared with other steps and pods.
+    @property
+    def data_root(self) -> str:
+        return self.storage.root.rstrip("/") or str(self.work_dir.resolve())
+
+    def shared(self, relative: str) -> str:
+        """The shared location ``relative`` under the data root (a path or an fsspec URI)."""
+        return f"{self.data_root}/{relative}"
+
+    @property
+    def raw_uri(self) -> str:
+        return self.storage.raw_uri or self.shared("data/raw")
+
+    @property
+    def curated_uri(self) -> str:
+        return self.shared("data/curated")
+
+    @property
+    def quarantine_uri(self) -> str:
+        return self.shared("data/quarantine")
+
+    @property
+    def labels_uri(self) -> str:
+        return self.shared("labels")
+
+    @property
+    def feature_store_uri(self) -> str:
+        """Feast's registry and offline data: feature_dir locally, shared storage in a cluster."""
+        if self.mode == "cluster":
+            return self.features.offline_uri.rstrip("/") or self.shared("features")
+        return str(self.feature_dir.resolve())
+
+    @property
+    def models_uri(self) -> str:
+        """Served model files, ``<models_uri>/<name>/<version>/``: what storageUri points at."""
+        return self.shared("models")
+
     @property
     def raw_dir(self) -> Path:
         return self.work_dir / "data" / "raw"
@@ -380,7 +456,7 @@ class Settings(BaseSettings):
     @property
     def inference_log_uri(self) -> str:
         """Where the transformer logs and the drift job and canary analysis read."""
-        return self.serving.log_uri or str(self.inference_log_dir)
+        return self.serving.log_uri or self.shared("inference_log")
 
     @property
     def canary_dir(self) -> Path:
@@ -389,10 +465,6 @@ class Settings(BaseSettings):
     @property
     def drift_dir(self) -> Path:
         return self.work_dir / "drift"
-
-    @property
-    def labels_dir(self) -> Path:
-        return self.work_dir / "labels"
 
     @property
     def tracking_uri(self) -> str:
@@ -423,10 +495,11 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def load_settings(settings_json: str = "") -> Settings:
-    """Settings passed into a kfp component as JSON, or the environment's when empty.
-
-    Pipelines pass the submitting process's settings explicitly so a run records and
-    reproduces exactly what it was given.
-    """
-    return Settings.model_validate_json(settings_json) if settings_json else get_settings()
+def load_settings(overrides: str = "") -> Settings:
+    """A kfp component's settings: its pod's own (from the environment, which the cluster's
+    ConfigMap and Secret fill), with the run's ``overrides`` (JSON, any subset of the fields)
+    on top. A local run passes every field of its settings; a cluster run only what the
+    submitter set on purpose, so the cluster, not a laptop, says where things live."""
+    if not overrides:
+        return get_settings()
+    return Settings(**json.loads(overrides))

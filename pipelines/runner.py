@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from mlref.settings import Settings
 
@@ -27,16 +30,37 @@ def compile_pipeline(path: Path = COMPILED) -> Path:
 
 
 def pipeline_arguments(
-    settings: Settings, source: str, start_date: str = "", end_date: str = "", epochs: int = 0
+    source: str,
+    start_date: str = "",
+    end_date: str = "",
+    epochs: int = 0,
+    overrides: dict | None = None,
 ) -> dict:
-    """The run's parameters; the settings travel with the run so it records what it used."""
+    """The run's parameters. ``overrides`` (settings fields, nested like the YAML config)
+    replace the steps' own settings; in a cluster those come from the cluster itself."""
     return {
         "source": source,
         "start_date": start_date,
         "end_date": end_date,
         "epochs": epochs,
-        "settings_json": settings.model_dump_json(),
+        "overrides": json.dumps(overrides) if overrides else "",
     }
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``section.field=value`` pairs (as `--set` takes them) as nested settings fields."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SubmitError(f"--set {pair!r}: expected section.field=value")
+        *sections, field = key.split(".")
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[field] = yaml.safe_load(value)
+    Settings(**overrides)  # refuse unknown fields and bad values before submitting
+    return overrides
 
 
 @dataclass
@@ -47,14 +71,15 @@ class LocalRun:
 
 
 def run_local(settings: Settings, arguments: dict) -> LocalRun:
-    """Run every step with kfp's SubprocessRunner in this interpreter's environment."""
+    """Run every step with kfp's SubprocessRunner in this interpreter's environment; the
+    steps get all of ``settings`` (over anything ``arguments`` overrides)."""
     from kfp import local
 
     from mlref.pipelines.training import training_pipeline
 
     root = (settings.work_dir / "kfp").resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    task = training_pipeline(**arguments)
+    task = training_pipeline(**{**arguments, "overrides": settings.model_dump_json()})
     return LocalRun(champion=str(task.output), pipeline_root=root, state="SUCCEEDED")
 
 

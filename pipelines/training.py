@@ -2,9 +2,15 @@
 
 Compiled to ``training_pipeline.yaml`` beside this file (kept in git; a test fails when it
 is stale), run locally by kfp's SubprocessRunner, or submitted to Kubeflow Pipelines.
+
+Steps share data only through what a cluster shares: the curated log, Feast's stores and
+MLflow (locations from settings), and kfp artifacts, which Kubeflow keeps in the pipeline
+root on object storage. Every pod takes its settings and object-store credentials from the
+cluster: ConfigMap ``mlref-settings`` and Secret ``mlref-object-store`` in the pipeline's
+namespace (``kfp-kubernetes``; kfp's local runner ignores this platform config).
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from mlref.components.features import features_op
 from mlref.components.ingest import ingest_op
@@ -12,6 +18,28 @@ from mlref.components.training import export_op, register_op, train_op, training
 from mlref.settings import get_settings
 
 PIPELINE_NAME = "mlref-training"
+SETTINGS_CONFIG_MAP = "mlref-settings"
+OBJECT_STORE_SECRET = "mlref-object-store"
+# What a step needs to find the shared services; the ConfigMap must hold every key.
+POD_SETTINGS = (
+    "MLREF_MODE",
+    "MLREF_WORK_DIR",
+    "MLREF_IMAGE",
+    "MLREF_STORAGE__ROOT",
+    "MLREF_FEATURES__REDIS_CONNECTION",
+    "MLREF_REGISTRY__TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_S3_ENDPOINT_URL",
+)
+POD_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def from_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Give ``task``'s pod the cluster's settings and object-store credentials as env."""
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in POD_SETTINGS})
+    kubernetes.use_secret_as_env(task, OBJECT_STORE_SECRET, {k: k for k in POD_SECRETS})
+    return task
 
 
 @dsl.pipeline(
@@ -23,24 +51,29 @@ def training_pipeline(
     start_date: str = "",
     end_date: str = "",
     epochs: int = 0,
-    settings_json: str = "",
+    overrides: str = "",
 ) -> str:
-    """``source`` is the raw log location (path or fsspec URI); empty dates mean all data."""
-    ingest = ingest_op(source=source, settings_json=settings_json)
-    features = features_op(settings_json=settings_json).after(ingest)
-    sets = training_set_op(
-        start_date=start_date, end_date=end_date, settings_json=settings_json
-    ).after(features)
-    train = train_op(sets=sets.outputs["sets"], epochs=epochs, settings_json=settings_json)
+    """``source`` is the raw log location (path or fsspec URI); empty dates mean all data;
+    ``overrides`` is JSON of settings fields that replace the pods' own."""
+    ingest = from_cluster(ingest_op(source=source, overrides=overrides))
+    features = from_cluster(features_op(overrides=overrides).after(ingest))
+    sets = from_cluster(
+        training_set_op(start_date=start_date, end_date=end_date, overrides=overrides).after(
+            features
+        )
+    )
+    train = from_cluster(train_op(sets=sets.outputs["sets"], epochs=epochs, overrides=overrides))
     if get_settings().train.use_gpu_in_cluster:
         train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    export = export_op(
-        sets=sets.outputs["sets"], model=train.outputs["model"], settings_json=settings_json
+    export = from_cluster(
+        export_op(sets=sets.outputs["sets"], model=train.outputs["model"], overrides=overrides)
     )
-    register = register_op(
-        sets=sets.outputs["sets"],
-        model=train.outputs["model"],
-        onnx_model=export.outputs["onnx_model"],
-        settings_json=settings_json,
+    register = from_cluster(
+        register_op(
+            sets=sets.outputs["sets"],
+            model=train.outputs["model"],
+            onnx_model=export.outputs["onnx_model"],
+            overrides=overrides,
+        )
     )
     return register.outputs["champion"]

@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# A local mlref cluster on kind: cert-manager, KServe (Serverless with Knative, or Standard
-# with --standard), standalone Kubeflow Pipelines, the mlref image and Helm chart, then one
-# training run. Every step is idempotent: re-running converges instead of failing.
-# Needs: docker, kind, kubectl, helm, openssl. Walkthrough: docs/cluster.md.
+# A local mlref cluster on kind: cert-manager, KServe v0.21 (Knative mode with Knative Serving
+# and Kourier, or Standard mode with --standard), standalone Kubeflow Pipelines, the mlref
+# image and Helm chart, then one training run. Every step is idempotent: re-running converges
+# instead of failing. CRDs are installed and Established before anything that uses them.
+# Needs: docker, kind, kubectl, helm (3.8+ or 4, for OCI charts), openssl.
+# Walkthrough: docs/cluster.md.
 set -euo pipefail
 
 CLUSTER="${MLREF_KIND_CLUSTER:-mlref}"
 NAMESPACE="${MLREF_NAMESPACE:-mlref}"
 KIND_NODE_IMAGE="kindest/node:v1.33.1"
-CERT_MANAGER_VERSION="v1.16.2"
-KNATIVE_VERSION="knative-v1.17.0"
-KSERVE_VERSION="v0.15.2"
+# The versions KServe v0.21's own installer uses (hack/setup/quick-install).
+CERT_MANAGER_VERSION="v1.17.0"
+KNATIVE_VERSION="knative-v1.21.1"
+KOURIER_VERSION="knative-v1.21.0"
+# One KServe everywhere: the Python SDK (constraints.txt kserve==0.21.0), the CRDs the
+# manifests are verified against, and the controller installed here.
+KSERVE_VERSION="v0.21.0"
+KSERVE_CHARTS="oci://ghcr.io/kserve/charts"
 KFP_VERSION="2.4.1"
-IMAGE="${MLREF_IMAGE:-ghcr.io/mlref/mlref:0.1.0}"
-MODE="Serverless"
+# kind.local: Knative does not resolve this registry's tags to digests, which would fail for
+# an image that exists only on the kind node (config-deployment's default skip list).
+IMAGE_TAG="${MLREF_IMAGE_TAG:-0.1.0}"
+IMAGE="kind.local/mlref:${IMAGE_TAG}"
+MODE="Knative"
 
 usage() {
-  echo "usage: $0 [--standard]   (--standard: KServe Standard/RawDeployment mode, no Knative)"
+  echo "usage: $0 [--standard]   (--standard: KServe Standard mode, no Knative)"
 }
 
 for arg in "$@"; do
@@ -29,49 +39,66 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 step() { printf '\n==> %s\n' "$*"; }
+established() { kubectl wait --for condition=established --timeout=120s "$@"; }
 
 for tool in docker kind kubectl helm openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: install it first (docs/cluster.md)" >&2; exit 1; }
 done
 
-step "1/8 kind cluster ${CLUSTER}"
+step "1/9 kind cluster ${CLUSTER}"
 if ! kind get clusters | grep -qx "$CLUSTER"; then
   kind create cluster --name "$CLUSTER" --image "$KIND_NODE_IMAGE" --wait 120s
 fi
 kubectl config use-context "kind-${CLUSTER}"
 
-step "2/8 cert-manager ${CERT_MANAGER_VERSION}"
+step "2/9 cert-manager ${CERT_MANAGER_VERSION}"
 kubectl apply -f "https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
 kubectl -n cert-manager rollout status deploy/cert-manager-webhook --timeout=300s
 
-step "3/8 KServe ${KSERVE_VERSION} (${MODE})"
-if [[ "$MODE" == "Serverless" ]]; then
+if [[ "$MODE" == "Knative" ]]; then
+  step "3/9 Knative Serving ${KNATIVE_VERSION} + Kourier ${KOURIER_VERSION}"
   kubectl apply -f "https://github.com/knative/serving/releases/download/${KNATIVE_VERSION}/serving-crds.yaml"
+  established crd -l knative.dev/crd-install=true
   kubectl apply -f "https://github.com/knative/serving/releases/download/${KNATIVE_VERSION}/serving-core.yaml"
-  kubectl apply -f "https://github.com/knative/net-kourier/releases/download/${KNATIVE_VERSION}/kourier.yaml"
-  kubectl patch configmap/config-network -n knative-serving --type merge \
-    -p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
-  kubectl -n knative-serving rollout status deploy/controller --timeout=300s
+  # config-features (the pod securityContext the serving pods set) and Kourier as ingress:
+  # server-side apply merges these keys into Knative's own ConfigMaps.
+  kubectl apply --server-side --force-conflicts -f "$ROOT/manifests/cluster/knative-serving.yaml"
+  kubectl apply -f "https://github.com/knative/net-kourier/releases/download/${KOURIER_VERSION}/kourier.yaml"
+  for deployment in controller webhook; do
+    kubectl -n knative-serving rollout status "deploy/${deployment}" --timeout=300s
+  done
+  kubectl -n kourier-system rollout status deploy/3scale-kourier-gateway --timeout=300s
+else
+  step "3/9 Standard mode: no Knative"
 fi
-kubectl apply --server-side --force-conflicts \
-  -f "https://github.com/kserve/kserve/releases/download/${KSERVE_VERSION}/kserve.yaml"
-kubectl -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
-kubectl apply --server-side --force-conflicts \
-  -f "https://github.com/kserve/kserve/releases/download/${KSERVE_VERSION}/kserve-cluster-resources.yaml"
-kubectl patch configmap/inferenceservice-config -n kserve --type merge \
-  -p "{\"data\":{\"deploy\":\"{\\\"defaultDeploymentMode\\\":\\\"${MODE}\\\"}\"}}"
 
-step "4/8 Kubeflow Pipelines ${KFP_VERSION} (standalone)"
+step "4/9 KServe ${KSERVE_VERSION} (${MODE})"
+helm upgrade --install kserve-crd "${KSERVE_CHARTS}/kserve-crd" --version "$KSERVE_VERSION" \
+  --namespace kserve --create-namespace --wait
+established crd/inferenceservices.serving.kserve.io crd/servingruntimes.serving.kserve.io
+# Kourier is not Istio: no VirtualService (ingress.disableIstioVirtualHost). Standard mode on
+# kind has no ingress controller either: reach the transformer's Service directly.
+KSERVE_SETTINGS=(--set "kserve.controller.deploymentMode=${MODE}")
+if [[ "$MODE" == "Knative" ]]; then
+  KSERVE_SETTINGS+=(--set kserve.controller.gateway.disableIstioVirtualHost=true)
+else
+  KSERVE_SETTINGS+=(--set kserve.controller.gateway.disableIngressCreation=true)
+fi
+helm upgrade --install kserve "${KSERVE_CHARTS}/kserve-resources" --version "$KSERVE_VERSION" \
+  --namespace kserve --wait "${KSERVE_SETTINGS[@]}"
+kubectl -n kserve rollout status deploy/kserve-controller-manager --timeout=300s
+
+step "5/9 Kubeflow Pipelines ${KFP_VERSION} (standalone)"
 kubectl apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=${KFP_VERSION}"
-kubectl wait --for condition=established --timeout=120s crd/applications.app.k8s.io
+established crd/applications.app.k8s.io
 kubectl apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}"
 kubectl -n kubeflow rollout status deploy/ml-pipeline --timeout=600s
 
-step "5/8 image ${IMAGE}"
-docker build -t "$IMAGE" "$ROOT"
+step "6/9 image ${IMAGE}"
+docker build --build-arg TORCH_INDEX=cpu -t "$IMAGE" "$ROOT"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-step "6/8 namespace and secrets"
+step "7/9 namespace and secrets"
 kubectl apply -f "$ROOT/manifests/base/namespace.yaml"
 if ! kubectl -n "$NAMESPACE" get secret mlref-postgres >/dev/null 2>&1; then
   kubectl -n "$NAMESPACE" create secret generic mlref-postgres \
@@ -83,19 +110,25 @@ if ! kubectl -n "$NAMESPACE" get secret mlref-object-store >/dev/null 2>&1; then
     --from-literal=AWS_ACCESS_KEY_ID="mlref-$(openssl rand -hex 4)" \
     --from-literal=AWS_SECRET_ACCESS_KEY="$(openssl rand -hex 24)"
 fi
+# KServe's storage initializer reads the S3 endpoint from the Secret's annotations.
+kubectl -n "$NAMESPACE" annotate secret mlref-object-store --overwrite \
+  "serving.kserve.io/s3-endpoint=minio.${NAMESPACE}.svc:9000" \
+  serving.kserve.io/s3-usehttps=0 \
+  serving.kserve.io/s3-region=us-east-1
 
-step "7/8 Helm chart"
+step "8/9 Helm chart"
 helm upgrade --install mlref "$ROOT/helm/mlref" --namespace "$NAMESPACE" \
   -f "$ROOT/helm/mlref/values-kind.yaml" \
+  --set "image.tag=${IMAGE_TAG}" \
   --set "serving.deploymentMode=${MODE}" --wait --timeout 10m
 
-step "8/8 training pipeline"
+step "9/9 training pipeline"
 kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 &
 FORWARD_PID=$!
 trap 'kill "$FORWARD_PID" 2>/dev/null || true' EXIT
 sleep 3
 MLREF_MODE=cluster MLREF_PIPELINE__HOST=http://127.0.0.1:8080 MLREF_IMAGE="$IMAGE" \
-  mlref pipeline submit
+  MLREF_TRAIN__USE_GPU_IN_CLUSTER=false mlref pipeline submit
 
 URL="$(kubectl -n "$NAMESPACE" get isvc ctr -o jsonpath='{.status.url}' 2>/dev/null || true)"
 echo

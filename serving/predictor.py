@@ -31,6 +31,7 @@ from mlref.serving.requests import (
     parse_v2_inputs,
 )
 from mlref.settings import Settings
+from mlref.training.publish import published_version
 
 REGISTRY_SCHEME = "models:/"
 
@@ -53,7 +54,7 @@ def resolve(settings: Settings, uri: str) -> ResolvedModel:
             _onnx_file(Path(resolve_model(settings, pinned))), str(version.version)
         )
     path = _onnx_file(Path(uri))
-    return ResolvedModel(path, file_version(path))
+    return ResolvedModel(path, published_version(path) or file_version(path))
 
 
 def _onnx_file(path: Path) -> Path:

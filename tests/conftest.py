@@ -232,3 +232,21 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus Pushgateway on 127.0.0.1; yields its URL."""
+    from tests.servers import Server, find_binary, free_port
+
+    binary = find_binary("prometheus-pushgateway", "prometheus-pushgateway")
+    port = free_port()
+    base = tmp_path_factory.mktemp("pushgateway")
+    server = Server(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"], port, base / "pushgateway.log"
+    )
+    try:
+        server.wait_ready()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

@@ -50,7 +50,7 @@ def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
     """(what storageUri holds, registry version) for a model URI.
 
     A ``models:/`` alias is pinned to its version (an alias may move during the rollout);
-    in cluster mode the version becomes its artifact storage URI, which KServe can fetch.
+    in cluster mode the version becomes its published folder, which KServe can fetch.
     Anything else (a path, s3://...) is used as it is.
     """
     if not uri.startswith(MODELS_SCHEME):
@@ -60,9 +60,9 @@ def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
     version = registered_version(settings, uri)
     number = str(version.version)
     if settings.mode == "cluster":
-        from mlref.training.tracking import client
+        from mlref.training.publish import served_uri
 
-        return client(settings).get_model_version_download_uri(version.name, number), number
+        return served_uri(settings, number), number
     return f"{MODELS_SCHEME}{version.name}/{number}", number
 
 

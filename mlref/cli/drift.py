@@ -20,7 +20,7 @@ def check(
     until: str = typer.Option("", help="Window end (ISO); default: the start of this hour."),
     out: Path = typer.Option(None, help="Report folder; default: drift_dir/reports/<until>."),
     model_uri: str = typer.Option("", help="Reference model; default: the champion."),
-    source: str = typer.Option("", help="Raw click logs a retraining ingests; default: raw_dir."),
+    source: str = typer.Option("", help="Raw click logs a retraining ingests; default: raw_uri."),
     trigger: bool = typer.Option(
         True, "--trigger/--no-trigger", help="Submit the retraining a retrain decision asks for."
     ),
@@ -32,6 +32,7 @@ def check(
     """
     from mlref.monitoring.check import run_check
     from mlref.monitoring.trigger import trigger as act
+    from mlref.pipelines.runner import SubmitError
     from mlref.settings import get_settings
 
     settings = get_settings()
@@ -46,7 +47,11 @@ def check(
     except (LookupError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    outcome = act(settings, result, source, dry_run=not trigger)
+    try:
+        outcome = act(settings, result, source, dry_run=not trigger)
+    except SubmitError as exc:  # recorded in the decision log; the next run tries again
+        console.print(f"[red]error:[/red] retraining not submitted: {exc}")
+        raise typer.Exit(1) from exc
     if result.drift is not None:
         table = Table("column", "method", "score", "threshold", "drifted", title="drift")
         for column in (*result.drift.columns, result.drift.prediction):
@@ -68,5 +73,33 @@ def check(
             "report": result.report or "-",
             "summary": result.summary,
             "decision log": settings.drift_dir / "decisions.jsonl",
+        },
+    )
+
+
+@app.command("labels")
+def labels(
+    source: str = typer.Option("", help="Click logs to take labels from; default: raw_uri."),
+) -> None:
+    """Label served requests from the click logs: a click at once, no click after the
+    maturity window (drift.label_maturity_hours). Run it before each drift check."""
+    from mlref.monitoring.labels import collect
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    try:
+        result = collect(settings, source)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    summary(
+        "labels",
+        {
+            "served requests in window": result.served,
+            "labelled before": result.already,
+            "clicked": result.clicked,
+            "not clicked (matured)": result.not_clicked,
+            "waiting for maturity": result.waiting,
+            "written": f"{settings.labels_uri}/{result.name}.parquet" if result.name else "-",
         },
     )

@@ -53,39 +53,65 @@ def render(
 
 @app.command()
 def verify(
+    paths: list[Path] = typer.Argument(
+        None,
+        help="Your own kustomize directories and chart values files to verify instead of the "
+        "repo's overlays and value sets.",
+        show_default=False,
+    ),
     crd_dir: Path | None = typer.Option(
         None, help="Directory of CRD YAML (default: ../shared/crds beside the repo)."
     ),
     k8s_version: str = typer.Option("", help="Kubernetes version (default: settings)."),
+    knative_config: Path | None = typer.Option(
+        None,
+        help="YAML with Knative's config-features ConfigMap the cluster runs "
+        "(default: manifests/cluster/knative-serving.yaml, what scripts/kind-up.sh applies).",
+    ),
+    api_versions: list[str] = typer.Option(
+        [],
+        "--api-versions",
+        help="With values files: APIs the cluster serves beyond Kubernetes' own, as for "
+        "helm --api-versions (e.g. monitoring.coreos.com/v1).",
+    ),
     skip_security: bool = typer.Option(
         False, "--skip-security", help="Skip checkov (container hardening is still checked)."
     ),
 ) -> None:
-    """Render every overlay and chart value set, and check schemas, security, structure."""
+    """Render every overlay and chart value set (or PATHs), check schemas, security, structure."""
     from rich.console import Console
     from rich.table import Table
 
     from mlref.k8s.checkov import CheckovMissing
-    from mlref.k8s.render import RenderError, render_all, repo_root
+    from mlref.k8s.knative import load_features
+    from mlref.k8s.render import RenderError, render_all, render_paths, repo_root
     from mlref.k8s.schemas import SchemaSetupError, Validator
     from mlref.k8s.verify import verify as run_verify
     from mlref.settings import get_settings
 
     settings = get_settings()
+    namespace = settings.cluster.namespace
     try:
         root = repo_root()
         validator = Validator(
             crd_dir or root.parent / "shared" / "crds",
             k8s_version or settings.cluster.kubernetes_version,
         )
-        forms = render_all(root, settings.cluster.namespace)
+        features_file = knative_config or root / "manifests" / "cluster" / "knative-serving.yaml"
+        if not features_file.is_file():
+            raise _fail(f"no Knative config at {features_file}: pass --knative-config")
+        if paths:
+            forms = render_paths(root, paths, namespace, api_versions)
+        else:
+            forms = render_all(root, namespace)
         report = run_verify(
             forms,
             validator,
             settings.image,
-            root / "pipelines",
+            None if paths else root / "pipelines",
             security_scan=not skip_security,
             model_name=settings.serving.model_name,
+            knative_features=load_features(features_file),
         )
     except (RenderError, SchemaSetupError, CheckovMissing) as exc:
         raise _fail(str(exc)) from None

@@ -42,9 +42,7 @@ def run(
         console.print("[red]error:[/red] use `mlref pipeline submit --host URL` for a cluster")
         raise typer.Exit(1)
     settings = get_settings()
-    arguments = pipeline_arguments(
-        settings, source or str(settings.raw_dir.resolve()), start_date, end_date, epochs
-    )
+    arguments = pipeline_arguments(source or settings.raw_uri, start_date, end_date, epochs)
     try:
         result = run_local(settings, arguments)
     except RuntimeError as exc:
@@ -55,7 +53,7 @@ def run(
         {
             "champion version": result.champion,
             "step artifacts": result.pipeline_root,
-            "curated data": settings.curated_dir,
+            "curated data": settings.curated_uri,
             "features": settings.feature_dir,
             "tracking": settings.tracking_uri,
         },
@@ -70,15 +68,24 @@ def submit(
     start_date: str = typer.Option("", help="First day to train on (ISO date)."),
     end_date: str = typer.Option("", help="Last day to train on (ISO date)."),
     epochs: int = typer.Option(0, help="Training epochs; 0 keeps the settings' value."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="A setting for this run's steps, e.g. train.batch_size=4096 (repeatable); the "
+        "rest come from the cluster's ConfigMap mlref-settings.",
+    ),
 ) -> None:
-    """Submit the training pipeline to a Kubeflow Pipelines endpoint with kfp.Client."""
-    from mlref.pipelines.runner import SubmitError, pipeline_arguments
+    """Submit the training pipeline to a Kubeflow Pipelines endpoint with kfp.Client.
+
+    The steps take their settings from the cluster, not from this machine."""
+    from mlref.pipelines.runner import SubmitError, parse_overrides, pipeline_arguments
     from mlref.pipelines.runner import submit as submit_run
     from mlref.settings import get_settings
 
     settings = get_settings()
-    arguments = pipeline_arguments(settings, source, start_date, end_date, epochs)
     try:
+        overrides = parse_overrides(set_)
+        arguments = pipeline_arguments(source, start_date, end_date, epochs, overrides)
         run_id = submit_run(settings, arguments, host or None, schedule or None)
     except SubmitError as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -1,18 +1,18 @@
 """Ingestion: raw click logs in, curated and quarantined Parquet out, nothing lost.
 
 Each input file becomes one part file per day, ``part-<hash>.parquet`` where the hash covers
-the file's location and content, in ``curated_dir/date=YYYY-MM-DD/`` (valid rows, exactly
-RAW_SCHEMA) and ``quarantine_dir/date=.../`` (every other row, original values as text, all
-its reasons, file and row). Re-ingesting a file rewrites the same parts, so reruns are
-idempotent. Everything is written to a staging directory first and moved into place only
-when every file has been read, so a failure leaves the datasets as they were.
+the file's location and content, in ``curated_uri/date=YYYY-MM-DD/`` (valid rows, exactly
+RAW_SCHEMA) and ``quarantine_uri/date=.../`` (every other row, original values as text, all
+its reasons, file and row). Both are shared storage (object storage in a cluster), since
+the steps that read them run in other pods. Re-ingesting a file rewrites the same parts, so
+reruns are idempotent. Everything is written to a local staging directory first and
+published only when every file has been read, so a failure leaves the datasets as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import time
 import uuid
@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mlref import storage
 from mlref.data.validate import UNKNOWN_DATE, Checked, as_mask, check, partitions, reasons
 from mlref.schema import RAW_COLUMNS, RAW_SCHEMA
 from mlref.settings import Settings
@@ -96,7 +97,7 @@ def ingest(
     now = now or datetime.now(UTC)
     fs, sources = find_sources(source)
     own_parts = {s.part for s in sources}
-    taken = RequestIds(settings.curated_dir, own_parts)
+    taken = RequestIds(settings.curated_uri, own_parts)
     result = IngestResult(files=[s.uri for s in sources])
     counts: Counter[str] = Counter()
     with Staging(settings) as staging:
@@ -233,8 +234,8 @@ class RequestIds:
     curated``) or curated by an earlier row of this ingestion (``request_id: duplicate``).
     """
 
-    def __init__(self, curated_dir: Path, own_parts: set[str]) -> None:
-        self.curated_dir = curated_dir
+    def __init__(self, curated_uri: str, own_parts: set[str]) -> None:
+        self.curated_uri = curated_uri
         self.own_parts = own_parts  # rewritten by this ingestion, so not "earlier"
         self.before: dict[str, pa.Array] = {}
         self.now: list[pa.Array] = [pa.array([], pa.string())]
@@ -261,21 +262,22 @@ class RequestIds:
 
     def _before(self, date: str) -> pa.Array:
         if date not in self.before:
-            parts = sorted((self.curated_dir / f"date={date}").glob("part-*.parquet"))
+            fs, _ = storage.filesystem(self.curated_uri)
+            parts = storage.parquet_files(self.curated_uri, f"date={date}/part-*.parquet")
             ids = [
-                pq.read_table(p, columns=["request_id"]).column(0).combine_chunks()
+                pq.read_table(p, columns=["request_id"], filesystem=fs).column(0).combine_chunks()
                 for p in parts
-                if p.name not in self.own_parts
+                if PurePosixPath(p).name not in self.own_parts
             ]
             self.before[date] = pa.concat_arrays([pa.array([], pa.string()), *ids])
         return self.before[date]
 
 
 class Staging:
-    """Part files written under a private directory, moved into the datasets on commit."""
+    """Part files written under a private local directory, published to the datasets on commit."""
 
     def __init__(self, settings: Settings) -> None:
-        self.root = settings.curated_dir.parent / ".staging" / uuid.uuid4().hex
+        self.root = settings.work_dir.resolve() / "staging" / uuid.uuid4().hex
         self.writers: dict[Path, pq.ParquetWriter] = {}
 
     def __enter__(self) -> Staging:
@@ -302,16 +304,16 @@ class Staging:
         self.writers.clear()
 
     def commit(self, settings: Settings, own_parts: set[str]) -> list[str]:
-        """Move staged parts into place, drop stale parts of the same sources; partitions."""
-        targets = {CURATED: settings.curated_dir, QUARANTINE: settings.quarantine_dir}
-        written: set[Path] = set()
+        """Publish staged parts, drop stale parts of the same sources; partitions written."""
+        targets = {CURATED: settings.curated_uri, QUARANTINE: settings.quarantine_uri}
+        written: set[str] = set()
         for kind, target in targets.items():
+            fs, root = storage.filesystem(target)
             for staged in sorted((self.root / kind).glob("date=*/part-*.parquet")):
-                dest = target / staged.relative_to(self.root / kind)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, dest)
-                written.add(dest)
-            for old in target.glob("date=*/part-*.parquet"):
-                if old.name in own_parts and old not in written:
-                    old.unlink()
-        return sorted({str(p.parent) for p in written})
+                relative = staged.relative_to(self.root / kind).as_posix()
+                storage.publish(staged, f"{target}/{relative}")
+                written.add(f"{root}/{relative}")
+            for old in storage.parquet_files(target, "date=*/part-*.parquet"):
+                if PurePosixPath(old).name in own_parts and old not in written:
+                    fs.rm(old)
+        return sorted({fs_path.rsplit("/", 1)[0] for fs_path in written})

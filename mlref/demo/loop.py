@@ -220,7 +220,7 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         with steps.step("training pipeline (kfp local runner)") as out:
             console.print(f"pipeline logs: {demo_dir(settings) / PIPELINE_LOG}")
             with output_to(demo_dir(settings) / PIPELINE_LOG):
-                run = run_local(settings, pipeline_arguments(settings, raw_source))
+                run = run_local(settings, pipeline_arguments(raw_source))
             out["text"] = f"champion v{run.champion}"
         progress.save("champion", run.champion)
     champion = str(progress["champion"])

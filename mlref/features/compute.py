@@ -12,15 +12,15 @@ The log is scanned once in record batches with only the columns needed, and redu
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import fsspec
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
 
+from mlref import storage
 from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
 from mlref.settings import Settings
 
@@ -50,22 +50,15 @@ TABLES = (
 
 
 def table_uri(settings: Settings, table: EntityTable) -> str:
-    """Where a snapshot table lives: feature_dir locally, the offline URI in cluster mode."""
-    if settings.mode == "cluster":
-        if not settings.features.offline_uri:
-            raise ValueError(
-                "cluster mode needs an offline store: set MLREF_FEATURES__OFFLINE_URI "
-                "(e.g. s3://bucket/offline)"
-            )
-        return f"{settings.features.offline_uri.rstrip('/')}/{table.name}.parquet"
-    return str((settings.feature_dir / f"{table.name}.parquet").resolve())
+    """Where a snapshot table lives: beside Feast's registry (``settings.feature_store_uri``)."""
+    return f"{settings.feature_store_uri}/{table.name}.parquet"
 
 
-def daily_counts(curated_dir: Path, batch_rows: int) -> dict[str, pd.DataFrame]:
+def daily_counts(curated_uri: str, batch_rows: int) -> dict[str, pd.DataFrame]:
     """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
-    if not curated_dir.is_dir() or not any(curated_dir.rglob("*.parquet")):
-        raise NoCuratedDataError(f"{curated_dir}: no curated data; run `mlref ingest run` first")
-    dataset = ds.dataset(curated_dir, format="parquet", partitioning="hive")
+    if not storage.parquet_files(curated_uri):
+        raise NoCuratedDataError(f"{curated_uri}: no curated data; run `mlref ingest run` first")
+    dataset = storage.dataset(curated_uri, partitioning="hive")
     keys = [table.key for table in TABLES]
     partials: dict[str, list[pd.DataFrame]] = {key: [] for key in keys}
     for batch in dataset.to_batches(columns=[TIMESTAMP, *keys, "clicked"], batch_size=batch_rows):
@@ -137,7 +130,7 @@ class ComputeResult:
 
 def compute_tables(settings: Settings) -> ComputeResult:
     """Compute both snapshot tables from the curated log and write them as Parquet."""
-    counts = daily_counts(settings.curated_dir, settings.data.chunk_rows)
+    counts = daily_counts(settings.curated_uri, settings.data.chunk_rows)
     rows, entities, uris, stamps = {}, {}, {}, []
     for table in TABLES:
         frame = snapshots(
@@ -148,7 +141,7 @@ def compute_tables(settings: Settings) -> ComputeResult:
         )
         uri = table_uri(settings, table)
         fs, path = fsspec.core.url_to_fs(uri)
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as out:
             frame.to_parquet(out, index=False)
         rows[table.name] = len(frame)

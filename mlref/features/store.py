@@ -3,7 +3,7 @@
 Local mode keeps the registry and a SQLite online store under ``feature_dir`` and reads the
 snapshot Parquet through Feast's file offline store. Cluster mode differs only in where things
 live: Redis online (``features.redis_connection``) and registry + offline data under
-``features.offline_uri`` (any fsspec URI, e.g. ``s3://...``). The same code runs both.
+``settings.feature_store_uri`` (object storage). The same code runs both.
 """
 
 from __future__ import annotations
@@ -32,12 +32,7 @@ STEPS = 3  # reported through compute_and_materialize(on_step=...)
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast configuration for ``settings.mode``."""
     if settings.mode == "cluster":
-        root = settings.features.offline_uri.rstrip("/")
-        if not root:
-            raise ValueError(
-                "cluster mode needs MLREF_FEATURES__OFFLINE_URI (registry and offline data root)"
-            )
-        registry = f"{root}/registry.db"
+        registry = f"{settings.feature_store_uri}/registry.db"
         online = {"type": "redis", "connection_string": settings.features.redis_connection}
     else:
         local = settings.feature_dir.resolve()

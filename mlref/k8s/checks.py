@@ -14,14 +14,17 @@ import yaml
 from mlref.k8s.workloads import containers, pod_spec
 
 Problem = tuple[str, str]
+# APIs a cluster serves only with an add-on installed, and the add-on.
+OPTIONAL_APIS = {"monitoring.coreos.com/v1": "the Prometheus Operator"}
 
 REQUIRED_SECURITY = {
     "runAsNonRoot": True,
     "readOnlyRootFilesystem": True,
     "allowPrivilegeEscalation": False,
 }
-STANDARD_MODES = {"RawDeployment", "Standard"}
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+# Annotation values that mean Standard mode (RawDeployment: the name before KServe v0.15).
+STANDARD_MODES = {"RawDeployment", "Standard"}
 
 
 def image_problem(image: str | None) -> str | None:
@@ -70,29 +73,60 @@ def container_problems(obj: dict[str, Any]) -> list[Problem]:
 
 
 def canary_problems(obj: dict[str, Any]) -> list[Problem]:
-    """Each deployment mode has its own canary API, and KServe ignores the other one:
-    canaryTrafficPercent needs Serverless (Knative revisions), spec.canary needs Standard."""
+    """KServe v0.21's canary rules. Each deployment mode has its own canary API and KServe
+    ignores the other one (canaryTrafficPercent: Knative revisions, ksvc_reconciler.go;
+    spec.canary: Standard only); the webhook refuses autoscaling fields on a canary, which
+    runs fixed replicas (inference_service_validation.go, validateCanarySpecs)."""
+    from mlref.k8s.kserve import KNATIVE, STANDARD, KServeSpecError, deployment_mode
+
     if obj.get("kind") != "InferenceService":
         return []
-    mode = ((obj.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE)
+    try:
+        mode = deployment_mode(obj)
+    except KServeSpecError as exc:
+        return [(f"metadata.annotations.{DEPLOYMENT_MODE}", str(exc))]
     spec = obj.get("spec") or {}
-    if mode in STANDARD_MODES and "canaryTrafficPercent" in (spec.get("predictor") or {}):
-        return [
+    predictor = spec.get("predictor") or {}
+    canaries = spec.get("canary") or []
+    problems: list[Problem] = []
+    if mode == STANDARD and "canaryTrafficPercent" in predictor:
+        problems.append(
             (
                 "spec.predictor.canaryTrafficPercent",
-                f"is ignored by KServe when {DEPLOYMENT_MODE} is {mode}: use spec.canary "
-                "(trafficPercent) in Standard mode, or Serverless mode",
+                f"is ignored by KServe in {STANDARD} mode: use spec.canary (trafficPercent) "
+                f"in {STANDARD} mode, or {KNATIVE} mode",
             )
-        ]
-    if mode == "Serverless" and spec.get("canary"):
-        return [
+        )
+    if mode == KNATIVE and canaries:
+        problems.append(
             (
                 "spec.canary",
-                f"is Standard mode's canary API, not served when {DEPLOYMENT_MODE} is "
-                "Serverless: use spec.predictor.canaryTrafficPercent, or Standard mode",
+                f"is {STANDARD} mode's canary API; the webhook refuses it in {KNATIVE} mode: "
+                f"use spec.predictor.canaryTrafficPercent, or {STANDARD} mode",
             )
-        ]
-    return []
+        )
+    stable_min = predictor.get("minReplicas", 1)
+    total = 0
+    for i, canary in enumerate(canaries):
+        path, candidate = f"spec.canary.{i}", canary.get("predictor") or {}
+        total += canary.get("trafficPercent", 0)
+        if not candidate.get("name") or candidate.get("name") == predictor.get("name"):
+            problems.append((f"{path}.predictor.name", "must be set and differ from the stable's"))
+        for key in ("maxReplicas", "scaleTarget", "scaleMetric", "autoScaling", "workerSpec"):
+            if key in candidate:
+                problems.append(
+                    (
+                        f"{path}.predictor.{key}",
+                        "is refused by the webhook: canaries run fixed replicas",
+                    )
+                )
+        if candidate.get("minReplicas", 0) > stable_min:
+            problems.append(
+                (f"{path}.predictor.minReplicas", f"exceeds the stable's minReplicas {stable_min}")
+            )
+    if total > 100:
+        problems.append(("spec.canary", f"trafficPercent values sum to {total}, more than 100"))
+    return problems
 
 
 class CliArgsError(ValueError):
@@ -171,6 +205,73 @@ def launch_problems(
     return {key: value for key, value in found.items() if value}
 
 
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against one label set."""
+    if not _labels_match(selector.get("matchLabels") or {}, labels):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = set(expression.get("values") or [])
+        present = key in labels
+        matched = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def service_monitor_problems(
+    objects: list[dict[str, Any]],
+) -> dict[tuple[str, str], list[Problem]]:
+    """A ServiceMonitor naming an InferenceService scrapes each of its serving containers
+    through exactly one Service, in Knative and in Standard mode alike (KServe and Knative
+    label those Services differently: mlref/k8s/kserve.py ``services``)."""
+    from mlref.k8s.kserve import KNATIVE, STANDARD, launches, services
+
+    isvcs = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "InferenceService"}
+    found: dict[tuple[str, str], list[Problem]] = {}
+    for monitor in objects:
+        if monitor.get("kind") != "ServiceMonitor":
+            continue
+        selector = (monitor.get("spec") or {}).get("selector") or {}
+        isvc = isvcs.get(
+            (selector.get("matchLabels") or {}).get("serving.kserve.io/inferenceservice")
+        )
+        if isvc is None:
+            continue
+        ports = {e.get("port") for e in monitor["spec"].get("endpoints") or []}
+        problems = []
+        for mode in (KNATIVE, STANDARD):
+            annotations = {**(isvc["metadata"].get("annotations") or {}), DEPLOYMENT_MODE: mode}
+            variant = {**isvc, "metadata": {**isvc["metadata"], "annotations": annotations}}
+            if mode == KNATIVE:
+                variant = {
+                    **variant,
+                    "spec": {k: v for k, v in isvc["spec"].items() if k != "canary"},
+                }
+            for started in launches(variant, objects):
+                scraped = [
+                    s
+                    for s in services(variant, started)
+                    if selects(selector, s["labels"]) and ports & set(s["ports"])
+                ]
+                if len(scraped) != 1:
+                    problems.append(
+                        (
+                            "spec.selector",
+                            f"scrapes {started.component} in {mode} mode through "
+                            f"{len(scraped)} Services, not 1",
+                        )
+                    )
+        if problems:
+            found[("ServiceMonitor", monitor["metadata"]["name"])] = problems
+    return found
+
+
 def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
@@ -201,13 +302,89 @@ def selector_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], li
     return found
 
 
-def image_problems(obj: dict[str, Any], image: str) -> list[Problem]:
-    """mlref's own containers run exactly settings.image (the one the pipelines name too)."""
-    repository = image.rsplit(":", 1)[0]
+S3_ANNOTATION_PREFIX = "serving.kserve.io/s3-"
+HELM_HOOK = "helm.sh/hook"
+
+
+def s3_annotation_problems(obj: dict[str, Any]) -> list[Problem]:
+    """KServe reads the S3 endpoint annotations from the Secret, not the ServiceAccount
+    (kserve pkg/credentials/s3/s3_secret.go BuildSecretEnvs reads secret.Annotations)."""
+    if obj.get("kind") != "ServiceAccount":
+        return []
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return [
+        (
+            f"metadata.annotations.{key}",
+            "is ignored on a ServiceAccount: KServe reads it from the Secret the account "
+            "lists (kubectl annotate secret ...)",
+        )
+        for key in sorted(annotations)
+        if key.startswith(S3_ANNOTATION_PREFIX)
+    ]
+
+
+def helm_wait_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
+    """`helm install --wait` waits for each release PersistentVolumeClaim to be Bound (helm
+    pkg/kube/ready.go in v3, kstatus in v4); WaitForFirstConsumer storage binds a claim only
+    for a pod that mounts it, and a CronJob's pods start on schedule. Hooks are not waited on."""
+    mounted: set[str] = set()
+    for obj in objects:
+        found = pod_spec(obj)
+        if found is None or obj["kind"] == "CronJob":
+            continue
+        for volume in found[1].get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim:
+                mounted.add(claim)
+    problems: dict[tuple[str, str], list[Problem]] = {}
+    for obj in objects:
+        metadata = obj.get("metadata") or {}
+        if obj.get("kind") != "PersistentVolumeClaim" or HELM_HOOK in (
+            metadata.get("annotations") or {}
+        ):
+            continue
+        if metadata.get("name") not in mounted:
+            problems[("PersistentVolumeClaim", metadata.get("name", "?"))] = [
+                (
+                    "metadata",
+                    "no pod mounts it at install, so `helm install --wait` waits forever on "
+                    "WaitForFirstConsumer storage: make it a pre-install hook",
+                )
+            ]
+    return problems
+
+
+def optional_api_problems(obj: dict[str, Any], available: set[str]) -> list[Problem]:
+    """A chart rendered for a cluster without an optional API must not use it: Helm stops with
+    'no matches for kind' (monitoring.coreos.com/v1 needs the Prometheus Operator)."""
+    api = obj.get("apiVersion", "")
+    if api in OPTIONAL_APIS and api not in available:
+        return [
+            (
+                "apiVersion",
+                f"{api} is not served by a cluster without {OPTIONAL_APIS[api]}: render it only "
+                f'when .Capabilities.APIVersions.Has "{api}"',
+            )
+        ]
+    return []
+
+
+def settings_image(objects: list[dict[str, Any]]) -> str | None:
+    """The image a form's settings ConfigMap names (MLREF_IMAGE), if it has one."""
+    for obj in objects:
+        if obj.get("kind") == "ConfigMap" and obj["metadata"].get("name") == "mlref-settings":
+            return (obj.get("data") or {}).get("MLREF_IMAGE")
+    return None
+
+
+def image_problems(obj: dict[str, Any], image: str, default: str = "") -> list[Problem]:
+    """mlref's own containers run exactly ``image``, the one the form's settings name (and
+    the pipelines submitted from them); ``default`` is the stock image it may replace."""
+    repositories = {ref.rsplit(":", 1)[0] for ref in (image, default) if ref}
     problems: list[Problem] = []
     for container in containers(obj):
         used = container.spec.get("image") or ""
-        if used.rsplit(":", 1)[0] == repository and used != image:
+        if used.rsplit(":", 1)[0] in repositories and used != image:
             problems.append((f"{container.path}.image", f"{used} is not settings.image {image}"))
     return problems
 

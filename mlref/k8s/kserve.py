@@ -302,3 +302,29 @@ def launches(
         name = (entry.get("predictor") or {}).get("name", "")
         found.append(launch(isvc, "predictor", runtimes, name, default_mode=default_mode))
     return found
+
+
+KNATIVE_SERVICE_TYPE = "networking.internal.knative.dev/serviceType"
+
+
+def services(isvc: dict[str, Any], started: Launch) -> list[dict[str, Any]]:
+    """The Services in front of one started container, with the labels and port names that a
+    ServiceMonitor selects on. Standard: one per component, labelled like the component and
+    named ports after the container's first port (KServe
+    pkg/controller/v1beta1/inferenceservice/reconcilers/service/service_reconciler.go,
+    createDefaultSvc). Knative: per revision a public and a private Service labelled like the
+    revision, port "http" (knative/serving pkg/reconciler/serverlessservice/resources/
+    services.go; knative.dev/networking ServicePortNameHTTP1)."""
+    component = started.component.split(":")[0]
+    labels = {
+        **((isvc.get("metadata") or {}).get("labels") or {}),
+        "serving.kserve.io/inferenceservice": _name(isvc),
+        "component": component,
+    }
+    if started.mode == STANDARD:
+        port = (started.ports[0] if started.ports else {}).get("name", "")
+        return [{"labels": labels, "ports": [port]}]
+    return [
+        {"labels": {**labels, KNATIVE_SERVICE_TYPE: kind}, "ports": ["http"]}
+        for kind in ("Public", "Private")
+    ]

@@ -12,13 +12,19 @@ from typing import Any
 
 from mlref.k8s import checks
 from mlref.k8s.checkov import scan
+from mlref.k8s.knative import feature_problems
 from mlref.k8s.render import Rendered
 from mlref.k8s.schemas import Validator
+from mlref.k8s.stages import stage_problems
 
 # Forms that must deploy the same objects: (chart value set, overlay). A Helm release lives
 # in a namespace that exists before it, so the chart leaves the Namespace object out.
 NOT_IN_CHART = {"Namespace"}
-SAME_OBJECTS = (("chart:default", "overlay:base"), ("chart:kind", "overlay:kind"))
+SAME_OBJECTS = (
+    ("chart:default", "overlay:base"),
+    ("chart:kind", "overlay:kind"),
+    ("chart:monitoring", "overlay:monitoring"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,13 @@ def verify(
     pipelines_dir: Path | None = None,
     security_scan: bool = True,
     model_name: str = "ctr",
+    knative_features: dict[str, str] | None = None,
 ) -> Report:
     """Check every object of every form; ``security_scan`` False skips only checkov.
 
     ``model_name``: the name a server serves under when no ``--model_name`` is given
-    (settings.serving.model_name).
+    (settings.serving.model_name). ``knative_features``: the config-features data the
+    cluster's Knative runs with (None: Knative's defaults).
     """
     failed_checks = scan(forms) if security_scan else {}
     results: list[ObjectResult] = []
@@ -82,6 +90,11 @@ def verify(
     for form in forms:
         selectors = checks.selector_problems(form.objects)
         started = checks.launch_problems(form.objects, model_name)
+        form_image = checks.settings_image(form.objects) or image
+        knative = feature_problems(form.objects, knative_features or {})
+        chart = form.api_versions is not None
+        waits = checks.helm_wait_problems(form.objects) if chart else {}
+        monitors = checks.service_monitor_problems(form.objects)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -94,10 +107,16 @@ def verify(
                 add(result, "security", path, message)
             structure = (
                 checks.canary_problems(obj)
+                + checks.s3_annotation_problems(obj)
                 + selectors.get((kind, name), [])
                 + started.get((kind, name), [])
+                + knative.get((kind, name), [])
+                + waits.get((kind, name), [])
+                + monitors.get((kind, name), [])
             )
-            for path, message in structure + checks.image_problems(obj, image):
+            if chart:
+                structure += checks.optional_api_problems(obj, set(form.api_versions or []))
+            for path, message in structure + checks.image_problems(obj, form_image, image):
                 add(result, "structure", path, message)
     findings.extend(_form_problems(forms, image, pipelines_dir))
     return Report(results, findings)
@@ -124,6 +143,10 @@ def _form_problems(forms: list[Rendered], image: str, pipelines_dir: Path | None
                     f"only in {where}, not in the other of {chart} / {overlay}",
                 )
             )
+    for form in forms:
+        if form.directory is not None:
+            for message in stage_problems(form.directory):
+                found.append(Finding(form.source, "-", "-", "structure", message))
     if pipelines_dir is not None and pipelines_dir.is_dir():
         for pipeline, images in checks.pipeline_images(pipelines_dir).items():
             for other in sorted(images - {image}):

@@ -1,7 +1,8 @@
 """Reading what serving recorded: the inference log, and click labels joined to it later.
 
 The transformer appends every scored row to ``date=YYYY-MM-DD/part-*.parquet`` under the
-inference log root; clicks arrive later and are stored by request id under ``labels_dir``.
+inference log root; clicks arrive later and are stored by request id under ``labels_uri``
+(:mod:`mlref.monitoring.labels` makes them from the click logs).
 The drift job and the canary analysis both read through these functions.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from mlref import storage
 from mlref.settings import Settings
 
 LABEL = "clicked"
@@ -27,7 +28,7 @@ def read_inference_log(
     """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty."""
     from mlref.serving.inference_log import SCHEMA
 
-    fs, root = fsspec.core.url_to_fs(settings.inference_log_uri)
+    fs, root = storage.filesystem(settings.inference_log_uri)
     if not fs.exists(root):
         return SCHEMA.empty_table().to_pandas()
     dataset = ds.dataset(root, schema=SCHEMA, format="parquet", filesystem=fs)
@@ -41,21 +42,24 @@ def read_inference_log(
 
 
 def write_labels(settings: Settings, labels: pd.DataFrame, name: str) -> None:
-    """Store observed clicks (``request_id``, ``clicked``) as ``labels_dir/<name>.parquet``,
-    atomically: a reader (the canary analysis) never sees half a file. The partial file's
-    leading dot hides it from Arrow's dataset discovery."""
-    settings.labels_dir.mkdir(parents=True, exist_ok=True)
+    """Store observed clicks (``request_id``, ``clicked``) as ``labels_uri/<name>.parquet``,
+    atomically: a reader (the canary analysis) never sees half a file. The partial file does
+    not match ``*.parquet``, so readers skip it."""
+    fs, root = storage.filesystem(settings.labels_uri)
+    fs.makedirs(root, exist_ok=True)
     table = pa.Table.from_pandas(labels[["request_id", LABEL]], LABEL_SCHEMA, preserve_index=False)
-    partial = settings.labels_dir / f".{name}.parquet.partial"
-    pq.write_table(table, partial)
-    partial.replace(settings.labels_dir / f"{name}.parquet")
+    partial = f"{root}/.{name}.parquet.partial"
+    pq.write_table(table, partial, filesystem=fs)
+    fs.mv(partial, f"{root}/{name}.parquet")
 
 
 def read_labels(settings: Settings) -> pd.DataFrame:
     """Every stored label; a request labelled twice keeps its last label."""
-    if not settings.labels_dir.is_dir() or not any(settings.labels_dir.glob("*.parquet")):
+    files = storage.parquet_files(settings.labels_uri, "*.parquet")
+    if not files:
         return LABEL_SCHEMA.empty_table().to_pandas()
-    labels = ds.dataset(settings.labels_dir, schema=LABEL_SCHEMA, format="parquet").to_table()
+    fs, _ = storage.filesystem(settings.labels_uri)
+    labels = ds.dataset(files, schema=LABEL_SCHEMA, format="parquet", filesystem=fs).to_table()
     return labels.to_pandas().drop_duplicates("request_id", keep="last")
 
 

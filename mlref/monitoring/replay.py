@@ -70,7 +70,7 @@ def replay(
 
 def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     """Append ``scored`` to the inference log with serving's own writer, and store its labels
-    (as ``labels_dir/<name>.parquet``) when it has a ``clicked`` column."""
+    (as ``labels_uri/<name>.parquet``) when it has a ``clicked`` column."""
     from mlref.serving.inference_log import SCHEMA, InferenceLog, StorageSink
 
     writer = InferenceLog(

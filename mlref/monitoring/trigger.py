@@ -35,6 +35,7 @@ class TriggerOutcome:
     status: str  # "submitted", "skipped: cooldown", "skipped: already submitted", "no action", ...
     run_id: str = ""
     summary: str = ""
+    source: str = ""  # the raw logs a submitted (or failed) retraining ingests
 
 
 def submit_retraining(settings: Settings, arguments: dict) -> str:
@@ -88,9 +89,9 @@ def trigger(
     dry_run: bool = False,
 ) -> TriggerOutcome:
     """Act on ``result`` and record it. ``source`` is the raw click-log location the
-    retraining ingests (default: ``settings.raw_dir``), ``start_date`` its first training day
-    (after concept drift: the first drifted day; empty: all data); ``dry_run`` records
-    without submitting."""
+    retraining ingests (default: ``settings.raw_uri``, shared storage the pipeline's pods
+    read), ``start_date`` its first training day (after concept drift: the first drifted
+    day; empty: all data); ``dry_run`` records without submitting."""
     from mlref.pipelines.runner import pipeline_arguments
 
     now = now or datetime.now(UTC)
@@ -98,6 +99,7 @@ def trigger(
     summary = str(result.summary or "")
     with _locked(settings):
         run_id = ""
+        retrain_source = ""
         if decision.action == "alert":
             status = "alert: data quality, not retrained"
         elif decision.action != "retrain":
@@ -107,9 +109,8 @@ def trigger(
             if not status and dry_run:
                 status = "skipped: trigger disabled (--no-trigger)"
             if not status:
-                arguments = pipeline_arguments(
-                    settings, source or str(settings.raw_dir.resolve()), start_date
-                )
+                retrain_source = source or settings.raw_uri
+                arguments = pipeline_arguments(retrain_source, start_date)
                 try:
                     run_id = submitter(settings, arguments)
                 except Exception as exc:
@@ -123,12 +124,20 @@ def trigger(
                             f"failed: {exc}"[:500],
                             "",
                             summary,
+                            retrain_source,
                         ),
                     )
                     raise
                 status = SUBMITTED
         outcome = TriggerOutcome(
-            now.isoformat(), result.key, decision.action, decision.reason, status, run_id, summary
+            now.isoformat(),
+            result.key,
+            decision.action,
+            decision.reason,
+            status,
+            run_id,
+            summary,
+            retrain_source,
         )
         _append(settings, outcome)
     return outcome

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.dataset as ds
 
+from mlref import storage
 from mlref.features import store
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, build_spec, fill_defaults
 from mlref.schema import DATE_COLUMN
@@ -44,11 +44,10 @@ class DatasetReport:
 
 def read_curated(settings: Settings, start: str | None = None, end: str | None = None):
     """Curated impressions with ``start <= date <= end`` (ISO dates, inclusive)."""
-    root = settings.curated_dir
-    if not root.is_dir():
+    root = settings.curated_uri
+    if not storage.parquet_files(root):
         raise DatasetError(f"{root}: no curated data; run `mlref ingest run` first")
-    dataset = ds.dataset(root, format="parquet", partitioning="hive")
-    frame = dataset.to_table().to_pandas()
+    frame = storage.dataset(root, partitioning="hive").to_table().to_pandas()
     frame[DATE_COLUMN] = frame[DATE_COLUMN].astype(str)
     if start:
         frame = frame[frame[DATE_COLUMN] >= start]
@@ -76,9 +75,11 @@ def split_days(days: list[str], settings: Settings) -> dict[str, list[str]]:
 
 def data_version(settings: Settings) -> str:
     """A content fingerprint of the curated files (names and sizes), cheap at any scale."""
+    fs, root = storage.filesystem(settings.curated_uri)
     digest = hashlib.sha256()
-    for path in sorted(settings.curated_dir.rglob("*.parquet")):
-        digest.update(f"{path.relative_to(settings.curated_dir)}:{path.stat().st_size}".encode())
+    for path in storage.parquet_files(settings.curated_uri):
+        relative = path.removeprefix(root.rstrip("/") + "/")
+        digest.update(f"{relative}:{fs.size(path)}".encode())
     return digest.hexdigest()[:12]
 
 

@@ -27,6 +27,7 @@ from mlflow.types import Schema, TensorSpec
 
 from mlref import onnx_model
 from mlref.settings import Settings
+from mlref.training.publish import publish, publish_champion
 from mlref.training.tracking import client, using_store
 
 CHAMPION = "champion"
@@ -98,7 +99,8 @@ def register_onnx(
     onnx_path: Path,
     input_example: Mapping | None = None,
 ) -> ModelVersion:
-    """Log ``onnx_path`` with MLflow's ONNX flavor under ``run_id`` and register a new version.
+    """Log ``onnx_path`` with MLflow's ONNX flavor under ``run_id``, register a new version and
+    publish its files where serving fetches them (:mod:`mlref.training.publish`).
 
     The file must be a servable mlref model (checked with :func:`mlref.onnx_model.load`); it is
     stored self-contained (no external-data side file) because servers copy just that file.
@@ -123,6 +125,7 @@ def register_onnx(
     mlflow_client.set_model_version_tag(
         name, version, SPEC_FINGERPRINT_TAG, served.spec.fingerprint
     )
+    publish(settings, version, onnx_path, run_id)
     return mlflow_client.get_model_version(name, version)
 
 
@@ -230,6 +233,7 @@ def set_champion(settings: Settings, version: str | int, reason: str) -> str | N
 def _make_champion(settings: Settings, version: str, before: str | None) -> None:
     mlflow_client = client(settings)
     name = settings.registry.model_name
+    publish_champion(settings, version)
     mlflow_client.set_registered_model_alias(name, CHAMPION, version)
     if before is not None:
         mlflow_client.set_model_version_tag(name, before, REPLACED_BY_TAG, version)

@@ -45,7 +45,7 @@ def test_patch_on_base_manifest_field_by_field(settings, base_isvc, validator, p
     assert predictor["model"]["runtime"] == base_isvc["spec"]["predictor"]["model"]["runtime"]
     assert patched["spec"]["transformer"] == base_isvc["spec"]["transformer"]
     assert patched["metadata"]["annotations"][STABLE_ANNOTATION] == STABLE
-    assert patched["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert patched["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert from_patch(patched) == state
     assert validator.validate(patched) == []
     assert canary_problems(patched) == []

@@ -292,6 +292,7 @@ def test_cli_start_in_standard_mode(cli_env, versions, monkeypatch, mode, exit_c
     api = RecordedCustomObjectsApi(live_isvc(mode))
     monkeypatch.setattr(kube, "connect", lambda: api)  # the recorded API server
     monkeypatch.setenv("MLREF_MODE", "cluster")
+    monkeypatch.setenv("MLREF_STORAGE__ROOT", str(cli_env.work_dir / "object-store"))
     monkeypatch.setenv("MLREF_CANARY__DEPLOYMENT_MODE", "Standard")
     monkeypatch.setenv("MLREF_CANARY__POLL_SECONDS", "0.01")
     get_settings.cache_clear()

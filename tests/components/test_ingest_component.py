@@ -34,13 +34,11 @@ def test_ingest_component_runs_locally(tmp_path: Path, settings: Settings) -> No
     ).to_parquet(tmp_path / "logs.parquet")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
-    task = ingest_op(
-        source=str(tmp_path / "logs.parquet"), settings_json=settings.model_dump_json()
-    )
+    task = ingest_op(source=str(tmp_path / "logs.parquet"), overrides=settings.model_dump_json())
 
     counts = {k: task.outputs[k] for k in ("rows_in", "rows_curated", "rows_quarantined")}
     assert counts == {"rows_in": 4, "rows_curated": 3, "rows_quarantined": 1}
-    assert Path(task.outputs["curated_dir"]) == settings.curated_dir.resolve()
+    assert task.outputs["curated_uri"] == settings.curated_uri
     curated = pd.read_parquet(settings.curated_dir)
     assert sorted(curated["request_id"]) == ["a", "b", "c"]
     assert curated["date"].astype(str).unique().tolist() == ["2026-01-01"]

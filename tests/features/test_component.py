@@ -19,7 +19,7 @@ def test_features_component_materializes_and_reports_counts(tmp_path: Path, sett
     write_curated(settings.curated_dir, events(LOG))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
-    task = features_op(settings_json=settings.model_dump_json())
+    task = features_op(overrides=settings.model_dump_json())
 
     outputs = {k: task.outputs[k] for k in ("user_rows", "ad_rows", "users", "ads")}
     assert outputs == {"user_rows": 23, "ad_rows": 16, "users": 3, "ads": 2}

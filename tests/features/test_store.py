@@ -208,6 +208,11 @@ def test_cluster_config_uses_redis_and_the_offline_uri(
     assert joined.at[0, "user_impressions_7d"] == 3
 
 
-def test_cluster_mode_without_an_offline_uri_names_the_setting(settings: Settings):
-    with pytest.raises(ValueError, match="MLREF_FEATURES__OFFLINE_URI"):
-        store.repo_config(settings.model_copy(update={"mode": "cluster"}))
+def test_cluster_mode_without_shared_storage_names_the_setting(settings: Settings):
+    with pytest.raises(ValueError, match="MLREF_STORAGE__ROOT"):
+        Settings(mode="cluster", work_dir=settings.work_dir)
+
+
+def test_cluster_feature_store_lives_under_the_storage_root(settings: Settings):
+    cluster = Settings(mode="cluster", work_dir=settings.work_dir, storage={"root": "s3://b/"})
+    assert store.repo_config(cluster).registry.path == "s3://b/features/registry.db"

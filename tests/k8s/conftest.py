@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlref.k8s.checkov import CheckovMissing, checkov_binary
+from mlref.k8s.knative import load_features
 from mlref.k8s.render import Rendered, render_all, repo_root
 from mlref.k8s.schemas import Validator
 from tests.servers import require
@@ -32,6 +33,12 @@ def validator(crd_dir: Path) -> Validator:
 
 
 @pytest.fixture(scope="session")
+def knative_features(root: Path) -> dict[str, str]:
+    """The Knative config-features scripts/kind-up.sh applies."""
+    return load_features(root / "manifests" / "cluster" / "knative-serving.yaml")
+
+
+@pytest.fixture(scope="session")
 def forms(root: Path) -> list[Rendered]:
     return render_all(root)
 
@@ -49,5 +56,12 @@ def form(forms: list[Rendered], source: str) -> Rendered:
     return next(f for f in forms if f.source == source)
 
 
-def find(objects: list[dict], kind: str, name: str) -> dict:
-    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+def find(objects: list[dict], kind: str, name: str, namespace: str = "mlref") -> dict:
+    """The object of ``kind`` and ``name`` in ``namespace`` (cluster-scoped ones have none)."""
+    return next(
+        o
+        for o in objects
+        if o["kind"] == kind
+        and o["metadata"]["name"] == name
+        and o["metadata"].get("namespace", namespace) == namespace
+    )

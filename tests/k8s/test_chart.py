@@ -14,7 +14,7 @@ from tests.k8s.conftest import find, form
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"image": {"tag": "latest"}}, "tag"),
         ({"canary": {"percent": 150}}, "percent"),
-        ({"serving": {"deploymentMode": "Knative"}}, "deploymentMode"),
+        ({"serving": {"deploymentMode": "Serverless"}}, "deploymentMode"),
         ({"redis": {"image": "redis"}}, "image"),
         ({"servng": {"name": "x"}}, "servng"),
         ({"settings": {"LOG_LEVEL": "debug"}}, "LOG_LEVEL"),

@@ -14,7 +14,8 @@ def test_render_overlay_prints_yaml():
     result = runner.invoke(app, ["manifests", "render", "--overlay", "canary"])
     assert result.exit_code == 0, result.output
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.output) if doc}
-    assert {"InferenceService", "CronJob", "PrometheusRule"} <= kinds
+    assert {"InferenceService", "CronJob"} <= kinds
+    assert "PrometheusRule" not in kinds  # base works without the Prometheus Operator
 
 
 def test_render_chart_value_set():

@@ -7,6 +7,8 @@ Knative v1.21's revision deploy.go (see mlref/k8s/kserve.py for the files).
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -16,6 +18,9 @@ from mlref.cli.serve import _settings
 from mlref.k8s.checks import CliArgsError, launch_problems, parse_cli
 from mlref.k8s.kserve import KServeSpecError, deployment_mode, launch, launches
 from tests.k8s.conftest import find, form
+from tests.servers import Server, free_port
+from tests.serving.conftest import config_env, model_ready, serving_settings
+from tests.serving.model import build_model
 
 runner = CliRunner()
 
@@ -134,3 +139,31 @@ def test_launch_problems_name_mismatch_and_port(forms):
     messages = [m for _, m in launch_problems(objects, "ctr")[("InferenceService", "ads")]]
     assert any("asks for model 'ads' but the predictor serves 'ctr'" in m for m in messages)
     assert any("listens on 8080, container port is 9000" in m for m in messages)
+
+
+def _as_pod_here(argv: list[str], port: int, model_dir: Path) -> list[str]:
+    """The pod's argv with only what this machine cannot give changed: bind 127.0.0.1 on a
+    free port, and the storage initializer's /mnt/models is a local directory."""
+    swap = {"0.0.0.0": "127.0.0.1", "8080": str(port), "/mnt/models": str(model_dir)}
+    return [str(Path(sys.executable).parent / argv[0]), *(swap.get(a, a) for a in argv[1:])]
+
+
+@pytest.mark.slow
+def test_predictor_starts_with_what_kserve_gives_it(forms, tmp_path):
+    """`mlref serve predictor` with the runtime's args after KServe filled them and Knative's
+    env: it serves the model under the InferenceService's name."""
+    isvc, objects = _isvc(forms, "chart:kind")
+    isvc = copy.deepcopy(isvc)
+    isvc["metadata"]["name"] = "ads"  # so the served name can only come from --model_name
+    started = launch(isvc, "predictor", objects)
+    settings = serving_settings(tmp_path)
+    build_model(tmp_path / "mnt" / "model.onnx", settings)
+    port = free_port()
+    env = {**config_env(settings), **started.literal_env(), "PORT": str(port)}
+    argv = _as_pod_here(started.argv, port, tmp_path / "mnt")
+    server = Server(argv, port, tmp_path / "predictor.log", env=env)
+    try:
+        server.wait_ready(timeout=60, check=lambda: model_ready(port, "ads"))
+        assert not model_ready(port, settings.serving.model_name)
+    finally:
+        server.stop()

@@ -17,11 +17,11 @@ IMAGE = Settings().image
 
 
 @pytest.mark.slow
-def test_repo_verifies_clean(forms, validator, checkov, root):
+def test_repo_verifies_clean(forms, validator, checkov, root, knative_features):
     sources = {f.source for f in forms}
     assert {"overlay:base", "overlay:kind", "overlay:canary", "overlay:promote"} <= sources
     assert {"chart:default", "chart:kind", "chart:canary", "chart:standard-canary"} <= sources
-    report = verify(forms, validator, IMAGE, root / "pipelines")
+    report = verify(forms, validator, IMAGE, root / "pipelines", knative_features=knative_features)
     assert report.ok, "\n".join(str(f) for f in report.findings)
     assert len(report.objects) == sum(len(f.objects) for f in forms)
 
@@ -90,14 +90,14 @@ BROKEN = {
 
 
 @pytest.fixture(scope="module")
-def broken_report(forms, validator, checkov):
+def broken_report(forms, validator, checkov, knative_features):
     """One verify run (one checkov process) over every broken variant."""
     broken = []
     for label, (mutate, _) in BROKEN.items():
         variant = _broken(forms, mutate)
         variant.source = label
         broken.append(variant)
-    return verify(broken, validator, IMAGE)
+    return verify(broken, validator, IMAGE, knative_features=knative_features)
 
 
 @pytest.mark.parametrize("label", list(BROKEN))
@@ -155,12 +155,19 @@ def test_object_sets_must_match_between_chart_and_overlay(forms, validator):
     assert missing == {("Service", "minio"), ("StatefulSet", "minio"), ("NetworkPolicy", "minio")}
 
 
-def test_pipeline_image_must_match_manifests(forms, validator, tmp_path: Path):
+def test_pipeline_image_must_match_manifests(forms, validator, tmp_path: Path, knative_features):
     (tmp_path / "training.yaml").write_text(
         "deploymentSpec:\n  executors:\n    exec-train:\n      container:\n"
         "        image: ghcr.io/mlref/mlref:0.0.9\n"
     )
-    report = verify([form(forms, "overlay:base")], validator, IMAGE, tmp_path, security_scan=False)
+    report = verify(
+        [form(forms, "overlay:base")],
+        validator,
+        IMAGE,
+        tmp_path,
+        security_scan=False,
+        knative_features=knative_features,
+    )
     assert [f.message for f in report.findings] == [
         f"image ghcr.io/mlref/mlref:0.0.9 is not the image the manifests deploy ({IMAGE})"
     ]

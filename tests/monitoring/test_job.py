@@ -7,11 +7,8 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from mlref.monitoring.check import check_frames, run_check
 from mlref.monitoring.reference import load_reference
@@ -19,24 +16,6 @@ from mlref.monitoring.replay import record
 from mlref.monitoring.trigger import SUBMITTED, read_decisions, trigger
 from mlref.settings import Settings
 from tests.monitoring.conftest import SCENARIO_DAY, day_window
-
-
-@pytest.fixture(scope="module")
-def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus Pushgateway on 127.0.0.1; yields its URL."""
-    from tests.servers import Server, find_binary, free_port
-
-    binary = find_binary("prometheus-pushgateway", "prometheus-pushgateway")
-    port = free_port()
-    base = tmp_path_factory.mktemp("pushgateway")
-    server = Server(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], port, base / "pushgateway.log"
-    )
-    try:
-        server.wait_ready()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def test_run_check_reads_the_log_and_pushes_gauges(
@@ -96,7 +75,10 @@ def test_one_retraining_per_key_and_none_within_the_cooldown(
     assert again.status.startswith("skipped: already submitted")
     assert sliding.status.startswith("skipped: cooldown")
     assert len(submitted) == 2
-    assert json.loads(submitted[0]["settings_json"])["work_dir"] == str(job_settings.work_dir)
+    # The run's steps take the settings of where they run; the source is shared storage.
+    assert submitted[0]["overrides"] == ""
+    assert submitted[0]["source"] == job_settings.raw_uri
+    assert read_decisions(job_settings)[0]["source"] == job_settings.raw_uri
     assert [d["status"].split(" (")[0] for d in read_decisions(job_settings)] == [
         SUBMITTED,
         "skipped: already submitted",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,12 @@ from mlref.pipelines.runner import (
     run_local,
     submit,
 )
+from mlref.pipelines.training import (
+    OBJECT_STORE_SECRET,
+    POD_SECRETS,
+    POD_SETTINGS,
+    SETTINGS_CONFIG_MAP,
+)
 from mlref.settings import Settings
 from mlref.training import registry
 
@@ -28,14 +37,53 @@ def test_checked_in_yaml_is_not_stale(tmp_path: Path) -> None:
     )
 
 
-def test_compiled_pipeline_runs_the_project_image_and_asks_a_gpu_for_training() -> None:
-    spec = yaml.safe_load(COMPILED.read_text())
+def test_compiled_pipeline_runs_the_project_image_and_schedules_without_a_gpu() -> None:
+    """The checked-in IR is what kind runs: no GPU request, or its training pod stays Pending."""
+    spec, _ = yaml.safe_load_all(COMPILED.read_text())
     executors = spec["deploymentSpec"]["executors"]
     images = {executor["container"]["image"] for executor in executors.values()}
     assert images == {Settings().image}
-    train = executors["exec-train-op"]["container"]["resources"]
-    assert train["accelerator"]["resourceCount"] == "1"
-    assert "nvidia.com/gpu" in str(train["accelerator"])
+    assert "accelerator" not in executors["exec-train-op"]["container"].get("resources", {})
+
+
+def test_every_step_takes_settings_and_credentials_from_the_cluster() -> None:
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])
+    for config in executors.values():
+        (config_map,) = config["configMapAsEnv"]
+        assert config_map["configMapName"] == SETTINGS_CONFIG_MAP
+        assert {k["envVar"] for k in config_map["keyToEnv"]} == set(POD_SETTINGS)
+        assert not config_map.get("optional")  # a missing key fails the pod, not the run later
+        (secret,) = config["secretAsEnv"]
+        assert secret["secretName"] == OBJECT_STORE_SECRET
+        assert {k["envVar"] for k in secret["keyToEnv"]} == set(POD_SECRETS)
+
+
+COMPILE = "from mlref.cli import app; app(['pipeline', 'compile', *__import__('sys').argv[1:]])"
+
+
+def test_a_gpu_cluster_compiles_a_cuda_training_step(tmp_path: Path) -> None:
+    """Compiled in a fresh interpreter: components take their image when they are imported."""
+    out = tmp_path / "gpu.yaml"
+    env = {
+        **os.environ,
+        "MLREF_TRAIN__USE_GPU_IN_CLUSTER": "true",
+        "MLREF_TRAIN__CLUSTER_IMAGE": "ghcr.io/mlref/mlref:0.1.0-cuda",
+    }
+    subprocess.run(
+        [sys.executable, "-c", COMPILE, "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    spec, _ = yaml.safe_load_all(out.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train-op"]["container"]
+    assert train["image"] == "ghcr.io/mlref/mlref:0.1.0-cuda"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    assert "nvidia.com/gpu" in str(train["resources"]["accelerator"])
+    assert executors["exec-ingest-op"]["container"]["image"] == Settings().image
 
 
 def test_submit_without_a_host_names_the_fix(settings: Settings) -> None:
@@ -45,7 +93,7 @@ def test_submit_without_a_host_names_the_fix(settings: Settings) -> None:
 
 def test_submit_to_an_unreachable_host_is_one_clear_error(settings: Settings) -> None:
     with pytest.raises(SubmitError, match=r"127\.0\.0\.1:9"):
-        submit(settings, pipeline_arguments(settings, "s3://logs"), host="http://127.0.0.1:9")
+        submit(settings, pipeline_arguments("s3://logs"), host="http://127.0.0.1:9")
 
 
 def test_cron_takes_five_or_six_fields() -> None:
@@ -60,7 +108,7 @@ def test_local_run_goes_end_to_end_and_registers_a_champion(settings: Settings) 
     settings.data.days = 4
     settings.train.epochs = 1
     generate(settings)
-    result = run_local(settings, pipeline_arguments(settings, str(settings.raw_dir)))
+    result = run_local(settings, pipeline_arguments(str(settings.raw_dir)))
     assert result.champion == "1"
     champion = registry.model_version_of(settings, "champion")
     assert champion is not None and str(champion.version) == "1"

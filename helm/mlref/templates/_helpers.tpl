@@ -58,15 +58,16 @@ seccompProfile: {type: RuntimeDefault}
     secretKeyRef: {name: {{ .Values.objectStore.secretName }}, key: AWS_SECRET_ACCESS_KEY}
 {{- end }}
 
-{{/* The predictor of one model: the ServingRuntime carries the container. */}}
+{{/* The predictor of one model: the ServingRuntime carries the container. A Standard-mode
+canary ("fixedReplicas") runs fixed replicas: KServe's webhook refuses maxReplicas and
+autoscaling on spec.canary (inference_service_validation.go, validateCanarySpecs). */}}
 {{- define "mlref.predictor" -}}
 {{- if hasKey . "name" }}
 name: {{ .name }}
 {{- end }}
 serviceAccountName: mlref-serving
 minReplicas: {{ .root.Values.serving.minReplicas }}
-{{- if not (hasKey . "name") }}
-{{- /* A Standard-mode canary (named) runs fixed replicas: KServe's webhook refuses maxReplicas. */}}
+{{- if not (hasKey . "fixedReplicas") }}
 maxReplicas: {{ .root.Values.serving.maxReplicas }}
 {{- end }}
 securityContext:

@@ -1,0 +1,50 @@
+"""Shared storage through fsspec: one set of calls for a local folder and an object store.
+
+Locations come from :class:`mlref.settings.Settings` (``curated_uri``, ``labels_uri``, ...):
+plain paths locally, ``s3://...`` in a cluster, where S3 clients take the endpoint and
+credentials from the standard ``AWS_*`` environment the object-store Secret provides.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+import fsspec
+import pyarrow.dataset as ds
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding ``uri`` and the path within it."""
+    return fsspec.core.url_to_fs(uri)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
+
+
+def parquet_files(uri: str, pattern: str = "**/*.parquet") -> list[str]:
+    """The Parquet files under ``uri`` (sorted paths within its filesystem); none if absent."""
+    fs, root = filesystem(uri)
+    if not fs.exists(root):
+        return []
+    return sorted(fs.glob(f"{root.rstrip('/')}/{pattern}"))
+
+
+def dataset(uri: str, **options) -> ds.Dataset:
+    """A pyarrow dataset over ``uri`` read through fsspec, so the S3 endpoint is honoured."""
+    fs, root = filesystem(uri)
+    return ds.dataset(root, filesystem=fs, format="parquet", **options)
+
+
+def publish(local: Path, uri: str) -> None:
+    """Put a finished local file at ``uri``: a rename on local disk, one upload to an object
+    store; readers never see a half-written file either way."""
+    fs, path = filesystem(uri)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if is_local(fs):
+        os.replace(local, path)
+    else:
+        fs.put_file(str(local), path)
+        local.unlink()

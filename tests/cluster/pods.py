@@ -1,0 +1,320 @@
+"""Run a container the way its pod runs it, on this machine.
+
+A pod here is one process tree in a mount namespace of its own (see ``sandbox.py``): the
+root filesystem is this machine's, read-only, and its only writable places are its own
+volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh and empty.
+Its environment is exactly what the kubelet gives the container: the image's ``ENV``
+(read from the project's Dockerfile, with the image's virtualenv mapped to this one), then
+``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
+supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
+source fails the pod as CreateContainerConfigError does), and nothing from the test
+process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
+In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
+ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
+project image is emulated (this virtualenv stands in for it, whatever the tag).
+
+Not emulated: the image's own filesystem (pods see this machine's, e.g. the source checkout
+and not ``/opt/mlref-feature-repo``), its user (the process runs as root mapped into a user
+namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
+restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
+claims the test maps to host dirs, and the writable container layer of pods without
+``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlref.settings import Settings
+from tests.servers import require
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOX = Path(__file__).with_name("sandbox.py")
+IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, where this machine has sys.prefix
+# The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
+BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROJECT_IMAGE = Settings.model_fields["image"].default
+UNSHARE = ["unshare", "--mount", "--map-root-user", "--propagation", "private"]
+
+
+class PodFailed(RuntimeError):
+    """A pod's container exited non-zero, or could not start (missing ConfigMap key...)."""
+
+
+@functools.cache
+def image_config(dockerfile: Path = REPO / "Dockerfile") -> tuple[dict[str, str], str]:
+    """The ``ENV`` and ``WORKDIR`` of the Dockerfile's final stage, as the runtime sets them."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    env: dict[str, str] = {"PATH": BASE_IMAGE_PATH}
+    workdir = "/"
+    for line in text.splitlines():
+        words = line.strip().split(maxsplit=1)
+        if not words:
+            continue
+        instruction = words[0].upper()
+        if instruction == "FROM":
+            env, workdir = {"PATH": BASE_IMAGE_PATH}, "/"
+        elif instruction == "WORKDIR" and len(words) == 2:
+            workdir = words[1]
+        elif instruction == "ENV" and len(words) == 2:
+            for pair in shlex.split(words[1]):
+                name, _, value = pair.partition("=")
+                env[name] = value.replace("$PATH", env.get("PATH", ""))
+    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}, workdir
+
+
+def image_env() -> dict[str, str]:
+    return dict(image_config()[0])
+
+
+def image_workdir() -> str:
+    return image_config()[1]
+
+
+@dataclass
+class Cluster:
+    """What pods can reach: ConfigMaps and Secrets (Kubernetes objects as dicts) and the
+    in-cluster ``host:port`` of each Service mapped to a test server's ``127.0.0.1:port``.
+
+    Objects without ``metadata.namespace`` live in ``namespace`` (as ``kubectl apply -n``)."""
+
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    services: dict[str, str] = field(default_factory=dict)
+    namespace: str = "mlref"
+    image_env: dict[str, str] = field(default_factory=image_env)
+    image_workdir: str = field(default_factory=image_workdir)
+    image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
+
+    def check_image(self, image: str) -> None:
+        """This virtualenv stands in for the project image (any tag) and nothing else."""
+        if image.rsplit(":", 1)[0] != self.image_repository:
+            raise NotImplementedError(
+                f"image {image}: only {self.image_repository} is emulated (by this virtualenv)"
+            )
+
+    def lookup(self, kind: str, name: str, namespace: str) -> dict[str, str] | None:
+        """The string data of a ConfigMap or Secret in ``namespace``, or None."""
+        for obj in self.objects:
+            meta = obj.get("metadata", {})
+            if (
+                obj.get("kind") == kind
+                and meta.get("name") == name
+                and meta.get("namespace", self.namespace) == namespace
+            ):
+                data = {k: str(v) for k, v in (obj.get("data") or {}).items()}
+                if kind == "Secret":
+                    data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+                    data.update({k: str(v) for k, v in (obj.get("stringData") or {}).items()})
+                return data
+        return None
+
+    def key(
+        self, kind: str, name: str, key: str, namespace: str, optional: bool = False
+    ) -> str | None:
+        """One key, or PodFailed as the kubelet's CreateContainerConfigError."""
+        data = self.lookup(kind, name, namespace)
+        if data is not None and key in data:
+            return data[key]
+        if optional:
+            return None
+        where = f"{kind} {namespace}/{name}"
+        raise PodFailed(
+            f"{where} not found" if data is None else f"couldn't find key {key} in {where}"
+        )
+
+    def resolve(self, text: str) -> str:
+        """Cluster DNS: in-cluster service addresses become the test servers' addresses."""
+        for address in sorted(self.services, key=len, reverse=True):
+            text = text.replace(address, self.services[address])
+        return text
+
+
+@functools.cache
+def sandbox_available() -> bool:
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def require_sandbox() -> None:
+    require(
+        sandbox_available(),
+        "pods need Linux mount namespaces: `unshare --mount --map-root-user` failed "
+        "(enable unprivileged user namespaces, e.g. sysctl "
+        "kernel.apparmor_restrict_unprivileged_userns=0, or run as root)",
+    )
+
+
+def run_in_sandbox(
+    argv: list[str],
+    env: Mapping[str, str],
+    pod_dir: Path,
+    volumes: Mapping[str, Path],
+    workdir: str,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
+    host dirs."""
+    require_sandbox()
+    root = pod_dir / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "root": str(root),
+        "volumes": {path: str(source) for path, source in volumes.items()},
+        "workdir": workdir,
+        "argv": argv,
+        "env": dict(env),
+    }
+    spec_path = pod_dir / "pod.json"
+    spec_path.write_text(json.dumps(spec))
+    process = subprocess.Popen(
+        [*UNSHARE, sys.executable, str(SANDBOX), str(spec_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(process.pid, signal.SIGKILL)  # the pod's own process group
+        output, _ = process.communicate()
+        raise PodFailed(
+            f"{argv[0]}: still running after {timeout}s; log tail:\n{output[-4000:]}"
+        ) from exc
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: known names replaced, ``$$`` escapes, rest kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, text)
+
+
+def field_value(path: str, pod_name: str, namespace: str) -> str:
+    values = {
+        "metadata.name": pod_name,
+        "metadata.namespace": namespace,
+        "metadata.uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{namespace}/{pod_name}")),
+        "status.podIP": "127.0.0.1",
+        "spec.nodeName": "localhost",
+    }
+    if path not in values:
+        raise PodFailed(f"fieldRef {path}: not emulated")
+    return values[path]
+
+
+def declared_env(
+    container: Mapping[str, Any], cluster: Cluster, namespace: str, pod_name: str
+) -> dict[str, str]:
+    """What the container spec declares: ``envFrom``, then ``env`` (whose ``$(VAR)``
+    references see only what was declared before them, not the image's ENV)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        prefix = source.get("prefix", "")
+        for kind, ref in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            if ref not in source:
+                continue
+            name = source[ref]["name"]
+            data = cluster.lookup(kind, name, namespace)
+            if data is None and not source[ref].get("optional", False):
+                raise PodFailed(f"{kind} {namespace}/{name} not found")
+            env.update({prefix + k: v for k, v in (data or {}).items()})
+    for var in container.get("env", []):
+        if "value" in var or "valueFrom" not in var:
+            env[var["name"]] = expand(var.get("value", ""), env)
+            continue
+        source = var["valueFrom"]
+        value: str | None
+        if "fieldRef" in source:
+            value = field_value(source["fieldRef"]["fieldPath"], pod_name, namespace)
+        else:
+            kind, ref = (
+                ("ConfigMap", source["configMapKeyRef"])
+                if "configMapKeyRef" in source
+                else ("Secret", source["secretKeyRef"])
+            )
+            value = cluster.key(
+                kind, ref["name"], ref["key"], namespace, ref.get("optional", False)
+            )
+        if value is not None:
+            env[var["name"]] = value
+    return env
+
+
+def pod_spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod template of a Deployment, Job, CronJob (or a Pod's own spec)."""
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec if obj["kind"] == "Pod" else spec["template"]["spec"]
+
+
+def run_pod(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    work_dir: Path,
+    container: str | None = None,
+    claims: Mapping[str, Path] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run one container of a rendered Deployment/Job/CronJob/Pod to completion.
+
+    Its emptyDir volumes are fresh dirs under ``work_dir``; a persistentVolumeClaim mounts
+    the host dir ``claims[claimName]`` (the claim's lasting state between runs). Returns the
+    completed process (stdout and stderr merged); the caller checks ``returncode``.
+    """
+    pod = pod_spec_of(obj)
+    spec = next(c for c in pod["containers"] if container is None or c["name"] == container)
+    namespace = obj.get("metadata", {}).get("namespace", cluster.namespace)
+    pod_name = f"{obj['metadata']['name']}-{uuid.uuid4().hex[:5]}"
+    pod_dir = Path(tempfile.mkdtemp(prefix=f"{pod_name}-", dir=work_dir))
+    sources = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    volumes: dict[str, Path] = {"/tmp": pod_dir / "tmp"}
+    for mount_ in spec.get("volumeMounts", []):
+        volume = sources[mount_["name"]]
+        if "emptyDir" in volume:
+            volumes[mount_["mountPath"]] = pod_dir / "volumes" / volume["name"]
+        elif "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if claims is None or claim not in claims:
+                raise PodFailed(f"volume {volume['name']}: pass claims={{{claim!r}: dir}}")
+            volumes[mount_["mountPath"]] = claims[claim]
+        else:
+            raise PodFailed(f"volume {volume['name']}: only emptyDir and claims are emulated")
+    for source in volumes.values():
+        source.mkdir(parents=True, exist_ok=True)
+    declared = declared_env(spec, cluster, namespace, pod_name)
+    env = {k: cluster.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
+    argv = [
+        cluster.resolve(expand(arg, declared))
+        for arg in [*spec.get("command", []), *spec.get("args", [])]
+    ]
+    if not spec.get("command"):
+        raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
+    return run_in_sandbox(
+        argv,
+        env,
+        pod_dir,
+        volumes,
+        workdir=spec.get("workingDir", cluster.image_workdir),
+        timeout=timeout,
+    )

@@ -1,0 +1,90 @@
+"""Run one command as a pod's container: private writable volumes over a read-only root.
+
+Started by :func:`tests.cluster.pods.run_in_sandbox` as ``unshare --mount --map-root-user
+--propagation private python sandbox.py SPEC.json``, so every mount below lives in a mount
+namespace of its own and vanishes with the process. The new root is a tmpfs holding
+read-only bind mounts of this machine's top-level directories (the image's filesystem),
+except that each of the spec's ``volumes`` (``/tmp``, KFP's ``/s3`` scratch, a Job's
+emptyDir...) is a bind mount of that pod's own host directory. ``/dev``, ``/proc`` and
+``/sys`` stay as they are, with a fresh ``/dev/shm``. The command then runs chrooted there,
+in ``workdir``, with exactly ``env``: nothing written by one pod is visible to another
+except through the services they share over the network.
+
+A standalone script (no project imports): it runs before the chroot, inside the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+LIVE = {"dev", "proc", "sys"}  # kernel filesystems: bound as they are, not read-only
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+KEPT_FLAGS = ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "noexec"))
+
+
+def bind(source: str, target: str, read_only: bool) -> None:
+    mount("--rbind", source, target)
+    if read_only:
+        # In a user namespace a remount must keep the flags the mount already has.
+        flags = os.statvfs(target).f_flag
+        kept = [name for bit, name in KEPT_FLAGS if flags & bit]
+        mount("-o", ",".join(["remount", "bind", "ro", *kept]), target)
+
+
+def build(host_dir: str | None, new_dir: str, volumes: dict[str, str], top: bool) -> None:
+    """Fill ``new_dir`` (on the tmpfs) with read-only binds of ``host_dir``'s entries and
+    the volumes (paths relative to ``new_dir``), shadowing the directories on their way."""
+    heads: dict[str, dict[str, str]] = {}
+    for path, source in volumes.items():
+        head, _, rest = path.partition("/")
+        heads.setdefault(head, {})[rest] = source
+    if host_dir is not None:
+        for entry in os.scandir(host_dir):
+            if entry.name in heads:
+                continue
+            target = os.path.join(new_dir, entry.name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir():
+                os.mkdir(target)
+                bind(entry.path, target, read_only=not (top and entry.name in LIVE))
+            elif entry.is_file():
+                open(target, "w").close()
+                bind(entry.path, target, read_only=True)
+    for head, below in heads.items():
+        target = os.path.join(new_dir, head)
+        os.mkdir(target)
+        if "" in below:
+            bind(below.pop(""), target, read_only=False)
+            if below:
+                raise SystemExit(f"volume inside volume {head}: not emulated")
+            continue
+        host = os.path.join(host_dir, head) if host_dir is not None else None
+        build(host if host and os.path.isdir(host) else None, target, below, top=False)
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    root = spec["root"]
+    mount("-t", "tmpfs", "-o", "mode=755", "pod-root", root)
+    volumes = {path.strip("/"): source for path, source in spec["volumes"].items()}
+    build("/", root, volumes, top=True)
+    if os.path.isdir(os.path.join(root, "dev", "shm")):
+        mount("-t", "tmpfs", "pod-shm", os.path.join(root, "dev", "shm"))
+    os.chroot(root)
+    os.chdir(spec["workdir"])
+    argv = spec["argv"]
+    os.execvpe(argv[0], argv, spec["env"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,237 @@
+"""The loop in cluster mode on one machine: every step a pod of its own, sharing only services.
+
+Starting from raw click logs at an ``s3://`` source, the compiled training pipeline runs
+task by task as Kubeflow runs it (:mod:`tests.cluster.kfp_pods`): each step in its own
+sandbox with an empty disk, its settings and credentials from the chart's ConfigMap and
+Secret in the pipeline namespace, artifacts in the S3 pipeline root. The only things the
+steps share are the ones a cluster shares: S3 (moto), the MLflow server (PostgreSQL, artifacts
+in S3) and Redis. KServe's own storage initializer then fetches the champion from the
+InferenceService's ``storageUri`` for the predictor. The chart's label and drift CronJobs run
+as their pods: labels from the click logs, the drift check against the champion's reference,
+a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source, which a
+fresh ingest pod reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from mlref.data.generate import ScenarioWindow, generate
+from mlref.k8s.render import chart_value_sets, render_chart, repo_root
+from mlref.monitoring.replay import record, replay
+from mlref.pipelines.runner import COMPILED, pipeline_arguments
+from mlref.serving.predictor import resolve
+from mlref.settings import DataSettings, Settings
+from mlref.training.publish import served_uri
+from tests.cluster.kfp_pods import run_pipeline
+from tests.cluster.pods import Cluster, run_pod
+from tests.conftest import S3Server
+from tests.servers import require
+
+BUCKET = "mlref"  # values.yaml objectStore.bucket
+PIPELINE_ROOT = "s3://kubeflow-pipelines/pipeline-root"
+TRAIN_DAYS = 8
+STORAGE_INITIALIZER = repo_root() / ".venv" / "storage-initializer" / "bin" / "python"
+# What the run's submitter sets on purpose: a model and data this small train in seconds and
+# lose more to int8 than the production gate allows; everything else comes from the cluster.
+OVERRIDES = {
+    "train": {"epochs": 2, "batch_size": 512, "embedding_dim": 8, "hidden_units": [32, 16]},
+    "parity": {"max_abs_diff": 1, "mean_abs_diff": 1, "max_auc_drop": 1},
+}
+OVERRIDES["parity"]["max_logloss_increase"] = 1
+
+
+def chart_cluster(objects: list[dict], services: dict[str, str], s3: S3Server) -> Cluster:
+    """The kind chart's ConfigMaps, plus the object-store Secret the docs have users create
+    in the mlref and pipeline namespaces."""
+    secrets = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "mlref-object-store", "namespace": namespace},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": s3.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+            },
+        }
+        for namespace in ("mlref", "kubeflow")
+    ]
+    config_maps = [o for o in objects if o["kind"] == "ConfigMap"]
+    return Cluster(objects=[*config_maps, *secrets], services=services)
+
+
+def cron_job(objects: list[dict], name: str) -> dict:
+    return next(o for o in objects if o["kind"] == "CronJob" and o["metadata"]["name"] == name)
+
+
+def with_args(job: dict, args: list[str]) -> dict:
+    """The same pod (image, env, volumes) running another mlref command."""
+    job = copy.deepcopy(job)
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = args
+    return job
+
+
+def storage_initializer(uri: str, dest: Path, s3: S3Server) -> None:
+    """KServe's storage initializer (kserve-storage, its own image in a cluster) fetching
+    ``uri`` with the env KServe's S3 credential builder gives it."""
+    require(
+        STORAGE_INITIALIZER.is_file(),
+        "KServe's storage initializer is not installed: run `make tools`",
+    )
+    env = {**s3.env, "S3_USE_HTTPS": "0", "S3_VERIFY_SSL": "0", "PATH": "/usr/bin:/bin"}
+    script = (
+        "import sys; from kserve_storage import Storage; "
+        "Storage.download_files([sys.argv[1]], [sys.argv[2]])"
+    )
+    done = subprocess.run(
+        [str(STORAGE_INITIALIZER), "-c", script, uri, str(dest)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def keys(s3: S3Server, bucket: str, prefix: str) -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+@pytest.mark.slow
+def test_the_loop_crosses_every_pod_boundary_through_shared_services(
+    s3_env: S3Server,
+    mlflow_server: str,
+    redis_server: str,
+    pushgateway: str,
+    kfp_api,
+    tmp_path: Path,
+) -> None:
+    s3 = s3_env
+    s3.create_bucket(BUCKET)
+    s3.create_bucket(PIPELINE_ROOT.removeprefix("s3://").split("/")[0])
+    now = datetime.now(UTC)
+    until = now.replace(minute=0, second=0, microsecond=0)  # the drift job's default window
+    first_day = (now - timedelta(days=TRAIN_DAYS + 1)).date()
+    objects = render_chart(repo_root(), chart_value_sets(repo_root())["kind"], "kind").objects
+    cluster = chart_cluster(
+        objects,
+        {
+            "minio.mlref.svc:9000": s3.endpoint.removeprefix("http://"),
+            "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
+            "redis.mlref.svc:6379": redis_server,
+            "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
+            "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
+        },
+        s3,
+    )
+    # This process stands in for the user's laptop (generating logs) and for the serving
+    # transformer (writing the inference log): cluster settings, as the ConfigMap gives them.
+    laptop = Settings(
+        mode="cluster",
+        work_dir=tmp_path / "laptop",
+        storage={"root": f"s3://{BUCKET}"},
+        registry={"tracking_uri": mlflow_server},
+        features={"redis_connection": redis_server},
+        data=DataSettings(
+            start_date=first_day.isoformat(),
+            days=TRAIN_DAYS,
+            rows_per_day=4_000,
+            n_users=300,
+            n_ads=60,
+            n_advertisers=12,
+            n_segments=2,
+            target_ctr=0.15,
+        ),
+        **OVERRIDES,
+    )
+    raw = fsspec.filesystem("s3")
+    generate(laptop)
+    raw.put(str(laptop.raw_dir), laptop.raw_uri.removeprefix("s3://"), recursive=True)
+    assert laptop.raw_uri == f"s3://{BUCKET}/data/raw"
+
+    # 1. Training pipeline: ingest, features, training set, train, export, register.
+    arguments = pipeline_arguments(laptop.raw_uri, overrides=OVERRIDES)
+    run = run_pipeline(COMPILED, arguments, cluster, s3, tmp_path / "pods", PIPELINE_ROOT)
+    assert list(run.tasks) == [
+        "ingest-op",
+        "features-op",
+        "training-set-op",
+        "train-op",
+        "export-op",
+        "register-op",
+    ]
+    assert run.outputs["Output"] == "1"
+    assert run.tasks["ingest-op"].parameters["curated_uri"] == f"s3://{BUCKET}/data/curated"
+    assert run.tasks["ingest-op"].parameters["rows_in"] == TRAIN_DAYS * 4_000
+    curated = keys(s3, BUCKET, "data/curated/")
+    assert len({key.split("/")[2] for key in curated}) == TRAIN_DAYS  # a partition a day
+    assert {"features/registry.db", "features/user_stats.parquet"} <= set(
+        keys(s3, BUCKET, "features/")
+    )
+    assert keys(s3, "mlflow", "mlflow/")  # run artifacts went through the tracking server
+    assert set(keys(s3, BUCKET, "models/ctr/")) == {
+        f"models/ctr/{folder}/{name}"
+        for folder in ("1", "champion")
+        for name in ("model.onnx", "model.json")
+    }
+
+    # 2. Serving: KServe's storage initializer fetches the InferenceService's storageUri.
+    (isvc,) = [o for o in objects if o["kind"] == "InferenceService"]
+    storage_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert storage_uri == served_uri(laptop, "champion")
+    models = tmp_path / "mnt" / "models"
+    storage_initializer(storage_uri, models, s3)
+    assert resolve(laptop, str(models)).version == "1"
+
+    # 3. Live traffic after a concept change: yesterday and today until this hour. Clicks
+    # land with the raw logs; the transformer's log (written here) has no labels.
+    change = [ScenarioWindow("concept", TRAIN_DAYS + 1, TRAIN_DAYS + 2)]
+    live_dir = tmp_path / "live"
+    live = generate(
+        laptop, days=[TRAIN_DAYS + 1, TRAIN_DAYS + 2], scenarios=change, out_dir=live_dir
+    )
+    traffic = pd.read_parquet(live.paths)
+    traffic = traffic[traffic["event_timestamp"] < pd.Timestamp(until)]
+    for day, rows in traffic.groupby(traffic["event_timestamp"].dt.date):
+        with raw.open(f"{BUCKET}/data/raw/date={day}/live.parquet", "wb") as out:
+            rows.to_parquet(out, index=False)
+    record(laptop, replay(laptop, traffic).drop(columns="clicked"), "live")
+
+    # 4. The chart's CronJobs as their pods: labels, then the drift check.
+    labels = run_pod(cron_job(objects, "drift-labels"), cluster, tmp_path / "pods")
+    assert labels.returncode == 0, labels.stdout[-3000:]
+    assert keys(s3, BUCKET, "labels/")
+    state = tmp_path / "drift-state"
+    drift = run_pod(
+        cron_job(objects, "drift-check"), cluster, tmp_path / "pods", claims={"drift-state": state}
+    )
+    assert drift.returncode == 0, drift.stdout[-3000:]
+    (decision,) = [json.loads(line) for line in (state / "drift" / "decisions.jsonl").open()]
+    assert decision["decision"] == "retrain", decision
+    assert "normalized entropy" in decision["reason"]
+    assert decision["status"] == "submitted"
+    (submitted,) = kfp_api.runs
+    assert submitted.run_id == decision["run_id"]
+    # The retraining's pods take the cluster's settings and read a source they can reach.
+    assert submitted.parameters["source"] == decision["source"] == f"s3://{BUCKET}/data/raw"
+    assert not submitted.parameters.get("overrides")
+
+    # 5. What the retraining ingests first, read by a fresh pod of its own.
+    ingest = run_pod(
+        with_args(cron_job(objects, "features-materialize"), ["ingest", "run", decision["source"]]),
+        cluster,
+        tmp_path / "pods",
+    )
+    assert ingest.returncode == 0, ingest.stdout[-3000:]
+    days = {key.split("/")[2] for key in keys(s3, BUCKET, "data/curated/")}
+    assert len(days) == TRAIN_DAYS + 2

@@ -1,0 +1,268 @@
+"""Install defects on kind, each checked on the rendered forms against upstream behaviour.
+
+Upstream (versions pinned in scripts/kind-up.sh): Helm v3.21 / v4.2 pkg/kube/ready.go,
+statuswait.go and pkg/action/hooks.go; KServe v0.21 inference_service_validation.go,
+pkg/utils/storage.go, pkg/credentials/s3/s3_secret.go; Knative Serving v1.21.1
+pkg/apis/config/features.go and pkg/deployment/config.go.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlref.cli import app
+from mlref.k8s.checks import (
+    canary_problems,
+    container_problems,
+    helm_wait_problems,
+    optional_api_problems,
+    s3_annotation_problems,
+    service_monitor_problems,
+)
+from mlref.k8s.knative import feature_problems
+from mlref.k8s.render import MONITORING_API, render_chart
+from mlref.k8s.stages import stage_problems
+from mlref.settings import Settings
+from tests.k8s.conftest import find, form
+
+STAGES = ("canary", "promote", "rollback", "log-sink")
+runner = CliRunner()
+
+
+def _kinds(objects):
+    return {(o["apiVersion"], o["kind"]) for o in objects}
+
+
+def _script(root: Path) -> str:
+    return (root / "scripts" / "kind-up.sh").read_text()
+
+
+def _script_value(root: Path, name: str) -> str:
+    return re.search(rf'^{name}="([^"]+)"', _script(root), re.MULTILINE).group(1)
+
+
+def test_chart_installs_on_a_cluster_without_the_prometheus_operator(root):
+    bare = render_chart(root, {}, "bare")
+    assert not [o for o in bare.objects if o["apiVersion"] == MONITORING_API]
+    assert not [p for o in bare.objects for p in optional_api_problems(o, set())]
+
+
+def test_chart_renders_monitoring_where_the_api_is_served(root):
+    served = render_chart(root, {}, "served", api_versions=[MONITORING_API])
+    kinds = [o["kind"] for o in served.objects if o["apiVersion"] == MONITORING_API]
+    assert sorted(kinds) == ["PrometheusRule", "ServiceMonitor", "ServiceMonitor"]
+    off = render_chart(
+        root, {"monitoring": {"enabled": False}}, "off", api_versions=[MONITORING_API]
+    )
+    assert not [o for o in off.objects if o["apiVersion"] == MONITORING_API]
+    (monitor,) = [o for o in served.objects if o["kind"] == "PrometheusRule"]
+    assert optional_api_problems(monitor, set())  # the check names what a bare cluster lacks
+
+
+def test_kustomize_forms_for_kind_apply_without_the_operator(forms):
+    for rendered in forms:
+        monitoring = [k for k in _kinds(rendered.objects) if k[0] == MONITORING_API]
+        if rendered.source in {"overlay:monitoring", "chart:monitoring"}:
+            assert len(monitoring) == 2, rendered.source
+        else:
+            assert not monitoring, rendered.source
+
+
+def test_helm_wait_does_not_wait_on_the_drift_state_claim(forms):
+    for rendered in forms:
+        if rendered.api_versions is None:
+            continue
+        assert helm_wait_problems(rendered.objects) == {}, rendered.source
+        claim = find(rendered.objects, "PersistentVolumeClaim", "drift-state")
+        assert claim["metadata"]["annotations"]["helm.sh/hook"] == "pre-install"
+    objects = copy.deepcopy(form(forms, "chart:kind").objects)
+    del find(objects, "PersistentVolumeClaim", "drift-state")["metadata"]["annotations"]
+    assert ("PersistentVolumeClaim", "drift-state") in helm_wait_problems(objects)
+
+
+def test_one_kserve_version(root):
+    """kind-up installs the release of the SDK's version; its mode names are the chart's."""
+    assert _script_value(root, "KSERVE_VERSION") == f"v{version('kserve')}"
+    schema = (root / "helm" / "mlref" / "values.schema.json").read_text()
+    assert '"enum": ["Knative", "Standard"]' in schema
+
+
+def test_standard_canary_passes_kserves_webhook(forms):
+    isvc = find(form(forms, "chart:standard-canary").objects, "InferenceService", "ctr")
+    assert "maxReplicas" not in isvc["spec"]["canary"][0]["predictor"]
+    assert canary_problems(isvc) == []
+    broken = copy.deepcopy(isvc)
+    broken["spec"]["canary"][0]["predictor"]["maxReplicas"] = 3
+    assert [p for p, _ in canary_problems(broken)] == ["spec.canary.0.predictor.maxReplicas"]
+
+
+def test_knative_features_cover_the_pod_fields(forms, knative_features, root):
+    objects = form(forms, "overlay:kind").objects
+    assert feature_problems(objects, knative_features) == {}
+    missing = feature_problems(objects, {})[("InferenceService", "ctr")]
+    assert {path for path, _ in missing} == {
+        "spec.predictor.securityContext",
+        "spec.transformer.securityContext",
+    }
+    assert "manifests/cluster/knative-serving.yaml" in _script(root)
+
+
+def _mlref_images(objects):
+    for obj in objects:
+        for container in _containers(obj):
+            if "mlref" in container.get("image", "") and "minio" not in container["image"]:
+                yield container["image"]
+
+
+def _containers(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"containers", "initContainers"} and isinstance(value, list):
+                yield from value
+            else:
+                yield from _containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _containers(item)
+
+
+def test_kind_runs_an_image_knative_does_not_resolve(forms, root):
+    image = _script_value(root, "IMAGE").replace("${IMAGE_TAG}", "0.1.0")
+    assert image.startswith("kind.local/")
+    kind_forms = [f for f in forms if f.source in {"overlay:kind", "chart:kind"}]
+    kind_forms += [f for f in forms if f.source.startswith("overlay:kind-")]
+    for rendered in kind_forms:
+        assert set(_mlref_images(rendered.objects)) == {image}, rendered.source
+        data = find(rendered.objects, "ConfigMap", "mlref-settings")["data"]
+        assert data["MLREF_IMAGE"] == image, rendered.source
+
+
+STORAGE_INITIALIZER = {
+    # What KServe injects (pkg/utils/storage.go CreateInitContainerWithConfig): no
+    # securityContext at all.
+    "name": "storage-initializer",
+    "image": "kserve/storage-initializer:v0.21.0",
+    "args": ["s3://mlref/models/ctr/champion", "/mnt/models"],
+    "resources": {
+        "requests": {"cpu": "100m", "memory": "100Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    },
+}
+
+
+def test_namespace_admits_kserves_storage_initializer(forms):
+    pod = {"kind": "Pod", "spec": {"initContainers": [STORAGE_INITIALIZER], "containers": []}}
+    restricted = [p for p, _ in container_problems(pod) if ".securityContext." in p]
+    assert restricted, "the injected container would pass `restricted`: re-check upstream"
+    labels = find(form(forms, "overlay:base").objects, "Namespace", "mlref")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+def test_s3_endpoint_is_annotated_on_the_secret(forms, root):
+    for rendered in forms:
+        for obj in rendered.objects:
+            assert s3_annotation_problems(obj) == [], rendered.source
+    account = find(form(forms, "overlay:base").objects, "ServiceAccount", "mlref-serving")
+    assert account["secrets"] == [{"name": "mlref-object-store"}]
+    flagged = copy.deepcopy(account)
+    flagged["metadata"]["annotations"] = {"serving.kserve.io/s3-endpoint": "minio:9000"}
+    assert s3_annotation_problems(flagged)
+    assert "annotate secret mlref-object-store" in _script(root)
+    assert "serving.kserve.io/s3-endpoint=minio." in _script(root)
+
+
+def test_kourier_gets_no_istio_virtual_host(root):
+    assert "kserve.controller.gateway.disableIstioVirtualHost=true" in _script(root)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_on_kind_keeps_the_kind_settings(forms, root, stage):
+    kind, staged = form(forms, "overlay:kind"), form(forms, f"overlay:kind-{stage}")
+    assert stage_problems(root / "manifests" / "overlays" / f"kind-{stage}") == []
+    keys = {(o["kind"], o["metadata"]["name"]) for o in staged.objects}
+    assert {(o["kind"], o["metadata"]["name"]) for o in kind.objects} <= keys
+    settings = find(staged.objects, "ConfigMap", "mlref-settings")["data"]
+    for key, value in find(kind.objects, "ConfigMap", "mlref-settings")["data"].items():
+        if not key.startswith("MLREF_SERVING__LOG_SINK"):
+            assert settings[key] == value, (stage, key)
+    isvc = find(staged.objects, "InferenceService", "ctr")["spec"]
+    assert isvc["predictor"]["maxReplicas"] == 1
+    assert isvc["transformer"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_stage_built_on_base_is_reported_for_kind(root, tmp_path):
+    """The layout before: the stage overlay built on base, applied to a kind cluster."""
+    overlays = tmp_path / "overlays"
+    repo = root / "manifests"
+    (overlays / "kind").mkdir(parents=True)
+    (overlays / "kind-canary").mkdir()
+    (overlays / "kind" / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(repo / 'overlays' / 'kind', overlays / 'kind')}]\n"
+    )
+    stage = overlays / "kind-canary"
+    (stage / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(repo / 'base', stage)}]\n"
+        f"components: [{os.path.relpath(repo / 'components' / 'canary', stage)}]\n"
+    )
+    (problem,) = stage_problems(overlays / "kind-canary")
+    assert "data.MLREF_IMAGE" in problem and "build it on kind" in problem
+    result = runner.invoke(
+        app, ["manifests", "verify", "--skip-security", str(overlays / "kind-canary")]
+    )
+    assert result.exit_code == 1 and "build it on kind" in result.output
+
+
+def test_verify_a_users_values_file(tmp_path):
+    values = tmp_path / "prod.yaml"
+    values.write_text("serving:\n  deploymentMode: Standard\ncanary:\n  enabled: true\n")
+    result = runner.invoke(app, ["manifests", "verify", "--skip-security", str(values)])
+    assert result.exit_code == 0, result.output
+    assert f"chart:{values}"[:20] in result.output
+    result = runner.invoke(app, ["manifests", "verify", "--skip-security", str(tmp_path / "no")])
+    assert result.exit_code == 1 and "neither a kustomize directory" in result.output
+
+
+def test_no_gpu_on_kind_and_gpu_values_ask_for_one(forms, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def settings(source):
+        data = find(form(forms, source).objects, "ConfigMap", "mlref-settings")["data"]
+        with monkeypatch.context() as env:
+            for key, value in data.items():
+                env.setenv(key, value)
+            return Settings()
+
+    assert not settings("overlay:kind").train.use_gpu_in_cluster
+    assert not settings("chart:kind").train.use_gpu_in_cluster
+    gpu = settings("chart:gpu")
+    assert gpu.train.use_gpu_in_cluster and gpu.image.endswith("-cuda")
+    for source in ("overlay:kind", "chart:kind"):
+        assert "nvidia.com/gpu" not in str(form(forms, source).objects)
+
+
+def test_service_monitor_scrapes_both_modes(root):
+    served = render_chart(root, {}, "served", api_versions=[MONITORING_API])
+    assert service_monitor_problems(served.objects) == {}
+    knative_only = copy.deepcopy(served.objects)
+    monitor = find(knative_only, "ServiceMonitor", "mlref-serving")
+    monitor["spec"]["selector"] = {
+        "matchLabels": {
+            "serving.kserve.io/inferenceservice": "ctr",
+            "networking.internal.knative.dev/serviceType": "Private",
+        }
+    }
+    messages = [
+        m for _, m in service_monitor_problems(knative_only)[("ServiceMonitor", "mlref-serving")]
+    ]
+    assert messages == [
+        "scrapes transformer in Standard mode through 0 Services, not 1",
+        "scrapes predictor in Standard mode through 0 Services, not 1",
+    ]
