@@ -261,6 +261,12 @@ class CanarySettings(Section):
     stages: list[int] = Field([10, 50, 100], description="Traffic percent of each stage.")
     bake_seconds: float = Field(300.0, ge=0, description="Time each stage serves before analysis.")
     poll_seconds: float = Field(5.0, gt=0)
+    max_hold_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="How long a stage keeps serving after its bake while the analysis holds "
+        "for lack of evidence, before rolling back; 0: one more bake_seconds.",
+    )
     ready_timeout_seconds: float = Field(300.0, gt=0)
     min_requests: int = Field(200, ge=1, description="Requests per variant before any decision.")
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance of the error-rate test.")

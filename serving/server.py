@@ -366,7 +366,7 @@ def serve_local(
     as the canary patch says: the transformer sees one host, as in the cluster.
     """
     serving = settings.serving
-    cli = [sys.executable, "-m", "mlref.serving.server"]
+    cli = [sys.executable, "-m", "mlref.cli", "serve"]
     common = ["--host", serving.host]
 
     def predictor(uri: str, port: int, *extra: str, **env: str) -> subprocess.Popen:
@@ -374,7 +374,7 @@ def serve_local(
         return subprocess.Popen(argv, env=server_env(**env))
 
     # gRPC on the stable predictor only: both would bind the same default gRPC port.
-    predictors = [predictor(model_uri, serving.predictor_port, *(["--grpc"] if grpc else []))]
+    predictors = [predictor(model_uri, serving.predictor_port, *(["--with-grpc"] if grpc else []))]
     target = f"{serving.host}:{serving.predictor_port}"
     if candidate_uri:
         port = settings.canary.candidate_port
@@ -405,14 +405,3 @@ def serve_local(
             child.send_signal(signal.SIGTERM)
             child.wait(timeout=60)
     return max(abs(child.returncode or 0) for child in children) if not stopping else 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m mlref.serving.server predictor|transformer``: the CLI without Typer."""
-    from mlref.cli.serve import app
-
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="mlref serve")
-
-
-if __name__ == "__main__":
-    main()

@@ -199,8 +199,9 @@ def score_check(
     value between two samples of one distribution is about buckets x (1/n1 + 1/n2)).
     A model retrained after drift is expected to score differently, so the shift is accepted
     when the ``labelled`` logloss check shows the canary no worse than stable. While labelled
-    evidence is still arriving (the logloss check holds, or ``rules.await_labels`` says labels
-    come for canary traffic and none has been joined yet) a shift holds: how soon labels
+    evidence is still arriving (the logloss check holds; or ``rules.await_labels`` says labels
+    come for canary traffic and none has been joined yet, or the labelled checks cannot yet
+    tell better from worse) a shift holds, and the labelled checks decide: how soon labels
     arrive depends on machine load, and a verdict must not. Without labels to wait for the
     shift is the only quality signal there is.
     """
@@ -222,7 +223,10 @@ def score_check(
     better = (
         labelled is not None and labelled.verdict == "pass" and labelled.values["difference"] <= 0
     )
-    waiting = (labelled.verdict == "hold") if labelled is not None else rules.await_labels
+    if labelled is None:
+        waiting = rules.await_labels
+    else:  # labels still short, or (when they are awaited) not yet conclusive either way
+        waiting = labelled.verdict == "hold" or (rules.await_labels and labelled.verdict == "pass")
     verdict: Verdict = "pass"
     if shifted and better:
         summary += "; accepted: labelled logloss shows the canary no worse"

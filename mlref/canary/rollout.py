@@ -203,11 +203,13 @@ def bake_and_analyze(
     clock: Callable[[], float],
 ) -> tuple[Analysis, datetime, datetime]:
     """Serve for bake_seconds, then analyse; while the analysis holds (too little data),
-    keep serving and re-analyse every poll_seconds for at most one more bake."""
+    keep serving and re-analyse every poll_seconds for at most max_hold_seconds (default one
+    more bake). The wait ends as soon as the evidence suffices, so a loaded machine, where
+    evidence accrues slower, takes longer but reaches the same verdict."""
     rules = settings.canary
     source.begin()
     sleep(rules.bake_seconds)
-    deadline = clock() + rules.bake_seconds
+    deadline = clock() + (rules.max_hold_seconds or rules.bake_seconds)
     while True:
         window = source.collect()
         analysis = analyze(window.stable, window.canary, rules, window.outcomes)

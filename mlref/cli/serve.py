@@ -36,7 +36,7 @@ def serve(
         "`canary` on canary.candidate_port behind a split proxy that gives it the share the "
         "canary state says.",
     ),
-    grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC on the predictor."),
+    grpc: bool = typer.Option(False, "--with-grpc", help="Also serve gRPC on the predictor."),
 ) -> None:
     """Start predictor(s) and transformer on settings.serving.host (127.0.0.1) until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
@@ -71,7 +71,7 @@ def predictor(
     ),
     host: str = typer.Option("", help="Bind address; default settings.serving.host."),
     port: int = typer.Option(0, "--port", "--http_port", help="Default serving.predictor_port."),
-    grpc: bool = typer.Option(False, "--grpc", help="Also serve gRPC."),
+    grpc: bool = typer.Option(False, "--with-grpc", help="Also serve gRPC."),
     grpc_port: int = typer.Option(8081, "--grpc-port", "--grpc_port"),
     model_name: str = typer.Option("", "--model_name", "--model-name", help=MODEL_NAME_HELP),
     workers: int = typer.Option(1, "--workers", min=0, help=WORKERS_HELP),

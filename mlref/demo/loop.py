@@ -126,7 +126,7 @@ def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str
 
     folder = demo_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "mlref.serving.server", "--model", model]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "--model", model]
     if candidate:
         argv += ["--candidate", candidate]
     log_path = folder / "serving.log"

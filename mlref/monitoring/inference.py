@@ -42,11 +42,15 @@ def read_inference_log(
 
 
 def write_labels(settings: Settings, labels: pd.DataFrame, name: str) -> None:
-    """Store observed clicks (``request_id``, ``clicked``) as ``labels_uri/<name>.parquet``."""
+    """Store observed clicks (``request_id``, ``clicked``) as ``labels_uri/<name>.parquet``,
+    atomically: a reader (the canary analysis) never sees half a file. The partial file does
+    not match ``*.parquet``, so readers skip it."""
     fs, root = storage.filesystem(settings.labels_uri)
     fs.makedirs(root, exist_ok=True)
     table = pa.Table.from_pandas(labels[["request_id", LABEL]], LABEL_SCHEMA, preserve_index=False)
-    pq.write_table(table, f"{root}/{name}.parquet", filesystem=fs)
+    partial = f"{root}/.{name}.parquet.partial"
+    pq.write_table(table, partial, filesystem=fs)
+    fs.mv(partial, f"{root}/{name}.parquet")
 
 
 def read_labels(settings: Settings) -> pd.DataFrame:

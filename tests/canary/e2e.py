@@ -26,7 +26,7 @@ from tests.serving.conftest import start_predictor, start_split, start_transform
 from tests.serving.test_servers import business_rows
 
 MAX_REQUESTS = 40_000
-MAX_SECONDS = 120.0
+MAX_SECONDS = 300.0
 CONCURRENCY = 4
 
 

@@ -192,6 +192,9 @@ def test_score_shift_waits_while_labelled_evidence_is_arriving():
     awaiting = RULES.model_copy(update={"await_labels": True})
     assert score_check(stable, shifted, awaiting).verdict == "hold"
     assert score_check(stable, shifted, RULES).verdict == "fail"  # no labels to wait for
+    inconclusive = Check("logloss", "pass", "", {"difference": +0.1})  # CI still spans 0.02
+    assert score_check(stable, shifted, awaiting, inconclusive).verdict == "hold"
+    assert score_check(stable, shifted, RULES, inconclusive).verdict == "fail"
     worse = Check("logloss", "fail", "", {"difference": +0.3})
     assert score_check(stable, shifted, awaiting, worse).verdict == "fail"
 

@@ -16,7 +16,7 @@ from mlref.canary.state import CanaryState, read_state, state_path
 from mlref.cli import app
 from mlref.settings import CanarySettings, Settings, get_settings
 from mlref.training import registry
-from mlref.training.tracking import client
+from mlref.training.publish import served_uri
 from tests.canary.fake_kube import RecordedCustomObjectsApi
 from tests.training.test_registry import evaluate, register
 
@@ -122,7 +122,7 @@ def test_cluster_start_applies_server_side_waits_and_reports_split(settings, ver
     )
     assert kwargs == {"field_manager": "mlref", "force": True}
     storage = body["spec"]["predictor"]["model"]["storageUri"]
-    assert storage == client(settings).get_model_version_download_uri("ctr", second)
+    assert storage == served_uri(settings, second)  # the version's published folder
     assert not storage.startswith("models:/")
     assert body["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert sum(call[0] == "get" for call in api.calls) >= 4  # waited through 3 stale reads
@@ -160,7 +160,7 @@ def test_cluster_standard_mode_canary_rollback_restart_promote(settings, version
     _, second = versions
     settings = cluster(settings, deployment_mode="Standard")
     api = RecordedCustomObjectsApi(live_isvc("Standard"))
-    candidate = client(settings).get_model_version_download_uri("ctr", second)
+    candidate = served_uri(settings, second)
 
     applied = rollout.start(settings, CHALLENGER, 10, api=api)
     ((_, args, _),) = [call for call in api.calls if call[0] == "patch"]
@@ -304,7 +304,7 @@ def test_cli_start_in_standard_mode(cli_env, versions, monkeypatch, mode, exit_c
 
 def test_cluster_analysis_without_prometheus_names_the_setting(tmp_path):
     """The predictors are pods, not local ports: no silent scrape of 127.0.0.1."""
-    cluster = Settings(work_dir=tmp_path, mode="cluster")
+    cluster = Settings(work_dir=tmp_path, mode="cluster", storage={"root": str(tmp_path / "store")})
     with pytest.raises(SourceError, match="MLREF_CANARY__PROMETHEUS_URL"):
         default_source(cluster)
     assert isinstance(default_source(Settings(work_dir=tmp_path)), LocalSource)

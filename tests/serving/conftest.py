@@ -64,7 +64,7 @@ def start_predictor(
     settings: Settings, model_path: Path, logs: Path, variant: str = "", port: int = 0
 ) -> Server:
     port = port or free_port()
-    argv = [sys.executable, "-m", "mlref.serving.server", "predictor"]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "predictor"]
     argv += ["--model", str(model_path), "--port", str(port)]
     extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
     server = Server(argv, port, logs / f"predictor-{port}.log", env=config_env(settings, **extra))
@@ -75,7 +75,7 @@ def start_predictor(
 def start_transformer(settings: Settings, predictor_url: str, logs: Path) -> Server:
     """The transformer calling ``predictor_url``: one predictor, or a split over several."""
     port = free_port()
-    argv = [sys.executable, "-m", "mlref.serving.server", "transformer"]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "transformer"]
     argv += ["--port", str(port), "--predictor-host", predictor_url]
     server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
     server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.serving.model_name))
@@ -95,7 +95,7 @@ def start_split(settings: Settings, stable_url: str, candidate_url: str, logs: P
 def start_log_sink(settings: Settings, logs: Path) -> Server:
     """``mlref serve log-sink``, storing under ``settings.inference_log_uri``."""
     port = free_port()
-    argv = [sys.executable, "-m", "mlref.serving.server", "log-sink", "--port", str(port)]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "log-sink", "--port", str(port)]
     server = Server(argv, port, logs / f"log-sink-{port}.log", env=config_env(settings))
     server.wait_ready(timeout=60)
     return server

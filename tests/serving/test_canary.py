@@ -185,7 +185,7 @@ def test_mlref_serve_with_a_candidate_runs_and_stops_all_four(tmp_path):
     build_features(settings, KNOWN_USERS, KNOWN_ADS)
     write_state(settings, CanaryState(str(candidate), str(stable), 100))
     port = settings.serving.transformer_port
-    argv = [sys.executable, "-m", "mlref.serving.server", "--model", str(stable)]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "--model", str(stable)]
     serve = Server(
         [*argv, "--candidate", str(candidate)], port, tmp_path / "serve.log", config_env(settings)
     )

@@ -97,7 +97,7 @@ def test_a_predictor_restarted_with_another_spec_is_followed(tmp_path):
 def test_transformer_without_a_predictor_gives_up_with_a_clear_message(tmp_path):
     settings = serving_settings(tmp_path, predictor_ready_timeout_seconds=1.0)
     build_features(settings, KNOWN_USERS, KNOWN_ADS)
-    argv = [sys.executable, "-m", "mlref.serving.server", "transformer", "--port"]
+    argv = [sys.executable, "-m", "mlref.cli", "serve", "transformer", "--port"]
     argv += [str(free_port()), "--predictor-host", f"127.0.0.1:{free_port()}"]
     done = subprocess.run(
         argv, env=config_env(settings), capture_output=True, text=True, timeout=60
