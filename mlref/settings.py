@@ -258,6 +258,13 @@ class DriftSettings(Section):
     column_thresholds: dict[str, float] = Field({}, description="Per-column drift thresholds.")
     max_null_share: float = Field(0.05, ge=0, le=1, description="Data-quality: null share ceiling.")
     max_out_of_range_share: float = Field(0.05, ge=0, le=1)
+    max_new_value_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Vocabulary drift: rise in the share of category values outside the "
+        "contract's vocabulary (reported; extend the vocabulary, then retrain).",
+    )
     max_cold_share_increase: float = Field(
         0.1, ge=0, le=1, description="Cold start: rise in the share of rows scored with priors."
     )

@@ -56,32 +56,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlref.features.transform import STAT_COLUMNS
+from mlref.schema import LOG_SCHEMA, STAT_COLUMNS
 from mlref.serving import metrics
 from mlref.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema(
-    [
-        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
-        pa.field("request_id", pa.string()),
-        pa.field("user_id", pa.int64()),
-        pa.field("ad_id", pa.int64()),
-        pa.field("advertiser_id", pa.int64()),
-        pa.field("ad_category", pa.string()),
-        pa.field("device_type", pa.string()),
-        pa.field("site_category", pa.string()),
-        pa.field("position", pa.int64()),
-        pa.field("hour", pa.int64()),
-        *(pa.field(name, pa.float64()) for name in STAT_COLUMNS),
-        pa.field("defaulted", pa.list_(pa.string())),
-        pa.field("probability", pa.float32()),
-        pa.field("model_version", pa.string()),
-        pa.field("variant", pa.string()),
-    ]
-)
-
+SCHEMA = LOG_SCHEMA  # the contract's; a record holds every column
 
 GROUP_ROWS = 4096
 EVENT_TYPE = "org.mlref.inference.log"

@@ -20,6 +20,7 @@ import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
+from mlref.schema import MODELS_SCHEME as REGISTRY_SCHEME
 from mlref.serving import metrics
 from mlref.serving.requests import (
     MODEL_CHANGED,
@@ -30,8 +31,6 @@ from mlref.serving.requests import (
     parse_v2_inputs,
 )
 from mlref.settings import Settings
-
-REGISTRY_SCHEME = "models:/"
 
 
 @dataclass(frozen=True)
