@@ -1,9 +1,24 @@
-"""The click-log contract: columns, types and the closed vocabularies of the use case.
+"""The domain contract: what an ad impression is, field by field. Everything else derives from it.
 
-The generator writes it, ingestion validates against it, features and serving read it.
+:data:`FIELDS` lists what a caller knows about an impression: its type, its vocabulary or
+range, and how long its text may be. From it come the raw click-log schema ingestion checks
+(:data:`RAW_SCHEMA`), the transformer's request validation (``mlref.serving.requests``), the
+model's categorical inputs (``mlref.features.transform.build_spec``), the inference log's
+Arrow schema (:data:`LOG_SCHEMA`), the quality checks and the drift columns
+(``mlref.monitoring``). Adding a request field is one entry here, plus the code that makes it
+(the generator) and the model that uses it.
+
+One vocabulary policy for ingestion and serving: a category value outside its vocabulary is
+kept, the model reads it as the out-of-vocabulary bucket, and the drift check reports the
+share of such values per column (vocabulary drift: advertisers add a category, a client
+ships a new device). A value that breaks the contract (null, outside a range, text longer
+than its bound) is quarantined by ingestion and refused (400) by serving.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import pyarrow as pa
 
@@ -22,25 +37,106 @@ AD_CATEGORIES = (
 )
 SITE_CATEGORIES = ("news", "sports", "social", "video", "shopping", "blogs", "search")
 MAX_POSITION = 8  # ad slot on the page, 1 = top
+INT64_MAX = 2**63 - 1
+MAX_TEXT = 64  # characters of a category value (real ones are a few words)
+MAX_REQUEST_ID = 128
 
-ID_COLUMNS = ("user_id", "ad_id", "advertiser_id")
-CATEGORICAL_COLUMNS = ("ad_category", "device_type", "site_category")
 
+@dataclass(frozen=True)
+class Field:
+    """One request field. ``kind``: ``id`` (a non-negative int64, hashed by the model),
+    ``category`` (text from an open vocabulary) or ``ordinal`` (an int in ``low..high``)."""
+
+    name: str
+    kind: Literal["id", "category", "ordinal"]
+    vocabulary: tuple[str, ...] = ()
+    low: int = 0
+    high: int = INT64_MAX
+    required: bool = True  # in a request; the transformer fills an optional one
+
+    @property
+    def python_type(self) -> type:
+        return str if self.kind == "category" else int
+
+    @property
+    def raw_type(self) -> pa.DataType:
+        """Its type in the click log."""
+        return {"id": pa.int64(), "category": pa.string(), "ordinal": pa.int8()}[self.kind]
+
+    @property
+    def log_type(self) -> pa.DataType:
+        """Its type in the inference log."""
+        return pa.string() if self.kind == "category" else pa.int64()
+
+    @property
+    def values(self) -> tuple[str | int, ...] | None:
+        """The known values the model embeds one by one (None for hashed ids)."""
+        if self.kind == "category":
+            return self.vocabulary
+        if self.kind == "ordinal":
+            return tuple(range(self.low, self.high + 1))
+        return None
+
+    @property
+    def description(self) -> str:
+        """What a valid value is, for error messages."""
+        if self.kind == "category":
+            return f"a string of at most {MAX_TEXT} characters"
+        if self.kind == "ordinal":
+            return f"an integer {self.low}-{self.high}"
+        return "an integer id"
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("user_id", "id"),
+    Field("ad_id", "id"),
+    Field("advertiser_id", "id"),
+    Field("ad_category", "category", AD_CATEGORIES),
+    Field("device_type", "category", DEVICE_TYPES),
+    Field("site_category", "category", SITE_CATEGORIES),
+    Field("position", "ordinal", low=1, high=MAX_POSITION),
+    Field("hour", "ordinal", low=0, high=23, required=False),  # UTC; default: now
+)
+BY_NAME = {field.name: field for field in FIELDS}
+REQUEST_COLUMNS = tuple(field.name for field in FIELDS)
+ID_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "id")
+CATEGORICAL_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "category")
+ORDINAL_COLUMNS = tuple(f.name for f in FIELDS if f.kind == "ordinal")
+VOCABULARIES = {f.name: f.vocabulary for f in FIELDS if f.kind == "category"}
+RANGES = {f.name: (f.low, f.high) for f in FIELDS if f.kind == "ordinal"}
+
+# Per-entity stats the feature store serves: counts and smoothed CTRs over two windows.
+WINDOWS = ("1d", "7d")
+USER_STATS = tuple(f"user_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
+AD_STATS = tuple(f"ad_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
+STAT_COLUMNS = USER_STATS + AD_STATS
+
+LABEL = "clicked"
 RAW_SCHEMA = pa.schema(
     [
         pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("request_id", pa.string(), nullable=False),
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("ad_id", pa.int64(), nullable=False),
-        pa.field("advertiser_id", pa.int64(), nullable=False),
-        pa.field("ad_category", pa.string(), nullable=False),
-        pa.field("device_type", pa.string(), nullable=False),
-        pa.field("site_category", pa.string(), nullable=False),
-        pa.field("position", pa.int8(), nullable=False),
-        pa.field("hour", pa.int8(), nullable=False),
-        pa.field("clicked", pa.int8(), nullable=False),
+        *(pa.field(f.name, f.raw_type, nullable=False) for f in FIELDS),
+        pa.field(LABEL, pa.int8(), nullable=False),
     ]
 )
 RAW_COLUMNS = tuple(RAW_SCHEMA.names)
 # Curated data is the raw schema plus the partition column.
 DATE_COLUMN = "date"
+
+# One row per scored impression: the request, the stats as the model used them (after
+# defaults), which stats were defaulted, the score and the model that gave it.
+LOG_SCHEMA = pa.schema(
+    [
+        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("request_id", pa.string()),
+        *(pa.field(f.name, f.log_type) for f in FIELDS),
+        *(pa.field(name, pa.float64()) for name in STAT_COLUMNS),
+        pa.field("defaulted", pa.list_(pa.string())),
+        pa.field("probability", pa.float32()),
+        pa.field("model_version", pa.string()),
+        pa.field("variant", pa.string()),
+    ]
+)
+
+MODELS_SCHEME = "models:/"  # MLflow registry URIs: models:/<name>@<alias>, models:/<name>/<n>

@@ -225,6 +225,26 @@ class ServingSettings(Section):
     )
     log_sink_url: str = Field("", description="The logger sink's URL, for log_sink http.")
     log_sink_port: int = Field(8090, description="Port of `mlref serve log-sink`.")
+    log_memory_rows: int = Field(
+        50_000,
+        ge=1,
+        description="Inference-log rows held in memory while the sink is down (and again while "
+        "the writer is busy); more go to the disk spool.",
+    )
+    log_spool_rows: int = Field(
+        2_000_000,
+        ge=0,
+        description="Inference-log rows spooled to local disk while the sink is down; rows past "
+        "this bound are dropped and counted (mlref_inference_log_dropped_rows_total).",
+    )
+    log_spool_dir: str = Field(
+        "",
+        description="Local directory of the inference-log spool (a volume that outlives the "
+        "container); empty: work_dir/inference_log_spool.",
+    )
+    log_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest wait between two tries of an unavailable log sink."
+    )
     variant: str = Field(
         "stable", description="A predictor's variant label: `stable`, or `canary` for a candidate."
     )
@@ -321,6 +341,13 @@ class DriftSettings(Section):
     column_thresholds: dict[str, float] = Field({}, description="Per-column drift thresholds.")
     max_null_share: float = Field(0.05, ge=0, le=1, description="Data-quality: null share ceiling.")
     max_out_of_range_share: float = Field(0.05, ge=0, le=1)
+    max_new_value_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Vocabulary drift: rise in the share of category values outside the "
+        "contract's vocabulary (reported; extend the vocabulary, then retrain).",
+    )
     max_cold_share_increase: float = Field(
         0.1, ge=0, le=1, description="Cold start: rise in the share of rows scored with priors."
     )
@@ -492,6 +519,10 @@ class Settings(BaseSettings):
     @property
     def inference_log_dir(self) -> Path:
         return self.work_dir / "inference_log"
+
+    @property
+    def inference_log_spool_dir(self) -> Path:
+        return Path(self.serving.log_spool_dir or self.work_dir / "inference_log_spool")
 
     @property
     def inference_log_uri(self) -> str:

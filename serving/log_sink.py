@@ -4,8 +4,9 @@ With ``serving.log_sink: http`` the transformer posts its inference log as Cloud
 (:class:`mlref.serving.inference_log.HttpSink`) to KServe's logger sink. This is one such
 sink: point a Knative trigger (or the transformer itself) at it, and every event is written to
 ``serving.log_uri`` as the same date-partitioned Parquet the drift job and the canary analysis
-read. It answers 202 only after the rows are stored, so a sender retries anything not stored;
-events of another type (KServe's own request / response payloads) get a 400 that says so.
+read. It answers 202 only after the rows are stored, so a sender retries anything not stored,
+and names each part by the event's id, so a resent event is stored once; events of another
+type (KServe's own request / response payloads) get a 400 that says so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mlref.serving.inference_log import EVENT_TYPE, Sink, StorageSink, rows_table
+from mlref.serving.inference_log import EVENT_TYPE, Sink, StorageSink, event_key, rows_table
 from mlref.settings import Settings
 
 
@@ -42,10 +43,12 @@ def app(sink: Sink) -> Starlette:
             table = await run_in_threadpool(rows_table, rows)
         except (ValueError, TypeError) as exc:  # Arrow's ArrowInvalid / ArrowTypeError too
             return refuse(f"rows do not match the inference-log schema: {exc}"[:500])
-        stored = await run_in_threadpool(sink.write, table)
-        if stored != table.num_rows:
-            return refuse(f"stored {stored} of {table.num_rows} rows; send the event again", 503)
-        return JSONResponse({"stored": stored}, 202)
+        key = event_key(request.headers.get("ce-source", ""), request.headers.get("ce-id", ""))
+        try:
+            await run_in_threadpool(sink.write, table, key)
+        except Exception as exc:  # storage down: the sender keeps the event and retries
+            return refuse(f"could not store the rows ({exc!r}); send the event again"[:500], 503)
+        return JSONResponse({"stored": table.num_rows}, 202)
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

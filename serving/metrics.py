@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 import numpy as np
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -96,4 +96,27 @@ DEFAULTED = Counter(
     "mlref_defaulted_features",
     "Feature values filled with the prior because the online store had none.",
     ["feature"],
+)
+# The inference log's health: what it holds back while its sink is down, and what it lost.
+LOG_DROPPED = Counter(
+    "mlref_inference_log_dropped_rows",
+    "Scored rows the inference log dropped: its memory buffer or its disk spool was full.",
+    ["reason"],
+)
+LOG_SPILLED = Gauge(
+    "mlref_inference_log_spilled_rows",
+    "Scored rows waiting for the inference-log sink, in memory or in the local disk spool.",
+    ["where"],
+)
+LOG_DEAD_LETTER = Counter(
+    "mlref_inference_log_dead_letter_rows",
+    "Scored rows that could not be made into log rows (a bug); kept in the dead-letter files.",
+)
+LOG_WRITE_FAILURES = Counter(
+    "mlref_inference_log_write_failures",
+    "Failed deliveries of inference-log rows to the sink (each is retried with backoff).",
+)
+LOG_WRITER_ERRORS = Counter(
+    "mlref_inference_log_writer_errors",
+    "Unexpected errors the inference-log writer survived (or restarts of its thread).",
 )

@@ -21,6 +21,7 @@ import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
+from mlref.schema import MODELS_SCHEME as REGISTRY_SCHEME
 from mlref.serving import metrics, v2
 from mlref.serving.requests import (
     MODEL_CHANGED,
@@ -32,8 +33,6 @@ from mlref.serving.requests import (
 )
 from mlref.settings import Settings
 from mlref.training.publish import published_version
-
-REGISTRY_SCHEME = "models:/"
 
 
 @dataclass(frozen=True)

@@ -26,21 +26,22 @@ import numpy as np
 import orjson
 
 from mlref.onnx_model import INPUT_CAT, INPUT_NUM
+from mlref.schema import FIELDS, MAX_REQUEST_ID, MAX_TEXT
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-# name -> (required, accepted python type, description for messages)
+# name -> (required, accepted python type, description for messages): the contract's fields
+# and the optional request id.
 BUSINESS_FIELDS: dict[str, tuple[bool, type, str]] = {
-    "user_id": (True, int, "an integer id"),
-    "ad_id": (True, int, "an integer id"),
-    "advertiser_id": (True, int, "an integer id"),
-    "ad_category": (True, str, "a string"),
-    "device_type": (True, str, "a string"),
-    "site_category": (True, str, "a string"),
-    "position": (True, int, "an integer"),
-    "hour": (False, int, "an integer 0-23"),
-    "request_id": (False, str, "a string"),
+    **{f.name: (f.required, f.python_type, f.description) for f in FIELDS},
+    "request_id": (False, str, f"a string of at most {MAX_REQUEST_ID} characters"),
 }
 REQUIRED_FIELDS = tuple(name for name, (required, _, _) in BUSINESS_FIELDS.items() if required)
+# Inclusive bounds: of ints (ids are non-negative int64), and of text lengths.
+BOUNDS = {
+    **{f.name: (f.low, f.high) for f in FIELDS if f.python_type is int},
+    **{f.name: (0, MAX_TEXT) for f in FIELDS if f.python_type is str},
+    "request_id": (0, MAX_REQUEST_ID),
+}
 
 
 class RequestError(Exception):
@@ -171,14 +172,16 @@ def parse_business(payload: Any, max_batch: int, now: datetime | None = None) ->
             values = [row.get(name, _ABSENT) for row in instances]
             given = [v for v in values if v is not _ABSENT]
         checked = values if given is None else given
-        if not set(map(type, checked)) <= {kind} or (kind is int and _out_of_range(name, checked)):
+        if not set(map(type, checked)) <= {kind} or _out_of_range(name, kind, checked):
             i, value = next(
                 (i, v)
                 for i, v in enumerate(values)
-                if v is not _ABSENT and (type(v) is not kind or _out_of_range(name, [v]))
+                if v is not _ABSENT and (type(v) is not kind or _out_of_range(name, kind, [v]))
             )
             where = f"instances[{i}].{name}"
             got = "null" if value is None else f"{_kind(value)} {value!r}"
+            if kind is str and type(value) is str:
+                got = f"{len(value)} characters"
             raise RequestError(f"{where} must be {text}, got {got}"[:300], field=where)
         if name == "request_id":  # absent or empty: a fresh id
             batch.request_ids = (
@@ -214,11 +217,14 @@ def _reject_row(row: Any, i: int) -> None:
     raise RequestError(f"{where}: missing field '{name}'", field=f"{where}.{name}")
 
 
-def _out_of_range(name: str, values: list) -> bool:
-    """Whether any of ``values`` (ints) is outside int64, or outside 0-23 for ``hour``."""
+def _out_of_range(name: str, kind: type, values: list) -> bool:
+    """Whether any of ``values`` is outside its :data:`BOUNDS`: the value of an int, the
+    length of a string. One C-level pass (``min``/``max`` over ``map``)."""
     if not values:
         return False
-    low, high = (0, 23) if name == "hour" else (INT64_MIN, INT64_MAX)
+    low, high = BOUNDS[name]
+    if kind is str:
+        return max(map(len, values)) > high
     return min(values) < low or max(values) > high
 
 

@@ -27,9 +27,9 @@ from mlref.canary.state import (
     to_patch,
     write_state,
 )
+from mlref.schema import MODELS_SCHEME
 from mlref.settings import Settings
 
-MODELS_SCHEME = "models:/"
 Report = Callable[[str], None]
 
 

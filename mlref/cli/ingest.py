@@ -38,6 +38,7 @@ def run(
         "rows curated": result.rows_curated,
         "rows quarantined": result.rows_quarantined,
         **{f"  {reason}": count for reason, count in result.reasons.items()},
+        **{f"kept, {c} outside the vocabulary": n for c, n in result.unknown_values.items()},
         "curated data": settings.curated_dir,
         "quarantine": settings.quarantine_dir,
         "partitions written": len(result.partitions),

@@ -63,6 +63,8 @@ class IngestResult:
     rows_curated: int = 0
     rows_quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # rows having each reason
+    # Rows kept with a category value outside its vocabulary (vocabulary drift), by column.
+    unknown_values: dict[str, int] = field(default_factory=dict)
     partitions: list[str] = field(default_factory=list)  # partition directories written
     files: list[str] = field(default_factory=list)  # input files read
     seconds: float = 0.0
@@ -100,6 +102,7 @@ def ingest(
     taken = RequestIds(settings.curated_uri, own_parts)
     result = IngestResult(files=[s.uri for s in sources])
     counts: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
     with Staging(settings) as staging:
         for done, src in enumerate(sources):
             if on_progress:
@@ -112,6 +115,7 @@ def ingest(
                 result.rows_curated += good
                 result.rows_quarantined += bad
                 counts.update({r: int(m.sum()) for r, m in checked.problems.items()})
+                unknown.update(checked.kept_unknown(batch.num_rows))
             staging.close_files()
         if result.rows_in != result.rows_curated + result.rows_quarantined:
             raise AssertionError(f"rows lost: {result}")
@@ -119,6 +123,7 @@ def ingest(
     if on_progress:
         on_progress(len(sources), len(sources))
     result.reasons = dict(sorted(counts.items()))
+    result.unknown_values = {column: n for column, n in sorted(unknown.items()) if n}
     result.seconds = time.perf_counter() - started
     return result
 

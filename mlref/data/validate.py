@@ -1,9 +1,12 @@
-"""Row checks of raw click logs against :data:`mlref.schema.RAW_SCHEMA`, vectorized.
+"""Row checks of raw click logs against the contract (:mod:`mlref.schema`), vectorized.
 
 Every check yields a boolean mask named by the reason it reports (``"position: out of range
 1..8"``), so a rejected row carries *all* its problems, not just the first one found, and
 counts by reason are mask sums. Inputs may arrive with loose types (CSV gives strings,
 pandas writes ints with nulls as floats): a value that casts losslessly is accepted.
+
+A category value outside its vocabulary is no problem: the row is kept (the model reads the
+value as out-of-vocabulary), and :attr:`Checked.unknown` counts it as vocabulary drift.
 """
 
 from __future__ import annotations
@@ -16,22 +19,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlref.schema import (
-    AD_CATEGORIES,
-    DEVICE_TYPES,
-    MAX_POSITION,
-    RAW_COLUMNS,
-    RAW_SCHEMA,
-    SITE_CATEGORIES,
-)
+from mlref import schema
+from mlref.schema import MAX_REQUEST_ID, MAX_TEXT, RAW_COLUMNS, RAW_SCHEMA, VOCABULARIES
 
-VOCABULARIES = {
-    "ad_category": AD_CATEGORIES,
-    "device_type": DEVICE_TYPES,
-    "site_category": SITE_CATEGORIES,
-}
-# Inclusive bounds of the small integer columns.
-RANGES = {"position": (1, MAX_POSITION), "hour": (0, 23), "clicked": (0, 1)}
+# Inclusive bounds of the small integer columns: the contract's ordinals, and the label.
+RANGES = {**schema.RANGES, schema.LABEL: (0, 1)}
+MAX_LENGTHS = {name: MAX_TEXT for name in VOCABULARIES} | {"request_id": MAX_REQUEST_ID}
 UNKNOWN_DATE = "unknown"  # partition of rows whose timestamp cannot be read
 UNKNOWN_DAY = np.iinfo(np.int64).min
 TIMESTAMP = RAW_SCHEMA.field("event_timestamp").type
@@ -47,11 +40,17 @@ class Checked:
 
     columns: dict[str, pa.Array] = field(default_factory=dict)  # RAW_SCHEMA types, null if bad
     problems: dict[str, np.ndarray] = field(default_factory=dict)  # reason -> rows having it
+    unknown: dict[str, np.ndarray] = field(default_factory=dict)  # column -> not in vocabulary
     days: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
 
     def add(self, reason: str, mask: np.ndarray) -> None:
         if mask.any():
             self.problems[reason] = self.problems.get(reason, False) | mask
+
+    def kept_unknown(self, n: int) -> dict[str, int]:
+        """Per category column, the rows kept (no problem) whose value is not in its vocabulary."""
+        good = ~self.bad(n)
+        return {name: int((mask & good).sum()) for name, mask in self.unknown.items()}
 
     def bad(self, n: int) -> np.ndarray:
         """Rows with at least one problem."""
@@ -92,11 +91,14 @@ def _check_timestamp(checked: Checked, name: str, raw: pa.Array, limit: pd.Times
 def _check_string(checked: Checked, name: str, raw: pa.Array) -> pa.Array:
     value = _to_string(raw)
     checked.add(f"{name}: null", as_mask(value.is_null()))
+    limit = MAX_LENGTHS[name]
+    checked.add(
+        f"{name}: longer than {limit} characters",
+        as_mask(pc.greater(pc.utf8_length(value), limit)),
+    )
     if name in VOCABULARIES:
         known = pc.is_in(value, value_set=pa.array(VOCABULARIES[name]))
-        checked.add(
-            f"{name}: not in vocabulary", as_mask(pc.and_(value.is_valid(), pc.invert(known)))
-        )
+        checked.unknown[name] = as_mask(pc.and_(value.is_valid(), pc.invert(known)))
     return value
 
 

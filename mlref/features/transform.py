@@ -20,23 +20,8 @@ import numpy as np
 import pandas as pd
 
 from mlref import schema
+from mlref.schema import AD_STATS, REQUEST_COLUMNS, STAT_COLUMNS, USER_STATS  # noqa: F401
 from mlref.settings import FeatureSettings
-
-WINDOWS = ("1d", "7d")
-USER_STATS = tuple(f"user_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
-AD_STATS = tuple(f"ad_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "clicks", "ctr"))
-STAT_COLUMNS = USER_STATS + AD_STATS
-# Request-time inputs: what the caller knows about the impression being scored.
-REQUEST_COLUMNS = (
-    "user_id",
-    "ad_id",
-    "advertiser_id",
-    "ad_category",
-    "device_type",
-    "site_category",
-    "position",
-    "hour",
-)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier
 
@@ -101,19 +86,11 @@ class FeatureSpec:
 
 def build_spec(settings: FeatureSettings) -> FeatureSpec:
     """The feature spec for the current settings."""
-    categorical = (
-        CategoricalFeature("user_id", settings.user_hash_buckets),
-        CategoricalFeature("ad_id", settings.ad_hash_buckets),
-        CategoricalFeature("advertiser_id", settings.advertiser_hash_buckets),
-        CategoricalFeature("ad_category", len(schema.AD_CATEGORIES) + 1, schema.AD_CATEGORIES),
-        CategoricalFeature("device_type", len(schema.DEVICE_TYPES) + 1, schema.DEVICE_TYPES),
-        CategoricalFeature(
-            "site_category", len(schema.SITE_CATEGORIES) + 1, schema.SITE_CATEGORIES
-        ),
-        CategoricalFeature(
-            "position", schema.MAX_POSITION + 1, tuple(range(1, schema.MAX_POSITION + 1))
-        ),
-        CategoricalFeature("hour", 25, tuple(range(24))),
+    categorical = tuple(
+        CategoricalFeature(field.name, getattr(settings, f"{field.name[:-3]}_hash_buckets"))
+        if field.kind == "id"
+        else CategoricalFeature(field.name, len(field.values) + 1, field.values)
+        for field in schema.FIELDS
     )
     defaults = {name: (settings.ctr_prior if "_ctr_" in name else 0.0) for name in STAT_COLUMNS}
     return FeatureSpec(categorical, STAT_COLUMNS, defaults)

@@ -155,6 +155,11 @@ def decide(
         f"{shares['reference'][entity]:.1%} -> {shares['current'][entity]:.1%}"
         for entity in cold
     ]
+    notes += [
+        f"vocabulary drift reported: {v.column} values outside the vocabulary "
+        f"{v.reference_share:.1%} -> {v.current_share:.1%} ({', '.join(v.new_values)})"
+        for v in result.vocabulary_drift
+    ]
     quiet = f"no input drift to act on ({share:.0%} of features drifted"
     quiet += f": {', '.join(drifted)})" if drifted else ")"
     if perf is not None:

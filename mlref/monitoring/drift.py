@@ -4,12 +4,14 @@ Every model input is compared (ids excepted: they are hashed into embeddings, an
 cold start, reported by :func:`mlref.monitoring.quality.cold_shares`). Stats of entities
 scored with the priors are left out on both sides, so a wave of new ads shows up as cold start
 rather than as drift of the ad stats. The prediction score is compared too, but only reported:
-it moves with its inputs and never decides on its own.
+it moves with its inputs and never decides on its own. So is vocabulary drift, the share of
+category values outside the contract's vocabularies: the model reads them as out-of-vocabulary
+until the contract learns them, which retraining alone cannot do.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,16 @@ from evidently import DataDefinition, Dataset, Report
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
-from mlref.features.transform import AD_STATS, STAT_COLUMNS, USER_STATS
+from mlref import schema
 from mlref.monitoring.quality import cold_rows
+from mlref.schema import AD_STATS, STAT_COLUMNS, USER_STATS
 from mlref.settings import DriftSettings
 
-CATEGORICAL = ("ad_category", "device_type", "site_category", "position", "hour")
+# The contract's request inputs (ids excepted) are compared as categories, the stats as numbers.
+CATEGORICAL = (*schema.CATEGORICAL_COLUMNS, *schema.ORDINAL_COLUMNS)
 FEATURES = (*CATEGORICAL, *STAT_COLUMNS)
 PREDICTION = "probability"
+NEW_VALUES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,24 @@ class ColumnDrift:
 
 
 @dataclass(frozen=True)
+class VocabularyDrift:
+    """Values of a category column outside the contract's vocabulary (the model reads them as
+    out-of-vocabulary): their share on each side, and the most frequent new ones."""
+
+    column: str
+    reference_share: float
+    current_share: float
+    new_values: dict[str, int]  # value -> rows in the current window, most frequent first
+    drifted: bool  # the share rose by more than drift.max_new_value_share
+
+
+@dataclass(frozen=True)
 class DriftResult:
     columns: tuple[ColumnDrift, ...]  # the model inputs
     prediction: ColumnDrift
     drifted_share: float
     dataset_drift: bool
+    vocabulary: tuple[VocabularyDrift, ...] = ()
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -53,7 +71,36 @@ class DriftResult:
             "drifted_share": self.drifted_share,
             "columns": [asdict(c) for c in self.columns],
             "prediction": asdict(self.prediction),
+            "vocabulary": [asdict(v) for v in self.vocabulary],
         }
+
+    @property
+    def vocabulary_drift(self) -> list[VocabularyDrift]:
+        return [v for v in self.vocabulary if v.drifted]
+
+
+def vocabulary_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, rules: DriftSettings
+) -> tuple[VocabularyDrift, ...]:
+    """Per category column, the share of values outside its vocabulary on both sides."""
+    out = []
+    for column, vocabulary in schema.VOCABULARIES.items():
+        shares = []
+        for frame in (reference, current):
+            values = frame[column].dropna()
+            unknown = values[~values.isin(vocabulary)]
+            shares.append(len(unknown) / len(values) if len(values) else 0.0)
+        counts = unknown.value_counts().head(NEW_VALUES_SHOWN)
+        out.append(
+            VocabularyDrift(
+                column,
+                shares[0],
+                shares[1],
+                {str(k): int(v) for k, v in counts.items()},
+                shares[1] - shares[0] > rules.max_new_value_share,
+            )
+        )
+    return tuple(out)
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -104,7 +151,7 @@ def compare(
     )
     html.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html))
-    return _read(snapshot.dict())
+    return replace(_read(snapshot.dict()), vocabulary=vocabulary_drift(reference, current, rules))
 
 
 def _read(snapshot: dict) -> DriftResult:

@@ -16,9 +16,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mlref import storage
+from mlref.schema import LABEL
+from mlref.schema import LOG_SCHEMA as SCHEMA
 from mlref.settings import Settings
 
-LABEL = "clicked"
 LABEL_SCHEMA = pa.schema([pa.field("request_id", pa.string()), pa.field(LABEL, pa.int8())])
 
 
@@ -26,8 +27,6 @@ def read_inference_log(
     settings: Settings, since: datetime | None = None, until: datetime | None = None
 ) -> pd.DataFrame:
     """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty."""
-    from mlref.serving.inference_log import SCHEMA
-
     fs, root = storage.filesystem(settings.inference_log_uri)
     if not fs.exists(root):
         return SCHEMA.empty_table().to_pandas()

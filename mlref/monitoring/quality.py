@@ -13,19 +13,13 @@ import numpy as np
 import pandas as pd
 
 from mlref import schema
-from mlref.features.transform import STAT_COLUMNS
 from mlref.settings import DriftSettings
 
-# The valid domain of each request input the model reads; ids are unbounded (unseen ids are
-# cold start, not broken data).
-_VOCABULARIES = {
-    "ad_category": schema.AD_CATEGORIES,
-    "device_type": schema.DEVICE_TYPES,
-    "site_category": schema.SITE_CATEGORIES,
-}
-_RANGES = {"position": (1, schema.MAX_POSITION), "hour": (0, 23)}
+# The contract's request inputs the model reads, ids excepted (unseen ids are cold start, not
+# broken data), and the stats. Categories have open vocabularies: a new value is vocabulary
+# drift (:func:`mlref.monitoring.drift.vocabulary_drift`), not a broken input.
 ENTITIES = ("user", "ad")
-CHECKED_COLUMNS = (*_VOCABULARIES, *_RANGES, *STAT_COLUMNS)
+CHECKED_COLUMNS = (*schema.CATEGORICAL_COLUMNS, *schema.ORDINAL_COLUMNS, *schema.STAT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -41,10 +35,10 @@ class QualityIssue:
 
 def _out_of_range(column: str, values: pd.Series) -> pd.Series:
     present = values.dropna()
-    if column in _VOCABULARIES:
-        return ~present.isin(_VOCABULARIES[column])
-    if column in _RANGES:
-        low, high = _RANGES[column]
+    if column in schema.VOCABULARIES:
+        return pd.Series(False, index=present.index)
+    if column in schema.RANGES:
+        low, high = schema.RANGES[column]
         return (present < low) | (present > high)
     bad = present < 0
     if "_ctr_" in column:

@@ -20,6 +20,7 @@ from mlref import onnx_model
 from mlref.features.transform import AD_STATS, USER_STATS
 from mlref.monitoring.inference import LABEL
 from mlref.monitoring.replay import score_rows
+from mlref.schema import MODELS_SCHEME
 from mlref.settings import Settings
 from mlref.training.metrics import evaluate
 
@@ -78,7 +79,7 @@ def _unfilled(test: pd.DataFrame) -> pd.DataFrame:
 def load_reference(settings: Settings, model_uri: str = "") -> Reference:
     """The reference of a registered model (``models:/name@alias`` or ``models:/name/N``;
     default: the champion) or of a local folder holding ``drift_reference``."""
-    from mlref.training.registry import MODELS_SCHEME, registered_version
+    from mlref.training.registry import registered_version
 
     uri = model_uri or f"{MODELS_SCHEME}{settings.registry.model_name}@champion"
     if not uri.startswith(MODELS_SCHEME):

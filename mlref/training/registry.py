@@ -26,13 +26,13 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mlref import onnx_model
+from mlref.schema import MODELS_SCHEME
 from mlref.settings import Settings
 from mlref.training.publish import publish, publish_champion
 from mlref.training.tracking import client, using_store
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-MODELS_SCHEME = "models:/"
 SPEC_FINGERPRINT_TAG = "mlref.spec_fingerprint"
 DECISION_TAG = "mlref.promotion"  # "first", "promoted", "canary" (passed, awaiting) or "rejected"
 REASON_TAG = "mlref.promotion_reason"

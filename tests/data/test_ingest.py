@@ -60,7 +60,7 @@ def ingest_at(source: Path, settings: Settings) -> IngestResult:
 EXPECTED_REASONS = {
     ("a.parquet", 2): "position: out of range 1..8; hour: null",
     ("a.parquet", 3): "event_timestamp: in the future",
-    ("a.parquet", 4): "ad_category: not in vocabulary; device_type: not in vocabulary",
+    ("a.parquet", 4): "device_type: longer than 64 characters",
     ("a.parquet", 5): "hour: does not match event_timestamp",
     ("a.parquet", 6): "request_id: duplicate",
     ("a.parquet", 7): "user_id: negative; clicked: out of range 0..1",
@@ -89,12 +89,13 @@ def corrupted(tmp_path: Path, settings: Settings) -> Path:
         row("r1", hour=7),
         row("r2", position=9, hour=None),
         row("r3", hour=1, event_timestamp=pd.Timestamp("2026-01-05T01:00Z")),
-        row("r4", ad_category="toys", device_type="phone"),
+        row("r4", device_type="x" * 200_000),
         row("r5", hour=4, event_timestamp=pd.Timestamp("2026-01-01T05:59Z")),
         row("r0", user_id=12),
         row("r7", user_id=-1, clicked=2),
         row("r8", ad_id=None, site_category=None),
         row("r9", event_timestamp=None),
+        row("r15", ad_category="toys", device_type="phone"),  # new values: kept, counted
     ).to_parquet(raw / "a.parquet")
     csv = frame(
         row("r10"),
@@ -125,10 +126,13 @@ def test_corrupted_rows_are_quarantined_with_every_reason(
     }
     assert found == EXPECTED_REASONS
     curated = pd.read_parquet(settings.curated_dir)
-    assert sorted(curated["request_id"]) == ["r0", "r1", "r10", "r14", "r99"]  # r99: earlier
+    assert sorted(curated["request_id"]) == ["r0", "r1", "r10", "r14", "r15", "r99"]  # r99: earlier
+    r15 = curated.set_index("request_id").loc["r15"]
+    assert (r15["ad_category"], r15["device_type"]) == ("toys", "phone")
+    assert result.unknown_values == {"ad_category": 1, "device_type": 1}
 
     # Nothing lost: every input row is curated or quarantined, and the counts reconcile.
-    assert result.rows_in == 18
+    assert result.rows_in == 19
     assert result.rows_quarantined == len(quarantine) == len(EXPECTED_REASONS)
     assert result.rows_curated == len(curated) - 1 == result.rows_in - result.rows_quarantined
     assert result.reasons == Counter(r for v in EXPECTED_REASONS.values() for r in v.split("; "))

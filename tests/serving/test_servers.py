@@ -31,7 +31,7 @@ def business_rows(n: int, seed: int = 0) -> list[dict]:
                 "ad_category": str(rng.choice(["retail", "travel", "unheard-of"])),
                 "device_type": str(rng.choice(["mobile", "desktop", "toaster"])),
                 "site_category": str(rng.choice(["news", "video"])),
-                "position": int(rng.integers(1, 10)),
+                "position": int(rng.integers(1, 9)),
                 "hour": int(rng.integers(0, 24)),
                 "request_id": f"req-{seed}-{i}",
             }

@@ -1,0 +1,256 @@
+"""The inference log as a durable queue, against a real S3 endpoint (moto's server) that really
+goes away: a forwarder process owned by the test stands between the log and the endpoint, and
+stopping it refuses every connection. Also a real transformer answering through an outage
+longer than its spill bound and stopped by SIGTERM, and a record a bug made unconvertible."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlref.serving import inference_log
+from mlref.serving.inference_log import InferenceLog, Spool, StorageSink, open_log
+from tests.servers import free_port
+from tests.serving.conftest import (
+    build_features,
+    serving_settings,
+    start_predictor,
+    start_transformer,
+)
+from tests.serving.model import build_model
+from tests.serving.test_inference_log import log_record
+from tests.serving.test_servers import business_rows
+from tests.tcp_proxy import start_proxy
+
+OUTAGE_SECONDS = 30
+
+
+@pytest.fixture
+def s3_behind_proxy(s3_env, monkeypatch, tmp_path):
+    """(bucket URI, forwarder port, S3 server): this process's S3 clients go through a
+    forwarder port that starts closed; the test starts and stops the forwarder."""
+    import s3fs
+
+    bucket = s3_env.create_bucket(f"log-{free_port()}")
+    port = free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    s3fs.S3FileSystem.clear_instance_cache()  # no client of an earlier test's endpoint
+    yield f"{bucket}/log", port, s3_env
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def stored_rows(s3, uri: str) -> pa.Table:
+    """Every finished part under ``uri``, read straight from the S3 server (not the proxy)."""
+    bucket, prefix = uri.removeprefix("s3://").split("/", 1)
+    client, tables = s3.client(), []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if re.search(r"/part-[^/]*\.parquet$", item["Key"]):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                tables.append(pq.read_table(io.BytesIO(body)))
+    return pa.concat_tables(tables) if tables else inference_log.SCHEMA.empty_table()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+@pytest.mark.slow
+def test_sink_down_for_30s_under_load_then_back_every_row_once(s3_behind_proxy, tmp_path):
+    uri, port, s3 = s3_behind_proxy
+    proxy = start_proxy(port, int(s3.endpoint.rsplit(":", 1)[1]), tmp_path)
+    memory_rows, record_rows = 4_000, 20
+    spool = Spool(tmp_path / "spool", max_rows=10**7)
+    writer = InferenceLog(
+        StorageSink(uri),
+        flush_rows=1_000,
+        flush_seconds=0.2,
+        spool=spool,
+        memory_rows=memory_rows,
+        retry_max_seconds=2.0,
+    )
+    produced, peaks = 0, {"memory": 0, "pending": 0, "disk": 0, "rss": 0}
+
+    def load(seconds: float) -> None:
+        """~2,000 rows/s in records of 20 rows, sampling what the log holds."""
+        nonlocal produced
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            writer.append(log_record(produced, record_rows))
+            produced += record_rows
+            peaks["memory"] = max(peaks["memory"], writer._in_memory)
+            peaks["pending"] = max(peaks["pending"], writer._rows)
+            peaks["disk"] = max(peaks["disk"], spool.rows)
+            peaks["rss"] = max(peaks["rss"], rss_bytes())
+            time.sleep(0.01)
+
+    try:
+        load(5)  # sink up
+        written_before = writer.rows_written
+        rss_before = rss_bytes()
+        proxy.stop()  # sink down: connections refused
+        load(OUTAGE_SECONDS)
+        rows_during_outage = produced - written_before
+        assert spool.rows > 0 and writer.rows_written < produced
+        proxy = start_proxy(port, int(s3.endpoint.rsplit(":", 1)[1]), tmp_path)
+        load(5)  # sink back
+        caught_up = time.monotonic()
+        deadline = caught_up + 180
+        while writer.queued_rows and time.monotonic() < deadline:
+            time.sleep(0.2)
+        caught_up = time.monotonic() - caught_up
+        writer.close()
+    finally:
+        proxy.stop()
+    assert written_before > 0
+    assert (writer.dropped_rows, writer.dead_letter_rows) == (0, 0)
+    assert writer.rows_written == produced
+    assert not list((tmp_path / "spool").glob("*.parquet"))  # the spool was delivered
+    # Bounded memory: rows in memory never passed the bound (plus one record); the rest
+    # waited on disk.
+    assert peaks["memory"] <= memory_rows + record_rows
+    assert peaks["pending"] <= memory_rows + record_rows
+    assert peaks["disk"] >= rows_during_outage - 2 * memory_rows
+    log = stored_rows(s3, uri)
+    ids = log["request_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == produced  # every row exactly once
+    assert set(ids) == {f"r{i}" for i in range(produced)}
+    print(
+        f"\nrows {produced}, during the outage {rows_during_outage}; peak in memory "
+        f"{peaks['memory']} queued + {peaks['pending']} pending, on disk {peaks['disk']}; "
+        f"RSS {rss_before / 2**20:.0f} MiB before the outage, peak "
+        f"{peaks['rss'] / 2**20:.0f} MiB; the backlog was delivered {caught_up:.0f} s after "
+        "the 5 s of load that followed the outage"
+    )
+
+
+def metric(body: str, name: str) -> float:
+    """The sum of every sample of ``name`` in a Prometheus text exposition."""
+    pattern = rf"^{name}(?:{{[^}}]*}})? (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, body, re.MULTILINE))
+
+
+@pytest.mark.slow
+def test_server_answers_past_the_spill_bound_and_a_sigterm_spool_is_delivered_next_start(
+    s3_behind_proxy, tmp_path
+):
+    uri, port, s3 = s3_behind_proxy
+    memory_rows, spool_rows = 150, 250
+    settings = serving_settings(
+        tmp_path,
+        log_uri=uri,
+        log_flush_rows=40,
+        log_flush_seconds=0.2,
+        log_memory_rows=memory_rows,
+        log_spool_rows=spool_rows,
+        log_retry_max_seconds=1.0,
+    )
+    model = build_model(tmp_path / "model.onnx", settings)
+    build_features(settings, range(1, 41), range(1, 16))
+    predictor = start_predictor(settings, model, tmp_path)
+    try:
+        transformer = start_transformer(settings, f"http://127.0.0.1:{predictor.port}", tmp_path)
+        base = f"http://127.0.0.1:{transformer.port}"
+        sent = []
+        for i in range(25):  # 1,000 rows, the sink down all along
+            rows = business_rows(40, seed=i)
+            answer = httpx.post(f"{base}/v1/models/ctr:predict", json={"instances": rows})
+            assert answer.status_code == 200, answer.text
+            sent += rows
+        # Every scored row is waiting (memory, disk) or counted as dropped, exactly.
+        deadline, held = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            body = httpx.get(f"{base}/metrics").text
+            held = {
+                name: metric(body, f"mlref_inference_log_{name}")
+                for name in ("spilled_rows", "dropped_rows_total")
+            }
+            if sum(held.values()) == len(sent):
+                break
+            time.sleep(0.2)
+        assert sum(held.values()) == len(sent), held
+        dropped = held["dropped_rows_total"]
+        assert dropped >= len(sent) - memory_rows - spool_rows - 40
+        print(f"\nscored {len(sent)}, held and dropped as /metrics says: {held}")
+        transformer.stop()  # SIGTERM with the sink still down
+    finally:
+        predictor.stop()
+    assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]
+    assert "dropped" in transformer.log.read_text()  # the drops were logged
+    spooled = sorted(settings.inference_log_spool_dir.glob("*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in spooled) == len(sent) - dropped
+    assert stored_rows(s3, uri).num_rows == 0
+
+    proxy = start_proxy(port, int(s3.endpoint.rsplit(":", 1)[1]), tmp_path)
+    try:
+        writer = open_log(settings)  # the next start, as the transformer opens its log
+        writer.close()
+    finally:
+        proxy.stop()
+    assert writer.rows_written == len(sent) - dropped
+    assert not list(settings.inference_log_spool_dir.glob("*.parquet"))
+    ids = stored_rows(s3, uri)["request_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(sent) - dropped
+    assert set(ids) <= {row["request_id"] for row in sent}
+
+
+def test_a_record_that_does_not_fit_goes_to_the_dead_letters_and_the_writer_goes_on(tmp_path):
+    spool = Spool(tmp_path / "spool", max_rows=1_000)
+    writer = InferenceLog(
+        StorageSink(str(tmp_path / "log")), flush_rows=1, flush_seconds=600, spool=spool
+    )
+    bad = log_record(10, 3)
+    bad["user_id"] = ["not", "an", "id"]  # a bug upstream: a wrong column type
+    try:
+        writer.append(log_record(0, 2))
+        writer.append(bad)
+        writer.append(log_record(20, 4))
+        deadline = time.monotonic() + 30
+        while writer.rows_written < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.rows_written == 6 and writer.dead_letter_rows == 3
+        writer.append(log_record(30, 1))  # the writer is still at work
+        deadline = time.monotonic() + 30
+        while writer.rows_written < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        writer.close()
+    assert writer.rows_written == 7
+    log = pq.read_table(tmp_path / "log").to_pandas()
+    assert sorted(log["request_id"]) == sorted(["r0", "r1", "r20", "r21", "r22", "r23", "r30"])
+    (letter,) = (tmp_path / "spool" / "dead-letter").glob("*.json")
+    kept = orjson.loads(letter.read_bytes())
+    assert kept["rows"] == 3
+    assert "not" in kept["error"] and "int" in kept["error"].lower()
+    assert kept["columns"]["request_id"] == ["r10", "r11", "r12"]
+    assert kept["columns"]["user_id"] == ["not", "an", "id"]
+
+
+def test_one_spool_has_one_writer(tmp_path):
+    spool = Spool(tmp_path / "spool", max_rows=10)
+    try:
+        with pytest.raises(RuntimeError, match="MLREF_SERVING__LOG_SPOOL_DIR"):
+            Spool(tmp_path / "spool", max_rows=10)
+    finally:
+        spool.close()
+    Spool(tmp_path / "spool", max_rows=10).close()  # free again once closed
+
+
+def test_a_table_written_twice_under_one_key_is_stored_once(tmp_path):
+    sink = StorageSink(str(tmp_path / "log"))
+    table = pa.Table.from_batches([inference_log.record_batch([log_record(0, 3)])])
+    sink.write(table, "k1")
+    sink.write(table, "k1")  # a retry after a write whose answer was lost
+    assert pq.read_table(tmp_path / "log").num_rows == 3
+    assert np.array_equal(
+        sorted(pq.read_table(tmp_path / "log")["request_id"].to_pylist()), ["r0", "r1", "r2"]
+    )
