@@ -90,5 +90,10 @@ def test_the_drift_cronjob_pod_can_submit_the_training_pipeline_to_kubeflow(
     spec, platform = load_ir(once.pipeline_spec)
     compiled_spec, compiled_platform = load_ir(COMPILED)
     assert spec["pipelineInfo"] == compiled_spec["pipelineInfo"]
+    # Compiled in the pod, the steps run the image the cluster's settings name (kind.local).
+    images = {e["container"].pop("image") for e in spec["deploymentSpec"]["executors"].values()}
+    for executor in compiled_spec["deploymentSpec"]["executors"].values():
+        executor["container"].pop("image")
+    assert images == {cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_IMAGE"]}
     assert spec["deploymentSpec"] == compiled_spec["deploymentSpec"]
     assert platform == compiled_platform  # the ConfigMap/Secret env travels with the run
