@@ -198,11 +198,10 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
 
     demo = settings.demo
     scenario = scenario or demo.scenario
-    settings = settings.model_copy(
-        update={
-            "canary": settings.canary.model_copy(update={"bake_seconds": demo.canary_bake_seconds})
-        }
-    )
+    # The demo's traffic delivers click labels as it goes, so a score shift (expected of a
+    # model retrained after drift) waits for the labelled checks instead of deciding alone.
+    canary = {"bake_seconds": demo.canary_bake_seconds, "await_labels": True}
+    settings = settings.model_copy(update={"canary": settings.canary.model_copy(update=canary)})
     progress = Progress(settings)
     record = report.LoopRecord()
     steps = Recorder(record)
