@@ -199,9 +199,18 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
     demo = settings.demo
     scenario = scenario or demo.scenario
     # The demo's traffic delivers click labels as it goes, so a score shift (expected of a
-    # model retrained after drift) waits for the labelled checks instead of deciding alone.
-    canary = {"bake_seconds": demo.canary_bake_seconds, "await_labels": True}
-    settings = settings.model_copy(update={"canary": settings.canary.model_copy(update=canary)})
+    # model retrained after drift) waits for the labelled checks instead of deciding alone,
+    # and a stage may keep serving for two more bakes while those labels arrive.
+    # The labelled checks read the inference log, so it is flushed at least twice a bake.
+    bake = demo.canary_bake_seconds
+    canary = {"bake_seconds": bake, "await_labels": True, "max_hold_seconds": 2 * bake}
+    flush = {"log_flush_seconds": min(settings.serving.log_flush_seconds, bake / 2)}
+    settings = settings.model_copy(
+        update={
+            "canary": settings.canary.model_copy(update=canary),
+            "serving": settings.serving.model_copy(update=flush),
+        }
+    )
     progress = Progress(settings)
     record = report.LoopRecord()
     steps = Recorder(record)

@@ -24,7 +24,12 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
                 update={"transformer_port": free_port(), "predictor_port": free_port()}
             ),
             "canary": small.canary.model_copy(
-                update={"candidate_port": free_port(), "min_requests": 100, "poll_seconds": 1}
+                update={
+                    "candidate_port": free_port(),
+                    "proxy_port": free_port(),
+                    "min_requests": 100,
+                    "poll_seconds": 1,
+                }
             ),
             "demo": small.demo.model_copy(
                 update={"replay_rows": 4_000, "replay_batch": 20, "canary_bake_seconds": 4}
