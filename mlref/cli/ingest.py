@@ -39,8 +39,8 @@ def run(
         "rows quarantined": result.rows_quarantined,
         **{f"  {reason}": count for reason, count in result.reasons.items()},
         **{f"kept, {c} outside the vocabulary": n for c, n in result.unknown_values.items()},
-        "curated data": settings.curated_dir,
-        "quarantine": settings.quarantine_dir,
+        "curated data": settings.curated_uri,
+        "quarantine": settings.quarantine_uri,
         "partitions written": len(result.partitions),
         "seconds": f"{result.seconds:.1f}",
     }
