@@ -135,13 +135,14 @@ class OnnxPredictor(kserve.Model):
                 raise self.spec_refusal()
             arrays = parse_v2_inputs(inputs, self.max_batch, self.widths)
             probability = self._run(arrays[onnx_model.INPUT_CAT], arrays[onnx_model.INPUT_NUM])
+            output = InferOutput(onnx_model.OUTPUT, list(probability.shape), "FP32", probability)
+            if payload.use_binary_outputs:  # gRPC always; KServe's to_grpc fails on an array
+                output.set_data_from_numpy(probability, binary_data=True)
             response = InferResponse(
                 response_id=payload.id or uuid.uuid4().hex,
                 model_name=self.name,
                 model_version=self.version,
-                infer_outputs=[
-                    InferOutput(onnx_model.OUTPUT, list(probability.shape), "FP32", probability)
-                ],
+                infer_outputs=[output],
                 use_binary_outputs=payload.use_binary_outputs,
             )
         else:

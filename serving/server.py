@@ -1,12 +1,15 @@
-"""Process start and stop: KServe's ModelServer bound where we say, answering errors our way.
+"""Process start and stop: KServe's data plane and endpoints in a server we start ourselves.
 
-:class:`ModelServer` is KServe's, with differences that KServe has no switch for: the bind
-address (KServe hard-codes 0.0.0.0; local mode binds 127.0.0.1), the one error shape for
-every error response (KServe's handlers answer ``{"error": "..."}``, FastAPI's
-``{"detail": ...}``), an ``mlref_requests`` counter by status, model version and variant,
-model versions and the feature spec in the v2 model metadata, and no per-request timing
-middleware (KServe's logs a line per request; ``mlref_stage_seconds`` measures instead).
-It runs one uvicorn process; gRPC only when asked.
+The app is built from KServe's public parts: its :class:`DataPlane` and
+:class:`ModelRepository`, the v1 and v2 endpoints it registers
+(``register_v1_endpoints`` / ``register_v2_endpoints``), its ``/metrics`` handler and, when
+asked, its gRPC server. What KServe's ``ModelServer`` would add and has no switch for is left
+out or done here: it binds 0.0.0.0 (local mode binds 127.0.0.1), its handlers answer
+``{"error": "..."}`` and FastAPI's ``{"detail": ...}`` (ours answer one error shape), its
+timing middleware logs a line per request (``mlref_stage_seconds`` measures instead). Added:
+an ``mlref_requests`` counter by status, model version and variant; model versions and the
+feature spec in the v2 model metadata; JSON-only v2 bodies as ``tritonclient.http`` sends
+them. ``tests/serving/test_kserve_api.py`` pins each KServe part used here.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import time
 from collections.abc import Callable
 
 import kserve
+import orjson
+import uvicorn
 import uvloop
 import yaml
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, MAX_GRPC_MESSAGE_LENGTH
 from kserve.errors import (
     InvalidInput,
     ModelNotFound,
@@ -37,10 +42,15 @@ from kserve.errors import (
     ServerNotReady,
     UnsupportedProtocol,
 )
+from kserve.logging import configure_logging
+from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.infer_type import InferRequest
-from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import metrics_handler
+from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
@@ -60,7 +70,8 @@ KSERVE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotImplementedError: (501, "not_implemented"),
 }
 SCORING_PATHS = (":predict", "/infer")
-KSERVE_BAD_JSON = "Unrecognized request format"
+GRACE_SECONDS = 30  # in-flight requests finish within it after SIGTERM, as KServe's default
+KEEP_ALIVE_SECONDS = 65  # KServe's default: longer than the usual proxies' idle timeouts
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -73,14 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def known(status: int, code: str):
         async def handler(_, exc: Exception):
-            message = str(exc)
-            if message.startswith(KSERVE_BAD_JSON):  # KServe's words for a JSON syntax error
-                code_, message = (
-                    "malformed_json",
-                    "request body is not valid JSON" + message[len(KSERVE_BAD_JSON) :],
-                )
-                return ORJSONResponse(error_body(code_, message), status)
-            return ORJSONResponse(error_body(code, message), status)
+            return ORJSONResponse(error_body(code, str(exc)), status)
 
         return handler
 
@@ -156,36 +160,33 @@ class RequestMetrics:
             counter.inc()
 
 
-class _RESTServer(RESTServer):
-    def __init__(self, *args, host: str, server: str, labels: Callable, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.config.host = host
-        self.server_name = server
-        self.labels = labels
+class MlrefDataPlane(DataPlane):
+    """KServe's data plane, with malformed JSON named as such and JSON-only v2 bodies read."""
 
-    def _add_middlewares(self, app: FastAPI) -> None:
-        app.add_middleware(RequestMetrics, server=self.server_name, labels=self.labels)
+    def decode(self, body, headers, *args, **kwargs):
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput as exc:
+            if isinstance(exc.__context__, orjson.JSONDecodeError):  # KServe's parse failed
+                raise RequestError(
+                    f"request body is not valid JSON: {exc.__context__}", code="malformed_json"
+                ) from exc
+            raise
 
-    def _register_endpoints(self, app: FastAPI) -> None:
-        async def model_metadata(model_name: str) -> ORJSONResponse:
-            return ORJSONResponse(await self.dataplane.model_metadata(model_name))
-
-        # Registered first, so it answers before KServe's (whose response model drops
-        # ``parameters``).
-        app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
-        super()._register_endpoints(app)
-
-    def _add_exception_handlers(self, app: FastAPI) -> None:
-        install_error_handlers(app)
-
-
-class _DataPlane(DataPlane):
     def decode_inference_request(self, body, headers: dict, model_name: str) -> InferRequest:
         """A v2 body without the binary extension's length header is all JSON: what
-        ``tritonclient.http`` sends (no Content-Type either), which KServe refuses."""
-        if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in headers:
-            return InferRequest.from_bytes(body, len(body), model_name)
-        return super().decode_inference_request(body, headers, model_name)
+        ``tritonclient.http`` sends (no Content-Type either), which KServe refuses. A body
+        that is JSON but not an inference request is the client's error (KServe: a 500)."""
+        try:
+            if isinstance(body, bytes) and INFERENCE_CONTENT_LENGTH_HEADER not in headers:
+                return InferRequest.from_bytes(body, len(body), model_name)
+            return super().decode_inference_request(body, headers, model_name)
+        except InvalidInput:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RequestError(
+                f"not an Open Inference Protocol v2 request: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
@@ -199,83 +200,93 @@ class _DataPlane(DataPlane):
         }
 
 
-class ModelServer(kserve.ModelServer):
-    """KServe's ModelServer on ``host`` (one process), with mlref errors and metrics.
+def build_app(dataplane: DataPlane, server: str, labels: Callable[[], tuple[str, str]]) -> FastAPI:
+    """KServe's endpoints (liveness, metrics, v1, v2, model repository) with our errors and
+    request metrics."""
+    app = FastAPI(docs_url=None, redoc_url=None, default_response_class=ORJSONResponse)
+    app.add_middleware(RequestMetrics, server=server, labels=labels)
 
-    ``use_uvloop`` picks the event loop, measured per role with ``bench/serving.py``: the
-    transformer, which awaits a predictor call per batch, gains throughput and tail latency
-    on uvloop; the predictor, which answers in one step, has the same throughput on either
-    but a p99 about 1 ms shorter at concurrency 8 on asyncio's own loop (KServe's default).
+    async def model_metadata(model_name: str) -> ORJSONResponse:
+        return ORJSONResponse(await dataplane.model_metadata(model_name))
+
+    app.add_api_route("/", dataplane.live)
+    app.add_api_route("/metrics", metrics_handler, methods=["GET"])
+    # Before KServe's, which answers first otherwise and whose response model drops
+    # ``parameters``.
+    app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
+    extension = ModelRepositoryExtension(model_registry=dataplane.model_registry)
+    register_v1_endpoints(app, dataplane, extension)
+    register_v2_endpoints(app, dataplane, extension)
+    install_error_handlers(app)
+    return app
+
+
+def serve(
+    models: list[kserve.Model],
+    host: str,
+    http_port: int,
+    server: str,
+    labels: Callable[[], tuple[str, str]],
+    grpc_port: int | None = None,
+    use_uvloop: bool = False,
+) -> None:
+    """Serve loaded ``models`` on ``host`` until SIGTERM / SIGINT, then stop them.
+
+    One uvicorn process, which drains in-flight requests on SIGTERM (as a pod is stopped);
+    gRPC only with ``grpc_port``. ``use_uvloop`` picks the event loop, measured per role with
+    ``bench/serving.py``: the transformer, which awaits a predictor call per batch, gains
+    throughput and tail latency on uvloop; the predictor, which answers in one step, has the
+    same throughput on either but a p99 about 1 ms shorter at concurrency 8 on asyncio's
+    own loop.
     """
+    registry = ModelRepository()
+    for model in models:
+        if not model.ready:
+            raise RuntimeError(f"model {model.name} is not ready: load it before serving")
+        model.start()
+        registry.update(model)
+    dataplane = MlrefDataPlane(model_registry=registry)
+    configure_logging()
+    config = uvicorn.Config(
+        build_app(dataplane, server, labels),
+        host=host,
+        port=http_port,
+        log_config=None,  # configured by KServe's configure_logging
+        access_log=False,  # a line per request; mlref_requests counts them
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
+    rest = uvicorn.Server(config)
+    grpc = None
+    if grpc_port is not None:
+        extension = ModelRepositoryExtension(model_registry=registry)
+        limits = {  # KServe's defaults; GRPCServer reads them from its kwargs
+            f"grpc_max_{way}_message_length": MAX_GRPC_MESSAGE_LENGTH for way in ("send", "receive")
+        }
+        grpc = GRPCServer(grpc_port, dataplane, extension, limits, GRACE_SECONDS)
 
-    def __init__(
-        self,
-        host: str,
-        http_port: int,
-        server: str,
-        labels: Callable[[], tuple[str, str]],
-        grpc: bool = False,
-        grpc_port: int = 8081,
-        use_uvloop: bool = False,
-    ):
-        super().__init__(
-            http_port=http_port,
-            grpc_port=grpc_port,
-            enable_grpc=grpc,
-            workers=1,
-            enable_latency_logging=False,
-        )
-        self.host = host
-        self.server_name = server
-        self.labels = labels
-        self.use_uvloop = use_uvloop
-        self.dataplane = _DataPlane(model_registry=self.registered_models)
-        quiet_request_logs()
+    async def run() -> None:
+        serving = [asyncio.create_task(grpc.start(max_workers=4))] if grpc else []
+        try:
+            await rest.serve()  # returns once a signal has stopped it
+        finally:
+            if grpc:
+                await grpc.stop()
+            await asyncio.gather(*serving)  # a gRPC server that failed fails the process
+            for name in list(registry.get_models()):
+                registry.unload(name)
 
-    def start(self, models: list[kserve.Model]) -> None:
-        self._register_and_check_atleast_one_model_is_ready(models)
-        self._rest_server = _RESTServer(
-            FASTAPI_APP_IMPORT_STRING,
-            self.dataplane,
-            self.model_repository_extension,
-            self.http_port,
-            host=self.host,
-            server=self.server_name,
-            labels=self.labels,
-            grace_period=self.grace_period,
-            timeout_keep_alive=self.timeout_keep_alive,
-        )
-        self.servers.append(self._rest_server.start())
-        if self.enable_grpc:
-            self._grpc_server = GRPCServer(
-                self.grpc_port,
-                self.dataplane,
-                self.model_repository_extension,
-                kwargs={},
-                grace_period=self.grace_period,
-            )
-            self.servers.append(self._grpc_server.start(self.max_threads))
-        self.register_signal_handler()
-        # Everything loaded so far (model, Feast, KServe, pandas) lives as long as the process:
-        # keeping it out of the collector's scans avoids full collections of a few hundred
-        # thousand objects, which stall every request in flight for 100-200 ms.
-        gc.collect()
-        gc.freeze()
-        loop_factory = uvloop.new_event_loop if self.use_uvloop else None
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            self.setup_event_loop_in(runner.get_loop())
-            runner.run(self._serve())
-
-    def setup_event_loop_in(self, loop: asyncio.AbstractEventLoop) -> None:
-        """KServe's executor and exception handler, on the loop that actually runs."""
-        asyncio.set_event_loop(loop)
-        self.setup_event_loop()
-
-
-def quiet_request_logs() -> None:
-    """KServe and uvicorn log up to three lines per request; keep warnings only."""
-    for name in ("kserve.trace", "uvicorn.access"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # uvicorn re-raises the signal that stopped it once it is done: ignored here, since the
+    # process ends on its own when serving returns.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    # Everything loaded so far (model, Feast, KServe, pandas) lives as long as the process:
+    # keeping it out of the collector's scans avoids full collections of a few hundred
+    # thousand objects, which stall every request in flight for 100-200 ms.
+    gc.collect()
+    gc.freeze()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if use_uvloop else None) as runner:
+        runner.run(run())
 
 
 def run_predictor(
@@ -292,8 +303,7 @@ def run_predictor(
     model = OnnxPredictor(settings.serving.model_name, model_uri, settings)
     model.load()
     labels = (model.version, settings.serving.variant)
-    server = ModelServer(host, port, "predictor", lambda: labels, grpc, grpc_port)
-    server.start([model])
+    serve([model], host, port, "predictor", lambda: labels, grpc_port if grpc else None)
 
 
 def run_transformer(
@@ -317,9 +327,8 @@ def run_transformer(
         inference_log,
         host_header,
     )
-    server = ModelServer(host, port, "transformer", model.default_labels, use_uvloop=True)
     try:
-        server.start([model])
+        serve([model], host, port, "transformer", model.default_labels, use_uvloop=True)
     finally:
         inference_log.close()
 

@@ -61,11 +61,16 @@ def config_env(settings: Settings, **extra: str) -> dict:
 
 
 def start_predictor(
-    settings: Settings, model_path: Path, logs: Path, variant: str = "", port: int = 0
+    settings: Settings,
+    model_path: Path,
+    logs: Path,
+    variant: str = "",
+    port: int = 0,
+    *extra_args: str,
 ) -> Server:
     port = port or free_port()
     argv = [sys.executable, "-m", "mlref.cli", "serve", "predictor"]
-    argv += ["--model", str(model_path), "--port", str(port)]
+    argv += ["--model", str(model_path), "--port", str(port), *extra_args]
     extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
     server = Server(argv, port, logs / f"predictor-{port}.log", env=config_env(settings, **extra))
     server.wait_ready(check=lambda: model_ready(port, settings.serving.model_name))

@@ -9,11 +9,18 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import (
+    InferenceGRPCClient,
+    InferenceRESTClient,
+    InferInput,
+    InferRequest,
+    RESTConfig,
+)
 
 from mlref import onnx_model
 from mlref.features.transform import build_spec, fill_defaults, transform
-from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS
+from tests.servers import free_port
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, start_predictor
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +122,43 @@ def test_v2_with_kserve_client_matches_v1(stack):
         ("num", "FP32", (-1, 12)),
     }
     assert metadata["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [-1]}]
+
+
+def test_predictor_grpc_matches_in_process_and_sigterm_stops_both_servers(stack, tmp_path):
+    grpc_port = free_port()
+    predictor = start_predictor(
+        stack.settings,
+        stack.model_path,
+        tmp_path,
+        "",
+        0,
+        "--with-grpc",
+        "--grpc-port",
+        str(grpc_port),
+    )
+    cat, num = random_inputs(4, seed=5)
+    inputs = [
+        InferInput("cat", list(cat.shape), "INT64"),
+        InferInput("num", list(num.shape), "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(cat)
+    inputs[1].set_data_from_numpy(num)
+
+    async def call():
+        client = InferenceGRPCClient(f"127.0.0.1:{grpc_port}", timeout=10)
+        try:
+            return await client.infer(InferRequest("ctr", inputs))
+        finally:
+            await client.close()
+
+    try:
+        response = asyncio.run(call())
+    finally:
+        predictor.stop()
+    np.testing.assert_allclose(
+        response.outputs[0].as_numpy(), in_process(stack, cat, num), rtol=1e-6
+    )
+    assert predictor.process.returncode == 0, predictor.log.read_text()[-2000:]
 
 
 @pytest.mark.parametrize("n", [1, 3, 120])  # small-batch fast path and the shared pandas path
