@@ -138,5 +138,3 @@ LOG_SCHEMA = pa.schema(
         pa.field("variant", pa.string()),
     ]
 )
-
-MODELS_SCHEME = "models:/"  # MLflow registry URIs: models:/<name>@<alias>, models:/<name>/<n>

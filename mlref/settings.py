@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+MODELS_SCHEME = "models:/"  # MLflow registry URIs: models:/<name>@<alias>, models:/<name>/<n>
+
 CONFIG_ENV = "MLREF_CONFIG"
 DEFAULT_CONFIG_FILE = "mlref.yaml"
 
@@ -186,7 +188,6 @@ class RegistrySettings(Section):
         "default for an http(s) tracking URI, else work_dir/mlruns.",
     )
     experiment: str = "mlref-ctr"
-    model_name: str = "ctr"
     champion_min_auc_gain: float = Field(
         0.0,
         description="Challenger must beat champion AUC by at least this much to be promoted "
@@ -209,7 +210,6 @@ class ServingSettings(Section):
     transformer_port: int = 8080
     predictor_port: int = 8085
     grpc: bool = False
-    model_name: str = "ctr"
     intra_op_threads: int = Field(1, ge=1)
     max_batch: int = Field(1024, ge=1)
     log_flush_rows: int = Field(5_000, ge=1)
@@ -416,6 +416,11 @@ class Settings(BaseSettings):
     )
 
     mode: Literal["local", "cluster"] = "local"
+    model_name: str = Field(
+        "ctr",
+        description="The model's one name: its MLflow registered model, the name it is served "
+        "under (KServe passes the InferenceService's as --model_name), the published folder.",
+    )
     work_dir: Path = Field(Path(".mlref"), description="Everything local mode writes.")
     image: str = Field(
         "ghcr.io/mlref/mlref:0.1.0", description="The one image every component and server runs."
@@ -457,6 +462,10 @@ class Settings(BaseSettings):
                 "MLREF_STORAGE__ROOT to the object store (e.g. s3://mlref)"
             )
         return self
+
+    def registry_uri(self, version: str | int = "", alias: str = "champion") -> str:
+        """The model in MLflow's registry: ``models:/<name>/<version>``, else ``@<alias>``."""
+        return f"{MODELS_SCHEME}{self.model_name}" + (f"/{version}" if version else f"@{alias}")
 
     # Derived locations: one place decides where each artefact lives. The *_dir paths are
     # this process's own disk; the *_uri locations are shared with other steps and pods.

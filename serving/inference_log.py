@@ -593,7 +593,7 @@ def open_log(settings: Settings) -> InferenceLog:
     storage = StorageSink(settings.inference_log_uri)
     sink: Sink = storage
     if serving.log_sink == "http":
-        source = f"mlref/transformer/{serving.model_name}"
+        source = f"mlref/transformer/{settings.model_name}"
         sink = HttpSink(serving.log_sink_url, source, fallback=storage)
     return InferenceLog(
         sink,

@@ -21,7 +21,6 @@ import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
-from mlref.schema import MODELS_SCHEME as REGISTRY_SCHEME
 from mlref.serving import metrics, v2
 from mlref.serving.requests import (
     MODEL_CHANGED,
@@ -31,6 +30,7 @@ from mlref.serving.requests import (
     parse_v1_rows,
     parse_v2_inputs,
 )
+from mlref.settings import MODELS_SCHEME as REGISTRY_SCHEME
 from mlref.settings import Settings
 from mlref.training.publish import published_version
 

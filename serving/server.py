@@ -300,7 +300,7 @@ def run_predictor(
     """Load the model and serve it until SIGTERM / SIGINT."""
     from mlref.serving.predictor import OnnxPredictor
 
-    model = OnnxPredictor(settings.serving.model_name, model_uri, settings)
+    model = OnnxPredictor(settings.model_name, model_uri, settings)
     model.load()
     labels = (model.version, settings.serving.variant)
     serve([model], host, port, "predictor", lambda: labels, grpc_port if grpc else None)
@@ -320,7 +320,7 @@ def run_transformer(
 
     inference_log = open_log(settings)
     model = CtrTransformer(
-        settings.serving.model_name,
+        settings.model_name,
         settings,
         OnlineFeatureLookup(settings),
         predictor_url,
@@ -361,7 +361,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def default_model_uri(settings: Settings) -> str:
-    return settings.serving.model_uri or f"models:/{settings.serving.model_name}@champion"
+    return settings.serving.model_uri or settings.registry_uri()
 
 
 def serve_local(

@@ -27,8 +27,7 @@ from mlref.canary.state import (
     to_patch,
     write_state,
 )
-from mlref.schema import MODELS_SCHEME
-from mlref.settings import Settings
+from mlref.settings import MODELS_SCHEME, Settings
 
 Report = Callable[[str], None]
 
@@ -63,16 +62,16 @@ def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
         from mlref.training.publish import served_uri
 
         return served_uri(settings, number), number
-    return f"{MODELS_SCHEME}{version.name}/{number}", number
+    return settings.registry_uri(number), number
 
 
 def stable_reference(settings: Settings) -> str:
     """The champion, pinned the same way as the candidate."""
     from mlref.training.registry import CHAMPION
 
-    name = settings.registry.model_name
+    name = settings.model_name
     try:
-        return model_reference(settings, f"{MODELS_SCHEME}{name}@{CHAMPION}")[0]
+        return model_reference(settings, settings.registry_uri(alias=CHAMPION))[0]
     except LookupError:
         raise RolloutError(
             f"no champion of {name} to compare with; register one first (`mlref train run`)"

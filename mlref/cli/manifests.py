@@ -110,7 +110,7 @@ def verify(
             settings.image,
             None if paths else root / "pipelines",
             security_scan=not skip_security,
-            model_name=settings.serving.model_name,
+            model_name=settings.model_name,
             knative_features=load_features(features_file),
         )
     except (RenderError, SchemaSetupError, CheckovMissing) as exc:

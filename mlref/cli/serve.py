@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # that a ServingRuntime passes, under KServe's own names; mlref/k8s/kserve.py computes them.
 MODEL_NAME_HELP = (
     "Name the model is served under (/v1/models/NAME); KServe passes the InferenceService "
-    "name. Default serving.model_name."
+    "name. Default settings.model_name."
 )
 WORKERS_HELP = (
     "KServe passes containerConcurrency here; only 1 (or 0) is accepted: one process per pod."
@@ -48,7 +48,7 @@ def serve(
     serving = settings.serving
     console.print(
         f"transformer http://{serving.host}:{serving.transformer_port}"
-        f"/v1/models/{serving.model_name}:predict -> predictor "
+        f"/v1/models/{settings.model_name}:predict -> predictor "
         f"http://{serving.host}:{serving.predictor_port}"
         + (
             f" + candidate http://{serving.host}:{settings.canary.candidate_port}"
@@ -141,8 +141,7 @@ def _settings(model_name: str, workers: int) -> Settings:
     settings = get_settings()
     if not model_name:
         return settings
-    serving = settings.serving.model_copy(update={"model_name": model_name})
-    return settings.model_copy(update={"serving": serving})
+    return settings.model_copy(update={"model_name": model_name})
 
 
 def _url(target: str) -> str:

@@ -116,7 +116,7 @@ def sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 
 def model_uri(settings: Settings, version: str) -> str:
-    return f"models:/{settings.registry.model_name}/{version}"
+    return settings.registry_uri(version)
 
 
 @contextmanager

@@ -75,7 +75,7 @@ def verify(
     """Check every object of every form; ``security_scan`` False skips only checkov.
 
     ``model_name``: the name a server serves under when no ``--model_name`` is given
-    (settings.serving.model_name). ``knative_features``: the config-features data the
+    (settings.model_name). ``knative_features``: the config-features data the
     cluster's Knative runs with (None: Knative's defaults).
     """
     failed_checks = scan(forms) if security_scan else {}

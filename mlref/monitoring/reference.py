@@ -20,8 +20,7 @@ from mlref import onnx_model
 from mlref.features.transform import AD_STATS, USER_STATS
 from mlref.monitoring.inference import LABEL
 from mlref.monitoring.replay import score_rows
-from mlref.schema import MODELS_SCHEME
-from mlref.settings import Settings
+from mlref.settings import MODELS_SCHEME, Settings
 from mlref.training.metrics import evaluate
 
 REFERENCE_DIR = "drift_reference"
@@ -81,7 +80,7 @@ def load_reference(settings: Settings, model_uri: str = "") -> Reference:
     default: the champion) or of a local folder holding ``drift_reference``."""
     from mlref.training.registry import registered_version
 
-    uri = model_uri or f"{MODELS_SCHEME}{settings.registry.model_name}@champion"
+    uri = model_uri or settings.registry_uri()
     if not uri.startswith(MODELS_SCHEME):
         return read_reference(Path(uri))
     version = registered_version(settings, uri)

@@ -63,7 +63,7 @@ def replay(
     """Score raw click-log rows as serving would have at their event time."""
     from mlref.serving.predictor import resolve
 
-    resolved = resolve(settings, model_uri or f"models:/{settings.registry.model_name}@champion")
+    resolved = resolve(settings, model_uri or settings.registry_uri())
     model = onnx_model.load(resolved.path)
     return score_rows(as_served(settings, raw), model, resolved.version, variant)
 

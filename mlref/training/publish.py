@@ -23,7 +23,7 @@ CHAMPION_FOLDER = "champion"
 
 def served_uri(settings: Settings, version: str | int) -> str:
     """The folder a storageUri names for ``version`` (or ``champion``)."""
-    return f"{settings.models_uri}/{settings.registry.model_name}/{version}"
+    return f"{settings.models_uri}/{settings.model_name}/{version}"
 
 
 def publish(settings: Settings, version: str | int, onnx_path: Path, run_id: str) -> str:
@@ -32,7 +32,7 @@ def publish(settings: Settings, version: str | int, onnx_path: Path, run_id: str
     fs, root = storage.filesystem(target)
     fs.makedirs(root, exist_ok=True)
     fs.put_file(str(onnx_path), f"{root}/{MODEL_FILE}")
-    metadata = {"name": settings.registry.model_name, "version": str(version), "run_id": run_id}
+    metadata = {"name": settings.model_name, "version": str(version), "run_id": run_id}
     with fs.open(f"{root}/{METADATA_FILE}", "w") as out:
         json.dump(metadata, out)
     return target

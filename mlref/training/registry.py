@@ -26,8 +26,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mlref import onnx_model
-from mlref.schema import MODELS_SCHEME
-from mlref.settings import Settings
+from mlref.settings import MODELS_SCHEME, Settings
 from mlref.training.publish import publish, publish_champion
 from mlref.training.tracking import client, using_store
 
@@ -107,7 +106,7 @@ def register_onnx(
     """
     served = onnx_model.load(onnx_path)
     proto = onnx.load(str(onnx_path))
-    name = settings.registry.model_name
+    name = settings.model_name
     with using_store(settings), _in_run(run_id):
         info = mlflow.onnx.log_model(
             proto,
@@ -132,7 +131,7 @@ def register_onnx(
 def model_version_of(settings: Settings, alias: str) -> ModelVersion | None:
     """The version ``alias`` points at, or None when the model or the alias does not exist."""
     mlflow_client = client(settings)
-    name = settings.registry.model_name
+    name = settings.model_name
     try:
         registered = mlflow_client.get_registered_model(name)
     except MlflowException as exc:
@@ -176,7 +175,7 @@ def promote(settings: Settings, version: str | int, evaluate: Evaluate) -> Promo
     both are scored by the same code on the same data.
     """
     mlflow_client = client(settings)
-    name = settings.registry.model_name
+    name = settings.model_name
     version = str(version)
     mlflow_client.get_model_version(name, version)  # fails early on an unknown version
     champion = model_version_of(settings, CHAMPION)
@@ -223,7 +222,7 @@ def set_champion(settings: Settings, version: str | int, reason: str) -> str | N
     if before_version == version:
         return before_version
     mlflow_client = client(settings)
-    name = settings.registry.model_name
+    name = settings.model_name
     mlflow_client.set_model_version_tag(name, version, DECISION_TAG, "promoted")
     mlflow_client.set_model_version_tag(name, version, REASON_TAG, reason)
     _make_champion(settings, version, before_version)
@@ -232,7 +231,7 @@ def set_champion(settings: Settings, version: str | int, reason: str) -> str | N
 
 def _make_champion(settings: Settings, version: str, before: str | None) -> None:
     mlflow_client = client(settings)
-    name = settings.registry.model_name
+    name = settings.model_name
     publish_champion(settings, version)
     mlflow_client.set_registered_model_alias(name, CHAMPION, version)
     if before is not None:

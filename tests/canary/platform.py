@@ -62,7 +62,7 @@ def start_pod(
     pod_dir.mkdir(parents=True, exist_ok=True)
     full = {**config_env(settings), **env}
     server = Server(argv, port, pod_dir / "container.log", env=full)
-    server.wait_ready(timeout=90, check=lambda: model_ready(port, settings.serving.model_name))
+    server.wait_ready(timeout=90, check=lambda: model_ready(port, settings.model_name))
     return server
 
 

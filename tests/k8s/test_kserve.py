@@ -80,8 +80,8 @@ def test_our_cli_refuses_more_than_one_worker():
 
 
 def test_model_name_is_the_served_name():
-    assert _settings("fraud", 1).serving.model_name == "fraud"
-    assert _settings("", 0).serving.model_name == _settings("", 1).serving.model_name
+    assert _settings("fraud", 1).model_name == "fraud"
+    assert _settings("", 0).model_name == _settings("", 1).model_name
 
 
 def test_standard_mode_canary_predictor(forms):
@@ -164,6 +164,6 @@ def test_predictor_starts_with_what_kserve_gives_it(forms, tmp_path):
     server = Server(argv, port, tmp_path / "predictor.log", env=env)
     try:
         server.wait_ready(timeout=60, check=lambda: model_ready(port, "ads"))
-        assert not model_ready(port, settings.serving.model_name)
+        assert not model_ready(port, settings.model_name)
     finally:
         server.stop()

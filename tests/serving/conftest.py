@@ -73,7 +73,7 @@ def start_predictor(
     argv += ["--model", str(model_path), "--port", str(port), *extra_args]
     extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
     server = Server(argv, port, logs / f"predictor-{port}.log", env=config_env(settings, **extra))
-    server.wait_ready(check=lambda: model_ready(port, settings.serving.model_name))
+    server.wait_ready(check=lambda: model_ready(port, settings.model_name))
     return server
 
 
@@ -83,7 +83,7 @@ def start_transformer(settings: Settings, predictor_url: str, logs: Path) -> Ser
     argv = [sys.executable, "-m", "mlref.cli", "serve", "transformer"]
     argv += ["--port", str(port), "--predictor-host", predictor_url]
     server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
-    server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.serving.model_name))
+    server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.model_name))
     return server
 
 

@@ -67,13 +67,9 @@ def registry_settings(
     # SQLAlchemy 2.1 defaults postgresql:// to psycopg 3; mlref ships psycopg2.
     url = request.getfixturevalue("postgres_server").replace("postgresql:", "postgresql+psycopg2:")
     section = settings.registry.model_copy(
-        update={
-            "tracking_uri": url,
-            "experiment": f"mlref-{unique}",
-            "model_name": f"ctr-{unique}",
-        }
+        update={"tracking_uri": url, "experiment": f"mlref-{unique}"}
     )
-    return settings.model_copy(update={"registry": section})
+    return settings.model_copy(update={"registry": section, "model_name": f"ctr-{unique}"})
 
 
 def tiny_model(settings: Settings, path: Path, weight_scale: float) -> Path:
@@ -124,7 +120,7 @@ def register(settings: Settings, weight_scale: float) -> str:
 
 
 def aliases(settings: Settings) -> dict[str, str]:
-    model = client(settings).get_registered_model(settings.registry.model_name)
+    model = client(settings).get_registered_model(settings.model_name)
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
@@ -192,7 +188,7 @@ def test_first_model_becomes_champion(registry_settings: Settings):
 
     assert decision.promoted and decision.champion_before is None
     assert aliases(settings) == {"champion": version, "challenger": version}
-    tags = client(settings).get_model_version(settings.registry.model_name, version).tags
+    tags = client(settings).get_model_version(settings.model_name, version).tags
     assert tags[registry.DECISION_TAG] == "first"
     assert tags[registry.SPEC_FINGERPRINT_TAG] == build_spec(settings.features).fingerprint
     again = registry.promote(settings, version, evaluate)
@@ -202,7 +198,7 @@ def test_first_model_becomes_champion(registry_settings: Settings):
 def test_better_challenger_replaces_champion_and_worse_one_does_not(registry_settings: Settings):
     settings = registry_settings
     settings.registry.rollout = "direct"
-    name = settings.registry.model_name
+    name = settings.model_name
     first = register(settings, 0.3)
     registry.promote(settings, first, evaluate)
     better = register(settings, 1.0)
@@ -241,7 +237,7 @@ def test_better_challenger_replaces_champion_and_worse_one_does_not(registry_set
 
 def test_canary_rollout_keeps_the_champion_until_the_canary_promotes(registry_settings: Settings):
     settings = registry_settings
-    name = settings.registry.model_name
+    name = settings.model_name
     first = register(settings, 0.3)
     registry.promote(settings, first, evaluate)
     better = register(settings, 1.0)
@@ -281,7 +277,7 @@ def test_logloss_guard_rejects_a_miscalibrated_challenger(registry_settings: Set
 
 def test_resolve_model_by_alias_version_and_path(registry_settings: Settings):
     settings = registry_settings
-    name = settings.registry.model_name
+    name = settings.model_name
     path = tiny_model(settings, settings.artifacts_dir / "model.onnx", 0.5)
     with tracking_run(settings, "train") as run:
         pass
