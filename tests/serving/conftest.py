@@ -8,7 +8,8 @@ servers are started through the production CLI with the test's settings as a con
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,28 +118,40 @@ def serving_settings(root: Path, **serving) -> Settings:
     return Settings(work_dir=root / ".mlref", serving=ServingSettings(max_batch=300, **serving))
 
 
+@contextmanager
+def served(
+    settings: Settings,
+    root: Path,
+    users: Iterable[int] = KNOWN_USERS,
+    ads: Iterable[int] = KNOWN_ADS,
+) -> Iterator[tuple[Server, Server, Path]]:
+    """(predictor, transformer, model file): a model and the online features of ``users`` and
+    ``ads``, served; both servers are stopped on the way out."""
+    model_path = build_model(root / "model" / "model.onnx", settings)
+    build_features(settings, users, ads)
+    predictor = start_predictor(settings, model_path, root)
+    try:
+        transformer = start_transformer(settings, f"http://127.0.0.1:{predictor.port}", root)
+        try:
+            yield predictor, transformer, model_path
+        finally:
+            transformer.stop()
+    finally:
+        predictor.stop()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("serving")
     settings = serving_settings(root, log_flush_seconds=0.5)
-    model_path = build_model(root / "model" / "model.onnx", settings)
-    build_features(settings, KNOWN_USERS, KNOWN_ADS)
-    predictor = start_predictor(settings, model_path, root)
-    predictor_url = f"http://127.0.0.1:{predictor.port}"
-    try:
-        transformer = start_transformer(settings, predictor_url, root)
-    except Exception:
-        predictor.stop()
-        raise
-    yield Stack(
-        settings,
-        model_path,
-        file_version(model_path),
-        predictor_url,
-        f"http://127.0.0.1:{transformer.port}",
-    )
-    transformer.stop()
-    predictor.stop()
+    with served(settings, root) as (predictor, transformer, model_path):
+        yield Stack(
+            settings,
+            model_path,
+            file_version(model_path),
+            f"http://127.0.0.1:{predictor.port}",
+            f"http://127.0.0.1:{transformer.port}",
+        )
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from mlref.serving import inference_log
 from mlref.serving.predictor import file_version
 from mlref.settings import ServingSettings
 from tests.servers import free_port
-from tests.serving.conftest import (
-    build_features,
-    serving_settings,
-    start_log_sink,
-    start_predictor,
-    start_transformer,
-)
-from tests.serving.model import build_model
+from tests.serving.conftest import served, serving_settings, start_log_sink
 from tests.serving.test_servers import business_rows
 
 
@@ -38,23 +31,19 @@ def test_every_scored_row_is_logged_once_after_sigterm(tmp_path, sink):
     if receiver:
         bounds |= {"log_sink": "http", "log_sink_url": f"http://127.0.0.1:{receiver.port}/"}
     settings = serving_settings(tmp_path, **bounds)
-    model = build_model(tmp_path / "model.onnx", settings)
-    build_features(settings, range(1, 41), range(1, 16))
-    predictor = start_predictor(settings, model, tmp_path)
     try:
-        transformer = start_transformer(settings, f"http://127.0.0.1:{predictor.port}", tmp_path)
-        url = f"http://127.0.0.1:{transformer.port}/v1/models/ctr:predict"
-        sent, answers, versions = [], {}, set()
-        for batch in (1, 5, 80):
-            rows = business_rows(batch, seed=batch)
-            body = httpx.post(url, json={"instances": rows}, timeout=10).json()
-            sent += rows
-            versions.add(body["model_version"])
-            answers.update({p["request_id"]: p for p in body["predictions"]})
-        httpx.post(url, json={"instances": []}, timeout=10)  # rejected: never logged
-        transformer.stop()
+        with served(settings, tmp_path) as (_, transformer, model):
+            url = f"http://127.0.0.1:{transformer.port}/v1/models/ctr:predict"
+            sent, answers, versions = [], {}, set()
+            for batch in (1, 5, 80):
+                rows = business_rows(batch, seed=batch)
+                body = httpx.post(url, json={"instances": rows}, timeout=10).json()
+                sent += rows
+                versions.add(body["model_version"])
+                answers.update({p["request_id"]: p for p in body["predictions"]})
+            httpx.post(url, json={"instances": []}, timeout=10)  # rejected: never logged
+            transformer.stop()
     finally:
-        predictor.stop()
         if receiver:
             receiver.stop()
     assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]

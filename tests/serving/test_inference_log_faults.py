@@ -19,13 +19,7 @@ import pytest
 from mlref.serving import inference_log
 from mlref.serving.inference_log import InferenceLog, Spool, StorageSink, open_log
 from tests.servers import free_port
-from tests.serving.conftest import (
-    build_features,
-    serving_settings,
-    start_predictor,
-    start_transformer,
-)
-from tests.serving.model import build_model
+from tests.serving.conftest import served, serving_settings
 from tests.serving.test_inference_log import log_record
 from tests.serving.test_servers import business_rows
 from tests.tcp_proxy import start_proxy
@@ -154,11 +148,7 @@ def test_server_answers_past_the_spill_bound_and_a_sigterm_spool_is_delivered_ne
         log_spool_rows=spool_rows,
         log_retry_max_seconds=1.0,
     )
-    model = build_model(tmp_path / "model.onnx", settings)
-    build_features(settings, range(1, 41), range(1, 16))
-    predictor = start_predictor(settings, model, tmp_path)
-    try:
-        transformer = start_transformer(settings, f"http://127.0.0.1:{predictor.port}", tmp_path)
+    with served(settings, tmp_path) as (_, transformer, _):
         base = f"http://127.0.0.1:{transformer.port}"
         sent = []
         for i in range(25):  # 1,000 rows, the sink down all along
@@ -182,8 +172,6 @@ def test_server_answers_past_the_spill_bound_and_a_sigterm_spool_is_delivered_ne
         assert dropped >= len(sent) - memory_rows - spool_rows - 40
         print(f"\nscored {len(sent)}, held and dropped as /metrics says: {held}")
         transformer.stop()  # SIGTERM with the sink still down
-    finally:
-        predictor.stop()
     assert transformer.process.returncode == 0, transformer.log.read_text()[-2000:]
     assert "dropped" in transformer.log.read_text()  # the drops were logged
     spooled = sorted(settings.inference_log_spool_dir.glob("*.parquet"))
