@@ -23,6 +23,7 @@ import pytest
 
 from mlref.canary.rollout import run_rollout
 from mlref.canary.sources import LocalSource, parse_metrics
+from mlref.k8s.checks import HOST_HEADER_ENV
 from mlref.k8s.kserve import launch
 from mlref.k8s.render import render_chart, repo_root
 from mlref.monitoring.inference import read_inference_log
@@ -96,14 +97,28 @@ MODES = {
 }
 
 
-def rollout_through_nginx(settings: Settings, stable: Path, candidate: Path, root: Path, mode: str):
+def without_gateway(isvc: dict) -> None:
+    """The transformer as KServe alone configures it: no --predictor_host of the chart's (KServe
+    appends the predictor Service's) and no route host."""
+    container = isvc["spec"]["transformer"]["containers"][0]
+    container["args"] = container["args"][: container["args"].index("--predictor_host")]
+    container["env"] = [e for e in container["env"] if e["name"] != HOST_HEADER_ENV]
+
+
+def rollout_through_nginx(
+    settings: Settings, stable: Path, candidate: Path, root: Path, mode: str, bypass: bool = False
+):
     """Everything a rollout runs in ``mode``, then the evidence: (result, traffic, nginx
-    answers, log rows, rows each predictor pod scored, the platform)."""
+    answers, log rows, rows each predictor pod scored). ``bypass`` (Standard mode): the
+    transformer calls the predictor Service, whose DNS name resolves to the stable pod."""
     objects, platform_type, split_host = MODES[mode]
     settings = settings.model_copy(
         update={"canary": settings.canary.model_copy(update={"deployment_mode": mode})}
     )
     isvc, runtimes = objects()
+    if bypass:
+        without_gateway(isvc)
+        split_host = "ctr-predictor.mlref"
     isvc["spec"]["predictor"]["model"]["storageUri"] = str(stable)
     isvc["metadata"]["generation"] = 1
     nginx = Nginx(root / "nginx")
@@ -114,11 +129,15 @@ def rollout_through_nginx(settings: Settings, stable: Path, candidate: Path, roo
         started = launch(isvc, "transformer")
         port = free_port()
         assert started.argv[started.argv.index("--predictor_host") + 1] == split_host
+        # The emulated DNS: split_host resolves to the split, the predictor Service to its pod.
+        target = nginx.port
+        if bypass:
+            target = platform.pods[platform.services["ctr-predictor"]].port
         argv = local_argv(
             started.argv,
             host="127.0.0.1",
             http_port=str(port),
-            predictor_host=f"127.0.0.1:{nginx.port}",  # split_host resolves to the split
+            predictor_host=f"127.0.0.1:{target}",
         )
         assert "--model_name" in argv
         transformer = start_pod(settings, argv, started.literal_env(), root / "transformer", port)
@@ -208,3 +227,19 @@ def test_miscalibrated_candidate_is_rolled_back_through_the_platform_split(world
     assert {"logloss", "calibration"} & {c.name for c in analysis.failed}, analysis.lines()
     versions = {str(stable): file_version(stable), str(candidate): file_version(candidate)}
     check_handshake_and_log(traffic, answers, log, scored, versions)
+
+
+def test_transformer_calling_the_predictor_service_never_reaches_a_standard_canary(world, tmp_path):
+    """What the chart's Gateway settings fix: with KServe's own --predictor_host (the stable
+    predictor's Service) the split on the HTTPRoute is never used, so the candidate scores no
+    row and even a good one cannot be promoted."""
+    settings, stable = world
+    candidate = models.shifted_bias(stable, tmp_path / "good" / "model.onnx", 0.05)
+    result, traffic, answers, log, scored = rollout_through_nginx(
+        settings, stable, candidate, tmp_path, "Standard", bypass=True
+    )
+    assert traffic.sent > 0 and set(traffic.statuses) == {200}, traffic.statuses
+    assert not result.promoted
+    assert {upstream for upstream, _ in answers} == {"-"}  # no request reached a predictor
+    assert set(log["variant"]) == {"stable"}
+    assert {variant: rows for (_, variant), rows in scored.items() if rows} == {"stable": len(log)}
