@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local mlref cluster on kind: cert-manager, KServe v0.21 (Knative mode with Knative Serving
-# and Kourier, or Standard mode with --standard), standalone Kubeflow Pipelines, the mlref
+# and Kourier, or Standard mode with --standard: Gateway API, Envoy Gateway and KServe's
+# Gateway, which splits a canary's traffic), standalone Kubeflow Pipelines, the mlref
 # image and Helm chart, then one training run. Every step is idempotent: re-running converges
 # instead of failing. CRDs are installed and Established before anything that uses them.
 # Needs: docker, kind, kubectl, helm (3.8+ or 4, for OCI charts), openssl.
@@ -19,6 +20,16 @@ KOURIER_VERSION="knative-v1.21.0"
 KSERVE_VERSION="v0.21.0"
 KSERVE_CHARTS="oci://ghcr.io/kserve/charts"
 KFP_VERSION="2.4.1"
+# Standard mode: KServe splits a canary's traffic only on the predictor's Gateway API
+# HTTPRoute. Versions of KServe's installer (kserve-deps.env: GATEWAY_API_VERSION,
+# ENVOY_GATEWAY_VERSION); the transformer calls the Gateway's Service with the route's host
+# <isvc>-predictor-<namespace>.<domain> (chart values serving.gateway.*).
+GATEWAY_API_VERSION="v1.5.1"
+ENVOY_GATEWAY_VERSION="v1.8.1"
+ENVOY_GATEWAY_CHARTS="oci://docker.io/envoyproxy"
+KSERVE_GATEWAY="kserve/kserve-ingress-gateway"
+GATEWAY_SERVICE="kserve-ingress-gateway.envoy-gateway-system"
+INGRESS_DOMAIN="example.com"
 # kind.local: Knative does not resolve this registry's tags to digests, which would fail for
 # an image that exists only on the kind node (config-deployment's default skip list).
 IMAGE_TAG="${MLREF_IMAGE_TAG:-0.1.0}"
@@ -69,20 +80,39 @@ if [[ "$MODE" == "Knative" ]]; then
   done
   kubectl -n kourier-system rollout status deploy/3scale-kourier-gateway --timeout=300s
 else
-  step "3/9 Standard mode: no Knative"
+  step "3/9 Gateway API ${GATEWAY_API_VERSION} + Envoy Gateway ${ENVOY_GATEWAY_VERSION} + ${KSERVE_GATEWAY}"
+  kubectl apply --server-side -f "https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml"
+  established crd/gatewayclasses.gateway.networking.k8s.io crd/gateways.gateway.networking.k8s.io \
+    crd/httproutes.gateway.networking.k8s.io
+  # Envoy Gateway's own CRDs only: the Gateway API ones are those just applied.
+  helm template eg-crds "${ENVOY_GATEWAY_CHARTS}/gateway-crds-helm" --version "$ENVOY_GATEWAY_VERSION" \
+    --set crds.envoyGateway.enabled=true | kubectl apply --server-side -f -
+  established crd/envoyproxies.gateway.envoyproxy.io
+  helm upgrade --install eg "${ENVOY_GATEWAY_CHARTS}/gateway-helm" --version "$ENVOY_GATEWAY_VERSION" \
+    --namespace envoy-gateway-system --create-namespace --skip-crds --wait
+  kubectl -n envoy-gateway-system rollout status deploy/envoy-gateway --timeout=300s
+  kubectl create namespace kserve --dry-run=client -o yaml | kubectl apply -f -
+  # GatewayClass envoy, the Gateway, and an EnvoyProxy naming its Service ${GATEWAY_SERVICE}.
+  kubectl apply -f "$ROOT/manifests/cluster/kserve-gateway.yaml"
+  kubectl -n kserve wait --for=condition=Programmed gateway/kserve-ingress-gateway --timeout=300s
 fi
 
 step "4/9 KServe ${KSERVE_VERSION} (${MODE})"
 helm upgrade --install kserve-crd "${KSERVE_CHARTS}/kserve-crd" --version "$KSERVE_VERSION" \
   --namespace kserve --create-namespace --wait
 established crd/inferenceservices.serving.kserve.io crd/servingruntimes.serving.kserve.io
-# Kourier is not Istio: no VirtualService (ingress.disableIstioVirtualHost). Standard mode on
-# kind has no ingress controller either: reach the transformer's Service directly.
+# Kourier is not Istio: no VirtualService (ingress.disableIstioVirtualHost). Standard mode:
+# HTTPRoutes on the Gateway (inferenceservice-config ingress.enableGatewayApi), ingress
+# creation left on (without it KServe makes no HTTPRoute, and so no canary split).
 KSERVE_SETTINGS=(--set "kserve.controller.deploymentMode=${MODE}")
 if [[ "$MODE" == "Knative" ]]; then
   KSERVE_SETTINGS+=(--set kserve.controller.gateway.disableIstioVirtualHost=true)
 else
-  KSERVE_SETTINGS+=(--set kserve.controller.gateway.disableIngressCreation=true)
+  KSERVE_SETTINGS+=(
+    --set kserve.controller.gateway.ingressGateway.enableGatewayApi=true
+    --set "kserve.controller.gateway.ingressGateway.kserveGateway=${KSERVE_GATEWAY}"
+    --set "kserve.controller.gateway.domain=${INGRESS_DOMAIN}"
+  )
 fi
 helm upgrade --install kserve "${KSERVE_CHARTS}/kserve-resources" --version "$KSERVE_VERSION" \
   --namespace kserve --wait "${KSERVE_SETTINGS[@]}"
@@ -120,7 +150,9 @@ step "8/9 Helm chart"
 helm upgrade --install mlref "$ROOT/helm/mlref" --namespace "$NAMESPACE" \
   -f "$ROOT/helm/mlref/values-kind.yaml" \
   --set "image.tag=${IMAGE_TAG}" \
-  --set "serving.deploymentMode=${MODE}" --wait --timeout 10m
+  --set "serving.deploymentMode=${MODE}" \
+  --set "serving.gateway.service=${GATEWAY_SERVICE}" \
+  --set "serving.gateway.domain=${INGRESS_DOMAIN}" --wait --timeout 10m
 
 step "9/9 training pipeline"
 kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 &

@@ -323,6 +323,75 @@ def s3_annotation_problems(obj: dict[str, Any]) -> list[Problem]:
     ]
 
 
+HOST_HEADER_ENV = "MLREF_SERVING__PREDICTOR_HOST_HEADER"
+
+
+def _container_env(launch: Any, objects: list[dict[str, Any]]) -> dict[str, str]:
+    """A started container's literal env plus the data of the ConfigMaps it takes env from
+    (its own entries win, as in a pod)."""
+    maps = {
+        o["metadata"].get("name"): o.get("data") or {}
+        for o in objects
+        if o.get("kind") == "ConfigMap"
+    }
+    env: dict[str, str] = {}
+    for source in launch.env_from:
+        env.update(maps.get((source.get("configMapRef") or {}).get("name"), {}))
+    return {**env, **launch.literal_env()}
+
+
+def gateway_problems(
+    objects: list[dict[str, Any]],
+) -> dict[tuple[str, str], list[Problem]]:
+    """A Standard-mode canary's traffic is split only by the predictor's Gateway API
+    HTTPRoute (KServe httproute_reconciler.go, applyCanaryWeights): a transformer that calls
+    the predictor Service (the --predictor_host KServe appends) never reaches the canary, and
+    one that calls the Gateway must send the route's host."""
+    from mlref.k8s.gateway import predictor_route_host
+    from mlref.k8s.kserve import STANDARD, KServeSpecError, launch, predictor_service_name
+
+    found: dict[tuple[str, str], list[Problem]] = {}
+    for isvc in objects:
+        spec = isvc.get("spec") or {}
+        if isvc.get("kind") != "InferenceService" or not spec.get("canary"):
+            continue
+        try:
+            started = launch(isvc, "transformer")
+            _, params = parse_cli(started.argv)
+        except (KServeSpecError, CliArgsError):
+            continue  # launch_problems reports it
+        if started.mode != STANDARD:
+            continue
+        name = (isvc.get("metadata") or {}).get("name", "?")
+        target = str(params.get("predictor_host") or "").split("://")[-1].split(":")[0]
+        services = {predictor_service_name(name, spec["predictor"].get("name", ""))}
+        services.add(predictor_service_name(name))
+        route_host = predictor_route_host(isvc)
+        problems: list[Problem] = []
+        if target.split(".")[0] in services:
+            problems.append(
+                (
+                    "spec.transformer",
+                    f"--predictor_host {target} is the predictor Service, which bypasses the "
+                    "canary's traffic split (only the Gateway's HTTPRoute splits it): set "
+                    "serving.gateway.service (chart), or --predictor_host in the transformer's "
+                    "args, to the Gateway's Service",
+                )
+            )
+        if not _container_env(started, objects).get(HOST_HEADER_ENV):
+            problems.append(
+                (
+                    "spec.transformer",
+                    f"{HOST_HEADER_ENV} is not set: the Gateway routes the predictor by its "
+                    f"HTTPRoute host (e.g. {route_host}); set serving.gateway.domain (chart) or "
+                    "that variable in the transformer's env",
+                )
+            )
+        if problems:
+            found[("InferenceService", name)] = problems
+    return found
+
+
 def helm_wait_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
     """`helm install --wait` waits for each release PersistentVolumeClaim to be Bound (helm
     pkg/kube/ready.go in v3, kstatus in v4); WaitForFirstConsumer storage binds a claim only

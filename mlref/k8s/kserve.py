@@ -124,14 +124,17 @@ def _set_env(env: list[dict[str, Any]], name: str, value: str) -> list[dict[str,
     return _merge_env(env, [{"name": name, "value": value}])
 
 
-def _fill(text: str, metadata: dict[str, Any]) -> str:
-    """Go-template placeholders over ObjectMeta: .Name, .Namespace, .Labels.k, .Annotations.k."""
+def fill_template(text: str, metadata: dict[str, Any], **values: str) -> str:
+    """Go-template placeholders over ObjectMeta: .Name, .Namespace, .Labels.k, .Annotations.k,
+    and any top-level ``values`` (the ingress domain template's .IngressDomain)."""
 
     def value(match: re.Match[str]) -> str:
         expr = match.group(1)
         parts = expr.lstrip(".").split(".", 1)
         if expr in {".Name", ".Namespace"}:
             return str(metadata.get(expr[1:].lower(), ""))
+        if expr.startswith(".") and expr[1:] in values:
+            return values[expr[1:]]
         if len(parts) == 2 and parts[0] in {"Labels", "Annotations"}:
             return str((metadata.get(parts[0].lower()) or {}).get(parts[1], ""))
         raise KServeSpecError(f"placeholder {{{{{expr}}}}} is not one mlref can fill")
@@ -235,11 +238,13 @@ def _predictor_container(
     container["args"] = list(base.get("args") or []) + list(model.get("args") or [])
     container["env"] = _merge_env(base.get("env") or [], model.get("env") or [])
     metadata = isvc.get("metadata") or {}
-    container["args"] = [_fill(arg, metadata) for arg in container["args"]]
-    container["command"] = [_fill(part, metadata) for part in container.get("command") or []]
+    container["args"] = [fill_template(arg, metadata) for arg in container["args"]]
+    container["command"] = [
+        fill_template(part, metadata) for part in container.get("command") or []
+    ]
     for entry in container["env"]:
         if "value" in entry:
-            entry["value"] = _fill(str(entry["value"]), metadata)
+            entry["value"] = fill_template(str(entry["value"]), metadata)
     return container
 
 

@@ -90,6 +90,7 @@ def verify(
     for form in forms:
         selectors = checks.selector_problems(form.objects)
         started = checks.launch_problems(form.objects, model_name)
+        gateway = checks.gateway_problems(form.objects)
         form_image = checks.settings_image(form.objects) or image
         knative = feature_problems(form.objects, knative_features or {})
         chart = form.api_versions is not None
@@ -110,6 +111,7 @@ def verify(
                 + checks.s3_annotation_problems(obj)
                 + selectors.get((kind, name), [])
                 + started.get((kind, name), [])
+                + gateway.get((kind, name), [])
                 + knative.get((kind, name), [])
                 + waits.get((kind, name), [])
                 + monitors.get((kind, name), [])

@@ -26,10 +26,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from mlref.k8s.kserve import launch
+from mlref.k8s.gateway import backend_weights, predictor_route
+from mlref.k8s.kserve import launch, predictor_service_name
 from mlref.settings import Settings
 from tests.canary.e2e import warm_up
-from tests.canary.fake_kube import RecordedCustomObjectsApi
+from tests.canary.fake_kube import RecordedCustomObjectsApi, canary_statuses
 from tests.servers import Server, find_binary, free_port
 from tests.serving.conftest import REPO, config_env, model_ready
 
@@ -77,14 +78,32 @@ class Nginx:
         self.port = free_port()
         self.conf = root / "nginx.conf"
         self.process: subprocess.Popen | None = None
-        self.weights: dict[int, int] = {}
 
-    def route(self, weights: dict[int, int]) -> None:
-        """Send traffic to 127.0.0.1:port by weight (percent); zero weights get none."""
+    def route(
+        self,
+        weights: dict[int, int],
+        hosts: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send traffic to 127.0.0.1:port by weight (percent); zero weights get none. With
+        ``hosts`` (a Gateway's listener for one HTTPRoute) only requests for those hosts are
+        routed, with ``headers`` set; any other host gets 404, as from a Gateway without a
+        matching route."""
         servers = "\n".join(
             f"    server 127.0.0.1:{port} weight={weight};"
             for port, weight in weights.items()
             if weight > 0
+        )
+        names = f"server_name {' '.join(hosts)};" if hosts else ""
+        sets = "".join(f"\n      proxy_set_header {k} {v};" for k, v in (headers or {}).items())
+        others = (
+            f"""
+  server {{
+    listen 127.0.0.1:{self.port} default_server;
+    return 404;
+  }}"""
+            if hosts
+            else ""
         )
         self.conf.write_text(
             f"""worker_processes 1;
@@ -105,17 +124,17 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{self.port};
+    {names}
     location / {{
       proxy_pass http://revisions;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection "";{sets}
       proxy_next_upstream off;
     }}
-  }}
+  }}{others}
 }}
 """
         )
-        self.weights = dict(weights)
         if self.process is None:
             argv = [self.binary, "-p", str(self.root), "-c", str(self.conf)]
             self.process = subprocess.Popen(
@@ -157,19 +176,17 @@ http {{
 VARIANT_ENV = "MLREF_SERVING__VARIANT"
 
 
-def revision_key(isvc: dict) -> tuple[str, str]:
-    """What makes a new Knative revision here: the model and the variant label in its env."""
-    model = isvc["spec"]["predictor"]["model"]
+def revision_key(predictor: dict) -> tuple[str, str]:
+    """What makes a new predictor pod here: the model and the variant label in its env."""
+    model = predictor["model"]
     env = {e["name"]: e.get("value") for e in model.get("env") or []}
     return model["storageUri"], env.get(VARIANT_ENV) or "stable"
 
 
-class KnativeStandIn(RecordedCustomObjectsApi):
-    """The API server plus what Knative does with an applied patch: a new revision of the
-    predictor when the spec changed (started with the argv and env of the patched spec),
-    then ``canaryTrafficPercent`` to it and the rest to the last rolled-out revision
-    (ksvc_reconciler.go: ``LatestRevision`` takes the canary percent, ``lastRolledoutRevision``
-    the remainder; no canaryTrafficPercent: the latest takes all and becomes rolled out)."""
+class PlatformStandIn(RecordedCustomObjectsApi):
+    """The API server plus what the platform does with an applied patch: predictor pods
+    started with the argv and env of the applied spec (one per model and variant, kept once
+    started), and nginx rerouted over them by :meth:`reconcile`."""
 
     def __init__(
         self, isvc: dict, runtimes: list[dict], settings: Settings, root: Path, nginx: Nginx
@@ -179,16 +196,22 @@ class KnativeStandIn(RecordedCustomObjectsApi):
         self.settings = settings
         self.root = root
         self.nginx = nginx
-        self.revisions: dict[tuple[str, str], Server] = {}  # (storageUri, variant) -> pod
+        self.pods: dict[tuple[str, str], Server] = {}  # (storageUri, variant) -> pod
         self.generation = 0
-        self.rolled_out = self.start_revision(self.isvc)
-        nginx.route({self.revisions[self.rolled_out].port: 100})
 
-    def start_revision(self, isvc: dict) -> tuple[str, str]:
-        """The predictor pod of ``isvc``'s current spec (its storageUri a local file), warm."""
+    def start_predictor(self, isvc: dict, canary: str = "") -> tuple[str, str]:
+        """The predictor pod (``canary``: that Standard-mode canary's) of ``isvc``'s current
+        spec, its storageUri a local file, warm before it gets traffic; reused if running."""
+        spec = isvc["spec"]
+        predictor = next(
+            (c["predictor"] for c in spec.get("canary") or [] if c["predictor"]["name"] == canary),
+            spec["predictor"],
+        )
+        key = revision_key(predictor)
+        if key in self.pods:
+            return key
         self.generation += 1
-        started = launch(isvc, "predictor", self.runtimes, generation=self.generation)
-        key = revision_key(isvc)
+        started = launch(isvc, "predictor", self.runtimes, canary, generation=self.generation)
         pod = self.root / f"predictor-{self.generation:05d}"
         models = pod / "mnt/models"
         models.mkdir(parents=True)
@@ -197,26 +220,82 @@ class KnativeStandIn(RecordedCustomObjectsApi):
         argv = local_argv(
             started.argv, model_dir=str(models), host="127.0.0.1", http_port=str(port)
         )
-        self.revisions[key] = start_pod(self.settings, argv, started.literal_env(), pod, port)
-        warm_up(f"http://127.0.0.1:{port}", Path(key[0]), WARM_UP)  # before it gets traffic
+        self.pods[key] = start_pod(self.settings, argv, started.literal_env(), pod, port)
+        warm_up(f"http://127.0.0.1:{port}", Path(key[0]), WARM_UP)
         return key
+
+    def reconcile(self, applied: dict) -> None:
+        raise NotImplementedError
 
     def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kw):
         applied = super().patch_namespaced_custom_object(
             group, version, namespace, plural, name, body, **kw
         )
-        key = revision_key(applied)
-        if key not in self.revisions:
-            self.start_revision(applied)
-        latest = self.revisions[key].port
-        percent = applied["spec"]["predictor"].get("canaryTrafficPercent")
-        if percent is None:
-            self.rolled_out = key
-            self.nginx.route({latest: 100})
-        else:
-            self.nginx.route({latest: percent, self.revisions[self.rolled_out].port: 100 - percent})
+        self.reconcile(applied)
         return applied
 
     def stop(self) -> None:
-        for server in self.revisions.values():
+        for server in self.pods.values():
             server.stop()
+
+
+class KnativeStandIn(PlatformStandIn):
+    """Knative Serving: a new revision of the predictor when the spec changed, then
+    ``canaryTrafficPercent`` to it and the rest to the last rolled-out revision, all behind
+    one host (ksvc_reconciler.go: ``LatestRevision`` takes the canary percent,
+    ``lastRolledoutRevision`` the remainder; no canaryTrafficPercent: the latest takes all and
+    becomes rolled out)."""
+
+    def __init__(self, isvc, runtimes, settings, root, nginx):
+        super().__init__(isvc, runtimes, settings, root, nginx)
+        self.rolled_out = self.start_predictor(self.isvc)
+        nginx.route({self.pods[self.rolled_out].port: 100})
+
+    def reconcile(self, applied: dict) -> None:
+        latest = self.pods[self.start_predictor(applied)].port
+        percent = applied["spec"]["predictor"].get("canaryTrafficPercent")
+        if percent is None:
+            self.rolled_out = revision_key(applied["spec"]["predictor"])
+            self.nginx.route({latest: 100})
+        else:
+            self.nginx.route({latest: percent, self.pods[self.rolled_out].port: 100 - percent})
+
+
+class StandardStandIn(PlatformStandIn):
+    """KServe's Standard-mode controller and a Gateway: one Deployment per predictor Service
+    (``spec.predictor`` behind ``<isvc>-predictor``, each ``spec.canary`` behind
+    ``<isvc>-<name>-predictor``), then the predictor HTTPRoute as KServe computes it from the
+    applied object and its ``canaryStatuses`` (:func:`mlref.k8s.gateway.predictor_route`), and
+    nginx configured from that route alone: its host gets the weighted backends, each Service
+    resolved to its pod; any other host gets 404."""
+
+    def __init__(self, isvc, runtimes, settings, root, nginx):
+        super().__init__(isvc, runtimes, settings, root, nginx)
+        self.services: dict[str, tuple[str, str]] = {}
+        self.route: dict = {}
+        self.reconcile(self.isvc)
+
+    def reconcile(self, applied: dict) -> None:
+        name, spec = applied["metadata"]["name"], applied["spec"]
+        self.services[predictor_service_name(name, spec["predictor"].get("name", ""))] = (
+            self.start_predictor(applied)
+        )
+        for canary in spec.get("canary") or []:
+            canary_name = canary["predictor"]["name"]
+            self.services[predictor_service_name(name, canary_name)] = self.start_predictor(
+                applied, canary_name
+            )
+        # Every canary pod is started and warm above: the controller reports it Ready.
+        self.route = predictor_route(
+            {**applied, "status": {"canaryStatuses": canary_statuses(spec)}}
+        )
+        (rule,) = self.route["spec"]["rules"]
+        (modifier,) = rule["filters"]
+        self.nginx.route(
+            {
+                self.pods[self.services[service]].port: weight
+                for service, weight in backend_weights(self.route).items()
+            },
+            hosts=self.route["spec"]["hostnames"],
+            headers={h["name"]: h["value"] for h in modifier["requestHeaderModifier"]["set"]},
+        )

@@ -2,7 +2,8 @@
 
 Upstream (versions pinned in scripts/kind-up.sh): Helm v3.21 / v4.2 pkg/kube/ready.go,
 statuswait.go and pkg/action/hooks.go; KServe v0.21 inference_service_validation.go,
-pkg/utils/storage.go, pkg/credentials/s3/s3_secret.go; Knative Serving v1.21.1
+pkg/utils/storage.go, pkg/credentials/s3/s3_secret.go, reconcilers/ingress/
+httproute_reconciler.go and hack/setup (Gateway API, Envoy Gateway); Knative Serving v1.21.1
 pkg/apis/config/features.go and pkg/deployment/config.go.
 """
 
@@ -15,10 +16,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mlref.cli import app
 from mlref.k8s.checks import (
+    HOST_HEADER_ENV,
     canary_problems,
     container_problems,
     helm_wait_problems,
@@ -26,7 +29,9 @@ from mlref.k8s.checks import (
     s3_annotation_problems,
     service_monitor_problems,
 )
+from mlref.k8s.gateway import IngressConfig, predictor_route_host
 from mlref.k8s.knative import feature_problems
+from mlref.k8s.kserve import launch
 from mlref.k8s.render import MONITORING_API, render_chart
 from mlref.k8s.stages import stage_problems
 from mlref.settings import Settings
@@ -266,3 +271,46 @@ def test_service_monitor_scrapes_both_modes(root):
         "scrapes transformer in Standard mode through 0 Services, not 1",
         "scrapes predictor in Standard mode through 0 Services, not 1",
     ]
+
+
+def test_standard_mode_installs_the_gateway_that_splits_a_canary(root):
+    """kind-up --standard: Gateway API CRDs, Envoy Gateway, the Gateway KServe attaches its
+    HTTPRoutes to (httproute_reconciler.go parentRefs: ingress.kserveIngressGateway), then KServe
+    with enableGatewayApi and ingress creation on (Reconcile makes no route without it), then
+    the chart whose transformer calls that Gateway's Service with the predictor route's host."""
+    script = _script(root)
+    standard = script[script.index('step "3/9 Gateway API') : script.index('step "5/9')]
+    order = [
+        "gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml",
+        "established crd/gatewayclasses.gateway.networking.k8s.io",
+        "crds.envoyGateway.enabled=true",
+        "established crd/envoyproxies.gateway.envoyproxy.io",
+        "gateway-helm",
+        "manifests/cluster/kserve-gateway.yaml",
+        "condition=Programmed gateway/kserve-ingress-gateway",
+        "kserve.controller.gateway.ingressGateway.enableGatewayApi=true",
+    ]
+    positions = [standard.index(step) for step in order]
+    assert positions == sorted(positions)
+    assert "disableIngressCreation=true" not in script
+    assert _script_value(root, "GATEWAY_API_VERSION") == "v1.5.1"
+    assert _script_value(root, "ENVOY_GATEWAY_VERSION") == "v1.8.1"
+    docs = list(yaml.safe_load_all((root / "manifests/cluster/kserve-gateway.yaml").read_text()))
+    gateway = next(d for d in docs if d["kind"] == "Gateway")
+    proxy = next(d for d in docs if d["kind"] == "EnvoyProxy")
+    ingress = IngressConfig(ingress_domain=_script_value(root, "INGRESS_DOMAIN"))
+    placed = f"{gateway['metadata']['namespace']}/{gateway['metadata']['name']}"
+    assert placed == _script_value(root, "KSERVE_GATEWAY") == ingress.kserve_ingress_gateway
+    ref = gateway["spec"]["infrastructure"]["parametersRef"]
+    assert (ref["kind"], ref["name"]) == ("EnvoyProxy", proxy["metadata"]["name"])
+    service = proxy["spec"]["provider"]["kubernetes"]["envoyService"]["name"]
+    assert _script_value(root, "GATEWAY_SERVICE") == f"{service}.envoy-gateway-system"
+    # The chart's defaults are what kind-up installs; its transformer names that Gateway.
+    values = {"serving": {"deploymentMode": "Standard"}}
+    isvc = find(render_chart(root, values, "std").objects, "InferenceService", "ctr")
+    started = launch(isvc, "transformer")
+    assert started.argv[started.argv.index("--predictor_host") + 1] == (
+        _script_value(root, "GATEWAY_SERVICE")
+    )
+    route_host = predictor_route_host(isvc, ingress)
+    assert started.literal_env()[HOST_HEADER_ENV] == route_host == "ctr-predictor-mlref.example.com"

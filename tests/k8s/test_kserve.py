@@ -93,7 +93,10 @@ def test_standard_mode_canary_predictor(forms):
     assert "PORT" not in canary.literal_env() and "K_SERVICE" not in canary.literal_env()
     assert canary.literal_env()["MLREF_SERVING__VARIANT"] == "canary"
     assert "MLREF_SERVING__VARIANT" not in started["predictor"].literal_env()
-    assert started["transformer"].args[-1] == "ctr-predictor.mlref"
+    # The chart names the Gateway (the split), so KServe appends no --predictor_host.
+    args = started["transformer"].args
+    assert args[args.index("--predictor_host") + 1] == "kserve-ingress-gateway.envoy-gateway-system"
+    assert args.count("--predictor_host") == 1
     for each in started.values():
         parse_cli(each.argv)
 
