@@ -171,7 +171,8 @@ def score_days(
 ) -> list[report.QualityPoint]:
     """Each model's AUC on each day, features from the offline store as of each impression."""
     from mlref import onnx_model
-    from mlref.monitoring.replay import as_served, score_rows
+    from mlref.monitoring.replay import as_served
+    from mlref.scoring import score_rows
     from mlref.serving.predictor import resolve
     from mlref.training.metrics import auc
 

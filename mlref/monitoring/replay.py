@@ -1,8 +1,7 @@
-"""Offline scoring into the inference-log schema: what serving would have logged for given rows.
+"""Replay of click-log rows through a registered model into the inference log and labels,
+as serving and the label job would have written them (tests, the demo, retraining checks).
 
-The drift job's reference sample and the replay of generated days (tests, the demo) both go
-through :func:`score_rows`: the shared ``fill_defaults`` + ``transform`` and the real ONNX
-model, so a replayed log holds exactly the values the transformer would have written.
+Rows are scored by :func:`mlref.scoring.score_rows`, as the drift reference is.
 """
 
 from __future__ import annotations
@@ -11,37 +10,11 @@ import numpy as np
 import pandas as pd
 
 from mlref import onnx_model
-from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, fill_defaults, transform
+from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS
 from mlref.monitoring.inference import LABEL, write_labels
+from mlref.schema import LOG_SCHEMA
+from mlref.scoring import TIMESTAMP, score_rows
 from mlref.settings import Settings
-
-TIMESTAMP = "event_timestamp"
-
-
-def score_rows(
-    rows: pd.DataFrame, model: onnx_model.OnnxModel, model_version: str, variant: str
-) -> pd.DataFrame:
-    """Inference-log rows for ``rows`` (request columns, ``request_id``, ``event_timestamp``
-    and the looked-up stats, NaN where the store had no row); ``clicked`` is kept if present."""
-    spec = model.spec
-    filled, missing = fill_defaults(rows, spec)
-    cat, num = transform(filled, spec)
-    names = np.array(spec.numeric)
-    frame = pd.DataFrame(
-        {
-            "timestamp": pd.to_datetime(rows[TIMESTAMP], utc=True),
-            "request_id": rows["request_id"].astype(str),
-            **{name: rows[name] for name in REQUEST_COLUMNS},
-            **{name: filled[name] for name in spec.numeric},
-            "defaulted": [names[row].tolist() for row in missing[list(spec.numeric)].to_numpy()],
-            "probability": model.predict(cat, num),
-            "model_version": model_version,
-            "variant": variant,
-        }
-    )
-    if LABEL in rows:
-        frame[LABEL] = rows[LABEL].to_numpy()
-    return frame.reset_index(drop=True)
 
 
 def as_served(settings: Settings, raw: pd.DataFrame) -> pd.DataFrame:
@@ -71,12 +44,12 @@ def replay(
 def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     """Append ``scored`` to the inference log with serving's own writer, and store its labels
     (as ``labels_uri/<name>.parquet``) when it has a ``clicked`` column."""
-    from mlref.serving.inference_log import SCHEMA, InferenceLog, StorageSink
+    from mlref.serving.inference_log import InferenceLog, StorageSink
 
     writer = InferenceLog(
         StorageSink(settings.inference_log_uri), flush_rows=len(scored) + 1, flush_seconds=3600.0
     )
-    columns = {field.name: scored[field.name] for field in SCHEMA}
+    columns = {field.name: scored[field.name] for field in LOG_SCHEMA}
     columns["defaulted"] = np.array(
         [[name in names for name in STAT_COLUMNS] for names in scored["defaulted"]], dtype=bool
     ).reshape(-1, len(STAT_COLUMNS))

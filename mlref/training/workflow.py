@@ -16,9 +16,8 @@ import torch
 from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
-from mlref.monitoring import reference
 from mlref.settings import Settings
-from mlref.training import dataset, plots, registry, tracking
+from mlref.training import dataset, plots, reference, registry, tracking
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity

@@ -6,7 +6,7 @@ import numpy as np
 
 from mlref import onnx_model
 from mlref.monitoring.reference import load_reference
-from mlref.monitoring.replay import TIMESTAMP, score_rows
+from mlref.scoring import TIMESTAMP, score_rows
 from mlref.serving.inference_log import SCHEMA
 from mlref.settings import Settings
 from mlref.training import registry
