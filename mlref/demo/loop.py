@@ -131,7 +131,7 @@ def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str
         argv += ["--candidate", candidate]
     log_path = folder / "serving.log"
     serving_ = settings.serving
-    base = f"http://{serving_.host}:{serving_.transformer_port}/v1/models/{serving_.model_name}"
+    base = f"http://{serving_.host}:{serving_.transformer_port}/v1/models/{settings.model_name}"
     with log_path.open("a") as log:
         child = subprocess.Popen(
             argv,
