@@ -47,6 +47,7 @@ AD_CATEGORIES = (
     "entertainment",
 )
 SITE_CATEGORIES = ("news", "sports", "social", "video", "shopping", "blogs", "search")
+OPERATING_SYSTEMS = ("android", "ios", "windows", "macos", "other")
 MAX_POSITION = 8  # ad slot on the page, 1 = top
 INT64_MAX = 2**63 - 1
 MAX_TEXT = 64  # characters of a category value (real ones are a few words)
@@ -125,6 +126,7 @@ FIELDS: tuple[Field, ...] = (
     Field("ad_category", "category", AD_CATEGORIES),
     Field("device_type", "category", DEVICE_TYPES),
     Field("site_category", "category", SITE_CATEGORIES),
+    Field("os", "category", OPERATING_SYSTEMS, required=False),  # older clients leave it out
     Field("position", "ordinal", low=1, high=MAX_POSITION),
     Field("hour", "ordinal", low=0, high=23, required=False, fill=_utc_hour),  # UTC
 )
