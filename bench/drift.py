@@ -34,20 +34,11 @@ def log_frame(rows: int, seed: int, mobile_share: float) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     others = (1 - mobile_share) / (len(schema.DEVICE_TYPES) - 1)
     device_p = [mobile_share if d == "mobile" else others for d in schema.DEVICE_TYPES]
-    frame = pd.DataFrame(
-        {
-            "timestamp": pd.Timestamp("2026-01-09", tz="UTC")
-            + pd.to_timedelta(np.sort(rng.uniform(0, 86_400, rows)), unit="s"),
-            "request_id": np.char.add("r", np.arange(rows).astype(str)),
-            "user_id": rng.integers(1, 5_000, rows),
-            "ad_id": rng.integers(1, 400, rows),
-            "advertiser_id": rng.integers(1, 60, rows),
-            "ad_category": rng.choice(schema.AD_CATEGORIES, rows),
-            "device_type": rng.choice(schema.DEVICE_TYPES, rows, p=device_p),
-            "site_category": rng.choice(schema.SITE_CATEGORIES, rows),
-            "position": rng.integers(1, schema.MAX_POSITION + 1, rows),
-            "hour": rng.integers(0, 24, rows),
-        }
+    frame = schema.examples(rows, seed, max_id=5_000).assign(
+        timestamp=pd.Timestamp("2026-01-09", tz="UTC")
+        + pd.to_timedelta(np.sort(rng.uniform(0, 86_400, rows)), unit="s"),
+        request_id=np.char.add("r", np.arange(rows).astype(str)),
+        device_type=rng.choice(schema.DEVICE_TYPES, rows, p=device_p),
     )
     for name in STAT_COLUMNS:
         values = rng.lognormal(3, 1, rows)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlref.data.ingest import ingest
-from mlref.schema import AD_CATEGORIES, DEVICE_TYPES, RAW_SCHEMA, SITE_CATEGORIES
+from mlref.schema import RAW_SCHEMA, examples
 from mlref.settings import Settings
 
 ROWS_PER_FILE = 250_000
@@ -36,23 +36,14 @@ def raw_file(rng: np.random.Generator, first_row: int, n: int) -> pa.Table:
     ids = np.where(rng.random(n) < 0.005, np.maximum(ids - 1, 0), ids)
     position = rng.integers(1, 9, n)
     position[rng.random(n) < 0.01] = 0
-
-    def pick(vocabulary: tuple[str, ...]) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(
-            rng.integers(0, len(vocabulary), n), vocabulary
-        ).dictionary_decode()
-
     columns = {
+        **examples(n, seed=first_row, max_id=50_000).to_dict("series"),
         "event_timestamp": pa.array(START + micros.astype("timedelta64[us]")).cast(
             RAW_SCHEMA.field("event_timestamp").type
         ),
         "request_id": pc.binary_join_element_wise("req-", pa.array(ids).cast(pa.string()), ""),
-        "user_id": rng.integers(0, 50_000, n),
         "ad_id": rng.integers(0, 2_000, n),
         "advertiser_id": rng.integers(0, 200, n),
-        "ad_category": pick(AD_CATEGORIES),
-        "device_type": pick(DEVICE_TYPES),
-        "site_category": pick(SITE_CATEGORIES),
         "position": position.astype(np.int8),
         "hour": ((micros // MICROS_PER_HOUR) % 24).astype(np.int8),
         "clicked": (rng.random(n) < 0.03).astype(np.int8),

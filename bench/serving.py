@@ -37,7 +37,7 @@ from tests.serving.conftest import (  # noqa: E402
     start_predictor,
     start_transformer,
 )
-from tests.serving.test_servers import business_rows  # noqa: E402
+from tests.serving.test_servers import N_CAT, N_NUM, business_rows, flat  # noqa: E402
 
 DURATION = 6
 CONCURRENCY = 8
@@ -132,7 +132,7 @@ def baseline(model_path: str, port: int) -> None:
         def predict(self, payload, headers=None):
             rows = np.asarray(payload["instances"])
             probability = model.predict(
-                rows[:, :8].astype(np.int64), rows[:, 8:].astype(np.float32)
+                rows[:, :N_CAT].astype(np.int64), rows[:, N_CAT:].astype(np.float32)
             )
             return {"predictions": probability.tolist()}
 
@@ -164,14 +164,14 @@ def main() -> None:
     report = []
 
     # 1. In-process floor, batch 1.
-    cat1, num1 = np.ones((1, 8), np.int64), np.zeros((1, 12), np.float32)
+    cat1, num1 = np.ones((1, N_CAT), np.int64), np.zeros((1, N_NUM), np.float32)
     for label, path in (("fp32", fp32_path), ("int8", model_path)):
         m = onnx_model.load(path)
         rate = per_second(lambda m=m: m.predict(cat1, num1))
         report.append(f"{f'onnxruntime {label} batch 1 in-process calls/s':52s} {rate:9,.0f}")
 
     # 2. Predictor alone (v1, single rows) vs a plain KServe ModelServer, same model file.
-    flat = {"instances": [[1] * 8 + [0.5] * 12]}
+    flat_row = {"instances": [flat()]}
     predictor = start_predictor(settings, model_path, root)
     port = free_port()
     plain = Server(
@@ -184,8 +184,8 @@ def main() -> None:
     ours, theirs = [], []
     try:
         for _ in range(ROUNDS):
-            theirs.append(wrk(f"http://127.0.0.1:{port}/v1/models/ctr:predict", flat))
-            ours.append(wrk(f"http://127.0.0.1:{predictor.port}/v1/models/ctr:predict", flat))
+            theirs.append(wrk(f"http://127.0.0.1:{port}/v1/models/ctr:predict", flat_row))
+            ours.append(wrk(f"http://127.0.0.1:{predictor.port}/v1/models/ctr:predict", flat_row))
     finally:
         plain.stop()
     report.append(

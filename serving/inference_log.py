@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlref.schema import LOG_SCHEMA, STAT_COLUMNS
+from mlref.schema import LOG_SCHEMA, NULLABLE_COLUMNS, STAT_COLUMNS
 from mlref.serving import metrics
 from mlref.settings import Settings
 
@@ -610,7 +610,7 @@ def rows_table(rows: list[dict]) -> pa.Table:
     ValueError or TypeError when they do not fit :data:`SCHEMA`."""
     at = SCHEMA.get_field_index("timestamp")
     table = pa.Table.from_pylist(rows, schema=SCHEMA.set(at, pa.field("timestamp", pa.string())))
-    lacking = [name for name in SCHEMA.names if table[name].null_count]
+    lacking = [n for n in SCHEMA.names if table[n].null_count and n not in NULLABLE_COLUMNS]
     if lacking:  # from_pylist reads an absent key as null
         raise ValueError(f"rows without values for {lacking}")
     return table.set_column(at, SCHEMA.field(at), pc.cast(table[at], SCHEMA.field(at).type))

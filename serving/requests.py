@@ -7,10 +7,13 @@ KServe's own errors) as ``{"error": {"code": ..., "message": ..., "field": ...}}
 Wire formats:
 
 * transformer (business request): ``{"instances": [{"user_id": 1, "ad_id": 2, ...}, ...]}``
-  with the fields of :data:`BUSINESS_FIELDS`; ``hour`` and ``request_id`` are optional.
+  with the fields of :data:`BUSINESS_FIELDS`; the contract's optional fields and
+  ``request_id`` may be left out.
 * predictor v1: ``{"instances": [row, ...]}`` where a row is either the flat list
-  ``[cat_0..cat_7, num_0..num_11]`` or the object ``{"cat": [8 ints], "num": [12 numbers]}``.
-* predictor v2 (Open Inference Protocol): tensors ``cat`` INT64 [N, 8] and ``num`` FP32 [N, 12].
+  ``[cat..., num...]`` or the object ``{"cat": [C ints], "num": [M numbers]}``.
+* predictor v2 (Open Inference Protocol): tensors ``cat`` INT64 [N, C] and ``num`` FP32 [N, M].
+
+C and M are the model's input widths: a categorical input per contract field, a number per stat.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ BUSINESS_FIELDS: dict[str, tuple[bool, type, str]] = {
     "request_id": (False, str, f"a string of at most {MAX_REQUEST_ID} characters"),
 }
 REQUIRED_FIELDS = tuple(name for name, (required, _, _) in BUSINESS_FIELDS.items() if required)
+# What an optional field left out becomes: its fill from the time of scoring, or None (null:
+# the model reads it as out-of-vocabulary).
+FILLS = {f.name: f.fill for f in FIELDS if not f.required}
 # Inclusive bounds: of ints (ids are non-negative int64), and of text lengths.
 BOUNDS = {
     **{f.name: (f.low, f.high) for f in FIELDS if f.python_type is int},
@@ -146,7 +152,8 @@ class BusinessBatch:
 
 
 def parse_business(payload: Any, max_batch: int, now: datetime | None = None) -> BusinessBatch:
-    """Validate a transformer request; fill ``hour`` (current UTC hour) and ``request_id``.
+    """Validate a transformer request; fill the optional fields (:data:`FILLS`) and
+    ``request_id``.
 
     Every check is a C-level pass over a whole column (``map``, ``set``, ``min``/``max``),
     not a Python loop per row and field; only a request that fails one looks for the first
@@ -189,9 +196,10 @@ def parse_business(payload: Any, max_batch: int, now: datetime | None = None) ->
                 if given is None and all(values)
                 else [v if v is not _ABSENT and v else uuid.uuid4().hex for v in values]
             )
-        elif name == "hour" and given is not None:
-            hour_now = (now or datetime.now(UTC)).hour
-            batch.columns[name] = [hour_now if v is _ABSENT else v for v in values]
+        elif given is not None:  # an optional field some rows left out
+            fill = FILLS[name]
+            value = fill(now or datetime.now(UTC)) if fill else None
+            batch.columns[name] = [value if v is _ABSENT else v for v in values]
         else:
             batch.columns[name] = values
     return batch

@@ -221,6 +221,7 @@ def day_chunk(
         "ad_category": _strings(world.ad_category[rows.ad], schema.AD_CATEGORIES),
         "device_type": _strings(rows.device, schema.DEVICE_TYPES, null=broken),
         "site_category": _strings(rows.site, schema.SITE_CATEGORIES),
+        "os": _strings(rows.os, schema.OPERATING_SYSTEMS),
         "position": pa.array(rows.position, pa.int8()),
         "hour": pa.array(np.where(broken, 0, rows.hour), pa.int8()),
         "clicked": pa.array(clicked, pa.int8()),

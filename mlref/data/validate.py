@@ -6,7 +6,8 @@ counts by reason are mask sums. Inputs may arrive with loose types (CSV gives st
 pandas writes ints with nulls as floats): a value that casts losslessly is accepted.
 
 A category value outside its vocabulary is no problem: the row is kept (the model reads the
-value as out-of-vocabulary), and :attr:`Checked.unknown` counts it as vocabulary drift.
+value as out-of-vocabulary), and :attr:`Checked.unknown` counts it as vocabulary drift. So is
+null in a nullable field (``mlref.schema.Field.nullable``): the value is unknown.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _check_timestamp(checked: Checked, name: str, raw: pa.Array, limit: pd.Times
 
 def _check_string(checked: Checked, name: str, raw: pa.Array) -> pa.Array:
     value = _to_string(raw)
-    checked.add(f"{name}: null", as_mask(value.is_null()))
+    _check_null(checked, name, value)
     limit = MAX_LENGTHS[name]
     checked.add(
         f"{name}: longer than {limit} characters",
@@ -104,7 +105,7 @@ def _check_string(checked: Checked, name: str, raw: pa.Array) -> pa.Array:
 
 def _check_integer(checked: Checked, name: str, raw: pa.Array) -> pa.Array:
     value = _to_int64(raw)
-    checked.add(f"{name}: null", as_mask(raw.is_null()))
+    _check_null(checked, name, raw)
     checked.add(f"{name}: not an integer", as_mask(pc.and_(raw.is_valid(), value.is_null())))
     if name in RANGES:
         low, high = RANGES[name]
@@ -113,6 +114,12 @@ def _check_integer(checked: Checked, name: str, raw: pa.Array) -> pa.Array:
     else:  # the ids
         checked.add(f"{name}: negative", as_mask(pc.less(value, 0)))
     return value
+
+
+def _check_null(checked: Checked, name: str, value: pa.Array) -> None:
+    """Null breaks the contract, except in a nullable field (read as out-of-vocabulary)."""
+    if not RAW_SCHEMA.field(name).nullable:
+        checked.add(f"{name}: null", as_mask(value.is_null()))
 
 
 def _check_hour(checked: Checked) -> None:

@@ -24,7 +24,7 @@ from mlref.settings import DataSettings, Settings
 
 # Columns of the uniform matrix one row is drawn from; the rest are reserved so that a new
 # draw never shifts the streams of existing ones.
-U_TIME, U_USER, U_AD, U_DEVICE, U_SITE, U_POSITION, U_CLICK, U_QUALITY, U_COLD = range(9)
+U_TIME, U_USER, U_AD, U_DEVICE, U_SITE, U_POSITION, U_CLICK, U_QUALITY, U_COLD, U_OS = range(10)
 ROW_DRAWS = 12
 
 DEVICE_MIX = np.array([0.58, 0.30, 0.09, 0.03])  # mobile, desktop, tablet, ctv
@@ -32,6 +32,17 @@ DEVICE_MIX = np.array([0.58, 0.30, 0.09, 0.03])  # mobile, desktop, tablet, ctv
 COVARIATE_DEVICE_MIX = np.array([0.34, 0.21, 0.15, 0.30])
 COVARIATE_SEGMENT_BOOST = 4.0  # the first quarter of the segments gets this much more traffic
 DEVICE_EFFECT = np.array([0.0, 0.25, -0.1, -0.55])
+# The operating system given the device (rows: DEVICE_TYPES, columns: OPERATING_SYSTEMS), so
+# a change of the device mix moves the OS mix too.
+OS_MIX = np.array(
+    [
+        [0.56, 0.42, 0.00, 0.00, 0.02],  # mobile
+        [0.00, 0.00, 0.68, 0.27, 0.05],  # desktop
+        [0.45, 0.50, 0.03, 0.00, 0.02],  # tablet
+        [0.30, 0.20, 0.00, 0.00, 0.50],  # ctv
+    ]
+)
+OS_EFFECT = np.array([0.0, 0.15, -0.05, 0.1, -0.2])  # android, ios, windows, macos, other
 SITE_MIX = np.array([0.22, 0.12, 0.24, 0.16, 0.12, 0.08, 0.06])
 POSITION_MIX = np.array([0.20, 0.18, 0.15, 0.13, 0.11, 0.09, 0.08, 0.06])
 POSITION_EFFECT = -0.25 * np.arange(schema.MAX_POSITION)  # slot 1 is seen most
@@ -62,6 +73,12 @@ def _cdf(weights: np.ndarray) -> np.ndarray:
 def _pick(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling: index i with probability of its share of the weights."""
     return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
+
+
+def _pick_given(weights: np.ndarray, given: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """:func:`_pick` per row, from the row of ``weights`` (a mix per condition) ``given`` names."""
+    cdf = np.cumsum(weights, axis=1) / weights.sum(axis=1, keepdims=True)
+    return np.minimum((u[:, None] >= cdf[given]).sum(axis=1), weights.shape[1] - 1)
 
 
 def _affinity(rng: np.random.Generator, n_segments: int) -> np.ndarray:
@@ -100,6 +117,7 @@ class Rows:
     user: np.ndarray  # index into the world's users (user_id - 1)
     ad: np.ndarray  # index into the world's ads (ad_id - 1)
     device: np.ndarray
+    os: np.ndarray
     site: np.ndarray
     position: np.ndarray  # 1..MAX_POSITION
     micros: np.ndarray  # microseconds since midnight UTC
@@ -244,10 +262,12 @@ class World:
         if coldstart:
             cold = u[:, U_COLD] < coldstart_share
             ad = np.where(cold, self.n_ads + _pick(cold_ads, u[:, U_AD]), ad)
+        device = _pick(_cdf(COVARIATE_DEVICE_MIX if covariate else DEVICE_MIX), u[:, U_DEVICE])
         rows = Rows(
             user=_pick(self._user_cdf[covariate], u[:, U_USER]),
             ad=ad,
-            device=_pick(_cdf(COVARIATE_DEVICE_MIX if covariate else DEVICE_MIX), u[:, U_DEVICE]),
+            device=device,
+            os=_pick_given(OS_MIX, device, u[:, U_OS]),
             site=_pick(_cdf(SITE_MIX), u[:, U_SITE]),
             position=_pick(_cdf(POSITION_MIX), u[:, U_POSITION]) + 1,
             micros=micros,
@@ -258,15 +278,17 @@ class World:
         return replace(rows, probability=_sigmoid(self.logit(rows, regime=regime)))
 
     def logit(self, rows: Rows, *, regime: int = BASELINE) -> np.ndarray:
-        """The true log-odds of a click; a missing device (code -1) gets no device effect."""
+        """The true log-odds of a click; a missing device or OS (code -1) gets no effect."""
         category = self.ad_category[rows.ad]
         device = np.where(rows.device >= 0, DEVICE_EFFECT[rows.device], 0.0)
+        os = np.where(rows.os >= 0, OS_EFFECT[rows.os], 0.0)
         return (
             self.intercept[regime]
             + self.user_bias[rows.user]
             + self.ad_quality[rows.ad]
             + self.affinity[regime, self.user_segment[rows.user], category]
             + device
+            + os
             + self.site_category[rows.site, category]
             + POSITION_EFFECT[rows.position - 1]
             + HOUR_EFFECT[rows.hour]
@@ -293,6 +315,7 @@ class World:
             user=self._index(frame["user_id"], self.n_users, "user_id"),
             ad=self._index(frame["ad_id"], len(self.ad_advertiser), "ad_id"),
             device=_codes(frame["device_type"], schema.DEVICE_TYPES),
+            os=_codes(frame["os"], schema.OPERATING_SYSTEMS),
             site=_codes(frame["site_category"], schema.SITE_CATEGORIES, required=True),
             position=frame["position"].to_numpy(np.int64),
             micros=micros,

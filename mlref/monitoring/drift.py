@@ -107,7 +107,7 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     """The compared columns, with the stats of defaulted entities blanked (NaN is skipped)."""
     out = frame[[*FEATURES, PREDICTION]].copy()
     out[PREDICTION] = out[PREDICTION].astype("float64")
-    for name in ("position", "hour"):  # categorical for the model, so for the comparison too
+    for name in schema.ORDINAL_COLUMNS:  # categorical for the model, so for the comparison too
         out[name] = out[name].astype("Int64").astype("string")
     for entity, columns in (("user", USER_STATS), ("ad", AD_STATS)):
         out.loc[cold_rows(frame, entity), list(columns)] = np.nan

@@ -9,29 +9,19 @@ import pytest
 from kfp import local
 
 from mlref.components.ingest import ingest_op
-from mlref.schema import RAW_COLUMNS
+from mlref.schema import RAW_COLUMNS, examples
 from mlref.settings import Settings
 
 
 @pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")  # kfp: base_image
 def test_ingest_component_runs_locally(tmp_path: Path, settings: Settings) -> None:
     ts = pd.date_range("2026-01-01", periods=4, freq="7h", tz="UTC")
-    pd.DataFrame(
-        {
-            "event_timestamp": ts,
-            "request_id": ["a", "b", "c", "a"],  # the last one is a duplicate
-            "user_id": 1,
-            "ad_id": 2,
-            "advertiser_id": 3,
-            "ad_category": "retail",
-            "device_type": "desktop",
-            "site_category": "video",
-            "position": [1, 2, 3, 4],
-            "hour": ts.hour,
-            "clicked": [0, 1, 0, 0],
-        },
-        columns=list(RAW_COLUMNS),
-    ).to_parquet(tmp_path / "logs.parquet")
+    examples(4).assign(
+        event_timestamp=ts,
+        request_id=["a", "b", "c", "a"],  # the last one is a duplicate
+        hour=ts.hour,
+        clicked=[0, 1, 0, 0],
+    )[list(RAW_COLUMNS)].to_parquet(tmp_path / "logs.parquet")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
 
     task = ingest_op(source=str(tmp_path / "logs.parquet"), overrides=settings.model_dump_json())

@@ -9,31 +9,32 @@ from pathlib import Path
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mlref.data.ingest import IngestError, IngestResult, ingest
-from mlref.schema import RAW_COLUMNS, RAW_SCHEMA
+from mlref.schema import RAW_COLUMNS, RAW_SCHEMA, examples
 from mlref.settings import Settings
 
 NOW = datetime(2026, 1, 3, tzinfo=UTC)
 
 
+EXAMPLE = examples(1).iloc[0].to_dict()
+
+
 def row(request_id: str, hour: int | None = 3, **values: object) -> dict[str, object]:
     """A valid raw row on 2026-01-01, with ``values`` overriding any field."""
-    return {
-        "event_timestamp": pd.Timestamp(f"2026-01-01T{hour or 0:02d}:15:00Z"),
-        "request_id": request_id,
-        "user_id": 11,
-        "ad_id": 22,
-        "advertiser_id": 33,
-        "ad_category": "travel",
-        "device_type": "mobile",
-        "site_category": "news",
-        "position": 2,
-        "hour": hour,
-        "clicked": 1,
-    } | values
+    return (
+        EXAMPLE
+        | {
+            "event_timestamp": pd.Timestamp(f"2026-01-01T{hour or 0:02d}:15:00Z"),
+            "request_id": request_id,
+            "hour": hour,
+            "clicked": 1,
+        }
+        | values
+    )
 
 
 def frame(*rows: dict[str, object]) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def typed(*rows: dict[str, object]) -> pd.DataFrame:
     """Rows with the nullable column types a pandas producer would write to Parquet."""
     df = frame(*rows)
     df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
-    ints = ["user_id", "ad_id", "advertiser_id", "position", "hour", "clicked"]
+    ints = [f.name for f in RAW_SCHEMA if pa.types.is_integer(f.type)]
     return df.astype(dict.fromkeys(ints, "Int64"))
 
 

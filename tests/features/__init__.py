@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlref.schema import RAW_SCHEMA
+from mlref.schema import RAW_SCHEMA, examples
 
 
 def events(rows: list[tuple[str, int, int, int]]) -> pd.DataFrame:
@@ -17,15 +16,11 @@ def events(rows: list[tuple[str, int, int, int]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["event_timestamp", "user_id", "ad_id", "clicked"])
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     n = len(frame)
-    return frame.assign(
+    return examples(n).assign(
+        **frame.to_dict("series"),
         request_id=[f"r{i}" for i in range(n)],
         advertiser_id=frame["ad_id"] // 10,
-        ad_category="retail",
-        device_type="mobile",
-        site_category="news",
-        position=np.int8(1),
-        hour=frame["event_timestamp"].dt.hour.astype("int8"),
-        clicked=frame["clicked"].astype("int8"),
+        hour=frame["event_timestamp"].dt.hour,
     )[list(RAW_SCHEMA.names)]
 
 

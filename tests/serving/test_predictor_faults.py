@@ -22,7 +22,7 @@ from tests.serving.conftest import (
 )
 from tests.serving.model import build_model
 from tests.serving.test_canary import in_process
-from tests.serving.test_servers import V2_GOOD, business_rows, sample
+from tests.serving.test_servers import V2_GOOD, business_rows, flat, sample
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_non_finite_scores_are_a_500_in_the_error_shape_and_counted(tmp_path):
         transformer = start_transformer(settings, url, tmp_path)
         try:
             answers = [
-                httpx.post(f"{url}/v1/models/ctr:predict", json={"instances": [[1] * 20]}),
+                httpx.post(f"{url}/v1/models/ctr:predict", json={"instances": [flat()]}),
                 httpx.post(f"{url}/v2/models/ctr/infer", json=V2_GOOD),
             ]
             via = httpx.post(

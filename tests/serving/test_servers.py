@@ -17,33 +17,35 @@ from kserve import (
     RESTConfig,
 )
 
-from mlref import onnx_model
+from mlref import onnx_model, schema
 from mlref.features.transform import build_spec, fill_defaults, transform
+from mlref.serving.requests import REQUIRED_FIELDS
+from mlref.settings import FeatureSettings
 from tests.servers import free_port
 from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, start_predictor
 
 pytestmark = pytest.mark.slow
 
+SPEC = build_spec(FeatureSettings())  # the served model's
+N_CAT, N_NUM = len(SPEC.categorical), len(SPEC.numeric)
+
 
 def business_rows(n: int, seed: int = 0) -> list[dict]:
-    """Known and unknown users / ads, vocabulary and out-of-vocabulary categories."""
+    """Known and unknown users / ads, vocabulary and out-of-vocabulary categories (a third
+    of each category column)."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        rows.append(
-            {
-                "user_id": int(rng.choice([*KNOWN_USERS, 10_000 + i])),
-                "ad_id": int(rng.choice([*KNOWN_ADS, 9_000 + i])),
-                "advertiser_id": int(rng.integers(1, 50)),
-                "ad_category": str(rng.choice(["retail", "travel", "unheard-of"])),
-                "device_type": str(rng.choice(["mobile", "desktop", "toaster"])),
-                "site_category": str(rng.choice(["news", "video"])),
-                "position": int(rng.integers(1, 9)),
-                "hour": int(rng.integers(0, 24)),
-                "request_id": f"req-{seed}-{i}",
-            }
-        )
-    return rows
+    rows = schema.examples(n, seed, max_id=50)
+    rows["user_id"] = [int(rng.choice([*KNOWN_USERS, 10_000 + i])) for i in range(n)]
+    rows["ad_id"] = [int(rng.choice([*KNOWN_ADS, 9_000 + i])) for i in range(n)]
+    for name in schema.CATEGORICAL_COLUMNS:
+        rows[name] = rows[name].mask(rng.random(n) < 1 / 3, "unheard-of")
+    rows["request_id"] = [f"req-{seed}-{i}" for i in range(n)]
+    return rows.to_dict("records")
+
+
+def flat(cat: object = 1, num: object = 0.5) -> list:
+    """A flat predictor v1 row: ``cat`` for every categorical input, ``num`` for every number."""
+    return [cat] * N_CAT + [num] * N_NUM
 
 
 def expected(stack, lookup, rows: list[dict]) -> tuple[np.ndarray, list[list[str]]]:
@@ -65,8 +67,8 @@ def in_process(stack, cat, num) -> np.ndarray:
 def random_inputs(n: int, seed: int = 1):
     """Valid model inputs: every categorical code below its column's size (5 at least)."""
     rng = np.random.default_rng(seed)
-    cat = rng.integers(0, 5, (n, 8)).astype(np.int64)
-    num = rng.normal(0, 1, (n, 12)).astype(np.float32)
+    cat = rng.integers(0, 5, (n, N_CAT)).astype(np.int64)
+    num = rng.normal(0, 1, (n, N_NUM)).astype(np.float32)
     return cat, num
 
 
@@ -118,8 +120,8 @@ def test_v2_with_kserve_client_matches_v1(stack):
     metadata = httpx.get(f"{stack.predictor_url}/v2/models/ctr").json()
     assert metadata["versions"] == [stack.version]
     assert {(i["name"], i["datatype"], tuple(i["shape"])) for i in metadata["inputs"]} == {
-        ("cat", "INT64", (-1, 8)),
-        ("num", "FP32", (-1, 12)),
+        ("cat", "INT64", (-1, N_CAT)),
+        ("num", "FP32", (-1, N_NUM)),
     }
     assert metadata["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [-1]}]
 
@@ -177,8 +179,7 @@ def test_transformer_matches_lookup_transform_onnx(stack, lookup, n):
 
 
 def test_transformer_fills_optional_fields(stack):
-    row = business_rows(1)[0]
-    del row["hour"], row["request_id"]
+    row = {k: v for k, v in business_rows(1)[0].items() if k in REQUIRED_FIELDS}
     body = predict(stack.transformer_url, "ctr", {"instances": [row, row]}).json()
     ids = [p["request_id"] for p in body["predictions"]]
     assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
@@ -187,8 +188,8 @@ def test_transformer_fills_optional_fields(stack):
 GOOD_ROW = business_rows(1)[0]
 V2_GOOD = {
     "inputs": [
-        {"name": "cat", "datatype": "INT64", "shape": [1, 8], "data": [1] * 8},
-        {"name": "num", "datatype": "FP32", "shape": [1, 12], "data": [0.5] * 12},
+        {"name": "cat", "datatype": "INT64", "shape": [1, N_CAT], "data": [1] * N_CAT},
+        {"name": "num", "datatype": "FP32", "shape": [1, N_NUM], "data": [0.5] * N_NUM},
     ]
 }
 
@@ -245,31 +246,31 @@ BAD_INPUTS = [
     ),
     ("transformer", "v1/models/other:predict", {"instances": [GOOD_ROW]}, 404, "other"),
     ("transformer", "v1/models/ctr:predict", with_row(device_type="fridge"), 200, ""),
-    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 19]}, 400, "must hold 20 values"),
-    ("predictor", "v1/models/ctr:predict", {"instances": [[1.5] * 20]}, 400, "must be int64"),
     (
         "predictor",
         "v1/models/ctr:predict",
-        {"instances": [[10**9] * 8 + [0.5] * 12]},
+        {"instances": [flat()[:-1]]},
         400,
-        "must be a code in [0, ",
+        f"must hold {N_CAT + N_NUM} values",
     ),
-    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 8 + ["x"] * 12]}, 400, "finite"),
+    ("predictor", "v1/models/ctr:predict", {"instances": [flat(1.5)]}, 400, "must be int64"),
+    ("predictor", "v1/models/ctr:predict", {"instances": [flat(10**9)]}, 400, "a code in [0, "),
+    ("predictor", "v1/models/ctr:predict", {"instances": [flat(1, "x")]}, 400, "finite"),
     (
         "predictor",
         "v1/models/ctr:predict",
-        {"instances": [{"cat": [1] * 8}]},
+        {"instances": [{"cat": [1] * N_CAT}]},
         400,
         "exactly the keys",
     ),
     (
         "predictor",
         "v1/models/ctr:predict",
-        b'{"instances": [[1, 1, 1, 1, 1, 1, 1, 1, 1e309, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}',
+        b'{"instances": [[' + b", ".join([b"1"] * N_CAT + [b"1e309"] * N_NUM) + b"]]}",
         400,
         "not valid JSON",
     ),
-    ("predictor", "v1/models/ctr:predict", {"instances": [[1] * 20] * 301}, 413, "limit of 300"),
+    ("predictor", "v1/models/ctr:predict", {"instances": [flat()] * 301}, 413, "limit of 300"),
     (
         "predictor",
         "v2/models/ctr/infer",
@@ -277,13 +278,25 @@ BAD_INPUTS = [
         400,
         "datatype must be INT64",
     ),
-    ("predictor", "v2/models/ctr/infer", v2_with(0, shape=[1, 7]), 400, "shape must be [N, 8]"),
-    ("predictor", "v2/models/ctr/infer", v2_with(1, data=[0.5] * 11), 400, "does not match shape"),
+    (
+        "predictor",
+        "v2/models/ctr/infer",
+        v2_with(0, shape=[1, N_CAT - 1]),
+        400,
+        f"shape must be [N, {N_CAT}]",
+    ),
+    (
+        "predictor",
+        "v2/models/ctr/infer",
+        v2_with(1, data=[0.5] * (N_NUM - 1)),
+        400,
+        "does not match shape",
+    ),
     ("predictor", "v2/models/ctr/infer", v2_with(1, name="numbers"), 400, "inputs must be exactly"),
     (
         "predictor",
         "v2/models/ctr/infer",
-        v2_with(1, shape=[2, 12], data=[0.1] * 24),
+        v2_with(1, shape=[2, N_NUM], data=[0.1] * 2 * N_NUM),
         400,
         "disagree on the batch size",
     ),
@@ -323,7 +336,7 @@ def sample(name: str, **labels: str) -> str:
 def test_metrics_cover_requests_stages_scores_and_defaults(stack):
     predict(stack.transformer_url, "ctr", {"instances": business_rows(4)})
     predict(stack.transformer_url, "ctr", {"instances": []})
-    predict(stack.predictor_url, "ctr", {"instances": [[1] * 8 + [0.5] * 12]})
+    predict(stack.predictor_url, "ctr", {"instances": [flat()]})
     labels = {"model_version": stack.version, "variant": "stable"}
     for server, url, stages in (
         ("transformer", stack.transformer_url, ("feature_lookup", "transform", "inference")),

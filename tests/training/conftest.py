@@ -46,21 +46,17 @@ def make_frame(rows: int, seed: int, spec: FeatureSpec, start: str = "2026-01-01
     device = rng.choice(schema.DEVICE_TYPES, rows)
     logit = BASE_LOGIT + user_skill[user] + ad_skill[ad] - 0.15 * (position - 1)
     logit += np.where(device == "mobile", 0.3, 0.0)
-    frame = pd.DataFrame(
-        {
-            "request_id": [f"r{seed}-{i}" for i in range(rows)],
-            "event_timestamp": pd.Timestamp(start, tz="UTC")
-            + pd.to_timedelta(np.sort(rng.uniform(0, 86_400, rows)), unit="s"),
-            "user_id": user + 1,
-            "ad_id": ad + 1,
-            "advertiser_id": ad_advertiser[ad],
-            "ad_category": ad_category[ad],
-            "device_type": device,
-            "site_category": rng.choice(schema.SITE_CATEGORIES, rows),
-            "position": position,
-            "hour": rng.integers(0, 24, rows),
-            "clicked": (rng.random(rows) < _sigmoid(logit)).astype(np.int8),
-        }
+    frame = schema.examples(rows, seed).assign(  # the fields that carry no signal: uniform
+        request_id=[f"r{seed}-{i}" for i in range(rows)],
+        event_timestamp=pd.Timestamp(start, tz="UTC")
+        + pd.to_timedelta(np.sort(rng.uniform(0, 86_400, rows)), unit="s"),
+        user_id=user + 1,
+        ad_id=ad + 1,
+        advertiser_id=ad_advertiser[ad],
+        ad_category=ad_category[ad],
+        device_type=device,
+        position=position,
+        clicked=(rng.random(rows) < _sigmoid(logit)).astype(np.int8),
     )
     for entity, skill in (("user", user_skill[user]), ("ad", ad_skill[ad])):
         for window, mean_impressions in (("1d", 8), ("7d", 50)):
