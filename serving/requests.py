@@ -179,6 +179,9 @@ def parse_business(payload: Any, max_batch: int, now: datetime | None = None) ->
             values = [row.get(name, _ABSENT) for row in instances]
             given = [v for v in values if v is not _ABSENT]
         checked = values if given is None else given
+        if name in NULLABLE_SET and None in checked:  # null: unknown, as if left out
+            values = [_ABSENT if v is None else v for v in values]
+            checked = given = [v for v in values if v is not _ABSENT]
         if not set(map(type, checked)) <= {kind} or _out_of_range(name, kind, checked):
             i, value = next(
                 (i, v)
@@ -208,6 +211,7 @@ def parse_business(payload: Any, max_batch: int, now: datetime | None = None) ->
 _ABSENT = object()
 FIELD_SET = frozenset(BUSINESS_FIELDS)
 REQUIRED_SET = frozenset(REQUIRED_FIELDS)
+NULLABLE_SET = frozenset(f.name for f in FIELDS if f.nullable)
 
 
 def _reject_row(row: Any, i: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,6 +89,9 @@ def test_optional_fields_left_out_are_filled_or_read_as_out_of_vocabulary():
         assert batch.columns[field.name] == [first, ROW[field.name]]
         cat = SmallBatchTransform(spec)(batch.columns, stats)[0]
         assert (cat[0, FIELDS.index(field)] == 0) == field.nullable  # 0: out-of-vocabulary
+        if field.nullable:  # null: unknown, the same as left out
+            nulled = parse_business({"instances": [ROW | {field.name: None}, ROW]}, 10, now=NOW)
+            assert nulled.columns[field.name] == [None, ROW[field.name]]
     for name in schema.REQUEST_COLUMNS:
         if BUSINESS_FIELDS[name][0]:
             with pytest.raises(RequestError, match=f"missing field '{name}'"):
@@ -134,6 +138,60 @@ def test_ingestion_quarantines_contract_breaks_and_keeps_unknown_values(
     assert len(curated) == len(cases) + 1 - len(quarantined)
     for name in schema.NULLABLE_COLUMNS:
         assert curated[name].isna().sum() == 1
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_logs_written_before_a_nullable_field_existed_are_kept(
+    tmp_path: Path, settings: Settings, fmt: str
+):
+    """A file that lacks a nullable column (older than the field) is ingested with it null,
+    and the curated data of old and new files reads as one, the old rows null."""
+    from mlref.training.dataset import read_curated
+
+    rows = raw_rows(schema.examples(4, seed=7))
+    old, new = tmp_path / f"old.{fmt}", tmp_path / "new.parquet"
+    older = rows.iloc[:2].drop(columns=list(schema.NULLABLE_COLUMNS))
+    older.to_parquet(old) if fmt == "parquet" else older.to_csv(old, index=False)
+    result = ingest(str(old), settings, now=NOW)
+    assert result.rows_quarantined == 0 and result.rows_curated == 2
+    later = rows.iloc[2:].assign(event_timestamp=rows["event_timestamp"] + pd.Timedelta("1D"))
+    later.to_parquet(new)  # the next day's log, with the field
+    ingest(str(new), settings, now=NOW)
+    curated = read_curated(settings).set_index("request_id")
+    for name in schema.NULLABLE_COLUMNS:
+        assert curated.loc[["r0", "r1"], name].isna().all()
+        assert curated.loc[["r2", "r3"], name].tolist() == rows[name].iloc[2:].tolist()
+
+
+def logged(n: int, seed: int) -> pd.DataFrame:
+    """Inference-log rows of known entities (no cold start), every field drawn by the contract."""
+    rng = np.random.default_rng(seed)
+    rows = schema.examples(n, seed=seed)
+    stats = {  # impressions > 0: no cold start
+        name: rng.random(n) if "ctr" in name else rng.integers(10, 50, n).astype(float)
+        for name in schema.STAT_COLUMNS
+    }
+    return rows.assign(**stats, probability=rng.random(n), defaulted=[[] for _ in range(n)])
+
+
+def test_a_reference_older_than_a_nullable_field_reads_it_as_unknown(tmp_path: Path):
+    """The champion's reference predates the field: the drift check raises no quality alert
+    for it, leaves it out of the comparison and names it, and compares everything else."""
+    from mlref.monitoring.reference import read_reference
+    from mlref.training.reference import META_FILE, ROWS_FILE
+
+    older = logged(400, seed=1).drop(columns=list(schema.NULLABLE_COLUMNS))
+    older.to_parquet(tmp_path / ROWS_FILE)
+    (tmp_path / META_FILE).write_text('{"model_version": "1"}')
+    reference = read_reference(tmp_path)
+    current = logged(400, seed=2)
+    current.loc[:300, list(schema.NULLABLE_COLUMNS)] = None  # most clients do not send it yet
+
+    assert quality.quality_issues(reference.rows, current, DriftSettings()) == []
+    result = drift.compare(reference.rows, current, DriftSettings(), tmp_path / "drift.html")
+    assert result.not_compared == schema.NULLABLE_COLUMNS
+    compared = {c.column for c in result.columns}
+    assert compared == set(drift.FEATURES) - set(schema.NULLABLE_COLUMNS)
 
 
 def test_values_outside_a_vocabulary_are_reported_as_vocabulary_drift():

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from mlref import storage
 from mlref.data.validate import UNKNOWN_DATE, Checked, as_mask, check, partitions, reasons
-from mlref.schema import RAW_COLUMNS, RAW_SCHEMA
+from mlref.schema import NULLABLE_COLUMNS, RAW_COLUMNS, RAW_SCHEMA
 from mlref.settings import Settings
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -168,15 +168,16 @@ def _batches(
 ) -> Iterator[tuple[int, pa.Table]]:
     """(first row number, rows) of RAW_COLUMNS, ``batch_rows`` or so at a time.
 
-    CSV is read as text so that validation, not the reader, decides what a bad value is.
+    CSV is read as text so that validation, not the reader, decides what a bad value is. A
+    nullable column the file lacks (a field added after it was written) reads as all null.
     """
     rows = 0
     try:
         with fs.open(src.path, "rb") as f:
             if src.fmt == "parquet":
                 parquet = pq.ParquetFile(f)
-                _require_columns(src, parquet.schema_arrow.names)
-                reader = parquet.iter_batches(batch_size=batch_rows, columns=list(RAW_COLUMNS))
+                present = _require_columns(src, parquet.schema_arrow.names)
+                reader = parquet.iter_batches(batch_size=batch_rows, columns=present)
             else:
                 reader = pacsv.open_csv(
                     f,
@@ -186,9 +187,17 @@ def _batches(
                         strings_can_be_null=True,
                     ),
                 )
-                _require_columns(src, reader.schema.names)
+                present = _require_columns(src, reader.schema.names)
             for batch in reader:
-                table = pa.Table.from_batches([batch]).select(list(RAW_COLUMNS))
+                table = pa.Table.from_batches([batch])
+                table = pa.table(
+                    {
+                        name: table.column(name)
+                        if name in present
+                        else pa.nulls(table.num_rows, RAW_SCHEMA.field(name).type)
+                        for name in RAW_COLUMNS
+                    }
+                )
                 yield rows, table
                 rows += table.num_rows
     except (pa.ArrowException, OSError) as e:
@@ -197,10 +206,12 @@ def _batches(
         raise IngestError(f"{src.uri}: empty file (no data rows)")
 
 
-def _require_columns(src: Source, names: list[str]) -> None:
-    missing = [c for c in RAW_COLUMNS if c not in names]
+def _require_columns(src: Source, names: list[str]) -> list[str]:
+    """The RAW_COLUMNS in ``names``; only nullable ones may be missing."""
+    missing = [c for c in RAW_COLUMNS if c not in names and c not in NULLABLE_COLUMNS]
     if missing:
         raise IngestError(f"{src.uri}: missing column(s) {', '.join(missing)}")
+    return [c for c in RAW_COLUMNS if c in names]
 
 
 def _write_batch(

@@ -136,7 +136,7 @@ def decide(
         return Decision("alert", f"data quality: {named}; not retraining on broken inputs")
     explained = {c for entity in cold for c in ENTITY_COLUMNS[entity]}
     drifted = [c for c in result.drifted_columns if c not in explained]
-    share = len(drifted) / len(drift.FEATURES)
+    share = len(drifted) / len(result.columns)
     audience = [c for c in drifted if c in drift.CATEGORICAL]
     reasons = []
     if audience or share >= rules.drift_share:
@@ -155,6 +155,10 @@ def decide(
         f"{shares['reference'][entity]:.1%} -> {shares['current'][entity]:.1%}"
         for entity in cold
     ]
+    if result.not_compared:
+        notes.append(
+            f"not compared, newer than the reference's model: {', '.join(result.not_compared)}"
+        )
     notes += [
         f"vocabulary drift reported: {v.column} values outside the vocabulary "
         f"{v.reference_share:.1%} -> {v.current_share:.1%} ({', '.join(v.new_values)})"

@@ -60,6 +60,9 @@ class DriftResult:
     drifted_share: float
     dataset_drift: bool
     vocabulary: tuple[VocabularyDrift, ...] = ()
+    # Inputs the reference has no value of: a field added after its model was trained,
+    # compared once a model trained with it is the champion.
+    not_compared: tuple[str, ...] = ()
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -72,6 +75,7 @@ class DriftResult:
             "columns": [asdict(c) for c in self.columns],
             "prediction": asdict(self.prediction),
             "vocabulary": [asdict(v) for v in self.vocabulary],
+            "not_compared": list(self.not_compared),
         }
 
     @property
@@ -103,12 +107,13 @@ def vocabulary_drift(
     return tuple(out)
 
 
-def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+def comparable(frame: pd.DataFrame, columns: tuple[str, ...] = FEATURES) -> pd.DataFrame:
     """The compared columns, with the stats of defaulted entities blanked (NaN is skipped)."""
-    out = frame[[*FEATURES, PREDICTION]].copy()
+    out = frame[[*columns, PREDICTION]].copy()
     out[PREDICTION] = out[PREDICTION].astype("float64")
     for name in schema.ORDINAL_COLUMNS:  # categorical for the model, so for the comparison too
-        out[name] = out[name].astype("Int64").astype("string")
+        if name in out:
+            out[name] = out[name].astype("Int64").astype("string")
     for entity, columns in (("user", USER_STATS), ("ad", AD_STATS)):
         out.loc[cold_rows(frame, entity), list(columns)] = np.nan
     return out
@@ -124,15 +129,21 @@ def numeric_method_of(column: str, rules: DriftSettings) -> tuple[str, float]:
 def compare(
     reference: pd.DataFrame, current: pd.DataFrame, rules: DriftSettings, html: Path
 ) -> DriftResult:
-    """Run the Evidently report (saved as ``html``) and read back per-column verdicts."""
+    """Run the Evidently report (saved as ``html``) and read back per-column verdicts.
+
+    Inputs the reference has no value of (a reference older than a nullable field) are left
+    out of the comparison and listed as ``not_compared``.
+    """
+    columns = tuple(c for c in FEATURES if c in reference and reference[c].notna().any())
     definition = DataDefinition(
-        numerical_columns=[*STAT_COLUMNS, PREDICTION], categorical_columns=list(CATEGORICAL)
+        numerical_columns=[*STAT_COLUMNS, PREDICTION],
+        categorical_columns=[c for c in CATEGORICAL if c in columns],
     )
     method, threshold = numeric_method_of(PREDICTION, rules)
     report = Report(
         [
             DataDriftPreset(
-                columns=list(FEATURES),
+                columns=list(columns),
                 drift_share=rules.drift_share,
                 cat_method=rules.method,
                 cat_threshold=rules.threshold,
@@ -146,15 +157,19 @@ def compare(
         include_tests=True,
     )
     snapshot = report.run(
-        Dataset.from_pandas(comparable(current), data_definition=definition),
-        Dataset.from_pandas(comparable(reference), data_definition=definition),
+        Dataset.from_pandas(comparable(current, columns), data_definition=definition),
+        Dataset.from_pandas(comparable(reference, columns), data_definition=definition),
     )
     html.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html))
-    return replace(_read(snapshot.dict()), vocabulary=vocabulary_drift(reference, current, rules))
+    return replace(
+        _read(snapshot.dict(), columns),
+        vocabulary=vocabulary_drift(reference, current, rules),
+        not_compared=tuple(c for c in FEATURES if c not in columns),
+    )
 
 
-def _read(snapshot: dict) -> DriftResult:
+def _read(snapshot: dict, compared: tuple[str, ...]) -> DriftResult:
     """Per-column score from each ValueDrift metric, the verdict from its test."""
     failed = {
         test["metric_config"]["metric_id"]
@@ -175,5 +190,5 @@ def _read(snapshot: dict) -> DriftResult:
         elif config["type"].endswith(":DriftedColumnsCount"):
             share = float(metric["value"]["share"])
             dataset_drift = metric["id"] in failed
-    columns = tuple(verdicts[name] for name in FEATURES)
+    columns = tuple(verdicts[name] for name in compared)
     return DriftResult(columns, verdicts[PREDICTION], share, dataset_drift)

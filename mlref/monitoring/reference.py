@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from mlref.schema import NULLABLE_COLUMNS
 from mlref.settings import MODELS_SCHEME, Settings
 from mlref.training.reference import META_FILE, REFERENCE_DIR, ROWS_FILE
 
@@ -66,4 +67,7 @@ def read_reference(path: Path) -> Reference:
             "written by `mlref train run`"
         )
     meta = json.loads((folder / META_FILE).read_text())
-    return Reference(pd.read_parquet(folder / ROWS_FILE), meta)
+    rows = pd.read_parquet(folder / ROWS_FILE)
+    # A nullable field added after the model was trained: unknown in its reference.
+    missing = {name: None for name in NULLABLE_COLUMNS if name not in rows}
+    return Reference(rows.assign(**missing), meta)

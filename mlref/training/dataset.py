@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from mlref import storage
 from mlref.features import store
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, build_spec, fill_defaults
-from mlref.schema import DATE_COLUMN
+from mlref.schema import DATE_COLUMN, RAW_SCHEMA
 from mlref.settings import Settings
 from mlref.training.train import TrainingSets
 
@@ -47,7 +48,10 @@ def read_curated(settings: Settings, start: str | None = None, end: str | None =
     root = settings.curated_uri
     if not storage.parquet_files(root):
         raise DatasetError(f"{root}: no curated data; run `mlref ingest run` first")
-    frame = storage.dataset(root, partitioning="hive").to_table().to_pandas()
+    # The contract's schema, not the first file's: a file written before a nullable field
+    # was added reads it as null instead of dropping it from every file.
+    schema = RAW_SCHEMA.append(pa.field(DATE_COLUMN, pa.string()))
+    frame = storage.dataset(root, partitioning="hive", schema=schema).to_table().to_pandas()
     frame[DATE_COLUMN] = frame[DATE_COLUMN].astype(str)
     if start:
         frame = frame[frame[DATE_COLUMN] >= start]
