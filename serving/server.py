@@ -265,8 +265,14 @@ def serve(
         }
         grpc = GRPCServer(grpc_port, dataplane, extension, limits, GRACE_SECONDS)
 
+    def stop_serving(task: asyncio.Task) -> None:  # a gRPC server that fails (its port
+        if not task.cancelled() and task.exception():  # taken) ends the process, as a
+            rest.should_exit = True  # container whose server crashed
+
     async def run() -> None:
         serving = [asyncio.create_task(grpc.start(max_workers=4))] if grpc else []
+        for task in serving:
+            task.add_done_callback(stop_serving)
         try:
             await rest.serve()  # returns once a signal has stopped it
         finally:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -22,7 +25,7 @@ from mlref.features.transform import build_spec, fill_defaults, transform
 from mlref.serving.requests import REQUIRED_FIELDS
 from mlref.settings import FeatureSettings
 from tests.servers import free_port
-from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, start_predictor
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, config_env, start_predictor
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +164,20 @@ def test_predictor_grpc_matches_in_process_and_sigterm_stops_both_servers(stack,
         response.outputs[0].as_numpy(), in_process(stack, cat, num), rtol=1e-6
     )
     assert predictor.process.returncode == 0, predictor.log.read_text()[-2000:]
+
+
+def test_predictor_whose_grpc_port_is_taken_exits_with_the_error(stack, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port, grpc_port = free_port(), taken.getsockname()[1]
+        argv = [sys.executable, "-m", "mlref.cli", "serve", "predictor"]
+        argv += ["--model", str(stack.model_path), "--port", str(port), "--with-grpc"]
+        argv += ["--grpc-port", str(grpc_port)]
+        env = config_env(stack.settings)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert str(grpc_port) in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("n", [1, 3, 120])  # small-batch fast path and the shared pandas path
