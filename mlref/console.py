@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 
@@ -35,6 +37,15 @@ def progress() -> Iterator[Progress]:
     )
     with bar:
         yield bar
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as the command's one error line; return the exit to raise.
+
+    Printed as plain text (brackets in a path or an upstream error are not rich markup) and
+    unwrapped, so a path or a URL in it can be copied whole."""
+    console.print(Text(message, style="red"), highlight=False, soft_wrap=True)
+    return typer.Exit(code)
 
 
 def summary(title: str, rows: Mapping[str, Any]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mlref.console import console
+from mlref.console import console, fail
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,8 +26,7 @@ def _one_line_errors():
     try:
         yield
     except (KubeError, RolloutError, SourceError, LookupError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
 
 
 def _show(applied) -> None:

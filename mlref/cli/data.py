@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
@@ -40,7 +39,7 @@ def generate(
     """Generate seeded synthetic click logs; regenerating a day replaces its partition."""
     from pydantic import ValidationError
 
-    from mlref.console import console, summary
+    from mlref.console import console, fail, summary
     from mlref.data.generate import ScenarioWindow, day_date
     from mlref.data.generate import generate as generate_logs
     from mlref.settings import DataSettings, get_settings
@@ -59,9 +58,9 @@ def generate(
         day_date(settings, first_day)  # a bad start date fails here, before any work
     except ValidationError as error:
         first = error.errors()[0]
-        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        raise fail(f"error: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     except ValueError as error:
-        _fail(str(error))
+        raise fail(f"error: {error}") from None
     for window in windows:
         if not any(window.covers(day) for day in day_numbers):
             console.print(
@@ -81,10 +80,3 @@ def generate(
             "CTR per day": ", ".join(f"{ctr:.2%}" for ctr in result.ctr_per_day.values()),
         },
     )
-
-
-def _fail(message: str) -> NoReturn:
-    from mlref.console import console
-
-    console.print(f"[red]error:[/] {message}")
-    raise typer.Exit(1)

@@ -8,7 +8,7 @@ import time
 
 import typer
 
-from mlref.console import console
+from mlref.console import console, fail
 
 app = typer.Typer()
 
@@ -36,8 +36,7 @@ def demo(
     try:
         record = run_loop(settings, scenario)
     except DemoError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise fail(f"demo failed: {exc}") from None
     table = Table(title=f"mlref demo: {time.perf_counter() - start:.0f}s", title_justify="left")
     for column in ("step", "s", "outcome"):
         table.add_column(column, overflow="fold")

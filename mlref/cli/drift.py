@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlref.console import console, summary
+from mlref.console import fail, summary
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -45,13 +45,11 @@ def check(
             model_uri,
         )
     except (LookupError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: {exc}") from exc
     try:
         outcome = act(settings, result, source, dry_run=not trigger)
     except SubmitError as exc:  # recorded in the decision log; the next run tries again
-        console.print(f"[red]error:[/red] retraining not submitted: {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: retraining not submitted: {exc}") from exc
     if result.drift is not None:
         table = Table("column", "method", "score", "threshold", "drifted", title="drift")
         for column in (*result.drift.columns, result.drift.prediction):
@@ -90,8 +88,7 @@ def labels(
     try:
         result = collect(settings, source)
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: {exc}") from exc
     summary(
         "labels",
         {

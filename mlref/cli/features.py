@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from mlref.console import console
+from mlref.console import console, fail
 
 app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]{message}[/red]", soft_wrap=True)
-    return typer.Exit(1)
 
 
 @app.command()
@@ -32,7 +27,7 @@ def build() -> None:
                 settings, on_step=lambda step: bar.update(task, advance=1, description=step)
             )
     except (NoCuratedDataError, ValueError, FeastError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     rows = {
         f"{name} rows / entities": f"{result.rows[name]} / {result.entities[name]}"
         for name in result.rows
@@ -67,7 +62,7 @@ def lookup(
     try:
         found = OnlineFeatureLookup(settings).lookup([user_id], [ad_id])
     except (ValueError, FeastError) as exc:
-        raise _fail(f"{exc}; run `mlref features build` first") from None
+        raise fail(f"{exc}; run `mlref features build` first") from None
     filled, defaulted = fill_defaults(found, build_spec(settings.features))
     table = Table(title=f"user {user_id}, ad {ad_id}", title_justify="left")
     for column in ("feature", "value", "source"):

@@ -14,9 +14,8 @@ def run(
     ),
 ) -> None:
     """Validate raw click logs into curated Parquet; bad rows go to quarantine with reasons."""
-    from rich.markup import escape
 
-    from mlref.console import console, progress, summary
+    from mlref.console import fail, progress, summary
     from mlref.data.ingest import IngestError, ingest
     from mlref.settings import get_settings
 
@@ -30,8 +29,7 @@ def run(
                 on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     except IngestError as e:
-        console.print(f"[red]ingest failed: {escape(str(e))}[/red]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise fail(f"ingest failed: {e}") from None
     rows = {
         "files read": len(result.files),
         "rows in": result.rows_in,

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import typer
 
+from mlref.console import fail
+
 app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]{message}[/red]", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 @app.command()
@@ -35,19 +30,19 @@ def render(
     from mlref.settings import get_settings
 
     if chart == bool(overlay):
-        raise _fail("give exactly one of --overlay NAME or --chart")
+        raise fail("give exactly one of --overlay NAME or --chart")
     try:
         root = repo_root()
         if chart:
             sets = chart_value_sets(root)
             if values not in sets:
-                raise _fail(f"no value set {values!r}; known: {', '.join(sets)}")
+                raise fail(f"no value set {values!r}; known: {', '.join(sets)}")
             namespace = get_settings().cluster.namespace
             form = render_chart(root, sets[values], values, namespace)
         else:
             form = render_overlay(root, overlay)
     except RenderError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     typer.echo(form.to_yaml(), nl=False)
 
 
@@ -99,7 +94,7 @@ def verify(
         )
         features_file = knative_config or root / "manifests" / "cluster" / "knative-serving.yaml"
         if not features_file.is_file():
-            raise _fail(f"no Knative config at {features_file}: pass --knative-config")
+            raise fail(f"no Knative config at {features_file}: pass --knative-config")
         if paths:
             forms = render_paths(root, paths, namespace, api_versions)
         else:
@@ -114,7 +109,7 @@ def verify(
             knative_features=load_features(features_file),
         )
     except (RenderError, SchemaSetupError, CheckovMissing) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     table = Table(title=f"{len(report.objects)} objects in {len(forms)} rendered forms")
     for column in ("kind", "name", "source", "schema", "security"):
@@ -134,5 +129,5 @@ def verify(
     if not report.ok:
         for finding in report.findings:
             console.print(f"[red]FAIL[/red] {finding}", highlight=False, soft_wrap=True)
-        raise _fail(f"{len(report.findings)} problems found")
+        raise fail(f"{len(report.findings)} problems found")
     console.print("[green]all manifests verified[/green]")

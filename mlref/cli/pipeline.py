@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mlref.console import console, summary
+from mlref.console import console, fail, summary
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -39,15 +39,13 @@ def run(
     from mlref.settings import get_settings
 
     if not local:
-        console.print("[red]error:[/red] use `mlref pipeline submit --host URL` for a cluster")
-        raise typer.Exit(1)
+        raise fail("error: use `mlref pipeline submit --host URL` for a cluster")
     settings = get_settings()
     arguments = pipeline_arguments(source or settings.raw_uri, start_date, end_date, epochs)
     try:
         result = run_local(settings, arguments)
     except RuntimeError as exc:
-        console.print(f"[red]error:[/red] {str(exc).splitlines()[0]}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: {str(exc).splitlines()[0]}") from exc
     summary(
         "pipeline run",
         {
@@ -88,6 +86,5 @@ def submit(
         arguments = pipeline_arguments(source, start_date, end_date, epochs, overrides)
         run_id = submit_run(settings, arguments, host or None, schedule or None)
     except SubmitError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: {exc}") from exc
     console.print(f"submitted: {'recurring run' if schedule else 'run'} {run_id}")

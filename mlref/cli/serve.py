@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from mlref.console import console
+from mlref.console import console, fail
 
 if TYPE_CHECKING:
     from mlref.settings import Settings
@@ -91,8 +91,7 @@ def predictor(
             grpc_port,
         )
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -123,8 +122,7 @@ def transformer(
             serving.predictor_host_header,
         )
     except (RuntimeError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None
 
 
 def _settings(model_name: str, workers: int) -> Settings:
@@ -132,12 +130,12 @@ def _settings(model_name: str, workers: int) -> Settings:
     from mlref.settings import get_settings
 
     if workers > 1:
-        console.print(
-            f"[red]--workers {workers}: the server is one asyncio process; remove "
+        raise fail(
+            f"--workers {workers}: the server is one asyncio process; remove "
             "containerConcurrency from the InferenceService component and scale with "
-            "minReplicas/maxReplicas instead[/red]"
+            "minReplicas/maxReplicas instead",
+            code=2,
         )
-        raise typer.Exit(2)
     settings = get_settings()
     if not model_name:
         return settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mlref.console import console, summary
+from mlref.console import fail, summary
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -27,8 +27,7 @@ def run(
     try:
         decision = run_all(settings, work, start_date, end_date)
     except (DatasetError, GateFailed) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(f"error: {exc}") from exc
     summary(
         "trained",
         {
