@@ -21,8 +21,9 @@ import pandas as pd
 from mlref.data.generate import generate
 from mlref.data.ingest import ingest
 from mlref.features import store
-from mlref.features.compute import TABLES, TIMESTAMP
+from mlref.features.compute import TABLES
 from mlref.features.transform import STAT_COLUMNS
+from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
 
 ITERATIONS = 500

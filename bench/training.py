@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from mlref import onnx_model  # noqa: E402
 from mlref.data.generate import generate  # noqa: E402
-from mlref.features.compute import TABLES, TIMESTAMP, snapshots  # noqa: E402
+from mlref.features.compute import TABLES, snapshots  # noqa: E402
 from mlref.features.transform import (  # noqa: E402
     REQUEST_COLUMNS,
     STAT_COLUMNS,
@@ -46,6 +46,7 @@ from mlref.features.transform import (  # noqa: E402
     build_spec,
     fill_defaults,
 )
+from mlref.schema import TIMESTAMP  # noqa: E402
 from mlref.settings import DataSettings, ParitySettings, Settings, TrainSettings  # noqa: E402
 from mlref.training.export import export_onnx, quantize_int8  # noqa: E402
 from mlref.training.loader import Batches  # noqa: E402

@@ -159,9 +159,10 @@ AD_STATS = tuple(f"ad_{kind}_{w}" for w in WINDOWS for kind in ("impressions", "
 STAT_COLUMNS = USER_STATS + AD_STATS
 
 LABEL = "clicked"
+TIMESTAMP = "event_timestamp"  # when the impression was served
 RAW_SCHEMA = pa.schema(
     [
-        pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("request_id", pa.string(), nullable=False),
         *(pa.field(f.name, f.raw_type, nullable=f.nullable) for f in FIELDS),
         pa.field(LABEL, pa.int8(), nullable=False),

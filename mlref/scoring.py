@@ -13,9 +13,7 @@ import pandas as pd
 
 from mlref import onnx_model
 from mlref.features.transform import REQUEST_COLUMNS, fill_defaults, transform
-from mlref.schema import LABEL
-
-TIMESTAMP = "event_timestamp"
+from mlref.schema import LABEL, TIMESTAMP
 
 
 def score_rows(

@@ -22,9 +22,9 @@ import pandas as pd
 
 from mlref import storage
 from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
+from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
 
-TIMESTAMP = "event_timestamp"
 CREATED = "created"
 LONG_WINDOW_DAYS = 7
 DAY = pd.Timedelta(days=1)

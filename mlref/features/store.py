@@ -21,8 +21,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
-from mlref.features.compute import TABLES, TIMESTAMP, ComputeResult, compute_tables
+from mlref.features.compute import TABLES, ComputeResult, compute_tables
 from mlref.features.transform import STAT_COLUMNS
+from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
 
 ROW_KEY = "_mlref_row"

@@ -12,8 +12,8 @@ import pandas as pd
 from mlref import onnx_model
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS
 from mlref.monitoring.inference import LABEL, write_labels
-from mlref.schema import LOG_SCHEMA
-from mlref.scoring import TIMESTAMP, score_rows
+from mlref.schema import LOG_SCHEMA, TIMESTAMP
+from mlref.scoring import score_rows
 from mlref.settings import Settings
 
 

@@ -6,7 +6,8 @@ import numpy as np
 
 from mlref import onnx_model
 from mlref.monitoring.reference import load_reference
-from mlref.scoring import TIMESTAMP, score_rows
+from mlref.schema import TIMESTAMP
+from mlref.scoring import score_rows
 from mlref.serving.inference_log import SCHEMA
 from mlref.settings import Settings
 from mlref.training import registry
