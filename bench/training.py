@@ -51,7 +51,6 @@ from mlref.schema import TIMESTAMP  # noqa: E402
 from mlref.settings import DataSettings, ParitySettings, Settings, TrainSettings  # noqa: E402
 from mlref.training.export import export_onnx, quantize_int8  # noqa: E402
 from mlref.training.loader import Batches  # noqa: E402
-from mlref.training.metrics import SplitMetrics  # noqa: E402
 from mlref.training.model import CTRModel  # noqa: E402
 from mlref.training.parity import check_parity  # noqa: E402
 from mlref.training.train import (  # noqa: E402
@@ -163,27 +162,25 @@ def seconds_to_reach(result: TrainResult, target: float) -> float:
     return float("inf")
 
 
-def compare(name: str, base: SplitMetrics, other: SplitMetrics, parity: ParitySettings) -> None:
-    """``other`` against ``base`` on the same test rows, on the int8 gate's margins: AUC drop,
-    logloss rise, and the gap in mean prediction (calibration) against ``mean_abs_diff``."""
-    auc_drop, logloss_rise = base.auc - other.auc, other.logloss - base.logloss
-    mean_gap = abs(other.mean_predicted - base.mean_predicted)
+def compare(name: str, base: TrainResult, other: TrainResult, parity: ParitySettings) -> None:
+    """``other`` against ``base`` on the same test rows, on the int8 gate's margins (AUC drop,
+    logloss rise, and the gap in mean prediction against ``mean_abs_diff``), then the training
+    seconds ``base`` took to its best val logloss and ``other`` took to reach it."""
+    a, b = base.metrics["test"], other.metrics["test"]
+    auc_drop, logloss_rise = a.auc - b.auc, b.logloss - a.logloss
+    mean_gap = abs(b.mean_predicted - a.mean_predicted)
     passed = (
         auc_drop <= parity.max_auc_drop
         and logloss_rise <= parity.max_logloss_increase
         and mean_gap <= parity.mean_abs_diff
     )
     print(
-        f"{name}: AUC {other.auc:.4f} vs {base.auc:.4f}, drop {auc_drop:+.4f} "
+        f"{name}: AUC {b.auc:.4f} vs {a.auc:.4f}, drop {auc_drop:+.4f} "
         f"(max {parity.max_auc_drop}), logloss rise {logloss_rise:+.5f} "
         f"(max {parity.max_logloss_increase}), mean prediction gap {mean_gap:.4f} (max "
-        f"{parity.mean_abs_diff}; calibration {other.calibration:.3f} vs {base.calibration:.3f}): "
+        f"{parity.mean_abs_diff}; calibration {b.calibration:.3f} vs {a.calibration:.3f}): "
         f"{'PASS' if passed else 'FAIL'}"
     )
-
-
-def time_to_reach(base: TrainResult, other: TrainResult) -> None:
-    """Training seconds ``base`` took to its best val logloss, and ``other`` to reach it."""
     target = min(record.val_logloss for record in base.history)
     cpu, device = seconds_to_reach(base, target), seconds_to_reach(other, target)
     reached = f"{device:.2f} s, {cpu / device:.1f}x" if device < float("inf") else "not reached"
@@ -244,13 +241,7 @@ def main() -> None:
         large = base.model_copy(update={"device": "auto", "large_batch": "on"})
         same_data = train(sets, spec, large)
         show("large-batch recipe", same_data)
-        compare(
-            "large-batch vs default, same data",
-            default.metrics["test"],
-            same_data.metrics["test"],
-            settings.parity,
-        )
-        time_to_reach(default, same_data)
+        compare("large-batch vs default, same data", default, same_data, settings.parity)
         if gpu:
             precision_probe(encode(sets.train, spec), spec, large, torch.device("cuda"))
             _, big = data(args.gpu_rows_per_day, args.days, Path(tmp) / "gpu")
@@ -264,13 +255,8 @@ def main() -> None:
             small_batch = base.model_copy(update={"device": "cuda", "large_batch": "off"})
             reference = train(big, spec, small_batch)
             show("default recipe on the GPU at GPU size", reference)
-            compare(
-                "large-batch vs default, same GPU-sized data",
-                reference.metrics["test"],
-                scaled.metrics["test"],
-                settings.parity,
-            )
-            time_to_reach(reference, scaled)
+            name = "large-batch vs default, same GPU-sized data"
+            compare(name, reference, scaled, settings.parity)
         else:
             print("train cuda: GPU not available (torch.cuda.is_available() is False)")
 
