@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mlref.k8s.kserve import CONTAINER
 from mlref.settings import Settings
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -89,7 +90,9 @@ def candidate_predictor(candidate: str, stable_predictor: dict | None = None) ->
     replicas, security context) around the candidate model. ``spec.canary`` is an atomic list,
     so what the patch sends is the whole canary predictor, not a change to merge."""
     stable = stable_predictor or {}
-    model = {"name": CANARY_NAME}  # the CRD requires it of a canary's model
+    # The CRD requires a canary's model.name, and it names the merged container: KServe's
+    # pod mutator mounts the model only into kserve-container (mlref/k8s/kserve.py).
+    model = {"name": CONTAINER}
     model |= {
         key: value
         for key, value in (stable.get("model") or DEFAULT_MODEL).items()

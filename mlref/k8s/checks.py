@@ -165,9 +165,10 @@ def launch_problems(
     objects: list[dict[str, Any]], default_model_name: str
 ) -> dict[tuple[str, str], list[Problem]]:
     """Each serving container's final argv (ours plus what KServe appends, mlref/k8s/kserve.py)
-    parses with our command line, listens where its Service and Knative send traffic, and the
-    transformer asks the predictor for the model name the predictor serves."""
-    from mlref.k8s.kserve import KNATIVE, KServeSpecError, launches
+    parses with our command line, listens where its Service and Knative send traffic, the
+    transformer asks the predictor for the model name the predictor serves, and a predictor
+    with a storageUri keeps the container name KServe's pod mutator looks for."""
+    from mlref.k8s.kserve import CONTAINER, KNATIVE, KServeSpecError, launches
 
     found: dict[tuple[str, str], list[Problem]] = {}
     for isvc in objects:
@@ -183,6 +184,16 @@ def launch_problems(
             continue
         for launch in started:
             where = f"{launch.component} ({launch.mode})"
+            if launch.storage_uri and launch.container != CONTAINER:
+                problems.append(
+                    (
+                        where,
+                        f"the container is named {launch.container!r} (its model.name), not "
+                        f"{CONTAINER!r}: KServe's pod mutator finds no container to mount "
+                        f"{launch.storage_uri} into and refuses the pod; set model.name to "
+                        f"{CONTAINER}",
+                    )
+                )
             try:
                 _, params = parse_cli(launch.argv)
             except CliArgsError as exc:

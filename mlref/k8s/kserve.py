@@ -24,6 +24,13 @@ aaac4e29, the commit of the CRDs in ../shared/crds) and Knative Serving v1.21.1:
 * Standard-mode canary: ``buildCanaryPredictor`` in the same predictor.go, the stable
   predictor overridden by ``spec.canary[i].predictor`` (mergo ``WithOverride``: set fields
   win, lists are replaced), run under the same InferenceService name.
+* container name: the merge (``pkg/utils/container_merge.go``, ``MergeContainerWithPatch``)
+  keeps the runtime's ``kserve-container`` only when ``model.name`` is empty; a set
+  ``model.name`` renames the container. The pod mutator
+  (``pkg/webhook/admission/pod/storage_initializer_injector.go``) looks for
+  ``kserve-container`` (else ``worker-container``) to mount a ``storageUri`` into, and
+  refuses the pod without one (``config/webhook/manifests.yaml``: ``failurePolicy: Fail``).
+  A canary's ``model.name`` is required by the CRD, so it must be ``kserve-container``.
 * Knative mode: ``pkg/reconciler/revision/resources/deploy.go`` (``makeServingContainer``)
   and ``env_var.go``: ``PORT`` (the container port), ``K_REVISION``, ``K_CONFIGURATION``,
   ``K_SERVICE``; the revision is ``<configuration>-<generation:05d>``
@@ -76,6 +83,8 @@ class Launch:
     env: list[dict[str, Any]] = field(default_factory=list)
     env_from: list[dict[str, Any]] = field(default_factory=list)
     ports: list[dict[str, Any]] = field(default_factory=list)
+    container: str = CONTAINER  # the container's final name in the pod
+    storage_uri: str = ""  # the model the storage initializer fetches for it, if any
 
     @property
     def argv(self) -> list[str]:
@@ -235,6 +244,7 @@ def _predictor_container(
     for key, value in model.items():
         if key not in MODEL_FIELDS and key not in {"args", "env"}:
             container[key] = copy.deepcopy(value)
+    container["name"] = model.get("name") or base.get("name")  # MergeContainerWithPatch
     container["args"] = list(base.get("args") or []) + list(model.get("args") or [])
     container["env"] = _merge_env(base.get("env") or [], model.get("env") or [])
     metadata = isvc.get("metadata") or {}
@@ -282,6 +292,7 @@ def launch(
             ],
         )
     label = f"{component}:{canary}" if canary else component
+    model = (spec.get("model") or {}) if component == "predictor" else {}
     return Launch(
         label,
         mode,
@@ -290,6 +301,8 @@ def launch(
         env,
         list(container.get("envFrom") or []),
         list(ports),
+        container.get("name", ""),
+        model.get("storageUri", ""),
     )
 
 

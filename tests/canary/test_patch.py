@@ -18,7 +18,8 @@ from mlref.canary.state import (
     to_patch,
     write_state,
 )
-from mlref.k8s.checks import canary_problems
+from mlref.k8s.checks import canary_problems, launch_problems
+from mlref.k8s.kserve import CONTAINER, launches
 from mlref.k8s.render import render_chart, render_overlay
 from tests.canary.fake_kube import server_side_apply
 from tests.k8s.conftest import find
@@ -90,10 +91,14 @@ def standard(settings):
 
 
 @pytest.fixture(scope="module")
-def standard_isvc(root) -> dict:
+def standard_objects(root) -> list[dict]:
+    return render_chart(root, {"serving": {"deploymentMode": "Standard"}}, "standard").objects
+
+
+@pytest.fixture(scope="module")
+def standard_isvc(standard_objects) -> dict:
     """The chart's InferenceService in Standard mode before any rollout: the stable predictor."""
-    rendered = render_chart(root, {"serving": {"deploymentMode": "Standard"}}, "standard")
-    return find(rendered.objects, "InferenceService", "ctr")
+    return find(standard_objects, "InferenceService", "ctr")
 
 
 def apply_standard(settings, isvc: dict, percent: int) -> dict:
@@ -132,7 +137,7 @@ def test_standard_patch_on_chart_manifest_field_by_field(
             k: v for k, v in pod_settings(base).items() if k not in NOT_INHERITED
         }
         assert candidate["model"] == {
-            "name": "candidate",
+            "name": "kserve-container",
             "modelFormat": base["model"]["modelFormat"],
             "runtime": base["model"]["runtime"],
             "storageUri": CANDIDATE,
@@ -148,6 +153,21 @@ def test_standard_patch_on_chart_manifest_field_by_field(
     assert from_patch(patched) == CanaryState(CANDIDATE, STABLE, percent, "7")
     assert validator.validate(patched) == []
     assert canary_problems(patched) == []
+
+
+@pytest.mark.parametrize("percent", [10, 50])
+def test_standard_canary_keeps_the_container_kserve_mounts_the_model_into(
+    settings, standard_objects, standard_isvc, percent
+):
+    """The canary's model.name (required by the CRD) names the merged container; KServe's pod
+    mutator mounts the model into ``kserve-container`` only, and refuses a pod without it."""
+    patched = apply_standard(settings, standard_isvc, percent)
+    runtimes = [o for o in standard_objects if o["kind"] == "ServingRuntime"]
+    started = {launch.component: launch for launch in launches(patched, runtimes)}
+    assert started["predictor:candidate"].container == CONTAINER
+    assert started["predictor:candidate"].storage_uri == CANDIDATE
+    assert started["predictor"].container == CONTAINER
+    assert launch_problems([patched, *runtimes], settings.model_name) == {}
 
 
 def test_standard_steps_drop_the_canary_by_leaving_it_out(settings, standard_isvc):
@@ -189,7 +209,7 @@ def test_standard_state_file_without_a_live_predictor(settings, tmp_path, valida
     assert patch["spec"]["canary"][0]["predictor"] == {
         "name": "candidate",
         "model": {
-            "name": "candidate",
+            "name": "kserve-container",
             "modelFormat": {"name": "mlref-onnx"},
             "runtime": "mlref-onnx",
             "storageUri": "models:/ctr/3",

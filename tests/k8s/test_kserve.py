@@ -99,6 +99,21 @@ def test_standard_mode_canary_predictor(forms):
     assert args.count("--predictor_host") == 1
     for each in started.values():
         parse_cli(each.argv)
+        assert each.container == "kserve-container"
+
+
+def test_a_renamed_canary_container_is_refused(forms):
+    """KServe names the merged predictor container after model.name; its pod mutator mounts
+    the model only into kserve-container and refuses the pod otherwise."""
+    isvc, objects = _isvc(forms, "chart:standard-canary")
+    isvc = copy.deepcopy(isvc)
+    isvc["spec"]["canary"][0]["predictor"]["model"]["name"] = "candidate"
+    assert launch(isvc, "predictor", objects, "candidate").container == "candidate"
+    assert launch(isvc, "predictor", objects).container == "kserve-container"
+    others = [o for o in objects if o.get("kind") != "InferenceService"]
+    ((where, message),) = launch_problems([isvc, *others], "ctr")[("InferenceService", "ctr")]
+    assert where.startswith("predictor:candidate")
+    assert "'candidate'" in message and "set model.name to kserve-container" in message
 
 
 @pytest.mark.parametrize(

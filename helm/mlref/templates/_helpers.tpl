@@ -77,7 +77,9 @@ canaryTrafficPercent: {{ .percent }}
 {{- end }}
 model:
   {{- if hasKey . "name" }}
-  name: {{ .name }}
+  {{- /* Required of a canary's model; it names the merged container, which KServe's pod
+  mutator finds only as kserve-container. */}}
+  name: kserve-container
   {{- end }}
   modelFormat: {name: mlref-onnx}
   runtime: mlref-onnx
