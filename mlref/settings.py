@@ -501,6 +501,13 @@ class Settings(BaseSettings):
         return str(self.feature_dir.resolve())
 
     @property
+    def feature_online_store(self) -> dict:
+        """Feast's online store config: Redis in a cluster, SQLite beside the local registry."""
+        if self.mode == "cluster":
+            return {"type": "redis", "connection_string": self.features.redis_connection}
+        return {"type": "sqlite", "path": str(self.feature_dir.resolve() / "online.db")}
+
+    @property
     def models_uri(self) -> str:
         """Served model files, ``<models_uri>/<name>/<version>/``: what storageUri points at."""
         return self.shared("models")

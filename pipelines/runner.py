@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from mlref.retraining import pipeline_arguments as pipeline_arguments  # the run's parameters
 from mlref.settings import Settings
 
 COMPILED = Path(__file__).with_name("training_pipeline.yaml")
@@ -27,24 +27,6 @@ def compile_pipeline(path: Path = COMPILED) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(training_pipeline, str(path))
     return path
-
-
-def pipeline_arguments(
-    source: str,
-    start_date: str = "",
-    end_date: str = "",
-    epochs: int = 0,
-    overrides: dict | None = None,
-) -> dict:
-    """The run's parameters. ``overrides`` (settings fields, nested like the YAML config)
-    replace the steps' own settings; in a cluster those come from the cluster itself."""
-    return {
-        "source": source,
-        "start_date": start_date,
-        "end_date": end_date,
-        "epochs": epochs,
-        "overrides": json.dumps(overrides) if overrides else "",
-    }
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -1,9 +1,9 @@
 """Rollout steps (start, promote, roll back) and the automated staged rollout.
 
-Every step is the same move: compute the next :class:`CanaryState`, write its patch, and in
-cluster mode server-side apply it and wait for the InferenceService to be Ready. Local
-serving picks the state file up by itself. Promotion also makes the candidate the registry's
-champion; a rollback leaves the champion alone.
+Every step is the same move: compute the next :class:`CanaryState` and have the platform
+(``mlref.platform``) put its patch in force: local serving picks the state file up by itself;
+a cluster server-side applies it and waits for the InferenceService to be Ready. Promotion
+also makes the candidate the registry's champion; a rollback leaves the champion alone.
 """
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from mlref.canary import kube
 from mlref.canary.analysis import Action, Analysis, analyze
-from mlref.canary.sources import MetricSource, default_source
-from mlref.canary.state import (
-    CanaryState,
-    read_state,
-    standard_mode,
-    state_path,
-    to_patch,
-    write_state,
-)
+from mlref.canary.sources import MetricSource
+from mlref.canary.state import CanaryState, read_state, state_path, write_state
+from mlref.platform import platform_for
 from mlref.settings import MODELS_SCHEME, Settings
 
 Report = Callable[[str], None]
@@ -48,9 +41,9 @@ class Applied:
 def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
     """(what storageUri holds, registry version) for a model URI.
 
-    A ``models:/`` alias is pinned to its version (an alias may move during the rollout);
-    in cluster mode the version becomes its published folder, which KServe can fetch.
-    Anything else (a path, s3://...) is used as it is.
+    A ``models:/`` alias is pinned to its version (an alias may move during the rollout),
+    which the platform serves from where it keeps it (in a cluster: the published folder
+    KServe can fetch). Anything else (a path, s3://...) is used as it is.
     """
     if not uri.startswith(MODELS_SCHEME):
         return uri, ""
@@ -58,11 +51,7 @@ def model_reference(settings: Settings, uri: str) -> tuple[str, str]:
 
     version = registered_version(settings, uri)
     number = str(version.version)
-    if settings.mode == "cluster":
-        from mlref.training.publish import served_uri
-
-        return served_uri(settings, number), number
-    return settings.registry_uri(number), number
+    return platform_for(settings).served_uri(number), number
 
 
 def stable_reference(settings: Settings) -> str:
@@ -85,21 +74,12 @@ def apply_state(
     out: Path | None = None,
     api: Any = None,
 ) -> Applied:
-    """Write the patch; in cluster mode (unless ``write_only``) apply it and wait for Ready.
-
-    The live InferenceService is read first: its deployment mode must be the one the patch
-    is written for, and in Standard mode its predictor lends the candidate its pod settings.
-    """
-    if write_only or settings.mode != "cluster":
+    """Write the patch; unless ``write_only``, the platform puts it in force (a cluster:
+    applied, and Ready awaited)."""
+    if write_only:
         return Applied(state, write_state(settings, state, out))
-    api = api or kube.connect()
-    live = kube.get_inference_service(api, settings)
-    kube.check_deployment_mode(settings, live)
-    stable = (live.get("spec") or {}).get("predictor")
-    path = write_state(settings, state, out, stable)
-    kube.apply_patch(api, settings, to_patch(settings, state, stable))
-    ready = kube.wait_ready(api, settings)
-    return Applied(state, path, kube.traffic_split(ready, standard_mode(settings)))
+    path, traffic = platform_for(settings).apply_canary(state, out, api)
+    return Applied(state, path, traffic)
 
 
 def current_state(settings: Settings) -> CanaryState:
@@ -153,12 +133,9 @@ def rollback(settings: Settings, **apply: Any) -> Applied:
 
 
 def status(settings: Settings, api: Any = None) -> Applied:
-    """The recorded state, and in cluster mode the live traffic split."""
+    """The recorded state, and the live traffic split where the platform reports one."""
     state = current_state(settings)
-    if settings.mode != "cluster":
-        return Applied(state, state_path(settings))
-    live = kube.get_inference_service(api or kube.connect(), settings)
-    return Applied(state, state_path(settings), kube.traffic_split(live, standard_mode(settings)))
+    return Applied(state, state_path(settings), platform_for(settings).live_split(api))
 
 
 @dataclass(frozen=True)
@@ -232,7 +209,7 @@ def run_rollout(
     failed check (or when the evidence is still short after a doubled bake), promote after
     the last stage below 100. The 100 stage is the promotion itself: there is no stable
     traffic left to compare with."""
-    source = source or default_source(settings)
+    source = source or platform_for(settings).metric_source()
     stages = check_stages(settings.canary.stages)
     results: list[StageResult] = []
     candidate = candidate_uri

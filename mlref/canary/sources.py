@@ -220,19 +220,3 @@ class PrometheusSource:
                     key = (name, tuple(sorted(labels.items())))
                     samples[key] = float(series["value"][1])
         return window(self.settings, self.start, samples, end)
-
-
-def default_source(settings: Settings) -> MetricSource:
-    """Prometheus when canary.prometheus_url is set, else (local mode) the local predictors.
-
-    In cluster mode the predictors are pods behind a split, not ports on this machine:
-    without a Prometheus URL there is nothing to read, and scraping 127.0.0.1 would analyse
-    whatever happens to listen there."""
-    if settings.canary.prometheus_url:
-        return PrometheusSource(settings)
-    if settings.mode == "cluster":
-        raise SourceError(
-            "cluster mode needs Prometheus for canary analysis: set "
-            "MLREF_CANARY__PROMETHEUS_URL (e.g. http://prometheus-operated.monitoring:9090)"
-        )
-    return LocalSource(settings)

@@ -94,12 +94,13 @@ def analyze(
     With canary.prometheus_url the window is the last SECONDS; locally it is the next SECONDS
     (two scrapes of the predictors)."""
     from mlref.canary.analysis import analyze as run_analysis
-    from mlref.canary.sources import PrometheusSource, default_source
+    from mlref.canary.sources import PrometheusSource
+    from mlref.platform import platform_for
     from mlref.settings import get_settings
 
     settings = get_settings()
     with _one_line_errors():
-        source = default_source(settings)
+        source = platform_for(settings).metric_source()
         if isinstance(source, PrometheusSource):
             source.begin(lookback_seconds=seconds)
         else:

@@ -33,6 +33,7 @@ def check(
     from mlref.monitoring.check import run_check
     from mlref.monitoring.trigger import trigger as act
     from mlref.pipelines.runner import SubmitError
+    from mlref.platform import platform_for
     from mlref.settings import get_settings
 
     settings = get_settings()
@@ -47,7 +48,8 @@ def check(
     except (LookupError, FileNotFoundError, ValueError) as exc:
         raise fail(f"error: {exc}") from exc
     try:
-        outcome = act(settings, result, source, dry_run=not trigger)
+        submitter = platform_for(settings).submit_retraining
+        outcome = act(settings, result, source, submitter=submitter, dry_run=not trigger)
     except SubmitError as exc:  # recorded in the decision log; the next run tries again
         raise fail(f"error: retraining not submitted: {exc}") from exc
     if result.drift is not None:

@@ -48,6 +48,7 @@ def render(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     paths: list[Path] = typer.Argument(
         None,
         help="Your own kustomize directories and chart values files to verify instead of the "
@@ -107,6 +108,7 @@ def verify(
             security_scan=not skip_security,
             model_name=settings.model_name,
             knative_features=load_features(features_file),
+            command=ctx.find_root().command,  # the containers' argv must parse with it
         )
     except (RenderError, SchemaSetupError, CheckovMissing) as exc:
         raise fail(str(exc)) from None

@@ -303,9 +303,10 @@ def _check(
     """The drift job over one window, then its trigger (retraining on all the data)."""
     from mlref.monitoring.check import run_check
     from mlref.monitoring.trigger import trigger
+    from mlref.platform import platform_for
 
     result = run_check(settings, since=since, until=until)
-    outcome = trigger(settings, result)
+    outcome = trigger(settings, result, submitter=platform_for(settings).submit_retraining)
     perf = result.performance
     record.drift.append(
         report.DriftPoint(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,15 +32,12 @@ STEPS = 3  # reported through compute_and_materialize(on_step=...)
 
 
 def repo_config(settings: Settings) -> RepoConfig:
-    """The Feast configuration for ``settings.mode``."""
-    if settings.mode == "cluster":
-        registry = f"{settings.feature_store_uri}/registry.db"
-        online = {"type": "redis", "connection_string": settings.features.redis_connection}
-    else:
-        local = settings.feature_dir.resolve()
-        local.mkdir(parents=True, exist_ok=True)
-        registry = str(local / "registry.db")
-        online = {"type": "sqlite", "path": str(local / "online.db")}
+    """The Feast configuration: registry and online store where settings keep them
+    (``feature_store_uri``, ``feature_online_store``); a local store's folder is created."""
+    registry = f"{settings.feature_store_uri}/registry.db"
+    online = settings.feature_online_store
+    if online["type"] == "sqlite":
+        Path(online["path"]).parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project=settings.features.project,
         provider="local",

@@ -133,20 +133,19 @@ class CliArgsError(ValueError):
     """An argv the mlref command line refuses, as the container would at start."""
 
 
-def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
-    """Parse ``argv`` with mlref's own command line (Typer), without running it.
+def parse_cli(argv: list[str], command: Any) -> tuple[str, dict[str, Any]]:
+    """Parse ``argv`` with mlref's own command line, without running it.
 
-    Returns the command path ("mlref serve transformer") and its parameters, or raises
-    CliArgsError with the message the pod would print. Subcommands come first: a group's
-    own options placed before them are refused here.
+    ``command`` is that command line's root (the click command of ``mlref.cli.app``, which
+    `mlref manifests verify` passes as itself): the checks sit below the CLI, so it is
+    handed in rather than imported. Returns the command path ("mlref serve transformer") and
+    its parameters, or raises CliArgsError with the message the pod would print.
+    Subcommands come first: a group's own options placed before them are refused here.
     """
     import typer
 
-    from mlref.cli import app
-
     if not argv or argv[0] != "mlref":
         raise CliArgsError(f"the container runs {argv[:1]}, not the mlref command")
-    command = typer.main.get_command(app)
     path, rest = ["mlref"], list(argv[1:])
     while isinstance(command, typer.core.TyperGroup):
         if not rest or rest[0] not in command.commands:
@@ -162,7 +161,7 @@ def parse_cli(argv: list[str]) -> tuple[str, dict[str, Any]]:
 
 
 def launch_problems(
-    objects: list[dict[str, Any]], default_model_name: str
+    objects: list[dict[str, Any]], default_model_name: str, command: Any
 ) -> dict[tuple[str, str], list[Problem]]:
     """Each serving container's final argv (ours plus what KServe appends, mlref/k8s/kserve.py)
     parses with our command line, listens where its Service and Knative send traffic, the
@@ -195,7 +194,7 @@ def launch_problems(
                     )
                 )
             try:
-                _, params = parse_cli(launch.argv)
+                _, params = parse_cli(launch.argv, command)
             except CliArgsError as exc:
                 problems.append((where, f"{' '.join(launch.argv)}: {exc}"))
                 continue
@@ -352,7 +351,7 @@ def _container_env(launch: Any, objects: list[dict[str, Any]]) -> dict[str, str]
 
 
 def gateway_problems(
-    objects: list[dict[str, Any]],
+    objects: list[dict[str, Any]], command: Any
 ) -> dict[tuple[str, str], list[Problem]]:
     """A Standard-mode canary's traffic is split only by the predictor's Gateway API
     HTTPRoute (KServe httproute_reconciler.go, applyCanaryWeights): a transformer that calls
@@ -368,7 +367,7 @@ def gateway_problems(
             continue
         try:
             started = launch(isvc, "transformer")
-            _, params = parse_cli(started.argv)
+            _, params = parse_cli(started.argv, command)
         except (KServeSpecError, CliArgsError):
             continue  # launch_problems reports it
         if started.mode != STANDARD:

@@ -71,12 +71,15 @@ def verify(
     security_scan: bool = True,
     model_name: str = "ctr",
     knative_features: dict[str, str] | None = None,
+    *,
+    command: Any,
 ) -> Report:
     """Check every object of every form; ``security_scan`` False skips only checkov.
 
     ``model_name``: the name a server serves under when no ``--model_name`` is given
     (settings.model_name). ``knative_features``: the config-features data the
-    cluster's Knative runs with (None: Knative's defaults).
+    cluster's Knative runs with (None: Knative's defaults). ``command``: the mlref command
+    line's root (click), which each container's argv must parse with.
     """
     failed_checks = scan(forms) if security_scan else {}
     results: list[ObjectResult] = []
@@ -89,8 +92,8 @@ def verify(
 
     for form in forms:
         selectors = checks.selector_problems(form.objects)
-        started = checks.launch_problems(form.objects, model_name)
-        gateway = checks.gateway_problems(form.objects)
+        started = checks.launch_problems(form.objects, model_name, command)
+        gateway = checks.gateway_problems(form.objects, command)
         form_image = checks.settings_image(form.objects) or image
         knative = feature_problems(form.objects, knative_features or {})
         chart = form.api_versions is not None

@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from mlref.monitoring.check import CheckResult
+from mlref.retraining import pipeline_arguments
 from mlref.settings import Settings
 
 DECISIONS_FILE = "decisions.jsonl"
 SUBMITTED = "submitted"
 
 Submitter = Callable[[Settings, dict], str]
-"""Starts the retraining pipeline with the given pipeline arguments; returns a run id."""
+"""Starts the retraining pipeline with the given pipeline arguments; returns a run id.
+Where it runs is the platform's (``mlref.platform``): callers hand in its ``submit_retraining``."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +38,6 @@ class TriggerOutcome:
     run_id: str = ""
     summary: str = ""
     source: str = ""  # the raw logs a submitted (or failed) retraining ingests
-
-
-def submit_retraining(settings: Settings, arguments: dict) -> str:
-    """The default submitter: kfp's local runner in local mode, Kubeflow Pipelines otherwise."""
-    from mlref.pipelines.runner import run_local, submit
-
-    if settings.mode == "cluster":
-        return submit(settings, arguments)
-    result = run_local(settings, arguments)
-    return f"local:{result.pipeline_root} (champion {result.champion})"
 
 
 def read_decisions(settings: Settings) -> list[dict]:
@@ -84,16 +76,15 @@ def trigger(
     result: CheckResult,
     source: str = "",
     start_date: str = "",
-    submitter: Submitter = submit_retraining,
+    *,
+    submitter: Submitter,
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> TriggerOutcome:
     """Act on ``result`` and record it. ``source`` is the raw click-log location the
     retraining ingests (default: ``settings.raw_uri``, shared storage the pipeline's pods
     read), ``start_date`` its first training day (after concept drift: the first drifted
-    day; empty: all data); ``dry_run`` records without submitting."""
-    from mlref.pipelines.runner import pipeline_arguments
-
+    day; empty: all data); ``submitter`` starts it; ``dry_run`` records without submitting."""
     now = now or datetime.now(UTC)
     decision = result.decision
     summary = str(result.summary or "")

@@ -22,7 +22,7 @@ from mlref.k8s.checks import canary_problems, launch_problems
 from mlref.k8s.kserve import CONTAINER, launches
 from mlref.k8s.render import render_chart, render_overlay
 from tests.canary.fake_kube import server_side_apply
-from tests.k8s.conftest import find
+from tests.k8s.conftest import COMMAND, find
 
 CANDIDATE = "s3://mlref/models/ctr/candidate"
 STABLE = "s3://mlref/models/ctr/champion"
@@ -167,7 +167,7 @@ def test_standard_canary_keeps_the_container_kserve_mounts_the_model_into(
     assert started["predictor:candidate"].container == CONTAINER
     assert started["predictor:candidate"].storage_uri == CANDIDATE
     assert started["predictor"].container == CONTAINER
-    assert launch_problems([patched, *runtimes], settings.model_name) == {}
+    assert launch_problems([patched, *runtimes], settings.model_name, COMMAND) == {}
 
 
 def test_standard_steps_drop_the_canary_by_leaving_it_out(settings, standard_isvc):

@@ -11,9 +11,10 @@ from kubernetes.client import ApiClient, Configuration
 from typer.testing import CliRunner
 
 from mlref.canary import kube, rollout
-from mlref.canary.sources import LocalSource, PrometheusSource, SourceError, default_source
+from mlref.canary.sources import LocalSource, PrometheusSource, SourceError
 from mlref.canary.state import CanaryState, read_state, state_path
 from mlref.cli import app
+from mlref.platform import platform_for
 from mlref.settings import CanarySettings, Settings, get_settings
 from mlref.training import registry
 from mlref.training.publish import served_uri
@@ -306,9 +307,9 @@ def test_cluster_analysis_without_prometheus_names_the_setting(tmp_path):
     """The predictors are pods, not local ports: no silent scrape of 127.0.0.1."""
     cluster = Settings(work_dir=tmp_path, mode="cluster", storage={"root": str(tmp_path / "store")})
     with pytest.raises(SourceError, match="MLREF_CANARY__PROMETHEUS_URL"):
-        default_source(cluster)
-    assert isinstance(default_source(Settings(work_dir=tmp_path)), LocalSource)
+        platform_for(cluster).metric_source()
+    assert isinstance(platform_for(Settings(work_dir=tmp_path)).metric_source(), LocalSource)
     with_url = cluster.model_copy(
         update={"canary": cluster.canary.model_copy(update={"prometheus_url": "http://p:9090"})}
     )
-    assert isinstance(default_source(with_url), PrometheusSource)
+    assert isinstance(platform_for(with_url).metric_source(), PrometheusSource)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import typer
 
+from mlref.cli import app
 from mlref.k8s.checkov import CheckovMissing, checkov_binary
 from mlref.k8s.knative import load_features
 from mlref.k8s.render import Rendered, render_all, repo_root
@@ -13,6 +15,7 @@ from mlref.k8s.schemas import Validator
 from tests.servers import require
 
 KUBERNETES_VERSION = "1.33"
+COMMAND = typer.main.get_command(app)  # the command line every container's argv must parse with
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from mlref.k8s.checks import HOST_HEADER_ENV, gateway_problems
 from mlref.k8s.gateway import IngressConfig, backend_weights, predictor_route
 from mlref.k8s.kserve import launch
-from tests.k8s.conftest import find, form
+from tests.k8s.conftest import COMMAND, find, form
 
 
 def _standard(forms) -> tuple[dict, list[dict]]:
@@ -121,7 +121,7 @@ def test_chart_standard_transformer_calls_the_gateway_with_the_route_host(forms)
     )
     assert argv.count("--predictor_host") == 1  # KServe appends none of its own
     assert started.literal_env()[HOST_HEADER_ENV] == predictor_route(isvc)["spec"]["hostnames"][0]
-    assert gateway_problems([*others, isvc]) == {}
+    assert gateway_problems([*others, isvc], COMMAND) == {}
     knative = find(form(forms, "chart:canary").objects, "InferenceService", "ctr")
     assert "--predictor_host" not in knative["spec"]["transformer"]["containers"][0]["args"]
 
@@ -131,12 +131,12 @@ def test_transformer_calling_the_predictor_service_is_flagged(forms):
     container = bypass["spec"]["transformer"]["containers"][0]
     container["args"] = container["args"][: container["args"].index("--predictor_host")]
     container["env"] = [e for e in container["env"] if e["name"] != HOST_HEADER_ENV]
-    problems = dict(gateway_problems([*others, bypass]))[("InferenceService", "ctr")]
+    problems = dict(gateway_problems([*others, bypass], COMMAND))[("InferenceService", "ctr")]
     text = " ".join(message for _, message in problems)
     assert "ctr-predictor.mlref is the predictor Service" in text
     assert "serving.gateway.service" in text and "serving.gateway.domain" in text
     assert "ctr-predictor-mlref.example.com" in text
     # The header alone does not help while the transformer calls the Service directly.
     container["env"].append({"name": HOST_HEADER_ENV, "value": "ctr-predictor-mlref.example.com"})
-    (only,) = dict(gateway_problems([*others, bypass]))[("InferenceService", "ctr")]
+    (only,) = dict(gateway_problems([*others, bypass], COMMAND))[("InferenceService", "ctr")]
     assert "bypasses the canary's traffic split" in only[1]

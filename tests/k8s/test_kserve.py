@@ -17,7 +17,7 @@ from mlref.cli import app
 from mlref.cli.serve import _settings
 from mlref.k8s.checks import CliArgsError, launch_problems, parse_cli
 from mlref.k8s.kserve import KServeSpecError, deployment_mode, launch, launches
-from tests.k8s.conftest import find, form
+from tests.k8s.conftest import COMMAND, find, form
 from tests.servers import Server, free_port
 from tests.serving.conftest import config_env, model_ready, serving_settings
 from tests.serving.model import build_model
@@ -45,7 +45,7 @@ def test_transformer_gets_kserves_flags_appended(forms):
         "K_CONFIGURATION": "ctr-transformer",
         "K_SERVICE": "ctr-transformer",
     }
-    command, params = parse_cli(started.argv)
+    command, params = parse_cli(started.argv, COMMAND)
     assert command == "mlref serve transformer"
     assert params["model_name"] == "ctr" and params["predictor_host"] == "ctr-predictor.mlref"
     assert params["port"] == 8080
@@ -58,7 +58,7 @@ def test_predictor_runtime_placeholders_are_filled(forms):
         "mlref", "serve", "predictor", "--model_dir", "/mnt/models", "--model_name", "ctr",
         "--host", "0.0.0.0", "--http_port", "8080",
     ]  # fmt: skip
-    assert parse_cli(started.argv)[1]["model"] == "/mnt/models"
+    assert parse_cli(started.argv, COMMAND)[1]["model"] == "/mnt/models"
     assert {"name": "INFERENCE_SERVICE_NAME", "value": "ctr"} in started.env
 
 
@@ -98,7 +98,7 @@ def test_standard_mode_canary_predictor(forms):
     assert args[args.index("--predictor_host") + 1] == "kserve-ingress-gateway.envoy-gateway-system"
     assert args.count("--predictor_host") == 1
     for each in started.values():
-        parse_cli(each.argv)
+        parse_cli(each.argv, COMMAND)
         assert each.container == "kserve-container"
 
 
@@ -111,7 +111,8 @@ def test_a_renamed_canary_container_is_refused(forms):
     assert launch(isvc, "predictor", objects, "candidate").container == "candidate"
     assert launch(isvc, "predictor", objects).container == "kserve-container"
     others = [o for o in objects if o.get("kind") != "InferenceService"]
-    ((where, message),) = launch_problems([isvc, *others], "ctr")[("InferenceService", "ctr")]
+    found = launch_problems([isvc, *others], "ctr", COMMAND)
+    ((where, message),) = found[("InferenceService", "ctr")]
     assert where.startswith("predictor:candidate")
     assert "'candidate'" in message and "set model.name to kserve-container" in message
 
@@ -140,21 +141,21 @@ def test_unknown_mode_and_placeholder_are_errors(forms):
 
 def test_parse_cli_refuses_what_the_pod_would():
     with pytest.raises(CliArgsError, match="--model-nme"):
-        parse_cli(["mlref", "serve", "transformer", "--model-nme", "x"])
+        parse_cli(["mlref", "serve", "transformer", "--model-nme", "x"], COMMAND)
     with pytest.raises(CliArgsError, match="not the mlref command"):
-        parse_cli(["python", "-m", "mlref"])
+        parse_cli(["python", "-m", "mlref"], COMMAND)
 
 
 def test_launch_problems_name_mismatch_and_port(forms):
     objects = copy.deepcopy(form(forms, "overlay:kind").objects)
-    assert launch_problems(objects, "ctr") == {}
+    assert launch_problems(objects, "ctr", COMMAND) == {}
     runtime = find(objects, "ServingRuntime", "mlref-onnx")
     args = runtime["spec"]["containers"][0]["args"]
     del args[args.index("--model_name") : args.index("--model_name") + 2]
     find(objects, "InferenceService", "ctr")["metadata"]["name"] = "ads"
     transformer = find(objects, "InferenceService", "ads")["spec"]["transformer"]
     transformer["containers"][0]["ports"][0]["containerPort"] = 9000
-    messages = [m for _, m in launch_problems(objects, "ctr")[("InferenceService", "ads")]]
+    messages = [m for _, m in launch_problems(objects, "ctr", COMMAND)[("InferenceService", "ads")]]
     assert any("asks for model 'ads' but the predictor serves 'ctr'" in m for m in messages)
     assert any("listens on 8080, container port is 9000" in m for m in messages)
 

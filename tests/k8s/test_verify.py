@@ -11,7 +11,7 @@ from mlref.k8s.render import Rendered
 from mlref.k8s.schemas import SchemaSetupError, Validator
 from mlref.k8s.verify import verify
 from mlref.settings import Settings
-from tests.k8s.conftest import KUBERNETES_VERSION, find, form
+from tests.k8s.conftest import COMMAND, KUBERNETES_VERSION, find, form
 
 IMAGE = Settings().image
 
@@ -21,7 +21,14 @@ def test_repo_verifies_clean(forms, validator, checkov, root, knative_features):
     sources = {f.source for f in forms}
     assert {"overlay:base", "overlay:kind", "overlay:canary", "overlay:promote"} <= sources
     assert {"chart:default", "chart:kind", "chart:canary", "chart:standard-canary"} <= sources
-    report = verify(forms, validator, IMAGE, root / "pipelines", knative_features=knative_features)
+    report = verify(
+        forms,
+        validator,
+        IMAGE,
+        root / "pipelines",
+        knative_features=knative_features,
+        command=COMMAND,
+    )
     assert report.ok, "\n".join(str(f) for f in report.findings)
     assert len(report.objects) == sum(len(f.objects) for f in forms)
 
@@ -97,7 +104,7 @@ def broken_report(forms, validator, checkov, knative_features):
         variant = _broken(forms, mutate)
         variant.source = label
         broken.append(variant)
-    return verify(broken, validator, IMAGE, knative_features=knative_features)
+    return verify(broken, validator, IMAGE, knative_features=knative_features, command=COMMAND)
 
 
 @pytest.mark.parametrize("label", list(BROKEN))
@@ -150,7 +157,7 @@ def test_object_sets_must_match_between_chart_and_overlay(forms, validator):
     chart = form(forms, "chart:kind")
     overlay = form(forms, "overlay:kind")
     fewer = Rendered("chart:kind", [o for o in chart.objects if o["metadata"]["name"] != "minio"])
-    report = verify([fewer, overlay], validator, IMAGE, security_scan=False)
+    report = verify([fewer, overlay], validator, IMAGE, security_scan=False, command=COMMAND)
     missing = {(f.kind, f.name) for f in report.findings if "only in overlay:kind" in f.message}
     assert missing == {("Service", "minio"), ("StatefulSet", "minio"), ("NetworkPolicy", "minio")}
 
@@ -167,6 +174,7 @@ def test_pipeline_image_must_match_manifests(forms, validator, tmp_path: Path, k
         tmp_path,
         security_scan=False,
         knative_features=knative_features,
+        command=COMMAND,
     )
     assert [f.message for f in report.findings] == [
         f"image ghcr.io/mlref/mlref:0.0.9 is not the image the manifests deploy ({IMAGE})"

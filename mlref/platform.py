@@ -1,0 +1,161 @@
+"""Where the loop runs: this machine or a Kubernetes cluster, decided once.
+
+Every step runs the same code in both modes; what differs is what the step hands off to the
+platform: starting a retraining (kfp's local runner, or a Kubeflow Pipelines run), where a
+registered model is served from (the registry, or its published folder that KServe fetches),
+putting a canary patch in force (local serving re-reads the file; a cluster server-side
+applies it to the InferenceService and waits for Ready), the live traffic split, and where
+canary metrics come from (the local predictors, or Prometheus). As kfp's local runner keeps
+a validated runner config and picks the task handler for it in one place, :func:`platform_for`
+is the one place that picks the platform for ``settings.mode``; each platform checks at
+construction that the settings are its own.
+
+Locations that differ by mode (the Feast registry and online store, shared storage) are
+settings' (``mlref.settings``), which every layer reads; the feature store sits below the
+pipeline a platform submits, so it takes them from there rather than from here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mlref.settings import Settings
+
+if TYPE_CHECKING:
+    from mlref.canary.sources import MetricSource
+    from mlref.canary.state import CanaryState
+
+
+class Platform(ABC):
+    """What a step hands off to where it runs; one subclass per ``settings.mode``."""
+
+    mode: ClassVar[str]
+
+    def __init__(self, settings: Settings):
+        if settings.mode != self.mode:
+            raise ValueError(
+                f"{type(self).__name__} runs {self.mode} mode, not {settings.mode}: "
+                "use platform_for(settings)"
+            )
+        self.settings = settings
+
+    @abstractmethod
+    def submit_retraining(self, settings: Settings, arguments: dict) -> str:
+        """Start the training pipeline with ``arguments``; returns what identifies the run.
+        A :data:`mlref.monitoring.trigger.Submitter`: the drift trigger is handed this one."""
+
+    @abstractmethod
+    def served_uri(self, version: str) -> str:
+        """What a storageUri holds for registry version ``version``."""
+
+    @abstractmethod
+    def apply_canary(
+        self, state: CanaryState, out: Path | None = None, api: Any = None
+    ) -> tuple[Path, list[str]]:
+        """Put ``state`` in force; returns where its patch was written and the live split."""
+
+    @abstractmethod
+    def live_split(self, api: Any = None) -> list[str]:
+        """The traffic split as the platform reports it (``target: percent`` lines)."""
+
+    @abstractmethod
+    def metric_source(self) -> MetricSource:
+        """Where canary analysis reads stable and canary metrics from."""
+
+
+class LocalPlatform(Platform):
+    """This machine: kfp's SubprocessRunner, models from the registry, local predictors."""
+
+    mode = "local"
+
+    def submit_retraining(self, settings: Settings, arguments: dict) -> str:
+        from mlref.pipelines.runner import run_local
+
+        result = run_local(settings, arguments)
+        return f"local:{result.pipeline_root} (champion {result.champion})"
+
+    def served_uri(self, version: str) -> str:
+        return self.settings.registry_uri(version)
+
+    def apply_canary(
+        self, state: CanaryState, out: Path | None = None, api: Any = None
+    ) -> tuple[Path, list[str]]:
+        """Local serving picks the written patch up by itself."""
+        from mlref.canary.state import write_state
+
+        return write_state(self.settings, state, out), []
+
+    def live_split(self, api: Any = None) -> list[str]:
+        return []  # the state file is all there is: local serving follows it
+
+    def metric_source(self) -> MetricSource:
+        """Prometheus when canary.prometheus_url is set, else the local predictors."""
+        from mlref.canary.sources import LocalSource, PrometheusSource
+
+        if self.settings.canary.prometheus_url:
+            return PrometheusSource(self.settings)
+        return LocalSource(self.settings)
+
+
+class ClusterPlatform(Platform):
+    """A Kubernetes cluster: Kubeflow Pipelines, KServe fetching published models, Prometheus."""
+
+    mode = "cluster"
+
+    def submit_retraining(self, settings: Settings, arguments: dict) -> str:
+        from mlref.pipelines.runner import submit
+
+        return submit(settings, arguments)
+
+    def served_uri(self, version: str) -> str:
+        from mlref.training.publish import served_uri
+
+        return served_uri(self.settings, version)
+
+    def apply_canary(
+        self, state: CanaryState, out: Path | None = None, api: Any = None
+    ) -> tuple[Path, list[str]]:
+        """Server-side apply, then wait for Ready. The live InferenceService is read first: its
+        deployment mode must be the one the patch is written for, and in Standard mode its
+        predictor lends the candidate its pod settings."""
+        from mlref.canary import kube
+        from mlref.canary.state import standard_mode, to_patch, write_state
+
+        settings = self.settings
+        api = api or kube.connect()
+        live = kube.get_inference_service(api, settings)
+        kube.check_deployment_mode(settings, live)
+        stable = (live.get("spec") or {}).get("predictor")
+        path = write_state(settings, state, out, stable)
+        kube.apply_patch(api, settings, to_patch(settings, state, stable))
+        ready = kube.wait_ready(api, settings)
+        return path, kube.traffic_split(ready, standard_mode(settings))
+
+    def live_split(self, api: Any = None) -> list[str]:
+        from mlref.canary import kube
+        from mlref.canary.state import standard_mode
+
+        live = kube.get_inference_service(api or kube.connect(), self.settings)
+        return kube.traffic_split(live, standard_mode(self.settings))
+
+    def metric_source(self) -> MetricSource:
+        """Prometheus only: the predictors are pods behind a split, not ports on this machine,
+        and scraping 127.0.0.1 would analyse whatever happens to listen there."""
+        from mlref.canary.sources import PrometheusSource, SourceError
+
+        if not self.settings.canary.prometheus_url:
+            raise SourceError(
+                "cluster mode needs Prometheus for canary analysis: set "
+                "MLREF_CANARY__PROMETHEUS_URL (e.g. http://prometheus-operated.monitoring:9090)"
+            )
+        return PrometheusSource(self.settings)
+
+
+PLATFORMS: dict[str, type[Platform]] = {"local": LocalPlatform, "cluster": ClusterPlatform}
+
+
+def platform_for(settings: Settings) -> Platform:
+    """The platform ``settings.mode`` names: the one place local and cluster part ways."""
+    return PLATFORMS[settings.mode](settings)
