@@ -97,7 +97,7 @@ def apply_state(
     kube.check_deployment_mode(settings, live)
     stable = (live.get("spec") or {}).get("predictor")
     path = write_state(settings, state, out, stable)
-    kube.apply_patch(api, settings, to_patch(settings, state, stable))
+    kube.apply_patch(api, settings, to_patch(settings, state, stable), live)
     ready = kube.wait_ready(api, settings)
     return Applied(state, path, kube.traffic_split(ready, standard_mode(settings)))
 
