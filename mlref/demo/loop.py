@@ -201,12 +201,10 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
     scenario = scenario or demo.scenario
     # The demo's traffic delivers click labels as it goes, so a score shift (expected of a
     # model retrained after drift) waits for the labelled checks instead of deciding alone,
-    # and a stage may keep serving for two more bakes (or canary.max_hold_seconds, if longer:
-    # a loaded machine needs longer for the same evidence) while those labels arrive.
+    # and a stage may keep serving for two more bakes while those labels arrive.
     # The labelled checks read the inference log, so it is flushed at least twice a bake.
     bake = demo.canary_bake_seconds
-    hold = max(2 * bake, settings.canary.max_hold_seconds)
-    canary = {"bake_seconds": bake, "await_labels": True, "max_hold_seconds": hold}
+    canary = {"bake_seconds": bake, "await_labels": True, "max_hold_seconds": 2 * bake}
     flush = {"log_flush_seconds": min(settings.serving.log_flush_seconds, bake / 2)}
     settings = settings.model_copy(
         update={
@@ -337,7 +335,7 @@ def _canary(
     stable, candidate = model_uri(settings, champion), model_uri(settings, challenger)
     rows = raw_day(settings, live_day)
     stages = settings.canary.stages
-    budget = (settings.canary.bake_seconds + settings.canary.max_hold_seconds) * len(stages) + 60
+    budget = 3 * settings.canary.bake_seconds * len(stages) + 60
     with serving(settings, stable, candidate) as url:
         name = f"canary rollout of v{challenger} ({'-'.join(map(str, stages))}%), day {live_day}"
         with steps.step(name) as out:
