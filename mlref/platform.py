@@ -129,7 +129,7 @@ class ClusterPlatform(Platform):
         kube.check_deployment_mode(settings, live)
         stable = (live.get("spec") or {}).get("predictor")
         path = write_state(settings, state, out, stable)
-        kube.apply_patch(api, settings, to_patch(settings, state, stable))
+        kube.apply_patch(api, settings, to_patch(settings, state, stable), live)
         ready = kube.wait_ready(api, settings)
         return path, kube.traffic_split(ready, standard_mode(settings))
 

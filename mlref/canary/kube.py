@@ -6,16 +6,19 @@ A thin layer over the kubernetes client's CustomObjectsApi. Every failure become
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
 
+from mlref.canary.state import CANDIDATE_ANNOTATION, STABLE_ANNOTATION, VERSION_ANNOTATION
 from mlref.k8s.checks import DEPLOYMENT_MODE, STANDARD_MODES
 from mlref.settings import Settings
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 FIELD_MANAGER = "mlref"
 APPLY_PATCH = "application/apply-patch+yaml"
+OWNED_ANNOTATIONS = (STABLE_ANNOTATION, VERSION_ANNOTATION, CANDIDATE_ANNOTATION)
 
 
 class KubeError(RuntimeError):
@@ -108,22 +111,81 @@ def check_deployment_mode(settings: Settings, live: dict) -> None:
         )
 
 
-def apply_patch(api: Any, settings: Settings, patch: dict) -> dict:
-    """Server-side apply as field manager ``mlref``, taking over conflicting fields."""
-    return _call(
-        settings,
-        "patching",
-        lambda: api.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            settings.cluster.namespace,
-            PLURAL,
-            settings.canary.inference_service,
-            patch,
-            field_manager=FIELD_MANAGER,
-            force=True,
-        ),
-    )
+# The rollout's fields that a patch may leave out, each with a value that means the same as
+# leaving it out: the latest revision takes all, no canary, no annotation.
+RELEASABLE: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("spec", "predictor", "canaryTrafficPercent"), 100),
+    (("spec", "canary"), []),
+    *((("metadata", "annotations", key), "") for key in OWNED_ANNOTATIONS),
+)
+
+
+def _value(obj: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def other_owners(live: dict, path: tuple[str, ...]) -> list[str]:
+    """Field managers other than mlref's apply that own ``path`` (metadata.managedFields)."""
+    owners = []
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            continue
+        node = entry.get("fieldsV1") or {}
+        for key in path:
+            node = node.get(f"f:{key}") if isinstance(node, dict) else None
+        if node is not None:
+            owners.append(entry.get("manager", "?"))
+    return owners
+
+
+def takeover_patch(live: dict, patch: dict) -> dict | None:
+    """``patch`` plus, at their neutral values, the rollout fields it leaves out that another
+    manager (``kubectl apply -k overlays/canary``, helm) owns on ``live``; None if none.
+
+    Server-side apply removes a field the applier leaves out only when no other manager owns
+    it, so a promotion after a canary set by kubectl would keep its split. Applying a changed
+    value with force makes mlref the field's only manager; the patch itself then removes it.
+    """
+    out = copy.deepcopy(patch)
+    taken = False
+    for path, neutral in RELEASABLE:
+        current = _value(live, path)
+        if current is None or current == neutral or _value(patch, path) is not None:
+            continue
+        if other_owners(live, path):
+            node = out
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = neutral
+            taken = True
+    return out if taken else None
+
+
+def apply_patch(api: Any, settings: Settings, patch: dict, live: dict | None = None) -> dict:
+    """Server-side apply as field manager ``mlref``, taking over conflicting fields, and
+    first the fields the patch drops that other managers set on ``live`` (the object read
+    before), so that they go as the patch says."""
+    takeover = takeover_patch(live or {}, patch)
+    for body in [takeover, patch] if takeover else [patch]:
+        applied = _call(
+            settings,
+            "patching",
+            lambda body=body: api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                settings.cluster.namespace,
+                PLURAL,
+                settings.canary.inference_service,
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
+            ),
+        )
+    return applied
 
 
 def is_ready(obj: dict) -> bool:

@@ -56,7 +56,9 @@ def verify(
         show_default=False,
     ),
     crd_dir: Path | None = typer.Option(
-        None, help="Directory of CRD YAML (default: ../shared/crds beside the repo)."
+        None,
+        help="Directory of CRD YAML (default: $MLREF_CRDS_DIR, else ../shared/crds beside "
+        "the repo).",
     ),
     k8s_version: str = typer.Option("", help="Kubernetes version (default: settings)."),
     knative_config: Path | None = typer.Option(
@@ -81,7 +83,7 @@ def verify(
     from mlref.k8s.checkov import CheckovMissing
     from mlref.k8s.knative import load_features
     from mlref.k8s.render import RenderError, render_all, render_paths, repo_root
-    from mlref.k8s.schemas import SchemaSetupError, Validator
+    from mlref.k8s.schemas import SchemaSetupError, Validator, default_crd_dir
     from mlref.k8s.verify import verify as run_verify
     from mlref.settings import get_settings
 
@@ -90,7 +92,7 @@ def verify(
     try:
         root = repo_root()
         validator = Validator(
-            crd_dir or root.parent / "shared" / "crds",
+            crd_dir or default_crd_dir(root),
             k8s_version or settings.cluster.kubernetes_version,
         )
         features_file = knative_config or root / "manifests" / "cluster" / "knative-serving.yaml"

@@ -8,6 +8,7 @@ prunes: a field that is not declared is an error here instead of being silently 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,17 @@ import yaml
 
 # CRD files are megabytes of YAML: the C loader reads them ~10x faster.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-CRD_HINT = "pass --crd-dir pointing at the CRD YAML files (the repo expects ../shared/crds)"
+CRD_HINT = (
+    "pass --crd-dir (or set MLREF_CRDS_DIR) pointing at the CRD YAML files "
+    "(the repo expects ../shared/crds)"
+)
+CRDS_DIR_ENV = "MLREF_CRDS_DIR"
+
+
+def default_crd_dir(root: Path) -> Path:
+    """Where the CRDs are: ``$MLREF_CRDS_DIR``, else ``shared/crds`` beside the repo."""
+    configured = os.environ.get(CRDS_DIR_ENV)
+    return Path(configured) if configured else root.parent / "shared" / "crds"
 
 
 class SchemaSetupError(RuntimeError):

@@ -313,3 +313,95 @@ def test_cluster_analysis_without_prometheus_names_the_setting(tmp_path):
         update={"canary": cluster.canary.model_copy(update={"prometheus_url": "http://p:9090"})}
     )
     assert isinstance(platform_for(with_url).metric_source(), PrometheusSource)
+
+
+# --- kubectl and mlref on one InferenceService: field ownership as the API server keeps it ---
+
+
+def overlay_isvc(stage: str) -> dict:
+    from mlref.k8s.render import render_overlay, repo_root
+    from tests.k8s.conftest import find
+
+    return find(render_overlay(repo_root(), stage).objects, "InferenceService", "ctr")
+
+
+def owners(api: RecordedCustomObjectsApi, path: tuple[str, ...]) -> list[str]:
+    """Every manager that owns ``path`` in the stored object's managedFields."""
+    found = []
+    for entry in api.isvc["metadata"]["managedFields"]:
+        node = entry["fieldsV1"]
+        for key in path:
+            node = node.get(f"f:{key}") if node is not None else None
+        if node is not None:
+            found.append(entry["manager"])
+    return sorted(found)
+
+
+PERCENT = ("spec", "predictor", "canaryTrafficPercent")
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["kubectl-apply", "server-side"])
+def test_promote_after_a_kubectl_canary_takes_all_traffic(settings, versions, server_side):
+    """`kubectl apply -k overlays/canary` sets the split; `mlref canary start` and `promote`
+    follow. The split kubectl set must go: a promote that only leaves it out keeps 10%."""
+    _, second = versions
+    settings = cluster(settings)
+    api = RecordedCustomObjectsApi(None)
+    api.kubectl_apply(overlay_isvc("base"), server_side)
+    api.kubectl_apply(overlay_isvc("canary"), server_side)
+    kubectl = "kubectl" if server_side else "kubectl-client-side-apply"
+    assert api.isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert owners(api, PERCENT) == [kubectl]
+
+    rollout.start(settings, CHALLENGER, 10, api=api)
+    assert owners(api, PERCENT) == [kubectl, "mlref"]  # same value: shared
+
+    promoted = rollout.promote(settings, api=api)
+    predictor = api.isvc["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in predictor
+    assert predictor["model"]["storageUri"] == served_uri(settings, second)
+    assert promoted.traffic == ["ctr-predictor-00002 (latest): 100%"]
+    assert owners(api, PERCENT) == []
+
+
+def test_promote_after_a_helm_standard_canary_drops_it(settings, versions):
+    """helm installs the chart with a Standard canary; `mlref canary` takes it over and its
+    promote leaves no spec.canary behind."""
+    from mlref.k8s.render import render_chart, repo_root
+    from tests.k8s.conftest import find
+
+    _, second = versions
+    root = repo_root()
+    values = yaml.safe_load((root / "helm/mlref/ci/standard-canary-values.yaml").read_text())
+    chart = find(render_chart(root, values, "standard-canary").objects, "InferenceService", "ctr")
+    settings = cluster(settings, deployment_mode="Standard")
+    api = RecordedCustomObjectsApi(None)
+    api.update(chart, "helm")
+    percent = chart["spec"]["canary"][0]["trafficPercent"]
+
+    # the rollout's state file, written for review (`mlref canary start --write-only`)
+    rollout.start(settings, CHALLENGER, percent, api=api, write_only=True)
+    assert kube.other_owners(api.isvc, ("spec", "canary")) == ["helm"]
+    rollout.promote(settings, api=api)
+    assert "canary" not in api.isvc["spec"]
+    assert api.isvc["spec"]["predictor"]["model"]["storageUri"] == served_uri(settings, second)
+    assert kube.other_owners(api.isvc, ("spec", "canary")) == []
+
+
+def test_takeover_only_for_fields_other_managers_own():
+    live = overlay_isvc("canary")
+    patch = {"spec": {"predictor": {"model": {"storageUri": "s3://new"}}}}
+    assert kube.takeover_patch(live, patch) is None  # nobody owns anything
+    live["metadata"]["managedFields"] = [
+        {
+            "manager": "kubectl",
+            "operation": "Apply",
+            "fieldsV1": {"f:spec": {"f:predictor": {"f:canaryTrafficPercent": {}}}},
+        }
+    ]
+    taken = kube.takeover_patch(live, patch)
+    assert taken["spec"]["predictor"] == {
+        "model": {"storageUri": "s3://new"},
+        "canaryTrafficPercent": 100,
+    }
+    assert patch == {"spec": {"predictor": {"model": {"storageUri": "s3://new"}}}}

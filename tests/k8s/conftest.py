@@ -11,7 +11,7 @@ from mlref.cli import app
 from mlref.k8s.checkov import CheckovMissing, checkov_binary
 from mlref.k8s.knative import load_features
 from mlref.k8s.render import Rendered, render_all, repo_root
-from mlref.k8s.schemas import Validator
+from mlref.k8s.schemas import CRDS_DIR_ENV, Validator, default_crd_dir
 from tests.servers import require
 
 KUBERNETES_VERSION = "1.33"
@@ -25,8 +25,17 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def crd_dir(root: Path) -> Path:
-    path = root.parent / "shared" / "crds"
-    require(path.is_dir(), f"CRDs not found at {path} (the repo expects ../shared/crds)")
+    return find_crd_dir(root)
+
+
+def find_crd_dir(root: Path) -> Path:
+    """The real CRDs, from ``$MLREF_CRDS_DIR`` or ../shared/crds; skip (strict: fail) without."""
+    path = default_crd_dir(root)
+    require(
+        path.is_dir(),
+        f"CRDs not found at {path}: set {CRDS_DIR_ENV} to the directory of the KServe and "
+        "Prometheus Operator CRD YAML (the repo expects ../shared/crds)",
+    )
     return path
 
 

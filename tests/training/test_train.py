@@ -53,7 +53,24 @@ def test_learns_the_signal_and_stays_calibrated(trained: TrainResult):
     assert test.normalized_entropy < 0.97
     assert 0.85 < test.calibration < 1.15
     assert trained.device == "cpu" and trained.precision == "float32"
-    assert trained.samples_per_s > 0
+
+
+def test_throughput_is_training_rows_over_epoch_time(
+    tiny_sets: TrainingSets, spec: FeatureSpec, small_train: TrainSettings, monkeypatch
+):
+    """Each epoch's samples/s is its training rows over its training time (an injected
+    clock: 2 s an epoch), and the run's figure their mean; no wall clock is asserted."""
+    from types import SimpleNamespace
+
+    from mlref.training import train as train_module
+
+    ticks = iter(range(10_000))
+    clock = SimpleNamespace(perf_counter=lambda: 2.0 * next(ticks))
+    monkeypatch.setattr(train_module, "time", clock)
+    settings = small_train.model_copy(update={"epochs": 2, "patience": 5})
+    result = train(tiny_sets, spec, settings)
+    assert [r.samples_per_s for r in result.history] == [len(tiny_sets.train) / 2] * 2
+    assert result.samples_per_s == len(tiny_sets.train) / 2
 
 
 def test_prediction_ignores_fields_outside_the_request(trained: TrainResult, spec: FeatureSpec):
