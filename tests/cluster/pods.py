@@ -98,6 +98,8 @@ class Cluster:
     image_env: dict[str, str] = field(default_factory=image_env)
     image_workdir: str = field(default_factory=image_workdir)
     image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
+    # Kubeflow's task cache (fingerprint -> finished task), kept across pipeline runs.
+    executions: dict[str, Any] = field(default_factory=dict)
 
     def check_image(self, image: str) -> None:
         """This virtualenv stands in for the project image (any tag) and nothing else."""
