@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
 from tests.servers import require
 
@@ -143,6 +144,23 @@ class Cluster:
         for address in sorted(self.services, key=len, reverse=True):
             text = text.replace(address, self.services[address])
         return text
+
+
+def installed(
+    chart: list[dict[str, Any]],
+    services: Mapping[str, str] | None = None,
+    namespace: str = "mlref",
+    pipelines_namespace: str = "kubeflow",
+) -> Cluster:
+    """The cluster scripts/kind-up.sh leaves: the rendered chart's objects and the namespace
+    and Secrets it applies besides (:func:`mlref.k8s.install.kind_objects`), and nothing a
+    test makes for itself."""
+    objects = [*kind_objects(REPO, namespace, pipelines_namespace), *chart]
+    cluster = Cluster(objects=objects, services=dict(services or {}), namespace=namespace)
+    settings = cluster.lookup("ConfigMap", "mlref-settings", namespace) or {}
+    if "MLREF_IMAGE" in settings:  # the project image, as this install names it
+        cluster.image_repository = settings["MLREF_IMAGE"].rsplit(":", 1)[0]
+    return cluster
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, run_pod
+from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
 PROBE = """
@@ -32,17 +32,9 @@ open("/tmp/scratch", "w").write("gone with the pod")
 
 
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "mlref-object-store", "namespace": "mlref"},
-        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
-    }
-    config_maps = [o for o in objects if o["kind"] in ("ConfigMap", "Secret")]
-    return Cluster(
-        objects=[*config_maps, secret],
-        services={"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")},
-    )
+    """What kind-up installs, its object store mapped to the test S3 server (which, like
+    MinIO on kind, takes the install's object-store Secret as its user)."""
+    return installed(objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")})
 
 
 def probe_job(objects: list[dict], name: str) -> dict:
