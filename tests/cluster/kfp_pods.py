@@ -30,10 +30,11 @@ Emulated, as in upstream:
   executor input JSON; ``{{$.inputs.parameters[...]}}``, artifact ``.uri``/``.path`` and
   output ``.output_file`` placeholders are substituted (not in the first command word, as
   upstream); input artifacts are downloaded (a single object or every key under the prefix)
-  into the pod's own ``/s3``; the container's command runs with ``python3`` from this
-  virtualenv (standing in for the image's); output parameters come from the executor
-  output file, else from their output files; output artifacts (file or directory) are
-  uploaded from the pod's local path to their URIs, a missing one skipped.
+  into the pod's own ``/s3``; the container's command runs with ``python3`` from the
+  image's virtualenv at ``/opt/mlref`` (:func:`tests.cluster.pods.image_mounts`); output
+  parameters come from the executor output file, else from their output files; output
+  artifacts (file or directory) are uploaded from the pod's local path to their URIs, a
+  missing one skipped.
 
 - **Caching** (``backend/src/v2/driver/cache.go`` ``getFingerPrint``,
   ``backend/src/v2/cacheutils/cache.go`` ``GenerateCacheKey``/``GenerateFingerPrint``/

@@ -164,3 +164,36 @@ def test_a_pod_reaches_the_shared_services_by_their_in_cluster_addresses(
     done = run_pod(pod, Cluster(services=cluster_services), tmp_path)
     assert done.returncode == 0, done.stdout
     assert done.stdout.split() == ["True", "OK", "True"]
+
+
+IMAGE_PROBE = """
+import os, shutil, sys, mlref
+script = shutil.which("mlref")
+print(sys.prefix, os.path.dirname(mlref.__file__), script, open(script).readline().strip())
+try:
+    open(os.path.join(sys.prefix, "probe"), "w")
+except OSError:
+    print("read-only")
+"""
+
+
+def test_pods_run_the_images_virtualenv_wherever_the_checkout_is(tmp_path: Path) -> None:
+    """The Dockerfile's /opt/mlref, with mlref installed from a wheel: not the checkout's
+    editable install, which a pod's own /tmp hides when the checkout lives there."""
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "image"},
+        "spec": {
+            "containers": [
+                {"name": "main", "image": PROJECT_IMAGE, "command": ["python3", "-c", IMAGE_PROBE]}
+            ]
+        },
+    }
+    done = run_pod(pod, Cluster(), tmp_path)
+    assert done.returncode == 0, done.stdout
+    prefix, package, script, shebang = done.stdout.splitlines()[-2].split()
+    assert prefix == "/opt/mlref"
+    assert package.startswith("/opt/mlref/lib/python3.")
+    assert package.endswith("/site-packages/mlref")
+    assert (script, shebang) == ("/opt/mlref/bin/mlref", "#!/opt/mlref/bin/python")
+    assert done.stdout.splitlines()[-1] == "read-only"
