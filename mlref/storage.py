@@ -48,3 +48,17 @@ def publish(local: Path, uri: str) -> None:
     else:
         fs.put_file(str(local), path)
         local.unlink()
+
+
+def upload_tree(local: Path, uri: str) -> list[str]:
+    """Copy every file under the folder ``local`` to ``uri``, keeping relative paths (a
+    dataset's ``date=...`` partitions); an object store's bucket is made if missing."""
+    fs, root = filesystem(uri)
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = posixpath.join(root, path.relative_to(local).as_posix())
+        fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        fs.put_file(str(path), target)
+        written.append(target)
+    return written

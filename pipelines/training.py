@@ -8,6 +8,13 @@ MLflow (locations from settings), and kfp artifacts, which Kubeflow keeps in the
 root on object storage. Every pod takes its settings and object-store credentials from the
 cluster: ConfigMap ``mlref-settings`` and Secret ``mlref-object-store`` in the pipeline's
 namespace (``kfp-kubernetes``; kfp's local runner ignores this platform config).
+
+Caching: Kubeflow reuses a task's outputs when its cache key (parameter values, input
+artifact ids, outputs spec, command, args and image; not env, not the data a step reads)
+matches an earlier execution. Steps that read locations whose content changes between runs
+(the raw logs, the curated log, Feast's stores, the registry's aliases) never take the cache;
+train and export are functions of their input artifacts and parameters, so a run that reuses
+the same training-set artifact may reuse their outputs.
 """
 
 from kfp import dsl, kubernetes
@@ -35,6 +42,11 @@ POD_SETTINGS = (
 POD_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
+def fresh(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Never reuse a cached execution of ``task``: it reads data its cache key does not name."""
+    return task.set_caching_options(False)
+
+
 def from_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Give ``task``'s pod the cluster's settings and object-store credentials as env."""
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in POD_SETTINGS})
@@ -55,11 +67,13 @@ def training_pipeline(
 ) -> str:
     """``source`` is the raw log location (path or fsspec URI); empty dates mean all data;
     ``overrides`` is JSON of settings fields that replace the pods' own."""
-    ingest = from_cluster(ingest_op(source=source, overrides=overrides))
-    features = from_cluster(features_op(overrides=overrides).after(ingest))
-    sets = from_cluster(
-        training_set_op(start_date=start_date, end_date=end_date, overrides=overrides).after(
-            features
+    ingest = fresh(from_cluster(ingest_op(source=source, overrides=overrides)))
+    features = fresh(from_cluster(features_op(overrides=overrides).after(ingest)))
+    sets = fresh(
+        from_cluster(
+            training_set_op(start_date=start_date, end_date=end_date, overrides=overrides).after(
+                features
+            )
         )
     )
     train = from_cluster(train_op(sets=sets.outputs["sets"], epochs=epochs, overrides=overrides))
@@ -68,12 +82,14 @@ def training_pipeline(
     export = from_cluster(
         export_op(sets=sets.outputs["sets"], model=train.outputs["model"], overrides=overrides)
     )
-    register = from_cluster(
-        register_op(
-            sets=sets.outputs["sets"],
-            model=train.outputs["model"],
-            onnx_model=export.outputs["onnx_model"],
-            overrides=overrides,
+    register = fresh(
+        from_cluster(
+            register_op(
+                sets=sets.outputs["sets"],
+                model=train.outputs["model"],
+                onnx_model=export.outputs["onnx_model"],
+                overrides=overrides,
+            )
         )
     )
     return register.outputs["champion"]

@@ -4,12 +4,15 @@
 # Gateway, which splits a canary's traffic), standalone Kubeflow Pipelines, the mlref
 # image and Helm chart, then one training run. Every step is idempotent: re-running converges
 # instead of failing. CRDs are installed and Established before anything that uses them.
-# Needs: docker, kind, kubectl, helm (3.8+ or 4, for OCI charts), openssl.
+# Needs: docker, kind, kubectl, helm (3.8+ or 4, for OCI charts), and mlref installed from
+# this checkout (pip install -e .): it prints the Secrets, uploads raw logs and submits the run.
 # Walkthrough: docs/cluster.md.
 set -euo pipefail
 
 CLUSTER="${MLREF_KIND_CLUSTER:-mlref}"
 NAMESPACE="${MLREF_NAMESPACE:-mlref}"
+# Where standalone Kubeflow Pipelines runs, and with it the pipeline's pods.
+PIPELINES_NAMESPACE="kubeflow"
 KIND_NODE_IMAGE="kindest/node:v1.33.1"
 # The versions KServe v0.21's own installer uses (hack/setup/quick-install).
 CERT_MANAGER_VERSION="v1.17.0"
@@ -19,7 +22,10 @@ KOURIER_VERSION="knative-v1.21.0"
 # manifests are verified against, and the controller installed here.
 KSERVE_VERSION="v0.21.0"
 KSERVE_CHARTS="oci://ghcr.io/kserve/charts"
-KFP_VERSION="2.4.1"
+# One Kubeflow Pipelines: the backend (API server, driver, launcher) of the SDK's release
+# (constraints.txt kfp==2.17.0), which compiles the pipeline and whose launcher the tests
+# emulate. Its platform-agnostic manifests bring SeaweedFS as the pipelines' object store.
+KFP_VERSION="2.17.0"
 # Standard mode: KServe splits a canary's traffic only on the predictor's Gateway API
 # HTTPRoute. Versions of KServe's installer (kserve-deps.env: GATEWAY_API_VERSION,
 # ENVOY_GATEWAY_VERSION); the transformer calls the Gateway's Service with the route's host
@@ -52,7 +58,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 step() { printf '\n==> %s\n' "$*"; }
 established() { kubectl wait --for condition=established --timeout=120s "$@"; }
 
-for tool in docker kind kubectl helm openssl; do
+for tool in docker kind kubectl helm base64 mlref; do
   command -v "$tool" >/dev/null || { echo "missing $tool: install it first (docs/cluster.md)" >&2; exit 1; }
 done
 
@@ -129,38 +135,56 @@ docker build --build-arg TORCH_INDEX=cpu -t "$IMAGE" "$ROOT"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 step "7/9 namespace and secrets"
-kubectl apply -f "$ROOT/manifests/base/namespace.yaml"
-if ! kubectl -n "$NAMESPACE" get secret mlref-postgres >/dev/null 2>&1; then
-  kubectl -n "$NAMESPACE" create secret generic mlref-postgres \
-    --from-literal=POSTGRES_USER=mlflow \
-    --from-literal=POSTGRES_PASSWORD="$(openssl rand -hex 24)"
-fi
-if ! kubectl -n "$NAMESPACE" get secret mlref-object-store >/dev/null 2>&1; then
-  kubectl -n "$NAMESPACE" create secret generic mlref-object-store \
-    --from-literal=AWS_ACCESS_KEY_ID="mlref-$(openssl rand -hex 4)" \
-    --from-literal=AWS_SECRET_ACCESS_KEY="$(openssl rand -hex 24)"
-fi
-# KServe's storage initializer reads the S3 endpoint from the Secret's annotations.
-kubectl -n "$NAMESPACE" annotate secret mlref-object-store --overwrite \
-  "serving.kserve.io/s3-endpoint=minio.${NAMESPACE}.svc:9000" \
-  serving.kserve.io/s3-usehttps=0 \
-  serving.kserve.io/s3-region=us-east-1
+# The namespace, MLflow's PostgreSQL credentials, and the object-store Secret in the chart's
+# namespace and in Kubeflow's, where the pipeline's pods map it (mlref/k8s/install.py).
+# Values already in the cluster are kept: no secret value is in git or on the command line.
+kubectl -n "$NAMESPACE" get secret mlref-postgres mlref-object-store --ignore-not-found -o yaml \
+  | mlref manifests kind-objects --existing - --namespace "$NAMESPACE" \
+    --pipelines-namespace "$PIPELINES_NAMESPACE" \
+  | kubectl apply -f -
 
 step "8/9 Helm chart"
+# No --wait: Helm 4 waits on every release object by kstatus (pkg/kube/statuswait.go), the
+# InferenceService included, which stays Ready=False until the first model exists (step 9);
+# no annotation exempts one. Helm 3's --wait skips custom resources. So in both, wait on
+# what can be ready: the release's own Deployments and StatefulSets.
 helm upgrade --install mlref "$ROOT/helm/mlref" --namespace "$NAMESPACE" \
   -f "$ROOT/helm/mlref/values-kind.yaml" \
   --set "image.tag=${IMAGE_TAG}" \
   --set "serving.deploymentMode=${MODE}" \
   --set "serving.gateway.service=${GATEWAY_SERVICE}" \
-  --set "serving.gateway.domain=${INGRESS_DOMAIN}" --wait --timeout 10m
+  --set "serving.gateway.domain=${INGRESS_DOMAIN}" --timeout 10m
+helm get manifest mlref --namespace "$NAMESPACE" \
+  | kubectl -n "$NAMESPACE" get -f - -o name | grep -E '^(deployment|statefulset)\.apps/' \
+  | while read -r workload; do
+    kubectl -n "$NAMESPACE" rollout status "$workload" --timeout=600s || exit 1
+  done
 
-step "9/9 training pipeline"
-kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 &
-FORWARD_PID=$!
-trap 'kill "$FORWARD_PID" 2>/dev/null || true' EXIT
+step "9/9 raw click logs, training pipeline, served champion"
+# The pipeline reads the raw logs from the object store (settings storage.raw_uri: by
+# default <storage.root>/data/raw). Generate them here and upload them through a
+# port-forward to MinIO with the install's credentials, then submit the run with that source.
+kubectl -n "$PIPELINES_NAMESPACE" port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 &
+FORWARDS=("$!")
+kubectl -n "$NAMESPACE" port-forward svc/minio 9000:9000 >/dev/null 2>&1 &
+FORWARDS+=("$!")
+trap 'kill "${FORWARDS[@]}" 2>/dev/null || true' EXIT
 sleep 3
-MLREF_MODE=cluster MLREF_PIPELINE__HOST=http://127.0.0.1:8080 MLREF_IMAGE="$IMAGE" \
-  MLREF_TRAIN__USE_GPU_IN_CLUSTER=false mlref pipeline submit
+store_key() {
+  kubectl -n "$NAMESPACE" get secret mlref-object-store -o "jsonpath={.data.$1}" | base64 -d
+}
+AWS_ACCESS_KEY_ID="$(store_key AWS_ACCESS_KEY_ID)"
+AWS_SECRET_ACCESS_KEY="$(store_key AWS_SECRET_ACCESS_KEY)"
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+export AWS_ENDPOINT_URL=http://127.0.0.1:9000 AWS_DEFAULT_REGION=us-east-1
+# This machine's settings for the two commands: the chart's store (values objectStore.bucket).
+export MLREF_MODE=cluster MLREF_STORAGE__ROOT="s3://mlref" MLREF_IMAGE="$IMAGE" \
+  MLREF_PIPELINE__HOST=http://127.0.0.1:8080 MLREF_TRAIN__USE_GPU_IN_CLUSTER=false
+RAW_URI="${MLREF_STORAGE__ROOT}/data/raw"
+mlref data generate --upload
+mlref pipeline submit --source "$RAW_URI"
+echo "Waiting for the run to register a champion and KServe to serve it (kubectl -n ${PIPELINES_NAMESPACE} get pods -w)"
+kubectl -n "$NAMESPACE" wait --for=condition=Ready isvc/ctr --timeout=60m
 
 URL="$(kubectl -n "$NAMESPACE" get isvc ctr -o jsonpath='{.status.url}' 2>/dev/null || true)"
 echo

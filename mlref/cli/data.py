@@ -35,6 +35,12 @@ def generate(
         None,
         help="Output folder, one date=YYYY-MM-DD partition per day (default: settings raw_dir).",
     ),
+    upload: bool = typer.Option(
+        False,
+        "--upload",
+        help="Then copy them to the raw location the settings name (storage.raw_uri, by "
+        "default <storage.root>/data/raw), e.g. a cluster's object store.",
+    ),
 ) -> None:
     """Generate seeded synthetic click logs; regenerating a day replaces its partition."""
     from pydantic import ValidationError
@@ -68,6 +74,15 @@ def generate(
                 f"{day_numbers.start}-{day_numbers.stop - 1}"
             )
     result = generate_logs(settings, day_numbers, windows, out)
+    uploaded = {}
+    if upload:
+        from mlref.storage import upload_tree
+
+        try:
+            files = upload_tree(result.out_dir, settings.raw_uri)
+        except (OSError, ValueError) as error:  # s3fs raises PermissionError, OSError...
+            raise fail(f"error: upload to {settings.raw_uri}: {error}") from None
+        uploaded = {"uploaded to": f"{settings.raw_uri} ({len(files)} files)"}
     summary(
         "Click logs",
         {
@@ -78,5 +93,6 @@ def generate(
             ),
             "rows": f"{result.rows:,} ({len(result.paths)} files)",
             "CTR per day": ", ".join(f"{ctr:.2%}" for ctr in result.ctr_per_day.values()),
+            **uploaded,
         },
     )

@@ -135,3 +135,41 @@ def verify(
             console.print(f"[red]FAIL[/red] {finding}", highlight=False, soft_wrap=True)
         raise fail(f"{len(report.findings)} problems found")
     console.print("[green]all manifests verified[/green]")
+
+
+@app.command("kind-objects")
+def kind_objects(
+    existing: Path | None = typer.Option(
+        None,
+        help="YAML/JSON of the Secrets already in the cluster (`kubectl get secret -o yaml`; "
+        "- for stdin): their values are kept.",
+    ),
+    namespace: str = typer.Option("", help="The chart's namespace (default: settings)."),
+    pipelines_namespace: str = typer.Option(
+        "", help="Where Kubeflow runs the pipeline's pods (default: settings)."
+    ),
+) -> None:
+    """Print the namespace and Secrets scripts/kind-up.sh applies besides the chart."""
+    import sys
+
+    import yaml
+
+    from mlref.k8s.install import kind_objects as objects
+    from mlref.k8s.render import RenderError, repo_root
+    from mlref.settings import get_settings
+
+    settings = get_settings()
+    text = ""
+    if existing is not None:
+        text = sys.stdin.read() if str(existing) == "-" else existing.read_text()
+    try:
+        found = [doc for doc in yaml.safe_load_all(text) if doc]
+        rendered = objects(
+            repo_root(),
+            namespace or settings.cluster.namespace,
+            pipelines_namespace or settings.pipeline.namespace,
+            found,
+        )
+    except (RenderError, yaml.YAMLError) as exc:
+        raise fail(f"error: {exc}") from None
+    typer.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)

@@ -30,10 +30,22 @@ Emulated, as in upstream:
   executor input JSON; ``{{$.inputs.parameters[...]}}``, artifact ``.uri``/``.path`` and
   output ``.output_file`` placeholders are substituted (not in the first command word, as
   upstream); input artifacts are downloaded (a single object or every key under the prefix)
-  into the pod's own ``/s3``; the container's command runs with ``python3`` from this
-  virtualenv (standing in for the image's); output parameters come from the executor
-  output file, else from their output files; output artifacts (file or directory) are
-  uploaded from the pod's local path to their URIs, a missing one skipped.
+  into the pod's own ``/s3``; the container's command runs with ``python3`` from the
+  image's virtualenv at ``/opt/mlref`` (:func:`tests.cluster.pods.image_mounts`); output
+  parameters come from the executor output file, else from their output files; output
+  artifacts (file or directory) are uploaded from the pod's local path to their URIs, a
+  missing one skipped.
+
+- **Caching** (``backend/src/v2/driver/cache.go`` ``getFingerPrint``,
+  ``backend/src/v2/cacheutils/cache.go`` ``GenerateCacheKey``/``GenerateFingerPrint``/
+  ``GetExecutionCache``): a task whose ``cachingOptions.enableCache`` is set is keyed by its
+  input parameter values, its input artifacts' names (MLMD artifact ids, so a new upstream
+  execution means a new key), its output artifacts' name, type and metadata (URIs wiped),
+  its output parameters' types, the container's command + args as written in the IR and its
+  image; env and the data a step reads are not in the key. The key is looked up per pipeline
+  name and namespace in the cluster's task cache (:attr:`Cluster.executions`, which outlives
+  a run as the API server's does); a hit reuses the earlier execution's output parameters and
+  artifacts (same ids and URIs) without starting a pod; a successful execution is recorded.
 
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
@@ -47,7 +59,8 @@ namespace, Service addresses mapped to the test servers) and the S3 server holdi
 pipeline root; it returns every task's outputs and the pipeline's, or raises
 :class:`tests.cluster.pods.PodFailed` with the failed task's log tail.
 
-Not emulated: caching, retries, MLMD, the executor-logs artifact, ``dsl.If`` conditions,
+Not emulated: the cache's staleness limit and custom cache keys, retries, MLMD, the
+executor-logs artifact, ``dsl.If`` conditions,
 ``ParallelFor``, nested DAGs and exit handlers (``dsl.ExitHandler``), importer and
 Kubernetes-platform-only tasks, ``IfPresent``/``Concat`` placeholders, PVC, volume, node and
 pod-metadata settings of the platform spec, accelerators and resource limits (a GPU request
@@ -61,6 +74,8 @@ parallel schedule must also allow). Unsupported constructs raise NotImplementedE
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import json
 import uuid
 from collections.abc import Mapping
@@ -74,6 +89,8 @@ import yaml
 from tests.cluster.pods import Cluster, PodFailed, run_in_sandbox
 from tests.conftest import S3Server
 
+ARTIFACT_IDS = itertools.count(1)  # MLMD artifact ids: a recorded output's runtime name
+WIPED_URI = ("name", "type", "metadata")  # an output artifact in the cache key: no URI
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 
@@ -88,6 +105,7 @@ class TaskRun:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     log: str = ""
+    cached: bool = False  # outputs reused from an earlier execution; no pod ran
 
 
 @dataclass
@@ -430,6 +448,19 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
             "outputFile": local_path(task_root) + "/output_metadata.json",
         },
     }
+    fingerprint = ""
+    if task.get("cachingOptions", {}).get("enableCache"):
+        fingerprint = cache_fingerprint(run, executor_input, component, container)
+        earlier = run.cluster.executions.get(fingerprint)
+        if earlier is not None:
+            return TaskRun(
+                name,
+                earlier.pod_dir,
+                parameters=copy.deepcopy(earlier.parameters),
+                artifacts=copy.deepcopy(earlier.artifacts),
+                resources=dict(earlier.resources),
+                cached=True,
+            )
     pod_name = f"{run.run_root.rsplit('/', 1)[-1][:8]}-{name}"
     pod_dir = run.work_dir / pod_name
     volumes = {path: pod_dir / "volumes" / path.strip("/") for path in ("/tmp", *SCRATCH)}
@@ -483,5 +514,41 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
             artifact["uri"] = written[0].get("uri") or artifact["uri"]
             artifact.setdefault("metadata", {}).update(written[0].get("metadata", {}))
         run.launcher.upload(artifact["uri"], pod_dir / "volumes")
-        result.artifacts[key] = artifact
+        # Recorded in MLMD: downstream tasks see the artifact by its id.
+        result.artifacts[key] = {**artifact, "name": str(next(ARTIFACT_IDS))}
+    if fingerprint:
+        run.cluster.executions[fingerprint] = result
     return result
+
+
+def cache_fingerprint(
+    run: Run,
+    executor_input: Mapping[str, Any],
+    component: Mapping[str, Any],
+    container: Mapping[str, Any],
+) -> str:
+    """``getFingerPrint``: the sha256 of the cache key's JSON, scoped to the pipeline's name
+    and namespace as ``GetExecutionCache`` filters."""
+    inputs, outputs = executor_input["inputs"], executor_input["outputs"]
+    declared = component.get("outputDefinitions", {}).get("parameters", {})
+    key = {
+        "inputArtifactNames": {
+            name: {"artifactNames": [a["name"] for a in listing["artifacts"]]}
+            for name, listing in inputs.get("artifacts", {}).items()
+        },
+        "inputParameterValues": inputs.get("parameterValues", {}),
+        "outputArtifactsSpec": {
+            name: {k: v for k, v in listing["artifacts"][0].items() if k in WIPED_URI}
+            for name, listing in outputs.get("artifacts", {}).items()
+        },
+        "outputParametersSpec": {
+            name: declared[name]["parameterType"] for name in outputs.get("parameters", {})
+        },
+        "containerSpec": {
+            "image": container["image"],
+            "cmdArgs": [*container.get("command", []), *container.get("args", [])],
+        },
+    }
+    scope = {"pipelineName": f"pipeline/{run.spec['pipelineInfo']['name']}", "ns": run.namespace}
+    text = json.dumps({"key": key, **scope}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

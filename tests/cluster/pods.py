@@ -4,17 +4,20 @@ A pod here is one process tree in a mount namespace of its own (see ``sandbox.py
 root filesystem is this machine's, read-only, and its only writable places are its own
 volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh and empty.
 Its environment is exactly what the kubelet gives the container: the image's ``ENV``
-(read from the project's Dockerfile, with the image's virtualenv mapped to this one), then
+(read from the project's Dockerfile, ``PATH`` starting at ``/opt/mlref/bin``), then
 ``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
 supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
 source fails the pod as CreateContainerConfigError does), and nothing from the test
 process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
 In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
 ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
-project image is emulated (this virtualenv stands in for it, whatever the tag).
+project image is emulated, whatever the tag: its virtualenv is built from this checkout
+as the Dockerfile builds it (a wheel, not editable) and mounted read-only at ``/opt/mlref``
+(:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included.
 
-Not emulated: the image's own filesystem (pods see this machine's, e.g. the source checkout
-and not ``/opt/mlref-feature-repo``), its user (the process runs as root mapped into a user
+Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. the source
+checkout and not ``/opt/mlref-feature-repo``; the virtualenv's dependencies are this
+interpreter's site dirs, not a copy), its user (the process runs as root mapped into a user
 namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
 restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
 claims the test maps to host dirs, and the writable container layer of pods without
@@ -23,12 +26,14 @@ claims the test maps to host dirs, and the writable container layer of pods with
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,12 +44,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = Path(__file__).with_name("sandbox.py")
-IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, where this machine has sys.prefix
+IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, mounted there in every pod
+IMAGE_DEPS = "/opt/mlref-deps"  # where site dirs this machine keeps under /tmp appear in pods
+SOURCE_IGNORED = (".venv", ".git", ".mlref", "build", "dist", "*.egg-info", "__pycache__", "out")
 # The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROJECT_IMAGE = Settings.model_fields["image"].default
@@ -74,7 +82,53 @@ def image_config(dockerfile: Path = REPO / "Dockerfile") -> tuple[dict[str, str]
             for pair in shlex.split(words[1]):
                 name, _, value = pair.partition("=")
                 env[name] = value.replace("$PATH", env.get("PATH", ""))
-    return {k: v.replace(IMAGE_VENV, sys.prefix) for k, v in env.items()}, workdir
+    return env, workdir
+
+
+@functools.cache
+def image_mounts() -> dict[str, Path]:
+    """Mount path -> host dir of the image's own files, read-only in every pod.
+
+    A virtualenv built once per test process as the Dockerfile builds ``/opt/mlref``: the
+    project installed from a wheel (not editable; console scripts run
+    ``/opt/mlref/bin/python``), its dependencies this interpreter's site dirs. Mounted at
+    ``/opt/mlref``, it does not depend on where the checkout is: a site dir under ``/tmp``,
+    which each pod's own ``/tmp`` hides, is mounted under ``/opt/mlref-deps`` instead."""
+    base = Path(tempfile.mkdtemp(prefix="mlref-image-"))
+    atexit.register(shutil.rmtree, base, True)
+    source, venv = base / "src", base / "venv"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*SOURCE_IGNORED))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    # --target: pip leaves this interpreter's own (editable) mlref alone.
+    install = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"),
+            *("--no-warn-script-location", "--target", str(site_packages), str(source)),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0 or not (site_packages / "mlref").is_dir():
+        raise RuntimeError(f"building the image's virtualenv failed:\n{install.stderr[-3000:]}")
+    for script in (site_packages / "bin").iterdir():  # console scripts, as the image has them
+        body = script.read_bytes().split(b"\n", 1)[1]
+        (venv / "bin" / script.name).write_bytes(f"#!{IMAGE_VENV}/bin/python\n".encode() + body)
+        (venv / "bin" / script.name).chmod(0o755)
+    shutil.rmtree(site_packages / "bin")
+    mounts = {IMAGE_VENV: venv}
+    lines = []
+    site_dirs = [
+        p for p in dict.fromkeys(sys.path) if p.endswith(("site-packages", "dist-packages"))
+    ]
+    for index, path in enumerate(p for p in site_dirs if Path(p).is_dir()):
+        if Path(path).resolve().is_relative_to("/tmp"):
+            mounts[f"{IMAGE_DEPS}/{index}"] = Path(path)
+            path = f"{IMAGE_DEPS}/{index}"
+        lines.append(f"import site; site.addsitedir({path!r})\n")
+    (site_packages / "_mlref_image_deps.pth").write_text("".join(lines))
+    return mounts
 
 
 def image_env() -> dict[str, str]:
@@ -98,12 +152,14 @@ class Cluster:
     image_env: dict[str, str] = field(default_factory=image_env)
     image_workdir: str = field(default_factory=image_workdir)
     image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
+    # Kubeflow's task cache (fingerprint -> finished task), kept across pipeline runs.
+    executions: dict[str, Any] = field(default_factory=dict)
 
     def check_image(self, image: str) -> None:
-        """This virtualenv stands in for the project image (any tag) and nothing else."""
+        """The image's virtualenv stands in for the project image (any tag) and nothing else."""
         if image.rsplit(":", 1)[0] != self.image_repository:
             raise NotImplementedError(
-                f"image {image}: only {self.image_repository} is emulated (by this virtualenv)"
+                f"image {image}: only {self.image_repository} is emulated (by its virtualenv)"
             )
 
     def lookup(self, kind: str, name: str, namespace: str) -> dict[str, str] | None:
@@ -143,6 +199,23 @@ class Cluster:
         return text
 
 
+def installed(
+    chart: list[dict[str, Any]],
+    services: Mapping[str, str] | None = None,
+    namespace: str = "mlref",
+    pipelines_namespace: str = "kubeflow",
+) -> Cluster:
+    """The cluster scripts/kind-up.sh leaves: the rendered chart's objects and the namespace
+    and Secrets it applies besides (:func:`mlref.k8s.install.kind_objects`), and nothing a
+    test makes for itself."""
+    objects = [*kind_objects(REPO, namespace, pipelines_namespace), *chart]
+    cluster = Cluster(objects=objects, services=dict(services or {}), namespace=namespace)
+    settings = cluster.lookup("ConfigMap", "mlref-settings", namespace) or {}
+    if "MLREF_IMAGE" in settings:  # the project image, as this install names it
+        cluster.image_repository = settings["MLREF_IMAGE"].rsplit(":", 1)[0]
+    return cluster
+
+
 @functools.cache
 def sandbox_available() -> bool:
     probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
@@ -171,9 +244,11 @@ def run_in_sandbox(
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
+    image = image_mounts()
     spec = {
         "root": str(root),
-        "volumes": {path: str(source) for path, source in volumes.items()},
+        "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},
+        "read_only": list(image),
         "workdir": workdir,
         "argv": argv,
         "env": dict(env),

@@ -5,7 +5,8 @@ Started by :func:`tests.cluster.pods.run_in_sandbox` as ``unshare --mount --map-
 namespace of its own and vanishes with the process. The new root is a tmpfs holding
 read-only bind mounts of this machine's top-level directories (the image's filesystem),
 except that each of the spec's ``volumes`` (``/tmp``, KFP's ``/s3`` scratch, a Job's
-emptyDir...) is a bind mount of that pod's own host directory. ``/dev``, ``/proc`` and
+emptyDir...) is a bind mount of that pod's own host directory, read-only for the paths in
+``read_only`` (the image's virtualenv at ``/opt/mlref``). ``/dev``, ``/proc`` and
 ``/sys`` stay as they are, with a fresh ``/dev/shm``. The command then runs chrooted there,
 in ``workdir``, with exactly ``env``: nothing written by one pod is visible to another
 except through the services they share over the network.
@@ -33,10 +34,14 @@ KEPT_FLAGS = ((os.ST_NOSUID, "nosuid"), (os.ST_NODEV, "nodev"), (os.ST_NOEXEC, "
 def bind(source: str, target: str, read_only: bool) -> None:
     mount("--rbind", source, target)
     if read_only:
-        # In a user namespace a remount must keep the flags the mount already has.
-        flags = os.statvfs(target).f_flag
-        kept = [name for bit, name in KEPT_FLAGS if flags & bit]
-        mount("-o", ",".join(["remount", "bind", "ro", *kept]), target)
+        read_only_mount(target)
+
+
+def read_only_mount(target: str) -> None:
+    # In a user namespace a remount must keep the flags the mount already has.
+    flags = os.statvfs(target).f_flag
+    kept = [name for bit, name in KEPT_FLAGS if flags & bit]
+    mount("-o", ",".join(["remount", "bind", "ro", *kept]), target)
 
 
 def build(host_dir: str | None, new_dir: str, volumes: dict[str, str], top: bool) -> None:
@@ -78,6 +83,8 @@ def main(spec_path: str) -> None:
     mount("-t", "tmpfs", "-o", "mode=755", "pod-root", root)
     volumes = {path.strip("/"): source for path, source in spec["volumes"].items()}
     build("/", root, volumes, top=True)
+    for path in spec.get("read_only", []):  # the image's own files among the volumes
+        read_only_mount(os.path.join(root, path.strip("/")))
     if os.path.isdir(os.path.join(root, "dev", "shm")):
         mount("-t", "tmpfs", "pod-shm", os.path.join(root, "dev", "shm"))
     os.chroot(root)

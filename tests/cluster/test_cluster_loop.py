@@ -2,21 +2,24 @@
 
 Starting from raw click logs at an ``s3://`` source, the compiled training pipeline runs
 task by task as Kubeflow runs it (:mod:`tests.cluster.kfp_pods`): each step in its own
-sandbox with an empty disk, its settings and credentials from the chart's ConfigMap and
-Secret in the pipeline namespace, artifacts in the S3 pipeline root. The only things the
+sandbox with an empty disk, its settings and credentials from the chart's ConfigMap and the
+install's Secret in the pipeline namespace (the cluster holds only what the chart and
+scripts/kind-up.sh create), artifacts in the S3 pipeline root. The only things the
 steps share are the ones a cluster shares: S3 (moto), the MLflow server (PostgreSQL, artifacts
 in S3) and Redis. KServe's own storage initializer then fetches the champion from the
 InferenceService's ``storageUri`` for the predictor. The chart's label and drift CronJobs run
 as their pods: labels from the click logs, the drift check against the champion's reference,
-a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source, which a
-fresh ingest pod reads.
+a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source, which then
+runs on the same cluster: Kubeflow's task cache does not hide the new raw data from it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,12 +30,11 @@ import pytest
 from mlref.data.generate import ScenarioWindow, generate
 from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.monitoring.replay import record, replay
-from mlref.pipelines.runner import COMPILED, pipeline_arguments
 from mlref.serving.predictor import resolve
 from mlref.settings import Settings
 from mlref.training.publish import served_uri
 from tests.cluster.kfp_pods import run_pipeline
-from tests.cluster.pods import Cluster, run_pod
+from tests.cluster.pods import installed, run_pod
 from tests.conftest import S3Server
 from tests.monitoring.conftest import TRAIN_DAYS, world_settings
 from tests.servers import require
@@ -44,25 +46,6 @@ STORAGE_INITIALIZER = repo_root() / ".venv" / "storage-initializer" / "bin" / "p
 # than the production gate allows, so the run's submitter sets those sections on purpose.
 WORLD = world_settings(Path(".mlref"))
 OVERRIDES = {"train": WORLD.train.model_dump(), "parity": WORLD.parity.model_dump()}
-
-
-def chart_cluster(objects: list[dict], services: dict[str, str], s3: S3Server) -> Cluster:
-    """The kind chart's ConfigMaps, plus the object-store Secret the docs have users create
-    in the mlref and pipeline namespaces."""
-    secrets = [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "mlref-object-store", "namespace": namespace},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": s3.access_key,
-                "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            },
-        }
-        for namespace in ("mlref", "kubeflow")
-    ]
-    config_maps = [o for o in objects if o["kind"] == "ConfigMap"]
-    return Cluster(objects=[*config_maps, *secrets], services=services)
 
 
 def cron_job(objects: list[dict], name: str) -> dict:
@@ -99,6 +82,29 @@ def storage_initializer(uri: str, dest: Path, s3: S3Server) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
+def submit_from_laptop(api: str, image: str, source: str, home: Path) -> None:
+    """``mlref pipeline submit`` with the environment scripts/kind-up.sh gives it."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "MLREF_WORK_DIR": str(home / ".mlref"),
+        "MLREF_MODE": "cluster",
+        "MLREF_STORAGE__ROOT": f"s3://{BUCKET}",
+        "MLREF_PIPELINE__HOST": f"http://{api}",
+        "MLREF_IMAGE": image,
+        "MLREF_TRAIN__USE_GPU_IN_CLUSTER": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mlref.cli", "pipeline", "submit", "--source", source],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
 def keys(s3: S3Server, bucket: str, prefix: str) -> list[str]:
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
@@ -120,7 +126,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     until = now.replace(minute=0, second=0, microsecond=0)  # the drift job's default window
     first_day = (now - timedelta(days=TRAIN_DAYS + 1)).date()
     objects = render_chart(repo_root(), chart_value_sets(repo_root())["kind"], "kind").objects
-    cluster = chart_cluster(
+    cluster = installed(
         objects,
         {
             "minio.mlref.svc:9000": s3.endpoint.removeprefix("http://"),
@@ -129,7 +135,6 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
             "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
             "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
         },
-        s3,
     )
     # This process stands in for the user's laptop (generating logs) and for the serving
     # transformer (writing the inference log): cluster settings, as the ConfigMap gives them.
@@ -147,9 +152,15 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     raw.put(str(laptop.raw_dir), laptop.raw_uri.removeprefix("s3://"), recursive=True)
     assert laptop.raw_uri == f"s3://{BUCKET}/data/raw"
 
-    # 1. Training pipeline: ingest, features, training set, train, export, register.
-    arguments = pipeline_arguments(laptop.raw_uri, overrides=OVERRIDES)
-    run = run_pipeline(COMPILED, arguments, cluster, s3, tmp_path / "pods", PIPELINE_ROOT)
+    # 1. Training pipeline: ingest, features, training set, train, export, register; compiled
+    # and submitted from the laptop as scripts/kind-up.sh does (the cluster's image).
+    image = cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_IMAGE"]
+    submit_from_laptop(kfp_api.address, image, laptop.raw_uri, tmp_path / "submit")
+    (first,) = kfp_api.runs
+    arguments = {**first.parameters, "overrides": json.dumps(OVERRIDES)}
+    run = run_pipeline(
+        first.pipeline_spec, arguments, cluster, s3, tmp_path / "pods", PIPELINE_ROOT
+    )
     assert list(run.tasks) == [
         "ingest-op",
         "features-op",
@@ -208,18 +219,26 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     assert decision["decision"] == "retrain", decision
     assert "normalized entropy" in decision["reason"]
     assert decision["status"] == "submitted"
-    (submitted,) = kfp_api.runs
+    _, submitted = kfp_api.runs
     assert submitted.run_id == decision["run_id"]
     # The retraining's pods take the cluster's settings and read a source they can reach.
     assert submitted.parameters["source"] == decision["source"] == f"s3://{BUCKET}/data/raw"
     assert not submitted.parameters.get("overrides")
 
-    # 5. What the retraining ingests first, read by a fresh pod of its own.
-    ingest = run_pod(
-        with_args(cron_job(objects, "features-materialize"), ["ingest", "run", decision["source"]]),
+    # 5. The submitted retraining runs on the same cluster, whose task cache holds the first
+    # run's executions: the steps that read the raw logs, the curated log and Feast run again
+    # and see the new days; nothing downstream is reused from the first run. (The small
+    # world's train and parity sections again, as the first run's submitter set them.)
+    retraining = run_pipeline(
+        submitted.pipeline_spec,
+        {**submitted.parameters, "overrides": json.dumps(OVERRIDES)},
         cluster,
+        s3,
         tmp_path / "pods",
+        PIPELINE_ROOT,
     )
-    assert ingest.returncode == 0, ingest.stdout[-3000:]
+    assert not [task for task in retraining.tasks.values() if task.cached]
     days = {key.split("/")[2] for key in keys(s3, BUCKET, "data/curated/")}
     assert len(days) == TRAIN_DAYS + 2
+    assert retraining.tasks["ingest-op"].parameters["rows_in"] > TRAIN_DAYS * 4_000
+    assert retraining.tasks["register-op"].parameters["version"] == "2"

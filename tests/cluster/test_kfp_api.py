@@ -96,4 +96,5 @@ def test_the_drift_cronjob_pod_can_submit_the_training_pipeline_to_kubeflow(
         executor["container"].pop("image")
     assert images == {cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_IMAGE"]}
     assert spec["deploymentSpec"] == compiled_spec["deploymentSpec"]
+    assert spec["root"] == compiled_spec["root"]  # each task's caching option as compiled
     assert platform == compiled_platform  # the ConfigMap/Secret env travels with the run

@@ -157,6 +157,33 @@ def test_artifacts_and_parameters_cross_pods_through_the_pipeline_root(
     assert body.read().decode() == data_uri  # the consumer saw the producer's s3:// URI
 
 
+@dsl.pipeline(name="emulator-fresh-rows")
+def fresh_rows(rows: int = 3) -> str:
+    made = make_rows(rows=rows).set_caching_options(False)
+    return fit(data=made.outputs["data"], scale=made.outputs["Output"]).outputs["summary"]
+
+
+def test_the_task_cache_reuses_identical_executions_across_runs_and_nothing_else(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Kubeflow's cache key: same parameters, command and image reuse the outputs (no pod);
+    a new parameter value, or an input artifact from a new execution, does not."""
+    cluster = Cluster()
+    first = run(two_steps, tmp_path, s3_server, cluster, rows=2)
+    again = run(two_steps, tmp_path, s3_server, cluster, rows=2)
+    assert [task.cached for task in again.tasks.values()] == [True, True]
+    assert again.tasks["fit"].artifacts == first.tasks["fit"].artifacts  # same id and URI
+    assert again.outputs == first.outputs
+    other = run(two_steps, tmp_path, s3_server, cluster, rows=3)
+    assert [task.cached for task in other.tasks.values()] == [False, False]
+
+    fresh_first = run(fresh_rows, tmp_path, s3_server, cluster, rows=2)
+    fresh_again = run(fresh_rows, tmp_path, s3_server, cluster, rows=2)
+    assert not fresh_first.tasks["fit"].cached
+    # make-rows ran again, so fit's input is a new artifact: a cache miss, though equal data.
+    assert [task.cached for task in fresh_again.tasks.values()] == [False, False]
+
+
 def test_a_local_file_handed_to_the_next_step_is_not_there_in_a_pod(
     s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, run_pod
+from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
 PROBE = """
@@ -32,17 +32,9 @@ open("/tmp/scratch", "w").write("gone with the pod")
 
 
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "mlref-object-store", "namespace": "mlref"},
-        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
-    }
-    config_maps = [o for o in objects if o["kind"] in ("ConfigMap", "Secret")]
-    return Cluster(
-        objects=[*config_maps, secret],
-        services={"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")},
-    )
+    """What kind-up installs, its object store mapped to the test S3 server (which, like
+    MinIO on kind, takes the install's object-store Secret as its user)."""
+    return installed(objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")})
 
 
 def probe_job(objects: list[dict], name: str) -> dict:
@@ -172,3 +164,36 @@ def test_a_pod_reaches_the_shared_services_by_their_in_cluster_addresses(
     done = run_pod(pod, Cluster(services=cluster_services), tmp_path)
     assert done.returncode == 0, done.stdout
     assert done.stdout.split() == ["True", "OK", "True"]
+
+
+IMAGE_PROBE = """
+import os, shutil, sys, mlref
+script = shutil.which("mlref")
+print(sys.prefix, os.path.dirname(mlref.__file__), script, open(script).readline().strip())
+try:
+    open(os.path.join(sys.prefix, "probe"), "w")
+except OSError:
+    print("read-only")
+"""
+
+
+def test_pods_run_the_images_virtualenv_wherever_the_checkout_is(tmp_path: Path) -> None:
+    """The Dockerfile's /opt/mlref, with mlref installed from a wheel: not the checkout's
+    editable install, which a pod's own /tmp hides when the checkout lives there."""
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "image"},
+        "spec": {
+            "containers": [
+                {"name": "main", "image": PROJECT_IMAGE, "command": ["python3", "-c", IMAGE_PROBE]}
+            ]
+        },
+    }
+    done = run_pod(pod, Cluster(), tmp_path)
+    assert done.returncode == 0, done.stdout
+    prefix, package, script, shebang = done.stdout.splitlines()[-2].split()
+    assert prefix == "/opt/mlref"
+    assert package.startswith("/opt/mlref/lib/python3.")
+    assert package.endswith("/site-packages/mlref")
+    assert (script, shebang) == ("/opt/mlref/bin/mlref", "#!/opt/mlref/bin/python")
+    assert done.stdout.splitlines()[-1] == "read-only"

@@ -293,3 +293,23 @@ def test_cli_bad_input_is_one_clear_line(cli_env: Settings, args: list[str], mes
     assert result.exit_code == 1
     assert result.output.replace("\n", " ").strip().startswith(message)
     assert not cli_env.raw_dir.exists()
+
+
+def test_cli_uploads_the_logs_where_the_pipeline_reads_them(
+    cli_env: Settings, s3_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--upload` puts each day's partition under the settings' raw location; the bucket is
+    made if the store has none yet (a fresh MinIO)."""
+    from mlref.cli import app
+    from mlref.settings import get_settings
+
+    monkeypatch.setenv("MLREF_STORAGE__ROOT", "s3://fresh-raw")
+    get_settings.cache_clear()
+    args = ["data", "generate", "--days", "2", "--rows-per-day", "500", "--start-date"]
+    result = CliRunner().invoke(app, [*args, "2026-03-01", "--upload"])
+
+    assert result.exit_code == 0, result.output
+    assert "s3://fresh-raw/data/raw" in result.output
+    listing = s3_env.client().list_objects_v2(Bucket="fresh-raw", Prefix="data/raw/")
+    keys = [item["Key"] for item in listing["Contents"]]
+    assert {key.split("/")[2] for key in keys} == {"date=2026-03-01", "date=2026-03-02"}

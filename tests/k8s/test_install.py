@@ -30,12 +30,15 @@ from mlref.k8s.checks import (
     service_monitor_problems,
 )
 from mlref.k8s.gateway import IngressConfig, predictor_route_host
+from mlref.k8s.install import kind_objects
 from mlref.k8s.knative import feature_problems
 from mlref.k8s.kserve import launch
 from mlref.k8s.render import MONITORING_API, render_chart
 from mlref.k8s.stages import stage_problems
+from mlref.pipelines.runner import COMPILED
 from mlref.settings import Settings
 from tests.k8s.conftest import find, form
+from tests.k8s.test_scripts import commands
 
 STAGES = ("canary", "promote", "rollback", "log-sink")
 runner = CliRunner()
@@ -92,9 +95,18 @@ def test_helm_wait_does_not_wait_on_the_drift_state_claim(forms):
     assert ("PersistentVolumeClaim", "drift-state") in helm_wait_problems(objects)
 
 
-def test_one_kserve_version(root):
-    """kind-up installs the release of the SDK's version; its mode names are the chart's."""
-    assert _script_value(root, "KSERVE_VERSION") == f"v{version('kserve')}"
+@pytest.mark.parametrize(
+    ("variable", "package", "tag_prefix"),
+    [("KSERVE_VERSION", "kserve", "v"), ("KFP_VERSION", "kfp", "")],
+)
+def test_kind_up_installs_the_backend_of_the_sdks_version(root, variable, package, tag_prefix):
+    """One KServe and one Kubeflow Pipelines: the controller or backend kind-up installs is
+    the release of the Python SDK the image ships (constraints.txt)."""
+    assert _script_value(root, variable) == f"{tag_prefix}{version(package)}"
+
+
+def test_kserve_mode_names_are_the_charts(root):
+    """KServe v0.21's deployment modes, as the chart's schema allows them."""
     schema = (root / "helm" / "mlref" / "values.schema.json").read_text()
     assert '"enum": ["Knative", "Standard"]' in schema
 
@@ -180,8 +192,74 @@ def test_s3_endpoint_is_annotated_on_the_secret(forms, root):
     flagged = copy.deepcopy(account)
     flagged["metadata"]["annotations"] = {"serving.kserve.io/s3-endpoint": "minio:9000"}
     assert s3_annotation_problems(flagged)
-    assert "annotate secret mlref-object-store" in _script(root)
-    assert "serving.kserve.io/s3-endpoint=minio." in _script(root)
+    secret = find(kind_objects(root, "mlref", "kubeflow"), "Secret", "mlref-object-store")
+    assert secret["metadata"]["namespace"] == "mlref"
+    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == (
+        "minio.mlref.svc:9000"
+    )
+
+
+def _ir_env_sources() -> set[tuple[str, str, str]]:
+    """``(kind, name, key)`` of every ConfigMap and Secret key the compiled pipeline maps."""
+    _, platform = yaml.safe_load_all(COMPILED.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    sources = set()
+    for config in executors.values():
+        for kind, entries, name_field, key_field in (
+            ("Secret", "secretAsEnv", "secretName", "secretKey"),
+            ("ConfigMap", "configMapAsEnv", "configMapName", "configMapKey"),
+        ):
+            for entry in config.get(entries, []):
+                for pair in entry["keyToEnv"]:
+                    sources.add((kind, entry[name_field], pair[key_field]))
+    return sources
+
+
+def test_every_env_source_of_the_pipeline_exists_where_its_pods_run(forms, root):
+    """Kubeflow runs the steps in the pipelines' namespace and a pod takes env only from its
+    own namespace: in every rendered form, together with what kind-up applies besides, each
+    ConfigMap and Secret key the IR maps is there (else CreateContainerConfigError)."""
+    sources = _ir_env_sources()
+    assert {kind for kind, _, _ in sources} == {"Secret", "ConfigMap"}
+    settings = Settings()
+    pipelines = settings.pipeline.namespace
+    install = kind_objects(root, settings.cluster.namespace, pipelines)
+    for rendered in forms:
+        objects = [*install, *rendered.objects]
+        for kind, name, key in sorted(sources):
+            found = [
+                {**(o.get("data") or {}), **(o.get("stringData") or {})}
+                for o in objects
+                if o["kind"] == kind
+                and o["metadata"]["name"] == name
+                and o["metadata"].get("namespace", settings.cluster.namespace) == pipelines
+            ]
+            assert any(key in data for data in found), (
+                f"{rendered.source}: {kind} {pipelines}/{name} with key {key}"
+            )
+
+
+def test_kind_up_applies_the_install_objects_and_keeps_their_values(root):
+    script = _script(root)
+    assert "create secret" not in script
+    assert re.search(
+        r"\| mlref manifests kind-objects --existing - .*\n.*\n\s*\| kubectl apply -f -", script
+    )
+    first = kind_objects(root, "mlref", "kubeflow")
+    again = kind_objects(root, "mlref", "kubeflow", existing=[{"kind": "List", "items": first}])
+    assert again == first  # a re-run keeps PostgreSQL's password and the store's keys
+    stores = [o for o in first if o["metadata"]["name"] == "mlref-object-store"]
+    assert [o["metadata"]["namespace"] for o in stores] == ["mlref", "kubeflow"]
+    assert stores[0]["stringData"] == stores[1]["stringData"]
+    printed = runner.invoke(app, ["manifests", "kind-objects", "--pipelines-namespace", "kf"])
+    assert printed.exit_code == 0, printed.output
+    docs = list(yaml.safe_load_all(printed.output))
+    assert [(o["kind"], o["metadata"].get("namespace")) for o in docs] == [
+        ("Namespace", None),
+        ("Secret", "mlref"),
+        ("Secret", "mlref"),
+        ("Secret", "kf"),
+    ]
 
 
 def test_kourier_gets_no_istio_virtual_host(root):
@@ -314,3 +392,33 @@ def test_standard_mode_installs_the_gateway_that_splits_a_canary(root):
     )
     route_host = predictor_route_host(isvc, ingress)
     assert started.literal_env()[HOST_HEADER_ENV] == route_host == "ctr-predictor-mlref.example.com"
+
+
+def test_the_chart_install_waits_only_on_what_can_be_ready(forms, root):
+    """Helm 4's --wait watches every release object with kstatus (pkg/kube/statuswait.go,
+    v4.2): the InferenceService is Ready=False (in progress) until the first model exists, so
+    the wait fails on a fresh install, and no annotation exempts an object. Helm 3's
+    (pkg/kube/ready.go) skips custom resources. kind-up installs the chart without --wait and
+    waits on the release's Deployments and StatefulSets, whichever Helm it runs."""
+    objects = form(forms, "chart:kind").objects
+    assert find(objects, "InferenceService", "ctr")
+    calls = commands(root / "scripts" / "kind-up.sh")
+    (install,) = [
+        words for words in calls if words[:4] == ["helm", "upgrade", "--install", "mlref"]
+    ]
+    assert not [word for word in install if word.startswith("--wait")]
+    (listing,) = [words for words in calls if words[:4] == ["helm", "get", "manifest", "mlref"]]
+    body = calls[calls.index(listing) + 1]  # while read -r workload; do ...; done
+    assert body[3:6] == ["rollout", "status", "$workload"]
+    pattern = listing[listing.index("-E") + 1]
+    waited = {
+        (o["kind"], o["metadata"]["name"])
+        for o in objects
+        if re.search(pattern, f"{o['kind'].lower()}.{o['apiVersion'].split('/')[0]}/x")
+    }
+    workloads = {
+        (o["kind"], o["metadata"]["name"])
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet")
+    }
+    assert waited == workloads and ("StatefulSet", "postgres") in waited
