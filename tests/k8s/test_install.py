@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -262,8 +263,36 @@ def test_kind_up_applies_the_install_objects_and_keeps_their_values(root):
     ]
 
 
+def _kserve_values(root: Path, mode: str) -> dict[str, str]:
+    """The chart values kind-up.sh sets on KServe in ``mode``: its own lines, run by bash."""
+    script = _script(root)
+    start = script.index("KSERVE_SETTINGS=(")
+    block = script[start : script.index("\nfi\n", start) + 4]
+    env = {"MODE": mode, "KSERVE_GATEWAY": "ns/gw", "INGRESS_DOMAIN": "example.com"}
+    shown = subprocess.run(
+        ["bash", "-euc", f'{block}printf "%s\\n" "${{KSERVE_SETTINGS[@]}}"'],
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert shown[::2] == ["--set"] * (len(shown) // 2), shown
+    return dict(value.split("=", 1) for value in shown[1::2])
+
+
 def test_kourier_gets_no_istio_virtual_host(root):
-    assert "kserve.controller.gateway.disableIstioVirtualHost=true" in _script(root)
+    """Knative mode behind Kourier: KServe makes no Istio VirtualService; Standard mode
+    routes through the Gateway API instead."""
+    assert _kserve_values(root, "Knative") == {
+        "kserve.controller.deploymentMode": "Knative",
+        "kserve.controller.gateway.disableIstioVirtualHost": "true",
+    }
+    standard = _kserve_values(root, "Standard")
+    assert "kserve.controller.gateway.disableIstioVirtualHost" not in standard
+    assert standard["kserve.controller.gateway.ingressGateway.enableGatewayApi"] == "true"
+    assert standard["kserve.controller.gateway.ingressGateway.kserveGateway"] == "ns/gw"
+    kserve = _script(root).split("helm upgrade --install kserve ")[1].split("\n\n")[0]
+    assert '"${KSERVE_SETTINGS[@]}"' in kserve
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -148,6 +148,28 @@ def test_missing_crd_dir_is_an_error(tmp_path):
         Validator(tmp_path / "nowhere", KUBERNETES_VERSION)
 
 
+def test_crd_dir_comes_from_the_setting_and_strict_mode_fails_without(
+    crd_dir, root, tmp_path, monkeypatch
+):
+    """$MLREF_CRDS_DIR finds the CRDs from a checkout anywhere; a missing directory skips
+    the schema tests, and fails them under MLREF_STRICT_TESTS=1."""
+    import tests.servers
+    from mlref.k8s.schemas import CRDS_DIR_ENV, default_crd_dir
+    from tests.k8s.conftest import find_crd_dir
+
+    monkeypatch.setenv(CRDS_DIR_ENV, str(crd_dir))
+    assert find_crd_dir(tmp_path / "elsewhere") == crd_dir
+    monkeypatch.delenv(CRDS_DIR_ENV)
+    assert default_crd_dir(root) == root.parent / "shared" / "crds"
+    monkeypatch.setenv(CRDS_DIR_ENV, str(tmp_path / "none"))
+    monkeypatch.setattr(tests.servers, "STRICT", False)
+    with pytest.raises(pytest.skip.Exception, match=CRDS_DIR_ENV):
+        find_crd_dir(root)
+    monkeypatch.setattr(tests.servers, "STRICT", True)
+    with pytest.raises(pytest.fail.Exception, match="MLREF_STRICT_TESTS=1"):
+        find_crd_dir(root)
+
+
 def test_unsupported_kubernetes_version_is_an_error(crd_dir):
     with pytest.raises(SchemaSetupError, match="no schemas"):
         Validator(crd_dir, "1.2")

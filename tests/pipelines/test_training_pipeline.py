@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from mlref.cli import app
 from mlref.data.generate import generate
 from mlref.pipelines.runner import (
     COMPILED,
@@ -17,7 +20,6 @@ from mlref.pipelines.runner import (
     compile_pipeline,
     kfp_cron,
     pipeline_arguments,
-    run_local,
     submit,
 )
 from mlref.pipelines.training import (
@@ -26,7 +28,7 @@ from mlref.pipelines.training import (
     POD_SETTINGS,
     SETTINGS_CONFIG_MAP,
 )
-from mlref.settings import Settings
+from mlref.settings import Settings, get_settings
 from mlref.training import registry
 
 
@@ -104,12 +106,16 @@ def test_cron_takes_five_or_six_fields() -> None:
 
 
 @pytest.mark.slow
-def test_local_run_goes_end_to_end_and_registers_a_champion(settings: Settings) -> None:
-    settings.data.days = 4
-    settings.train.epochs = 1
+def test_local_run_goes_end_to_end_and_registers_a_champion(cli_env: Settings, monkeypatch) -> None:
+    """`mlref pipeline run`, as a user runs it: exit 0, the champion in its summary, and
+    what each step writes."""
+    monkeypatch.setenv("MLREF_DATA__DAYS", "4")
+    get_settings.cache_clear()
+    settings = get_settings()
     generate(settings)
-    result = run_local(settings, pipeline_arguments(str(settings.raw_dir)))
-    assert result.champion == "1"
+    result = CliRunner().invoke(app, ["pipeline", "run", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"│ champion version\s+│ 1\s+│", result.output), result.output
     champion = registry.model_version_of(settings, "champion")
     assert champion is not None and str(champion.version) == "1"
     assert any(settings.curated_dir.rglob("*.parquet"))
