@@ -23,6 +23,7 @@ neither lose nor duplicate rows; a failed run publishes nothing.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 import time
 import uuid
@@ -83,6 +84,10 @@ IDS_SCHEMA = pa.schema([pa.field("date", pa.string()), pa.field("request_id", pa
 ROWS_PER_BATCH = 10_000  # Arrow batches handed to Spark
 
 
+class SparkJobFailed(IngestError):
+    """A Spark job failed after its retries (a worker crashed, storage refused a write...)."""
+
+
 def ingest_spark(
     source: str,
     settings: Settings,
@@ -90,11 +95,40 @@ def ingest_spark(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
     """:func:`mlref.data.ingest.ingest` on Spark (``engine.spark_master``)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        return _ingest(source, settings, now or datetime.now(UTC), on_progress)
+    except (Py4JJavaError, PySparkException) as e:
+        raise SparkJobFailed(
+            f"{source}: Spark job failed after its retries: {_cause(e)}; nothing was "
+            "published, a rerun starts over"
+        ) from e
+
+
+def _cause(error: Exception) -> str:
+    """The first Python error in a Spark failure's text, else a crashed worker, else its
+    first line."""
+    text = str(error)
+    python = re.findall(r"^(?!org\.|java\.|py4j\.)([\w.]*(?:Error|Exception): .+)$", text, re.M)
+    if python:
+        return python[0]
+    if "Python worker exited unexpectedly" in text:
+        return "a Python worker exited unexpectedly (crashed)"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def _ingest(
+    source: str,
+    settings: Settings,
+    now: datetime,
+    on_progress: Callable[[int, int], None] | None,
+) -> IngestResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    now = now or datetime.now(UTC)
     spark = sparks.session(settings)
     fs, paths = source_paths(source)
     if on_progress:

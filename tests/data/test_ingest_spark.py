@@ -149,10 +149,33 @@ def test_a_run_failing_mid_write_publishes_nothing(
     marker = spark_faults / "fail-writing"
     marker.touch()
     try:
-        with pytest.raises(Exception, match="injected write failure"):
+        with pytest.raises(IngestError, match=r"Spark job failed.*: RuntimeError: injected write"):
             ingest(str(raw), spark_settings, now=NOW)
     finally:
         marker.unlink()
 
     assert {p: p.read_bytes() for p in data_files(settings.work_dir)} == before
     ingest(str(raw), spark_settings, now=NOW)  # and a rerun succeeds
+
+
+def test_cli_ingests_on_the_engine_the_settings_name(
+    raw: Path, settings: Settings, spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mlref.cli import app
+    from mlref.settings import get_settings
+
+    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
+    monkeypatch.setenv("MLREF_ENGINE__DATA", "spark")
+    get_settings.cache_clear()
+    tracker = spark.sparkContext.statusTracker()
+    jobs_before = set(tracker.getJobIdsForGroup())
+    try:
+        ok = CliRunner().invoke(app, ["ingest", "run", str(raw / "b.csv")])
+    finally:
+        get_settings.cache_clear()
+
+    assert ok.exit_code == 0, ok.output
+    assert set(tracker.getJobIdsForGroup()) > jobs_before  # it ran on Spark
+    assert "request_id: already curated" in ok.output  # r99, curated by the fixture
