@@ -179,3 +179,15 @@ def test_cli_ingests_on_the_engine_the_settings_name(
     assert ok.exit_code == 0, ok.output
     assert set(tracker.getJobIdsForGroup()) > jobs_before  # it ran on Spark
     assert "request_id: already curated" in ok.output  # r99, curated by the fixture
+
+
+def test_engines_mix_a_rerun_on_spark_rewrites_the_local_parts(
+    raw: Path, settings: Settings
+) -> None:
+    """The same part names: a file re-ingested by the other engine is not "already curated"."""
+    local = ingest(str(raw), settings, now=NOW)
+    before = outputs(settings)
+    again = ingest(str(raw), on_spark(settings, settings.work_dir), now=NOW)
+
+    assert summary(again, settings) == summary(local, settings)
+    assert outputs(settings) == before
