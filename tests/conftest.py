@@ -263,9 +263,10 @@ def spark_faults(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(spark_faults: Path) -> Iterator[object]:
+def spark(spark_faults: Path, s3_server: S3Server) -> Iterator[object]:
     """The one Spark session of the test run, kept small: two cores, a failed task tried
-    once more (local[2,2]), two shuffle partitions, no UI."""
+    once more (local[2,2]), two shuffle partitions, no UI. Its Python workers get the S3
+    server's env, as executors get the object-store Secret's in a cluster."""
     from mlref.spark import JAVA_HINT, java_available
     from tests.servers import require
 
@@ -287,6 +288,7 @@ def spark(spark_faults: Path) -> Iterator[object]:
             "spark.driver.memory": "1g",
             "spark.executorEnv.PYTHONPATH": str(SPARK_FAULTS),
             "spark.executorEnv.MLREF_TEST_SPARK_FAULTS": str(spark_faults),
+            **{f"spark.executorEnv.{key}": value for key, value in s3_server.env.items()},
         },
     )
     yield spark

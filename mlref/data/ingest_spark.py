@@ -23,6 +23,7 @@ neither lose nor duplicate rows; a failed run publishes nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
 import time
@@ -377,8 +378,10 @@ class _Part:
         if storage.is_local(fs):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.local = Path(path).with_name(f".{Path(path).name}.{uuid.uuid4().hex}")
-        else:
-            self.local = Path(tempfile.mkdtemp()) / Path(path).name
+        else:  # uploaded whole on close
+            handle, name = tempfile.mkstemp(suffix=".parquet")
+            os.close(handle)
+            self.local = Path(name)
         self.writer = pq.ParquetWriter(self.local, schema, use_dictionary=DICTIONARY_COLUMNS)
 
     def write(self, table: pa.Table) -> None:

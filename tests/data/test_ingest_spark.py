@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 import pyarrow.parquet as pq
 import pytest
 
 from mlref.data.generate import ScenarioWindow, generate
 from mlref.data.ingest import IngestError, IngestResult, ingest
-from mlref.settings import EngineSettings, Settings
+from mlref.settings import EngineSettings, Settings, StorageSettings
 from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
     NOW,
     corrupted,
@@ -191,3 +192,32 @@ def test_engines_mix_a_rerun_on_spark_rewrites_the_local_parts(
 
     assert summary(again, settings) == summary(local, settings)
     assert outputs(settings) == before
+
+
+def test_spark_ingests_into_object_storage(
+    raw: Path, settings: Settings, tmp_path: Path, s3_env
+) -> None:
+    """Executors read and write through fsspec with the object store's env; staged parts are
+    moved within the bucket, and nothing is left in staging."""
+    bucket = s3_env.create_bucket("spark-ingest")
+    on_s3 = on_spark(settings, tmp_path / "s3-work").model_copy(
+        update={"storage": StorageSettings(root=bucket)}
+    )
+    earlier = on_s3.model_copy(update={"engine": EngineSettings()})
+    ingest(str(tmp_path / "earlier.parquet"), earlier, now=NOW)
+    local = ingest(str(raw), settings, now=NOW)
+
+    result = ingest(str(raw), on_s3, now=NOW)
+
+    fs, root = fsspec.core.url_to_fs(f"{bucket}/data")
+    found = {
+        path.removeprefix(f"{root}/"): pq.read_table(path, filesystem=fs)
+        for path in fs.find(root)
+    }
+    assert found == outputs(settings)
+    assert (result.rows_in, result.rows_curated, result.reasons) == (
+        local.rows_in,
+        local.rows_curated,
+        local.reasons,
+    )
+    assert not fs.exists(f"{bucket}/staging")
