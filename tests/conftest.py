@@ -263,7 +263,7 @@ def spark_faults(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(spark_faults: Path, s3_server: S3Server) -> Iterator[object]:
+def spark(spark_faults: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """The one Spark session of the test run, kept small: two cores, a failed task tried
     once more (local[2,2]), two shuffle partitions, no UI. Its Python workers get the S3
     server's env, as executors get the object-store Secret's in a cluster."""
@@ -275,6 +275,7 @@ def spark(spark_faults: Path, s3_server: S3Server) -> Iterator[object]:
     except ImportError:
         require(False, "pyspark is not installed: `pip install -c constraints.txt pyspark`")
     require(java_available(), f"Java not found: {JAVA_HINT}")
+    s3_server: S3Server = request.getfixturevalue("s3_server")  # only once Spark can start
     from mlref.settings import EngineSettings
     from mlref.spark import session
 
