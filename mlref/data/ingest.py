@@ -191,20 +191,27 @@ def hash_source(fs: fsspec.AbstractFileSystem, path: str) -> Source:
 
 
 def batches(
-    fs: fsspec.AbstractFileSystem, src: Source, batch_rows: int
+    fs: fsspec.AbstractFileSystem,
+    src: Source,
+    batch_rows: int,
+    row_groups: tuple[list[int], int] | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """(first row number, rows) of RAW_COLUMNS, ``batch_rows`` or so at a time.
 
     CSV is read as text so that validation, not the reader, decides what a bad value is. A
     nullable column the file lacks (a field added after it was written) reads as all null.
+    ``row_groups``: only these row groups of a Parquet file, and the number of its first row.
     """
-    rows = 0
+    groups, first_row = row_groups or (None, 0)
+    rows = first_row
     try:
         with fs.open(src.path, "rb") as f:
             if src.fmt == "parquet":
                 parquet = pq.ParquetFile(f)
                 present = _require_columns(src, parquet.schema_arrow.names)
-                reader = parquet.iter_batches(batch_size=batch_rows, columns=present)
+                reader = parquet.iter_batches(
+                    batch_size=batch_rows, columns=present, row_groups=groups
+                )
             else:
                 reader = pacsv.open_csv(
                     f,
@@ -229,7 +236,7 @@ def batches(
                 rows += table.num_rows
     except (pa.ArrowException, OSError) as e:
         raise IngestError(f"{src.uri}: unreadable or corrupt {src.fmt} file: {e}") from e
-    if rows == 0:
+    if rows == first_row:
         raise IngestError(f"{src.uri}: empty file (no data rows)")
 
 

@@ -79,7 +79,12 @@ CHECKED_SCHEMA = pa.schema(
 )
 COUNTS_SCHEMA = pa.schema([pa.field("key", pa.string()), pa.field("count", pa.int64())])
 SOURCE_SCHEMA = pa.schema(
-    [pa.field("file", pa.int32()), pa.field("digest", pa.string()), pa.field("error", pa.string())]
+    [
+        pa.field("file", pa.int32()),
+        pa.field("digest", pa.string()),
+        pa.field("row_groups", pa.list_(pa.int64())),  # a Parquet file's rows per row group
+        pa.field("error", pa.string()),
+    ]
 )
 IDS_SCHEMA = pa.schema([pa.field("date", pa.string()), pa.field("request_id", pa.string())])
 ROWS_PER_BATCH = 10_000  # Arrow batches handed to Spark
@@ -134,9 +139,10 @@ def _ingest(
     fs, paths = source_paths(source)
     if on_progress:
         on_progress(0, len(paths))
-    sources = _hash(spark, fs, paths)
+    sources, row_groups = _hash(spark, fs, paths)
     own_parts = {s.part for s in sources}
-    checked = _checked(spark, fs, sources, settings, now).persist(StorageLevel.DISK_ONLY)
+    splits = _splits(row_groups, settings.ingest.batch_rows)
+    checked = _checked(spark, fs, sources, splits, settings, now).persist(StorageLevel.DISK_ONLY)
     try:
         days = (
             checked.groupBy("date", "error")
@@ -169,46 +175,93 @@ def _ingest(
     return result
 
 
-def _hash(spark, fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[Source]:
-    """The input files with their hashes, read by the executors; the first file's error."""
+def _hash(
+    spark, fs: fsspec.AbstractFileSystem, paths: list[str]
+) -> tuple[list[Source], list[list[int]]]:
+    """The input files with their hashes, and the rows of each row group of the Parquet ones,
+    read by the executors; the first file's error."""
 
     def run(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for task in tasks:
             for i in task.column(0).to_pylist():
                 try:
-                    yield _row(SOURCE_SCHEMA, file=i, digest=hash_source(fs, paths[i]).digest)
+                    src = hash_source(fs, paths[i])
                 except IngestError as e:
                     yield _row(SOURCE_SCHEMA, file=i, error=str(e))
+                    continue
+                yield _row(SOURCE_SCHEMA, file=i, digest=src.digest, row_groups=_groups(src))
+
+    def _groups(src: Source) -> list[int]:
+        """Rows per row group; none for CSV, or a footer the read will report as corrupt."""
+        if src.fmt != "parquet":
+            return []
+        try:
+            with fs.open(src.path, "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+                return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        except (pa.ArrowException, OSError):
+            return []
 
     rows = sorted(_tasks(spark, len(paths)).mapInArrow(run, _spark_schema(SOURCE_SCHEMA)).collect())
     for row in rows:
         if row["error"]:
             raise IngestError(row["error"])
-    return [
+    sources = [
         Source(uri=fs.unstrip_protocol(p), path=p, fmt=_format(p), digest=row["digest"])
         for p, row in zip(paths, rows, strict=True)
     ]
+    return sources, [row["row_groups"] or [] for row in rows]
+
+
+def _splits(
+    row_groups: list[list[int]], batch_rows: int
+) -> list[tuple[int, tuple[list[int], int] | None]]:
+    """The check stage's tasks: (file, None) for a whole file, or (file, (row groups, first
+    row)) for runs of a Parquet file's row groups of at least ``batch_rows`` rows, so that a
+    big file is checked by several tasks."""
+    splits: list[tuple[int, tuple[list[int], int] | None]] = []
+    for file, sizes in enumerate(row_groups):
+        if len(sizes) < 2 or sum(sizes) < 2 * batch_rows:
+            splits.append((file, None))
+            continue
+        groups: list[int] = []
+        first = rows = 0
+        for group, size in enumerate(sizes):
+            groups.append(group)
+            rows += size
+            if rows - first >= batch_rows or group == len(sizes) - 1:
+                splits.append((file, (groups, first)))
+                groups, first = [], rows
+    return splits
 
 
 def _format(path: str) -> str:
     return FORMATS[Path(path).suffix.lower()]
 
 
-def _checked(spark, fs, sources: list[Source], settings: Settings, now: datetime):
-    """Every input row, checked (stage 2): a DataFrame of CHECKED_SCHEMA."""
+def _checked(
+    spark,
+    fs,
+    sources: list[Source],
+    splits: list[tuple[int, tuple[list[int], int] | None]],
+    settings: Settings,
+    now: datetime,
+):
+    """Every input row, checked (stage 2), a task per split: a DataFrame of CHECKED_SCHEMA."""
     batch_rows, skew = settings.ingest.batch_rows, settings.ingest.clock_skew_seconds
 
     def run(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for task in tasks:
-            for i in task.column(0).to_pylist():
+            for t in task.column(0).to_pylist():
+                i, row_groups = splits[t]
                 try:
-                    for offset, batch in batches(fs, sources[i], batch_rows):
+                    for offset, batch in batches(fs, sources[i], batch_rows, row_groups):
                         table = _checked_rows(i, offset, batch, check(batch, now, skew))
                         yield from table.to_batches(max_chunksize=ROWS_PER_BATCH)
                 except IngestError as e:
                     yield _row(CHECKED_SCHEMA, file=i, error=str(e))
 
-    return _tasks(spark, len(sources)).mapInArrow(run, _spark_schema(CHECKED_SCHEMA))
+    return _tasks(spark, len(splits)).mapInArrow(run, _spark_schema(CHECKED_SCHEMA))
 
 
 def _checked_rows(file: int, offset: int, batch: pa.Table, checked: Checked) -> pa.Table:

@@ -221,3 +221,24 @@ def test_spark_ingests_into_object_storage(
         local.reasons,
     )
     assert not fs.exists(f"{bucket}/staging")
+
+
+def test_a_big_parquet_file_is_checked_by_several_tasks_with_the_same_result(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Row groups split over tasks: row numbers, and a duplicate and its first clean row in
+    different tasks, come out as locally."""
+    settings.ingest.batch_rows = 1_000
+    df = typed(*(row(f"r{i}") for i in range(2_500)))
+    df.loc[1_500, "request_id"] = "r10"  # a duplicate of a row the first task checks
+    df.loc[1_600, ["request_id", "position"]] = ["r2300", 0]  # bad, so row 2300 is the first
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    df.to_parquet(raw / "big.parquet", row_group_size=700)  # two tasks: groups 0-1, 2-3
+    spark_settings = on_spark(settings, tmp_path / "spark")
+
+    local, on_spark_ = (ingest(str(raw), s, now=NOW) for s in (settings, spark_settings))
+
+    assert summary(on_spark_, spark_settings) == summary(local, settings)
+    assert outputs(spark_settings) == outputs(settings)
+    assert local.reasons == {"request_id: duplicate": 1, "position: out of range 1..8": 1}
