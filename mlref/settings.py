@@ -405,6 +405,28 @@ class ClusterSettings(Section):
     )
 
 
+class EngineSettings(Section):
+    """Which engine runs the data steps: one process (local) or Spark, for inputs that
+    outgrow one pod. Both give the same results from the same code (``mlref.data``)."""
+
+    data: Literal["local", "spark"] = Field(
+        "local",
+        description="local: the step's own process; spark: Spark's executors run the same "
+        "per-batch code (needs Java; MLREF_ENGINE__DATA=spark).",
+    )
+    spark_master: str = Field(
+        "local[*]",
+        description="Spark master: local[*] runs in the step's process on every core; a "
+        "cluster: k8s://https://<api-server> (see docs/cluster.md).",
+    )
+    spark_python: str = Field(
+        "", description="Python of Spark's workers (PYSPARK_PYTHON); empty: this interpreter."
+    )
+    spark_conf: dict[str, str] = Field(
+        {}, description="Further Spark settings, e.g. {'spark.executor.instances': '4'}."
+    )
+
+
 class Settings(BaseSettings):
     """All of mlref's configuration, validated at construction."""
 
@@ -438,6 +460,7 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
     pipeline: PipelineSettings = PipelineSettings()
     cluster: ClusterSettings = ClusterSettings()
+    engine: EngineSettings = EngineSettings()
 
     @classmethod
     def settings_customise_sources(

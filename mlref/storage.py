@@ -62,3 +62,15 @@ def upload_tree(local: Path, uri: str) -> list[str]:
         fs.put_file(str(path), target)
         written.append(target)
     return written
+
+
+def move(source: str, uri: str) -> None:
+    """Move a finished file to ``uri``: a rename on local disk, an upload from local disk, a
+    copy and delete within an object store; readers never see a half-written file."""
+    fs, path = filesystem(source)
+    if is_local(fs):
+        publish(Path(path), uri)
+        return
+    target_fs, target = filesystem(uri)
+    target_fs.makedirs(posixpath.dirname(target), exist_ok=True)
+    fs.mv(path, target)

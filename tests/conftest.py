@@ -250,3 +250,47 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+SPARK_FAULTS = Path(__file__).parent / "spark_faults"
+
+
+@pytest.fixture(scope="session")
+def spark_faults(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder whose marker files turn on the faults of ``tests/spark_faults`` in the
+    Spark session's Python workers (see its sitecustomize.py)."""
+    return tmp_path_factory.mktemp("spark-faults")
+
+
+@pytest.fixture(scope="session")
+def spark(spark_faults: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """The one Spark session of the test run, kept small: two cores, a failed task tried
+    once more (local[2,2]), two shuffle partitions, no UI. Its Python workers get the S3
+    server's env, as executors get the object-store Secret's in a cluster."""
+    from mlref.spark import JAVA_HINT, java_available
+    from tests.servers import require
+
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        require(False, "pyspark is not installed: `pip install -c constraints.txt pyspark`")
+    require(java_available(), f"Java not found: {JAVA_HINT}")
+    s3_server: S3Server = request.getfixturevalue("s3_server")  # only once Spark can start
+    from mlref.settings import EngineSettings
+    from mlref.spark import session
+
+    engine = EngineSettings(data="spark", spark_master="local[2,2]")
+    spark = session(
+        Settings(engine=engine),
+        **{
+            "spark.sql.shuffle.partitions": "2",
+            "spark.default.parallelism": "2",
+            "spark.ui.enabled": "false",
+            "spark.driver.memory": "1g",
+            "spark.executorEnv.PYTHONPATH": str(SPARK_FAULTS),
+            "spark.executorEnv.MLREF_TEST_SPARK_FAULTS": str(spark_faults),
+            **{f"spark.executorEnv.{key}": value for key, value in s3_server.env.items()},
+        },
+    )
+    yield spark
+    spark.stop()

@@ -5,8 +5,11 @@ the file's location and content, in ``curated_uri/date=YYYY-MM-DD/`` (valid rows
 RAW_SCHEMA) and ``quarantine_uri/date=.../`` (every other row, original values as text, all
 its reasons, file and row). Both are shared storage (object storage in a cluster), since
 the steps that read them run in other pods. Re-ingesting a file rewrites the same parts, so
-reruns are idempotent. Everything is written to a local staging directory first and
-published only when every file has been read, so a failure leaves the datasets as they were.
+reruns are idempotent. Everything is written to a staging directory first and published
+only when every file has been read, so a failure leaves the datasets as they were.
+
+``engine.data`` chooses who runs it: this process (:func:`ingest_local`) or Spark's executors
+(:mod:`mlref.data.ingest_spark`), with the same checks, layout and results.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -44,6 +47,7 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 CURATED, QUARANTINE = "curated", "quarantine"
+STAGING = "staging"  # under work_dir (this process) or the data root (Spark's executors)
 # Dictionary-encoding the near-unique columns would only cost write time (about half of it).
 DICTIONARY_COLUMNS = [
     c for c in RAW_COLUMNS if c not in ("event_timestamp", "request_id", "user_id")
@@ -90,11 +94,26 @@ def ingest(
     now: datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
-    """Validate every row of ``source`` (a path, fsspec URI, directory or glob of Parquet/CSV).
+    """Validate every row of ``source`` (a path, fsspec URI, directory or glob of Parquet/CSV)
+    on the engine ``settings.engine.data`` names.
 
     ``now`` is the clock future timestamps are judged against (default: the current time);
     ``on_progress(files_done, files_total)`` is called as files complete.
     """
+    if settings.engine.data == "spark":
+        from mlref.data.ingest_spark import ingest_spark
+
+        return ingest_spark(source, settings, now, on_progress)
+    return ingest_local(source, settings, now, on_progress)
+
+
+def ingest_local(
+    source: str,
+    settings: Settings,
+    now: datetime | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """:func:`ingest` in this process, a batch at a time."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     fs, sources = find_sources(source)
@@ -107,7 +126,7 @@ def ingest(
         for done, src in enumerate(sources):
             if on_progress:
                 on_progress(done, len(sources))
-            for offset, batch in _batches(fs, src, settings.ingest.batch_rows):
+            for offset, batch in batches(fs, src, settings.ingest.batch_rows):
                 checked = check(batch, now, settings.ingest.clock_skew_seconds)
                 taken.claim(checked)
                 good, bad = _write_batch(staging, src, batch, checked, offset)
@@ -117,9 +136,8 @@ def ingest(
                 counts.update({r: int(m.sum()) for r, m in checked.problems.items()})
                 unknown.update(checked.kept_unknown(batch.num_rows))
             staging.close_files()
-        if result.rows_in != result.rows_curated + result.rows_quarantined:
-            raise AssertionError(f"rows lost: {result}")
-        result.partitions = staging.commit(settings, own_parts)
+        check_counts(result)
+        result.partitions = commit(str(staging.root), settings, own_parts)
     if on_progress:
         on_progress(len(sources), len(sources))
     result.reasons = dict(sorted(counts.items()))
@@ -128,11 +146,20 @@ def ingest(
     return result
 
 
-def find_sources(source: str) -> tuple[fsspec.AbstractFileSystem, list[Source]]:
-    """The files ``source`` names, checked to be non-empty Parquet or CSV, with their hashes.
+def check_counts(result: IngestResult) -> None:
+    if result.rows_in != result.rows_curated + result.rows_quarantined:
+        raise AssertionError(f"rows lost: {result}")
 
-    Files named ``.*`` or ``_*`` (markers such as ``_SUCCESS``) inside directories are skipped.
-    """
+
+def find_sources(source: str) -> tuple[fsspec.AbstractFileSystem, list[Source]]:
+    """The files ``source`` names, checked to be non-empty Parquet or CSV, with their hashes."""
+    fs, paths = source_paths(source)
+    return fs, [hash_source(fs, p) for p in paths]
+
+
+def source_paths(source: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The files ``source`` names, sorted. Files named ``.*`` or ``_*`` (markers such as
+    ``_SUCCESS``) inside directories are skipped."""
     fs, path = fsspec.core.url_to_fs(source)
     if fs.isfile(path):
         paths = [path]
@@ -141,10 +168,10 @@ def find_sources(source: str) -> tuple[fsspec.AbstractFileSystem, list[Source]]:
         paths = sorted(p for p in found if not PurePosixPath(p).name.startswith((".", "_")))
     if not paths:
         raise IngestError(f"{source}: nothing matches (no such file, or no files in it)")
-    return fs, [_source(fs, p) for p in paths]
+    return fs, paths
 
 
-def _source(fs: fsspec.AbstractFileSystem, path: str) -> Source:
+def hash_source(fs: fsspec.AbstractFileSystem, path: str) -> Source:
     uri = fs.unstrip_protocol(path)
     fmt = FORMATS.get(PurePosixPath(path).suffix.lower())
     if fmt is None:
@@ -163,21 +190,28 @@ def _source(fs: fsspec.AbstractFileSystem, path: str) -> Source:
     return Source(uri=uri, path=path, fmt=fmt, digest=digest.hexdigest())
 
 
-def _batches(
-    fs: fsspec.AbstractFileSystem, src: Source, batch_rows: int
+def batches(
+    fs: fsspec.AbstractFileSystem,
+    src: Source,
+    batch_rows: int,
+    row_groups: tuple[list[int], int] | None = None,
 ) -> Iterator[tuple[int, pa.Table]]:
     """(first row number, rows) of RAW_COLUMNS, ``batch_rows`` or so at a time.
 
     CSV is read as text so that validation, not the reader, decides what a bad value is. A
     nullable column the file lacks (a field added after it was written) reads as all null.
+    ``row_groups``: only these row groups of a Parquet file, and the number of its first row.
     """
-    rows = 0
+    groups, first_row = row_groups or (None, 0)
+    rows = first_row
     try:
         with fs.open(src.path, "rb") as f:
             if src.fmt == "parquet":
                 parquet = pq.ParquetFile(f)
                 present = _require_columns(src, parquet.schema_arrow.names)
-                reader = parquet.iter_batches(batch_size=batch_rows, columns=present)
+                reader = parquet.iter_batches(
+                    batch_size=batch_rows, columns=present, row_groups=groups
+                )
             else:
                 reader = pacsv.open_csv(
                     f,
@@ -202,7 +236,7 @@ def _batches(
                 rows += table.num_rows
     except (pa.ArrowException, OSError) as e:
         raise IngestError(f"{src.uri}: unreadable or corrupt {src.fmt} file: {e}") from e
-    if rows == 0:
+    if rows == first_row:
         raise IngestError(f"{src.uri}: empty file (no data rows)")
 
 
@@ -220,18 +254,9 @@ def _write_batch(
     """Stage the batch's valid and invalid rows by day; returns (curated, quarantined)."""
     bad_mask = checked.bad(batch.num_rows)
     good, bad = np.flatnonzero(~bad_mask), np.flatnonzero(bad_mask)
-    curated = pa.Table.from_arrays(
-        [checked.columns[f.name].take(good).cast(f.type) for f in RAW_SCHEMA], schema=RAW_SCHEMA
-    )
-    quarantined = pa.Table.from_arrays(
-        [batch.column(name).take(bad).cast(pa.string()) for name in RAW_COLUMNS]
-        + [
-            reasons(checked.problems, bad),
-            pa.array(np.full(len(bad), src.uri, dtype=object), pa.string()),
-            pa.array(bad + offset, pa.int64()),
-        ],
-        schema=QUARANTINE_SCHEMA,
-    )
+    curated = curated_rows(checked.columns, good)
+    original = {name: batch.column(name) for name in RAW_COLUMNS}
+    quarantined = quarantined_rows(original, checked.problems, bad, src.uri, bad + offset)
     for kind, table, days in (
         (CURATED, curated, checked.days[good]),
         (QUARANTINE, quarantined, checked.days[bad]),
@@ -243,11 +268,40 @@ def _write_batch(
     return len(good), len(bad)
 
 
+def curated_rows(columns: Mapping[str, pa.Array], rows: np.ndarray) -> pa.Table:
+    """``rows`` of the checked ``columns`` as curated data: exactly RAW_SCHEMA."""
+    return pa.Table.from_arrays(
+        [columns[f.name].take(rows).cast(f.type) for f in RAW_SCHEMA], schema=RAW_SCHEMA
+    )
+
+
+def quarantined_rows(
+    original: Mapping[str, pa.Array],
+    problems: dict[str, np.ndarray],
+    rows: np.ndarray,
+    source_file: str,
+    source_rows: np.ndarray,
+) -> pa.Table:
+    """``rows`` as quarantine data: the ``original`` values as text, their reasons, and where
+    they came from (``source_rows``: their row numbers in ``source_file``)."""
+    return pa.Table.from_arrays(
+        [original[name].take(rows).cast(pa.string()) for name in RAW_COLUMNS]
+        + [
+            reasons(problems, rows),
+            pa.array(np.full(len(rows), source_file, dtype=object), pa.string()),
+            pa.array(source_rows, pa.int64()),
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
+
+
 class RequestIds:
     """Which request ids are taken, so that each is curated once; the first valid row wins.
 
     Taken means curated earlier for the same day from another source (``request_id: already
     curated``) or curated by an earlier row of this ingestion (``request_id: duplicate``).
+    Over the whole ingestion, in the order of files and of rows within them, that is: a row
+    with an id is a duplicate when an earlier row with the same id has no problem at all.
     """
 
     def __init__(self, curated_uri: str, own_parts: set[str]) -> None:
@@ -290,10 +344,11 @@ class RequestIds:
 
 
 class Staging:
-    """Part files written under a private local directory, published to the datasets on commit."""
+    """Part files written under a private local directory, published to the datasets by
+    :func:`commit`."""
 
     def __init__(self, settings: Settings) -> None:
-        self.root = settings.work_dir.resolve() / "staging" / uuid.uuid4().hex
+        self.root = settings.work_dir.resolve() / STAGING / uuid.uuid4().hex
         self.writers: dict[Path, pq.ParquetWriter] = {}
 
     def __enter__(self) -> Staging:
@@ -319,17 +374,21 @@ class Staging:
             writer.close()
         self.writers.clear()
 
-    def commit(self, settings: Settings, own_parts: set[str]) -> list[str]:
-        """Publish staged parts, drop stale parts of the same sources; partitions written."""
-        targets = {CURATED: settings.curated_uri, QUARANTINE: settings.quarantine_uri}
-        written: set[str] = set()
-        for kind, target in targets.items():
-            fs, root = storage.filesystem(target)
-            for staged in sorted((self.root / kind).glob("date=*/part-*.parquet")):
-                relative = staged.relative_to(self.root / kind).as_posix()
-                storage.publish(staged, f"{target}/{relative}")
-                written.add(f"{root}/{relative}")
-            for old in storage.parquet_files(target, "date=*/part-*.parquet"):
-                if PurePosixPath(old).name in own_parts and old not in written:
-                    fs.rm(old)
-        return sorted({fs_path.rsplit("/", 1)[0] for fs_path in written})
+
+def commit(staging_root: str, settings: Settings, own_parts: set[str]) -> list[str]:
+    """Publish the parts staged under ``staging_root`` (``<kind>/date=.../part-*.parquet``),
+    each with one rename or upload, then drop stale parts of the same sources; returns the
+    partitions written."""
+    targets = {CURATED: settings.curated_uri, QUARANTINE: settings.quarantine_uri}
+    written: set[str] = set()
+    for kind, target in targets.items():
+        fs, root = storage.filesystem(target)
+        staged_fs, staged_root = storage.filesystem(f"{staging_root}/{kind}")
+        for staged in sorted(staged_fs.glob(f"{staged_root}/date=*/part-*.parquet")):
+            relative = staged[len(staged_root) :].lstrip("/")
+            storage.move(staged_fs.unstrip_protocol(staged), f"{target}/{relative}")
+            written.add(f"{root}/{relative}")
+        for old in storage.parquet_files(target, "date=*/part-*.parquet"):
+            if PurePosixPath(old).name in own_parts and old not in written:
+                fs.rm(old)
+    return sorted({fs_path.rsplit("/", 1)[0] for fs_path in written})

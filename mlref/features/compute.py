@@ -7,7 +7,9 @@ events strictly before t, so Feast's "latest row at or before t" join can never 
 impression being predicted (or anything after it) into its own training row.
 
 The log is scanned once in record batches with only the columns needed, and reduced to
-(entity, day) counts before any windowing, so memory follows entities x days, not rows.
+(entity, day) counts before any windowing, so memory follows entities x days, not rows. With
+``engine.data=spark`` Spark's executors do that scan and reduction, a file per task, with the
+same per-batch code (:mod:`mlref.features.compute_spark`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import datetime
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from mlref import storage
 from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
@@ -54,20 +57,48 @@ def table_uri(settings: Settings, table: EntityTable) -> str:
     return f"{settings.feature_store_uri}/{table.name}.parquet"
 
 
-def daily_counts(curated_uri: str, batch_rows: int) -> dict[str, pd.DataFrame]:
-    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
+KEYS = tuple(table.key for table in TABLES)
+COUNT_COLUMNS = [TIMESTAMP, *KEYS, "clicked"]  # what the counts read of the log
+
+
+def require_curated(curated_uri: str) -> None:
     if not storage.parquet_files(curated_uri):
         raise NoCuratedDataError(f"{curated_uri}: no curated data; run `mlref ingest run` first")
+
+
+def entity_day_counts(settings: Settings) -> dict[str, pd.DataFrame]:
+    """:func:`daily_counts` of the curated log, on the engine ``engine.data`` names."""
+    if settings.engine.data == "spark":
+        from mlref.features.compute_spark import daily_counts_spark
+
+        return daily_counts_spark(settings)
+    return daily_counts(settings.curated_uri, settings.data.chunk_rows)
+
+
+def daily_counts(curated_uri: str, batch_rows: int) -> dict[str, pd.DataFrame]:
+    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
+    require_curated(curated_uri)
     dataset = storage.dataset(curated_uri, partitioning="hive")
-    keys = [table.key for table in TABLES]
-    partials: dict[str, list[pd.DataFrame]] = {key: [] for key in keys}
-    for batch in dataset.to_batches(columns=[TIMESTAMP, *keys, "clicked"], batch_size=batch_rows):
-        frame = batch.to_pandas()
-        frame["day"] = frame[TIMESTAMP].dt.floor("D")
-        frame["clicked"] = frame["clicked"].astype("int64")
-        for key in keys:
-            grouped = frame.groupby([key, "day"], sort=False)["clicked"].agg(["size", "sum"])
+    partials: dict[str, list[pd.DataFrame]] = {key: [] for key in KEYS}
+    for batch in dataset.to_batches(columns=COUNT_COLUMNS, batch_size=batch_rows):
+        for key, grouped in batch_counts(batch).items():
             partials[key].append(grouped)
+    return merge_counts(partials)
+
+
+def batch_counts(batch: pa.RecordBatch) -> dict[str, pd.DataFrame]:
+    """Per entity key, one batch's (key, day) -> size (impressions), sum (clicks)."""
+    frame = batch.to_pandas()
+    frame["day"] = frame[TIMESTAMP].dt.floor("D")
+    frame["clicked"] = frame["clicked"].astype("int64")
+    return {
+        key: frame.groupby([key, "day"], sort=False)["clicked"].agg(["size", "sum"])
+        for key in KEYS
+    }
+
+
+def merge_counts(partials: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Partial counts of :func:`batch_counts` summed per (entity, day)."""
     return {
         key: pd.concat(parts)
         .groupby(level=[0, 1])
@@ -130,7 +161,7 @@ class ComputeResult:
 
 def compute_tables(settings: Settings) -> ComputeResult:
     """Compute both snapshot tables from the curated log and write them as Parquet."""
-    counts = daily_counts(settings.curated_uri, settings.data.chunk_rows)
+    counts = entity_day_counts(settings)
     rows, entities, uris, stamps = {}, {}, {}, []
     for table in TABLES:
         frame = snapshots(

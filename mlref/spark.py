@@ -1,0 +1,58 @@
+"""The Spark session of the data steps when ``engine.data`` is ``spark``.
+
+Spark reads and writes nothing itself here: executors open files through fsspec and pyarrow,
+like the local engine, so object storage needs no Hadoop S3 connector, and Spark only
+schedules, retries and shuffles. Its Python workers run ``engine.spark_python``, else
+$PYSPARK_PYTHON, else this interpreter, so that they import the same mlref and libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import TYPE_CHECKING
+
+from mlref.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+JAVA_HINT = "install a Java runtime (Debian: `apt-get install openjdk-17-jre-headless`)"
+
+
+class SparkUnavailable(RuntimeError):
+    """engine.data is spark, but this machine cannot start Spark; the message says why."""
+
+
+def java_available() -> bool:
+    return bool(shutil.which("java") or os.environ.get("JAVA_HOME"))
+
+
+def session(settings: Settings, **conf: str) -> SparkSession:
+    """The process's Spark session (created on first use): ``engine.spark_master`` and
+    ``engine.spark_conf``, then ``conf``, on top of these defaults."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as e:
+        raise SparkUnavailable(
+            "engine.data is spark but pyspark is not installed: "
+            "`pip install -c constraints.txt pyspark`"
+        ) from e
+    if not java_available():
+        raise SparkUnavailable(f"engine.data is spark but Java is not found: {JAVA_HINT}")
+    python = settings.engine.spark_python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+    # PySpark gives its Python functions the interpreter of this variable, not of the setting.
+    os.environ["PYSPARK_PYTHON"] = python
+    defaults = {
+        "spark.pyspark.python": python,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    builder = SparkSession.builder.appName("mlref").master(settings.engine.spark_master)
+    for key, value in {**defaults, **settings.engine.spark_conf, **conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

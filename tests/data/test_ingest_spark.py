@@ -1,0 +1,244 @@
+"""Ingestion on Spark gives the local engine's output, file for file, and survives faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+
+from mlref.data.generate import ScenarioWindow, generate
+from mlref.data.ingest import IngestError, IngestResult, ingest
+from mlref.settings import EngineSettings, Settings, StorageSettings
+from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
+    NOW,
+    corrupted,
+    data_files,
+    row,
+    typed,
+    write_bad_file,
+)
+
+# Every test here runs on the shared session.
+pytestmark = pytest.mark.usefixtures("spark")
+
+
+def on_spark(settings: Settings, work_dir: Path) -> Settings:
+    return settings.model_copy(
+        update={"work_dir": work_dir, "engine": EngineSettings(data="spark")}
+    )
+
+
+def outputs(settings: Settings) -> dict[str, object]:
+    """Every curated and quarantined part, by path under the data folder, as a table."""
+    root = settings.work_dir / "data"
+    return {p.relative_to(root).as_posix(): pq.read_table(p) for p in data_files(root)}
+
+
+def summary(result: IngestResult, settings: Settings) -> dict[str, object]:
+    root = str(settings.work_dir.resolve())
+    return {
+        "counts": (result.rows_in, result.rows_curated, result.rows_quarantined),
+        "reasons": result.reasons,
+        "unknown": result.unknown_values,
+        "files": result.files,
+        "partitions": [p.removeprefix(root) for p in result.partitions],
+    }
+
+
+@pytest.fixture
+def raw(corrupted: Path, settings: Settings, tmp_path: Path) -> Path:  # noqa: F811
+    """The hand-built bad rows, three generated days with the quality scenario's bad rows,
+    and files repeating rows of two generated days, read before and after them (request ids
+    duplicated across files)."""
+    generate(settings, scenarios=[ScenarioWindow("quality", 2, 2)], out_dir=corrupted / "gen")
+    days = [pq.read_table(p) for p in sorted((corrupted / "gen").rglob("*.parquet"))]
+    pq.write_table(days[0].slice(0, 40), corrupted / "0-before.parquet")
+    pq.write_table(days[1].slice(100, 40), corrupted / "z-after.parquet")
+    return corrupted
+
+
+def ingest_both(raw: Path, settings: Settings, tmp_path: Path) -> tuple[Settings, list]:
+    """The same input on both engines, each after the same earlier ingestion."""
+    spark_settings = on_spark(settings, tmp_path / "spark")
+    earlier = spark_settings.model_copy(update={"engine": EngineSettings()})
+    ingest(str(tmp_path / "earlier.parquet"), earlier, now=NOW)
+    results = [ingest(str(raw), s, now=NOW) for s in (settings, spark_settings)]
+    return spark_settings, results
+
+
+def test_spark_curates_and_quarantines_exactly_as_the_local_engine(
+    raw: Path, settings: Settings, tmp_path: Path
+) -> None:
+    spark_settings, (local, on_spark_) = ingest_both(raw, settings, tmp_path)
+
+    assert summary(on_spark_, spark_settings) == summary(local, settings)
+    assert outputs(spark_settings) == outputs(settings)
+    assert on_spark_.rows_in == on_spark_.rows_curated + on_spark_.rows_quarantined
+    # The input has what the comparison is about: bad rows and ids repeated across files.
+    assert local.reasons["request_id: duplicate"] >= 40
+    assert len(local.reasons) >= 10
+    assert local.unknown_values
+
+
+def test_spark_rerun_rewrites_the_same_files(
+    raw: Path, settings: Settings, tmp_path: Path
+) -> None:
+    spark_settings = on_spark(settings, settings.work_dir)
+    first = ingest(str(raw), spark_settings, now=NOW)
+    files = {p: p.read_bytes() for p in data_files(settings.work_dir / "data")}
+    second = ingest(str(raw), spark_settings, now=NOW)
+
+    assert {p: p.read_bytes() for p in data_files(settings.work_dir / "data")} == files
+    assert summary(second, spark_settings) == summary(first, spark_settings)
+    assert not (settings.work_dir / "staging").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("json", "z.json: not a Parquet or CSV file (expected .parquet, .pq, .csv)"),
+        ("empty", "z.csv: empty file"),
+        ("header only", "z.csv: empty file (no data rows)"),
+        ("missing columns", "z.parquet: missing column(s) hour, clicked"),
+        ("corrupt", "z.parquet: unreadable or corrupt parquet file: "),
+    ],
+)
+def test_bad_files_fail_as_locally_and_write_nothing(
+    tmp_path: Path, settings: Settings, case: str, message: str
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    typed(row("good")).to_parquet(raw / "a.parquet")
+    write_bad_file(raw, case)
+    errors = []
+    for engine_settings in (settings, on_spark(settings, tmp_path / "spark")):
+        with pytest.raises(IngestError) as error:
+            ingest(str(raw), engine_settings, now=NOW)
+        errors.append(str(error.value))
+
+    assert errors[0] == errors[1]
+    assert message in errors[1]
+    assert data_files(tmp_path / "spark") == []
+
+
+@pytest.mark.parametrize("fault", ["kill-checking", "kill-writing"])
+def test_a_killed_python_worker_loses_and_duplicates_nothing(
+    raw: Path, settings: Settings, tmp_path: Path, spark_faults: Path, fault: str
+) -> None:
+    """The worker kills itself once (SIGKILL); Spark retries its task on another."""
+    marker = spark_faults / fault
+    marker.touch()
+    try:
+        spark_settings, (local, on_spark_) = ingest_both(raw, settings, tmp_path)
+    finally:
+        fired = not marker.exists()
+        marker.unlink(missing_ok=True)
+
+    assert fired
+    assert summary(on_spark_, spark_settings) == summary(local, settings)
+    assert outputs(spark_settings) == outputs(settings)
+
+
+def test_a_run_failing_mid_write_publishes_nothing(
+    raw: Path, settings: Settings, tmp_path: Path, spark_faults: Path
+) -> None:
+    """Writers fail after staging their first part: the earlier data stays as it was."""
+    spark_settings = on_spark(settings, settings.work_dir)
+    before = {p: p.read_bytes() for p in data_files(settings.work_dir)}
+    marker = spark_faults / "fail-writing"
+    marker.touch()
+    try:
+        with pytest.raises(IngestError, match=r"Spark job failed.*: RuntimeError: injected write"):
+            ingest(str(raw), spark_settings, now=NOW)
+    finally:
+        marker.unlink()
+
+    assert {p: p.read_bytes() for p in data_files(settings.work_dir)} == before
+    ingest(str(raw), spark_settings, now=NOW)  # and a rerun succeeds
+
+
+def test_cli_ingests_on_the_engine_the_settings_name(
+    raw: Path, settings: Settings, spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mlref.cli import app
+    from mlref.settings import get_settings
+
+    monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
+    monkeypatch.setenv("MLREF_ENGINE__DATA", "spark")
+    get_settings.cache_clear()
+    tracker = spark.sparkContext.statusTracker()
+    jobs_before = set(tracker.getJobIdsForGroup())
+    try:
+        ok = CliRunner().invoke(app, ["ingest", "run", str(raw / "b.csv")])
+    finally:
+        get_settings.cache_clear()
+
+    assert ok.exit_code == 0, ok.output
+    assert set(tracker.getJobIdsForGroup()) > jobs_before  # it ran on Spark
+    assert "request_id: already curated" in ok.output  # r99, curated by the fixture
+
+
+def test_engines_mix_a_rerun_on_spark_rewrites_the_local_parts(
+    raw: Path, settings: Settings
+) -> None:
+    """The same part names: a file re-ingested by the other engine is not "already curated"."""
+    local = ingest(str(raw), settings, now=NOW)
+    before = outputs(settings)
+    again = ingest(str(raw), on_spark(settings, settings.work_dir), now=NOW)
+
+    assert summary(again, settings) == summary(local, settings)
+    assert outputs(settings) == before
+
+
+def test_spark_ingests_into_object_storage(
+    raw: Path, settings: Settings, tmp_path: Path, s3_env
+) -> None:
+    """Executors read and write through fsspec with the object store's env; staged parts are
+    moved within the bucket, and nothing is left in staging."""
+    bucket = s3_env.create_bucket("spark-ingest")
+    on_s3 = on_spark(settings, tmp_path / "s3-work").model_copy(
+        update={"storage": StorageSettings(root=bucket)}
+    )
+    earlier = on_s3.model_copy(update={"engine": EngineSettings()})
+    ingest(str(tmp_path / "earlier.parquet"), earlier, now=NOW)
+    local = ingest(str(raw), settings, now=NOW)
+
+    result = ingest(str(raw), on_s3, now=NOW)
+
+    fs, root = fsspec.core.url_to_fs(f"{bucket}/data")
+    found = {
+        path.removeprefix(f"{root}/"): pq.read_table(path, filesystem=fs)
+        for path in fs.find(root)
+    }
+    assert found == outputs(settings)
+    assert (result.rows_in, result.rows_curated, result.reasons) == (
+        local.rows_in,
+        local.rows_curated,
+        local.reasons,
+    )
+    assert not fs.exists(f"{bucket}/staging")
+
+
+def test_a_big_parquet_file_is_checked_by_several_tasks_with_the_same_result(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Row groups split over tasks: row numbers, and a duplicate and its first clean row in
+    different tasks, come out as locally."""
+    settings.ingest.batch_rows = 1_000
+    df = typed(*(row(f"r{i}") for i in range(2_500)))
+    df.loc[1_500, "request_id"] = "r10"  # a duplicate of a row the first task checks
+    df.loc[1_600, ["request_id", "position"]] = ["r2300", 0]  # bad, so row 2300 is the first
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    df.to_parquet(raw / "big.parquet", row_group_size=700)  # two tasks: groups 0-1, 2-3
+    spark_settings = on_spark(settings, tmp_path / "spark")
+
+    local, on_spark_ = (ingest(str(raw), s, now=NOW) for s in (settings, spark_settings))
+
+    assert summary(on_spark_, spark_settings) == summary(local, settings)
+    assert outputs(spark_settings) == outputs(settings)
+    assert local.reasons == {"request_id: duplicate": 1, "position: out of range 1..8": 1}
