@@ -16,7 +16,7 @@ def build() -> None:
 
     from mlref.console import progress, summary
     from mlref.features import store
-    from mlref.features.compute import NoCuratedDataError
+    from mlref.features.counts import NoCuratedDataError
     from mlref.settings import get_settings
 
     settings = get_settings()

@@ -16,7 +16,8 @@ def run(
     """Validate raw click logs into curated Parquet; bad rows go to quarantine with reasons."""
 
     from mlref.console import fail, progress, summary
-    from mlref.data.ingest import IngestError, ingest
+    from mlref.data.ingest import ingest
+    from mlref.data.parts import IngestError
     from mlref.settings import get_settings
 
     settings = get_settings()

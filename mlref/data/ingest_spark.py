@@ -1,10 +1,10 @@
 """Ingestion on Spark: the local engine's reader, checks and writer on Spark's executors.
 
 Four stages, each a Spark job over Arrow batches (``mapInArrow``), so that the code that
-decides a row's fate is :mod:`mlref.data.validate` and :mod:`mlref.data.ingest`'s, not a copy:
+decides a row's fate is :mod:`mlref.data.validate` and :mod:`mlref.data.parts`', not a copy:
 
 1. hash: each input file's hash (its part name), one task per file;
-2. check: each file read in batches by :func:`mlref.data.ingest.batches` and checked by
+2. check: each file read in batches by :func:`mlref.data.parts.batches` and checked by
    :func:`mlref.data.validate.check`; a row keeps its typed values, its original values as
    text, its problems and its day (kept on the executors' disks for the next stages);
 3. request ids, across the whole input: ``already curated`` is a join with the ids of the
@@ -15,7 +15,7 @@ decides a row's fate is :mod:`mlref.data.validate` and :mod:`mlref.data.ingest`'
    with the local engine's schema and part names, into a staging directory on the data root.
 
 Only when every stage has succeeded does the driver publish the staged parts (one rename or
-upload each, :func:`mlref.data.ingest.commit`). A failed or killed task is retried by Spark
+upload each, :func:`mlref.data.parts.commit`). A failed or killed task is retried by Spark
 and rewrites the same staged file (written under a private name, then renamed), so retries
 neither lose nor duplicate rows; a failed run publishes nothing.
 """
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from mlref import spark as sparks
 from mlref import storage
-from mlref.data.ingest import (
+from mlref.data.parts import (
     CURATED,
     DICTIONARY_COLUMNS,
     FORMATS,

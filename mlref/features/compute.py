@@ -21,10 +21,13 @@ from datetime import datetime
 import fsspec
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from mlref import storage
-from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
+from mlref.features.counts import (
+    TABLES,
+    EntityTable,
+    daily_counts,
+)
+from mlref.features.transform import smoothed_ctr
 from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
 
@@ -33,37 +36,9 @@ LONG_WINDOW_DAYS = 7
 DAY = pd.Timedelta(days=1)
 
 
-class NoCuratedDataError(FileNotFoundError):
-    """There is nothing to compute features from."""
-
-
-@dataclass(frozen=True)
-class EntityTable:
-    """One entity's snapshot table: its join key, feature columns and file name."""
-
-    name: str
-    key: str
-    columns: tuple[str, ...]
-
-
-TABLES = (
-    EntityTable("user_stats", "user_id", USER_STATS),
-    EntityTable("ad_stats", "ad_id", AD_STATS),
-)
-
-
 def table_uri(settings: Settings, table: EntityTable) -> str:
     """Where a snapshot table lives: beside Feast's registry (``settings.feature_store_uri``)."""
     return f"{settings.feature_store_uri}/{table.name}.parquet"
-
-
-KEYS = tuple(table.key for table in TABLES)
-COUNT_COLUMNS = [TIMESTAMP, *KEYS, "clicked"]  # what the counts read of the log
-
-
-def require_curated(curated_uri: str) -> None:
-    if not storage.parquet_files(curated_uri):
-        raise NoCuratedDataError(f"{curated_uri}: no curated data; run `mlref ingest run` first")
 
 
 def entity_day_counts(settings: Settings) -> dict[str, pd.DataFrame]:
@@ -73,40 +48,6 @@ def entity_day_counts(settings: Settings) -> dict[str, pd.DataFrame]:
 
         return daily_counts_spark(settings)
     return daily_counts(settings.curated_uri, settings.data.chunk_rows)
-
-
-def daily_counts(curated_uri: str, batch_rows: int) -> dict[str, pd.DataFrame]:
-    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
-    require_curated(curated_uri)
-    dataset = storage.dataset(curated_uri, partitioning="hive")
-    partials: dict[str, list[pd.DataFrame]] = {key: [] for key in KEYS}
-    for batch in dataset.to_batches(columns=COUNT_COLUMNS, batch_size=batch_rows):
-        for key, grouped in batch_counts(batch).items():
-            partials[key].append(grouped)
-    return merge_counts(partials)
-
-
-def batch_counts(batch: pa.RecordBatch) -> dict[str, pd.DataFrame]:
-    """Per entity key, one batch's (key, day) -> size (impressions), sum (clicks)."""
-    frame = batch.to_pandas()
-    frame["day"] = frame[TIMESTAMP].dt.floor("D")
-    frame["clicked"] = frame["clicked"].astype("int64")
-    return {
-        key: frame.groupby([key, "day"], sort=False)["clicked"].agg(["size", "sum"])
-        for key in KEYS
-    }
-
-
-def merge_counts(partials: dict[str, list[pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    """Partial counts of :func:`batch_counts` summed per (entity, day)."""
-    return {
-        key: pd.concat(parts)
-        .groupby(level=[0, 1])
-        .sum()
-        .rename(columns={"size": "impressions", "sum": "clicks"})
-        .reset_index()
-        for key, parts in partials.items()
-    }
 
 
 def snapshots(daily: pd.DataFrame, table: EntityTable, prior: float, strength: float):

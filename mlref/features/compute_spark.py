@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from mlref import spark as sparks
 from mlref import storage
-from mlref.features.compute import (
+from mlref.features.counts import (
     COUNT_COLUMNS,
     KEYS,
     batch_counts,

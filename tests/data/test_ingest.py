@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlref.data.ingest import IngestError, IngestResult, ingest
+from mlref.data.ingest import ingest
+from mlref.data.parts import IngestError, IngestResult
 from mlref.schema import RAW_COLUMNS, RAW_SCHEMA, examples
 from mlref.settings import Settings
 

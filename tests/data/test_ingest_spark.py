@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlref.data.generate import ScenarioWindow, generate
-from mlref.data.ingest import IngestError, IngestResult, ingest
+from mlref.data.ingest import ingest
+from mlref.data.parts import IngestError, IngestResult
 from mlref.settings import EngineSettings, Settings, StorageSettings
 from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
     NOW,

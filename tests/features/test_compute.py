@@ -6,13 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlref.features.compute import (
-    TABLES,
-    NoCuratedDataError,
-    compute_tables,
-    daily_counts,
-    snapshots,
-)
+from mlref.features.compute import TABLES, compute_tables, snapshots
+from mlref.features.counts import NoCuratedDataError, daily_counts
 from mlref.features.transform import AD_STATS, USER_STATS, smoothed_ctr
 from mlref.settings import Settings
 from tests.features import LOG, events, write_curated

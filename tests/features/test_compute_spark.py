@@ -28,7 +28,7 @@ def test_spark_computes_the_local_engines_snapshots(settings: Settings, spark) -
 
 
 def test_spark_needs_curated_data_too(settings: Settings, spark) -> None:
-    from mlref.features.compute import NoCuratedDataError
+    from mlref.features.counts import NoCuratedDataError
 
     with pytest.raises(NoCuratedDataError, match="run `mlref ingest run` first"):
         compute_tables(settings.model_copy(update={"engine": EngineSettings(data="spark")}))
