@@ -351,6 +351,7 @@ def sample(name: str, **labels: str) -> str:
 
 def test_metrics_cover_requests_stages_scores_and_defaults(stack):
     predict(stack.transformer_url, "ctr", {"instances": business_rows(4)})
+    predict(stack.transformer_url, "ctr", with_row(user_id=987_654))  # cold: stats defaulted
     predict(stack.transformer_url, "ctr", {"instances": []})
     predict(stack.predictor_url, "ctr", {"instances": [flat()]})
     labels = {"model_version": stack.version, "variant": "stable"}
