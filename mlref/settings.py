@@ -310,6 +310,9 @@ class CanarySettings(Section):
     prometheus_url: str = Field(
         "", description="Prometheus HTTP API for analysis in cluster mode; empty: local source."
     )
+    split_seed: int | None = Field(
+        None, description="Seed of the local split proxy's draws; unset: a fresh one each start."
+    )
     candidate_port: int = Field(8086, description="Local mode: the candidate predictor's port.")
     proxy_port: int = Field(
         8087, description="Local mode: the split proxy in front of stable and candidate."

@@ -113,7 +113,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway Redis on 127.0.0.1 without persistence; yields its ``host:port``."""
     import redis
 
-    from tests.servers import Server, find_binary, free_port
+    from tests.servers import Server, find_binary, free_port, real_clock_env
 
     binary = find_binary("redis-server", "redis-server")
     base = tmp_path_factory.mktemp("redis")
@@ -125,6 +125,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         port,
         base / "redis.log",
+        env=real_clock_env(),
     )
 
     def answers() -> bool:

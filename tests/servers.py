@@ -12,7 +12,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,10 +41,58 @@ def find_binary(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
     return str(found)
 
 
+# Ports handed to servers come from below the kernel's ephemeral range (32768-60999 on Linux),
+# so that no outgoing connection can take one between the hand-out and the server's bind, and
+# no port is handed out twice in one run. The start depends on the PID so that test runs side
+# by side on one machine start far apart.
+PORTS = range(20_000, 32_768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing holds now and this run has not handed out before."""
+    start = os.getpid() * 211 % len(PORTS)
+    for i in range(len(PORTS)):
+        port = PORTS[(start + i) % len(PORTS)]
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {PORTS.start}-{PORTS.stop - 1}")
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port where every connection is refused: bound by this process but not listening,
+    so no server can take it while the test runs."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` was awaited after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not seen within {timeout} s")
+        time.sleep(interval)
+
+
+def real_clock_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) without a preloaded fake clock (tests/at-utc.sh):
+    Redis cannot start under libfaketime, and its clock is not one the tests fix."""
+    env = dict(os.environ if env is None else env)
+    env.pop("LD_PRELOAD", None)
+    env.pop("FAKETIME", None)
+    return env
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -5,7 +5,8 @@ HTTPRoute across the predictor Services); locally this proxy plays that part, so
 transformer calls one host in both and takes the answering model from each answer. The
 share comes from the same InferenceService patch ``mlref canary`` writes (re-read when the
 file changes); each request goes to the candidate with that probability, as Knative's
-weighted routing does.
+weighted routing does. ``GET /-/split`` answers the share in force (the patch is re-read
+every :attr:`Split.interval` seconds), so a caller can wait until a change applies.
 
 ``python -m mlref.canary.proxy --stable URL --candidate URL [--host H] [--port P]``
 """
@@ -25,16 +26,19 @@ from aiohttp import web
 from mlref.canary.state import read_state, state_path
 
 log = logging.getLogger(__name__)
+SPLIT_PATH = "/-/split"
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
 class Split:
-    """The candidate's share from the patch file; checked every ``interval`` seconds."""
+    """The candidate's share from the patch file; checked every ``interval`` seconds. Draws
+    come from ``rng`` (setting ``canary.split_seed``), so a seeded proxy splits reproducibly."""
 
     interval = 0.5
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, rng: random.Random | None = None):
         self.path = path
+        self.rng = rng or random.Random()
         self.percent = 0
         self._seen: tuple[int, int] | None = None
         self.refresh()
@@ -61,7 +65,7 @@ class Split:
                 log.debug("unreadable patch: %s", exc)
 
     def candidate(self) -> bool:
-        return random.random() * 100 < self.percent
+        return self.rng.random() * 100 < self.percent
 
 
 def proxy_app(split: Split, stable: str, candidate: str) -> web.Application:
@@ -87,6 +91,9 @@ def proxy_app(split: Split, stable: str, candidate: str) -> web.Application:
                 status=502,
             )
 
+    async def share(request: web.Request) -> web.Response:
+        return web.json_response({"percent": split.percent})
+
     async def lifecycle(app: web.Application):
         nonlocal session
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
@@ -97,6 +104,7 @@ def proxy_app(split: Split, stable: str, candidate: str) -> web.Application:
 
     app = web.Application()
     app.cleanup_ctx.append(lifecycle)
+    app.router.add_get(SPLIT_PATH, share)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
     settings = get_settings()
-    split = Split(state_path(settings))
+    split = Split(state_path(settings), random.Random(settings.canary.split_seed))
     app = proxy_app(split, args.stable.rstrip("/"), args.candidate.rstrip("/"))
     web.run_app(
         app,

@@ -98,11 +98,13 @@ def start_candidate(settings: Settings, stable_url: str, candidate: Path, logs: 
 
 
 class Traffic:
-    """Single-row requests from a background thread until stopped, MAX_REQUESTS or MAX_SECONDS;
-    with ``truth`` (the stable model) it also labels what was logged."""
+    """Single-row requests from a background thread until stopped, ``requests`` (default
+    MAX_REQUESTS) or MAX_SECONDS; with ``truth`` (the stable model) it also labels what was
+    logged."""
 
-    def __init__(self, serving: Serving, truth: Path | None = None):
+    def __init__(self, serving: Serving, truth: Path | None = None, requests: int = MAX_REQUESTS):
         self.serving = serving
+        self.requests = requests
         self.truth = onnx_model.load(truth) if truth is not None else None
         self.stop_event = threading.Event()
         self.sent = 0
@@ -119,6 +121,10 @@ class Traffic:
         self.stop_event.set()
         self.thread.join(timeout=MAX_SECONDS)
 
+    def wait(self) -> None:
+        """Until every one of ``requests`` is answered (or MAX_SECONDS have passed)."""
+        self.thread.join(timeout=MAX_SECONDS)
+
     async def _run(self) -> None:
         deadline = time.monotonic() + MAX_SECONDS
         counter = itertools.count()
@@ -128,7 +134,7 @@ class Traffic:
             async def worker(worker_id: int) -> None:
                 while not self.stop_event.is_set() and time.monotonic() < deadline:
                     n = next(counter)
-                    if n >= MAX_REQUESTS:
+                    if n >= self.requests:
                         return
                     row = business_rows(1, seed=n)[0]
                     row["request_id"] = f"w{worker_id}-{n}-{time.monotonic_ns()}"

@@ -71,7 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
                 poll_seconds=0.5,
                 max_hold_seconds=60.0,  # evidence accrues slower on a loaded machine
                 min_requests=40,
-                max_latency_ratio=3.0,  # a shared CPU makes p99 noisy
+                latency_slack_ms=60_000.0,  # p99 noise on a shared CPU decides nothing here
                 await_labels=True,  # the labeller clicks every logged row
                 ready_timeout_seconds=30.0,
             )

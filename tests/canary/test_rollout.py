@@ -4,6 +4,7 @@ the recorded CustomObjectsApi (the only stand-in: no API server runs here)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -11,7 +12,8 @@ from kubernetes.client import ApiClient, Configuration
 from typer.testing import CliRunner
 
 from mlref.canary import kube, rollout
-from mlref.canary.sources import LocalSource, PrometheusSource, SourceError
+from mlref.canary.analysis import VariantStats
+from mlref.canary.sources import LocalSource, PrometheusSource, SourceError, Window
 from mlref.canary.state import CanaryState, read_state, state_path
 from mlref.cli import app
 from mlref.platform import platform_for
@@ -19,6 +21,7 @@ from mlref.settings import CanarySettings, Settings, get_settings
 from mlref.training import registry
 from mlref.training.publish import served_uri
 from tests.canary.fake_kube import RecordedCustomObjectsApi
+from tests.canary.test_analysis import variant
 from tests.training.test_registry import evaluate, register
 
 CHALLENGER = "models:/ctr@challenger"
@@ -64,6 +67,36 @@ def test_local_rollback_keeps_the_champion(settings, versions):
     assert rollout.rollback(settings).state.phase == "rolled_back"
     assert read_state(state_path(settings)).percent == 0
     assert champion(settings) == first
+
+
+class GivenSource:
+    """Every stage's window holds the given samples: the rollout's latency verdict comes from
+    known numbers, not from how busy this machine is."""
+
+    def __init__(self, stable: VariantStats, canary: VariantStats):
+        self.stable, self.canary = stable, canary
+
+    def begin(self) -> None:
+        self.start = datetime.now(UTC)
+
+    def collect(self) -> Window:
+        return Window(self.start, datetime.now(UTC), self.stable, self.canary)
+
+
+@pytest.mark.parametrize(
+    ("canary_ms", "outcome", "stages"), [(20.0, "rolled_back", [10]), (1.6, "promoted", [10, 50])]
+)
+def test_a_slow_canary_is_rolled_back_on_latency_and_a_similar_one_promoted(
+    settings, versions, canary_ms, outcome, stages
+):
+    rules = CanarySettings(stages=[10, 50, 100], bake_seconds=0, max_hold_seconds=0)
+    settings = settings.model_copy(update={"canary": rules})
+    source = GivenSource(variant(latency_ms=1.5), variant(latency_ms=canary_ms, seed=3))
+    result = rollout.run_rollout(settings, CHALLENGER, source, report=lambda _: None)
+    assert result.outcome == outcome and [s.percent for s in result.stages] == stages
+    latency = result.stages[-1].analysis.check("latency")
+    assert latency.verdict == ("fail" if outcome == "rolled_back" else "pass")
+    assert read_state(state_path(settings)).percent == (0 if outcome == "rolled_back" else 100)
 
 
 def test_steps_without_a_rollout_fail_clearly(settings):

@@ -29,6 +29,7 @@ import pytest
 
 from mlref.data.generate import ScenarioWindow, generate
 from mlref.k8s.render import chart_value_sets, render_chart, repo_root
+from mlref.monitoring.check import default_window
 from mlref.monitoring.replay import record, replay
 from mlref.serving.predictor import resolve
 from mlref.settings import Settings
@@ -122,9 +123,13 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     s3 = s3_env
     s3.create_bucket(BUCKET)
     s3.create_bucket(PIPELINE_ROOT.removeprefix("s3://").split("/")[0])
-    now = datetime.now(UTC)
-    until = now.replace(minute=0, second=0, microsecond=0)  # the drift job's default window
-    first_day = (now - timedelta(days=TRAIN_DAYS + 1)).date()
+    # The drift check's window: the day before the start of this hour, fixed here once. The
+    # live days (below) are the window end's day and the one before: the training days before
+    # them have features for the first (Feast's TTL is a day), so the window holds served rows
+    # with features at any hour. Rows at or after the window's end lie in the future and are
+    # not written: before 01:00 the end's day has none.
+    since, until = default_window(WORLD, datetime.now(UTC))
+    first_day = until.date() - timedelta(days=TRAIN_DAYS + 1)
     objects = render_chart(repo_root(), chart_value_sets(repo_root())["kind"], "kind").objects
     cluster = installed(
         objects,
@@ -192,7 +197,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     storage_initializer(storage_uri, models, s3)
     assert resolve(laptop, str(models)).version == "1"
 
-    # 3. Live traffic after a concept change: yesterday and today until this hour. Clicks
+    # 3. Live traffic after a concept change: the two days up to the window's end. Clicks
     # land with the raw logs; the transformer's log (written here) has no labels.
     change = [ScenarioWindow("concept", TRAIN_DAYS + 1, TRAIN_DAYS + 2)]
     live_dir = tmp_path / "live"
@@ -201,6 +206,8 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     )
     traffic = pd.read_parquet(live.paths)
     traffic = traffic[traffic["event_timestamp"] < pd.Timestamp(until)]
+    live_days = traffic["event_timestamp"].dt.date.unique()
+    assert len(live_days) == (2 if until.hour else 1)
     for day, rows in traffic.groupby(traffic["event_timestamp"].dt.date):
         with raw.open(f"{BUCKET}/data/raw/date={day}/live.parquet", "wb") as out:
             rows.to_parquet(out, index=False)
@@ -211,8 +218,17 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     assert labels.returncode == 0, labels.stdout[-3000:]
     assert keys(s3, BUCKET, "labels/")
     state = tmp_path / "drift-state"
+    # The CronJob's own command, given the window this test's traffic was generated for (the
+    # default, this hour's, moves on if the run crosses an hour).
+    check = cron_job(objects, "drift-check")
+    command = check["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert command == ["drift", "check"]
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
     drift = run_pod(
-        cron_job(objects, "drift-check"), cluster, tmp_path / "pods", claims={"drift-state": state}
+        with_args(check, [*command, *window]),
+        cluster,
+        tmp_path / "pods",
+        claims={"drift-state": state},
     )
     assert drift.returncode == 0, drift.stdout[-3000:]
     (decision,) = [json.loads(line) for line in (state / "drift" / "decisions.jsonl").open()]
@@ -239,6 +255,6 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     )
     assert not [task for task in retraining.tasks.values() if task.cached]
     days = {key.split("/")[2] for key in keys(s3, BUCKET, "data/curated/")}
-    assert len(days) == TRAIN_DAYS + 2
+    assert len(days) == TRAIN_DAYS + len(live_days)
     assert retraining.tasks["ingest-op"].parameters["rows_in"] > TRAIN_DAYS * 4_000
     assert retraining.tasks["register-op"].parameters["version"] == "2"

@@ -308,8 +308,14 @@ def test_cli_summarizes_or_fails_in_one_line(
     (tmp_path / "logs.json").write_text("{}")
     runner = CliRunner()
 
-    ok = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.parquet")])
-    failed = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.json")])
+    clock = ["--now", NOW.isoformat()]
+    ok = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.parquet"), *clock])
+    failed = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.json"), *clock])
+    monkeypatch.setenv("MLREF_WORK_DIR", str(tmp_path / "earlier"))
+    get_settings.cache_clear()
+    earlier = ["--now", "2025-12-31T00:00:00+00:00"]  # before the rows: both lie in the future
+    future = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.parquet"), *earlier])
+    naive = runner.invoke(app, ["ingest", "run", str(tmp_path / "logs.parquet"), "--now", "1 Jan"])
     get_settings.cache_clear()
 
     assert ok.exit_code == 0, ok.output
@@ -320,3 +326,9 @@ def test_cli_summarizes_or_fails_in_one_line(
         f"ingest failed: file://{tmp_path}/logs.json: not a Parquet or CSV file "
         "(expected .parquet, .pq, .csv)"
     ]
+    assert future.exit_code == 0, future.output
+    assert re.search(r"rows quarantined\s+│ 2\s", future.output)
+    assert naive.exit_code == 1
+    assert naive.output.strip() == (
+        "error: --now '1 Jan' is not an ISO time, e.g. 2026-01-03T00:00:00+00:00"
+    )

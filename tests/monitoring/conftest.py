@@ -49,7 +49,7 @@ def world_settings(work_dir: Path) -> Settings:
 def build_world(settings: Settings, scenarios=()) -> None:
     """Generate, ingest, compute features and register a champion, as the pipeline does."""
     generate(settings, scenarios=scenarios)
-    ingest(str(settings.raw_dir), settings)
+    ingest(str(settings.raw_dir), settings, now=day_window(settings, settings.data.days)[1])
     compute_and_materialize(settings)
     run_all(settings, settings.artifacts_dir / "train")
 
@@ -90,5 +90,6 @@ def job_settings(world: Settings, tmp_path: Path) -> Settings:
         update={
             "work_dir": tmp_path / ".mlref",
             "registry": world.registry.model_copy(update={"tracking_uri": world.tracking_uri}),
-        }
+        },
+        deep=True,  # a test that sets a section's field must not change the session's world
     )

@@ -40,6 +40,14 @@ def test_run_check_reads_the_log_and_pushes_gauges(
     assert any('column="device_type"' in line for line in lines if "mlref_drift_score" in line)
 
 
+def test_settings_a_test_changes_stay_its_own(world: Settings, job_settings: Settings) -> None:
+    """The Pushgateway test sets a section's field: no later check may push because of it."""
+    job_settings.cluster.pushgateway_url = "http://127.0.0.1:9091"
+    job_settings.drift.window_hours = 1
+    assert world.cluster.pushgateway_url == ""
+    assert world.drift.window_hours == Settings().drift.window_hours
+
+
 def test_an_empty_window_is_no_action(job_settings: Settings, tmp_path: Path) -> None:
     since, until = day_window(job_settings, 30)
     result = run_check(job_settings, since, until, tmp_path)

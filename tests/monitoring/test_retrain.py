@@ -27,7 +27,7 @@ def test_retraining_after_concept_drift_beats_the_old_champion(tmp_path: Path) -
     build_world(settings)
     concept = [ScenarioWindow("concept", 9, 13)]
     generate(settings, days=[9, 10, 11, 12], scenarios=concept)
-    ingest(str(settings.raw_dir), settings)
+    ingest(str(settings.raw_dir), settings, now=day_window(settings, 12)[1])
     compute_and_materialize(settings)
     day9 = replay(settings, pd.read_parquet(sorted((settings.raw_dir).glob("date=2026-01-09/*"))))
     since, until = day_window(settings, 9)

@@ -30,6 +30,7 @@ from mlref.pipelines.training import (
 )
 from mlref.settings import Settings, get_settings
 from mlref.training import registry
+from tests.servers import refused_port
 
 
 def test_checked_in_yaml_is_not_stale(tmp_path: Path) -> None:
@@ -94,8 +95,8 @@ def test_submit_without_a_host_names_the_fix(settings: Settings) -> None:
 
 
 def test_submit_to_an_unreachable_host_is_one_clear_error(settings: Settings) -> None:
-    with pytest.raises(SubmitError, match=r"127\.0\.0\.1:9"):
-        submit(settings, pipeline_arguments("s3://logs"), host="http://127.0.0.1:9")
+    with refused_port() as port, pytest.raises(SubmitError, match=rf"127\.0\.0\.1:{port}"):
+        submit(settings, pipeline_arguments("s3://logs"), host=f"http://127.0.0.1:{port}")
 
 
 def test_cron_takes_five_or_six_fields() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,13 @@ import pandas as pd
 import pytest
 
 from mlref import onnx_model
+from mlref.canary.proxy import SPLIT_PATH
 from mlref.canary.state import CanaryState, state_path, write_state
 from mlref.features.store import OnlineFeatureLookup
 from mlref.features.transform import fill_defaults, transform
 from mlref.serving.predictor import file_version
 from mlref.settings import Settings
-from tests.servers import Server, free_port
+from tests.servers import Server, free_port, wait_until
 from tests.serving.conftest import (
     KNOWN_ADS,
     KNOWN_USERS,
@@ -58,6 +58,8 @@ class Canary:
 def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canary]:
     root = tmp_path_factory.mktemp("canary")
     settings = serving_settings(root, log_flush_seconds=0.5)
+    seeded = settings.canary.model_copy(update={"split_seed": 24})  # the same split every run
+    settings = settings.model_copy(update={"canary": seeded})
     # The candidate was trained with other hash sizes: its inputs differ for the same row.
     other = settings.features.model_copy(update={"user_hash_buckets": 97, "ad_hash_buckets": 31})
     models = {
@@ -86,9 +88,9 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canary]:
         server.stop()
 
 
-def score(canary: Canary, rows: list[dict]) -> list[dict]:
-    """One request per row, each split on its own."""
-    url = f"{canary.url}/v1/models/ctr:predict"
+def score(canary: Canary, rows: list[dict], url: str = "") -> list[dict]:
+    """One request per row, each split on its own (through ``url``: the module's transformer)."""
+    url = f"{url or canary.url}/v1/models/ctr:predict"
     with httpx.Client(timeout=10) as client:
         answers = [client.post(url, json={"instances": [row]}) for row in rows]
     assert all(a.status_code == 200 for a in answers), answers[0].text
@@ -102,13 +104,12 @@ def set_percent(canary: Canary, new: int | None) -> None:
         path.unlink()
     else:
         write_state(canary.settings, CanaryState(str(canary.models["canary"]), "stable", new))
-    time.sleep(2 * 0.5)  # the proxy checks the file every 0.5 s
-    if new in (0, 100, None):
-        want = "canary" if new == 100 else "stable"
-        deadline = time.monotonic() + 15
-        while {a["variant"] for a in score(canary, business_rows(5, seed=1))} != {want}:
-            assert time.monotonic() < deadline, f"canary state {new}% not applied within 15 s"
-            time.sleep(0.1)
+    url = f"http://127.0.0.1:{canary.split.port}{SPLIT_PATH}"
+    wait_until(
+        lambda: httpx.get(url).json()["percent"] == (new or 0),
+        timeout=15,
+        what=f"the split proxy applying canary state {new}%",
+    )
 
 
 def in_process(model_path: Path, settings: Settings, rows: list[dict]) -> np.ndarray:
@@ -125,7 +126,8 @@ def test_split_follows_the_percent_and_answers_name_their_model(canary: Canary):
     rows = business_rows(300, seed=5)
     answers = score(canary, rows)
     variants = [a["variant"] for a in answers]
-    assert abs(variants.count("canary") / len(rows) - 0.30) < 0.1  # 4 sd of a binomial
+    # Seeded, the split is the same every run; any seed lands within 4 sd of the binomial.
+    assert abs(variants.count("canary") / len(rows) - 0.30) < 4 * (0.3 * 0.7 / len(rows)) ** 0.5
 
     # Each answer names the model that scored it, with its own feature spec.
     versions = {v: file_version(p) for v, p in canary.models.items()}
@@ -147,12 +149,21 @@ def test_state_changes_apply_without_restart(canary: Canary):
     assert {a["variant"] for a in score(canary, rows)} == {"stable"}
 
 
-def test_metrics_and_log_carry_the_answering_variant(canary: Canary):
+def test_metrics_and_log_carry_the_answering_variant(canary: Canary, tmp_path: Path):
     set_percent(canary, 50)
-    rows = business_rows(40, seed=7)
-    answers = {a["predictions"][0]["request_id"]: a for a in score(canary, rows)}
+    # A transformer of its own: stopping it flushes the log without breaking later tests.
+    split = f"http://127.0.0.1:{canary.split.port}"
+    spool = canary.settings.serving.model_copy(update={"log_spool_dir": str(tmp_path / "spool")})
+    own = canary.settings.model_copy(update={"serving": spool})
+    transformer = start_transformer(own, split, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{transformer.port}"
+        rows = business_rows(40, seed=7)
+        answers = {a["predictions"][0]["request_id"]: a for a in score(canary, rows, url)}
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        transformer.stop()  # flushes the inference log
     versions = {v: file_version(p) for v, p in canary.models.items()}
-    text = httpx.get(f"{canary.url}/metrics").text
     for variant, version in versions.items():
         labels = {"model_version": version, "variant": variant}
         assert sample("mlref_requests_total", server="transformer", status="200", **labels) in text
@@ -160,7 +171,6 @@ def test_metrics_and_log_carry_the_answering_variant(canary: Canary):
         own = httpx.get(f"http://127.0.0.1:{canary.predictors[variant].port}/metrics").text
         assert sample("mlref_requests_total", server="predictor", status="200", **labels) in own
 
-    canary.transformer.stop()  # flushes the inference log
     files = sorted(canary.settings.inference_log_dir.glob("date=*/part-*.parquet"))
     log = pd.concat([pd.read_parquet(f) for f in files]).set_index("request_id")
     for request_id, answer in answers.items():

@@ -17,7 +17,7 @@ from mlref.schema import NULLABLE_COLUMNS, REQUEST_COLUMNS, examples
 from mlref.serving import inference_log
 from mlref.serving.predictor import file_version
 from mlref.settings import ServingSettings
-from tests.servers import free_port
+from tests.servers import refused_port
 from tests.serving.conftest import served, serving_settings, start_log_sink
 from tests.serving.test_servers import business_rows
 
@@ -124,12 +124,13 @@ def test_writer_keeps_every_row_and_value_across_groups(tmp_path, monkeypatch):
 
 def test_rows_the_sink_never_accepts_fall_back_to_storage(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(inference_log.HttpSink, "event_rows", 2)  # two events: 2 rows, then 1
-    url = f"http://127.0.0.1:{free_port()}/"  # nothing listens there
     fallback = inference_log.StorageSink(str(tmp_path / "log"))
-    sink = inference_log.HttpSink(url, "test", fallback, timeout=1, attempts=2, backoff=0.01)
-    writer = inference_log.InferenceLog(sink, flush_rows=10**6, flush_seconds=600)
-    writer.append(log_record(0, 3))
-    writer.close()
+    with refused_port() as port:  # nothing listens there
+        url = f"http://127.0.0.1:{port}/"
+        sink = inference_log.HttpSink(url, "test", fallback, timeout=1, attempts=2, backoff=0.01)
+        writer = inference_log.InferenceLog(sink, flush_rows=10**6, flush_seconds=600)
+        writer.append(log_record(0, 3))
+        writer.close()
     assert writer.rows_written == 3
     parts = sorted((tmp_path / "log").glob("date=*/part-*.parquet"))
     assert pd.concat(map(pd.read_parquet, parts))["request_id"].tolist() == ["r0", "r1", "r2"]

@@ -6,7 +6,6 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -352,6 +351,7 @@ def sample(name: str, **labels: str) -> str:
 
 def test_metrics_cover_requests_stages_scores_and_defaults(stack):
     predict(stack.transformer_url, "ctr", {"instances": business_rows(4)})
+    predict(stack.transformer_url, "ctr", with_row(user_id=987_654))  # cold: stats defaulted
     predict(stack.transformer_url, "ctr", {"instances": []})
     predict(stack.predictor_url, "ctr", {"instances": [flat()]})
     labels = {"model_version": stack.version, "variant": "stable"}
@@ -371,25 +371,24 @@ def test_metrics_cover_requests_stages_scores_and_defaults(stack):
 
 
 def test_bounded_load_has_no_errors(stack):
-    """Concurrency 8 for ~5 s against the full path: every request answered 200."""
+    """Concurrency 8, a fixed number of requests each, against the full path: every request
+    answered 200 (how fast is for bench/, not for a test)."""
     rows = business_rows(64, seed=9)
+    workers, each = 8, 40
 
-    async def worker(client: httpx.AsyncClient, deadline: float, counts: list[int]):
-        i = 0
-        while time.monotonic() < deadline and i < 5_000:
+    async def worker(client: httpx.AsyncClient, counts: list[int]):
+        for i in range(each):
             r = await client.post(
                 f"{stack.transformer_url}/v1/models/ctr:predict",
                 json={"instances": [rows[i % len(rows)]]},
             )
             counts[r.status_code == 200] += 1
-            i += 1
 
     async def run():
         counts = [0, 0]
         async with httpx.AsyncClient(timeout=10) as client:
-            deadline = time.monotonic() + 5
-            await asyncio.gather(*(worker(client, deadline, counts) for _ in range(8)))
+            await asyncio.gather(*(worker(client, counts) for _ in range(workers)))
         return counts
 
     errors, ok = asyncio.run(run())
-    assert errors == 0 and ok > 50
+    assert (errors, ok) == (0, workers * each)
