@@ -29,8 +29,8 @@ from mlref.features.transform import (
 from mlref.schema import DATE_COLUMN, RAW_SCHEMA
 from mlref.settings import Settings
 from mlref.training import shards
+from mlref.training.shards import SPLITS
 
-SPLITS = ("train", "val", "test")
 LABEL = "clicked"
 COLUMNS = ["request_id", "event_timestamp", *REQUEST_COLUMNS, *STAT_COLUMNS, LABEL]
 

@@ -33,6 +33,7 @@ from mlref import storage
 from mlref.features.transform import FeatureSpec
 
 MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
 FORMAT = 1
 SHARD_ROWS = 262_144
 ROW_GROUP_ROWS = 65_536
