@@ -71,12 +71,24 @@ class ShardWriter:
             if self.schema is None:
                 self.schema = table.schema
             relative = f"{split}/date={day}/part-{number:05d}.parquet"
-            with tempfile.TemporaryDirectory(prefix="mlref-shard-") as scratch:
+            with tempfile.TemporaryDirectory(
+                prefix=".mlref-shard-", dir=self._scratch(relative)
+            ) as scratch:
                 local = Path(scratch) / "part.parquet"
                 pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS)
                 storage.publish(local, f"{self.uri}/{relative}")
             size = int(part.memory_usage(index=False, deep=True).sum())
             shards.append(Shard(relative, day, len(part), size))
+
+    def _scratch(self, relative: str) -> Path | None:
+        """Where a shard is written before it is published: beside its final place on local
+        disk (a rename across filesystems fails), the system's temp folder for object stores."""
+        fs, path = storage.filesystem(f"{self.uri}/{relative}")
+        if not storage.is_local(fs):
+            return None
+        folder = Path(path).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def close(self) -> dict:
         """Write the manifest (last: its presence marks the set finished); returns it."""

@@ -54,6 +54,7 @@ def test_day_by_day_equals_one_join_of_the_whole_range(applied: Settings, tmp_pa
     assert manifest["feature_version"] == report.feature_version
     assert {f["name"] for f in manifest["schema"]} == set(dataset.COLUMNS)
     assert all((out / s["path"]).is_file() for s in manifest["shards"]["test"])
+    assert not list(out.rglob(".mlref-shard-*"))  # each shard's scratch folder is gone
 
 
 def test_days_outside_the_range_are_never_read(applied: Settings, tmp_path):
