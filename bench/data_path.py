@@ -3,12 +3,13 @@
 For each ``--days`` x ``--rows-per-day`` the generator writes the raw log, then each stage runs
 in its own process, as a pipeline step does: ingest, features (snapshots + Feast materialize),
 training set (the day-by-day point-in-time join, written as shards), training (``--epochs``
-epochs on the CPU, streamed from the shards: ``--host-memory-mib`` is the trainer's host budget,
-below the set's size). Peak = the largest resident memory of the stage's whole process tree,
-sampled every 50 ms. A stage whose tree passes ``--limit-gib`` is killed and reported as such
-(the machine is shared). Then the peak ratios between the largest and the smallest day count,
-and, on the first configuration's training set, the trainer resident vs streamed from shards in
-one run: samples/s and test quality of each.
+epochs on the CPU with the large-batch recipe unless ``--large-batch off``, streamed from the
+shards: ``--host-memory-mib`` is the trainer's host budget, below the set's size). Peak = the
+largest resident memory of the stage's whole process tree, sampled every 50 ms. A stage whose
+tree passes ``--limit-gib`` is killed and reported as such (the machine is shared). Then the
+peak ratios between the largest and the smallest day count, and, on the first configuration's
+training set, the trainer resident vs streamed from shards in one run: samples/s and test
+quality of each.
 
 Run from the repo root: ``python bench/data_path.py`` (10 and 40 days of 100,000 rows; add
 ``--days 10 40 160`` for the longer range).
@@ -105,7 +106,9 @@ def run_stage(name: str, work: Path) -> None:
         raise SystemExit(f"unknown stage {name!r}")
 
 
-def environment(work: Path, days: int, rows: int, epochs: int, host_bytes: int) -> dict:
+def environment(
+    work: Path, days: int, rows: int, epochs: int, host_bytes: int, large_batch: str
+) -> dict:
     return {
         **os.environ,
         "MLREF_WORK_DIR": str(work / ".mlref"),
@@ -114,6 +117,7 @@ def environment(work: Path, days: int, rows: int, epochs: int, host_bytes: int) 
         "MLREF_TRAIN__EPOCHS": str(epochs),
         "MLREF_TRAIN__DEVICE": "cpu",
         "MLREF_TRAIN__HOST_MEMORY_BYTES": str(host_bytes),
+        "MLREF_TRAIN__LARGE_BATCH": large_batch,
         "BENCH_MODEL_DIR": "model",
     }
 
@@ -128,7 +132,17 @@ def main() -> None:
     parser.add_argument("--rows-per-day", type=int, nargs="+", default=[100_000])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--host-memory-mib", type=int, default=256)
+    parser.add_argument(
+        "--large-batch",
+        choices=["on", "off"],
+        default="on",
+        help="on (default): the large-batch recipe, so a CPU epoch over millions of rows stays "
+        "short; off: the CPU recipe (batch 1,024)",
+    )
     parser.add_argument("--limit-gib", type=float, default=8.0)
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to measure"
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -139,31 +153,32 @@ def main() -> None:
     limit = int(options.limit_gib * GIB)
     host_bytes = options.host_memory_mib << 20
     print(
-        f"local engine; training: {options.epochs} epoch(s) on the CPU, host budget "
+        f"local engine; training: {options.epochs} epoch(s) on the CPU, large-batch recipe "
+        f"{options.large_batch}, host budget "
         f"{options.host_memory_mib} MiB (streamed); limit {options.limit_gib} GiB per stage\n"
     )
-    print(f"| days x rows/day | {' | '.join(STAGES)} | train samples/s |")
-    print(f"|---|{'---|' * len(STAGES)}---|")
+    print(f"| days x rows/day | {' | '.join(options.stages)} | train samples/s |")
+    print(f"|---|{'---|' * len(options.stages)}---|")
     peaks: dict[tuple[int, int], dict[str, int]] = {}
     comparison = None
     with tempfile.TemporaryDirectory(prefix="mlref-bench-data-") as tmp:
         for rows in options.rows_per_day:
             for days in options.days:
                 work = Path(tmp) / f"{days}x{rows}"
-                env = environment(work, days, rows, options.epochs, host_bytes)
+                env = environment(work, days, rows, options.epochs, host_bytes, options.large_batch)
                 log = Path(tmp) / f"{days}x{rows}.log"
                 generated = measure(["--stage", "generate", "--work", str(work)], env, limit, log)
                 if generated.returncode:
                     raise SystemExit(f"generating {days}x{rows} failed: see {log}")
                 cells, speed = [], ""
-                for stage in STAGES:
+                for stage in options.stages:
                     result = measure(["--stage", stage, "--work", str(work)], env, limit, log)
                     cells.append(result.cell())
                     if result.returncode:
-                        cells += ["not run"] * (len(STAGES) - len(cells))
+                        cells += ["not run"] * (len(options.stages) - len(cells))
                         break
                     peaks.setdefault((days, rows), {})[stage] = result.peak_bytes
-                if len(peaks.get((days, rows), {})) == len(STAGES):
+                if "training" in peaks.get((days, rows), {}):
                     speed = f"{training_report(work, 'model')['samples_per_s']:,.0f}"
                 print(f"| {days} x {rows:,} | {' | '.join(cells)} | {speed} |", flush=True)
                 if comparison is None and speed:
