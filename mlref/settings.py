@@ -162,6 +162,18 @@ class TrainSettings(Section):
         description="Share of free GPU memory the training set may take; a larger set streams "
         "from host memory in chunks (0: always stream).",
     )
+    host_memory_bytes: int = Field(
+        0,
+        ge=0,
+        description="Host memory the training set may take (frames and tensors); a larger set "
+        "streams from its shards. 0: a quarter of what the process may use (cgroup or machine).",
+    )
+    shuffle_buffer_shards: int = Field(
+        4, ge=1, description="Streamed training: shards whose rows are shuffled together."
+    )
+    prefetch_shards: int = Field(
+        2, ge=1, description="Streamed training: shards a background thread reads ahead."
+    )
 
 
 class ParitySettings(Section):

@@ -8,26 +8,32 @@ live: Redis online (``features.redis_connection``) and registry + offline data u
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView, RepoConfig
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
-from mlref.features.compute import TABLES, ComputeResult, compute_tables
+from mlref.features.compute import TABLES, ComputeResult, EntityTable, compute_tables, table_uri
 from mlref.features.transform import STAT_COLUMNS
 from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
 
 ROW_KEY = "_mlref_row"
+# Rows one Feast historical call may join (entity rows x snapshots of their keys): ~1 GiB of
+# the file offline store's intermediate frames at most.
+JOIN_ROWS = 2_000_000
 STEPS = 3  # reported through compute_and_materialize(on_step=...)
 
 
@@ -81,13 +87,38 @@ def materialize(settings: Settings, end: datetime) -> dict[str, datetime | None]
     return starts
 
 
-def historical_features(settings: Settings, entity_df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def snapshot_counts(settings: Settings, table: EntityTable) -> pd.Series:
+    """Snapshots per entity id in ``table``'s offline source (reads its key column only)."""
+    fs, path = fsspec.core.url_to_fs(table_uri(settings, table))
+    keys = pq.read_table(path, columns=[table.key], filesystem=fs).column(table.key)
+    return keys.to_pandas().value_counts()
+
+
+def join_chunks(keys: pd.Series, counts: pd.Series, join_rows: int) -> list[slice]:
+    """Consecutive slices of ``keys`` whose Feast join holds at most ``join_rows`` rows each.
+
+    Feast's file offline store merges every entity row with every snapshot of its key before
+    it keeps the one valid at the row's time, so a call holds rows x snapshots per key: days
+    of history multiply it. Splitting the request bounds that by about ``join_rows``, whatever
+    the history's length.
+    """
+    fan_out = keys.map(counts).fillna(0).to_numpy(dtype=np.int64) + 1
+    chunk = (np.cumsum(fan_out) - 1) // join_rows  # a slice may exceed by its first row's fan
+    edges = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(keys)]
+    return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def historical_features(
+    settings: Settings, entity_df: pd.DataFrame, join_rows: int = JOIN_ROWS
+) -> tuple[pd.DataFrame, int]:
     """Point-in-time join of every row of ``entity_df`` (user_id, ad_id, event_timestamp, ...).
 
     Feast's file offline store keeps one row per (view join key, entity timestamp) and silently
     drops the others, so each view is queried with its distinct (key, timestamp) pairs, keyed
     by row number, and joined back. Rows Feast still returns nothing for keep NaN stats (as do
-    cold entities, left to ``transform.fill_defaults``); their count is returned.
+    cold entities, left to ``transform.fill_defaults``); their count is returned. The pairs go
+    to Feast in chunks of at most ``join_rows`` joined rows (:func:`join_chunks`); each pair's
+    answer does not depend on the others, so chunking changes memory, not results.
     """
     keyed = entity_df.reset_index(drop=True)
     store = open_store(settings)
@@ -98,7 +129,13 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> tuple[pd
         request = pairs.drop_duplicates().reset_index(drop=True)
         request[ROW_KEY] = np.arange(len(request))
         refs = [f"{table.name}:{name}" for name in table.columns]
-        found = store.get_historical_features(entity_df=request, features=refs).to_df()
+        chunks = join_chunks(request[table.key], snapshot_counts(settings, table), join_rows)
+        found = pd.concat(
+            [
+                store.get_historical_features(entity_df=request[chunk], features=refs).to_df()
+                for chunk in chunks
+            ]
+        )
         stats = (
             found.drop_duplicates(ROW_KEY)
             .set_index(ROW_KEY)[list(table.columns)]

@@ -8,22 +8,31 @@ online path does for unknown entities, so training and serving see the same valu
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 from dataclasses import dataclass
-from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from mlref import storage
+from mlref.console import progress
 from mlref.features import store
-from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, build_spec, fill_defaults
+from mlref.features.transform import (
+    REQUEST_COLUMNS,
+    STAT_COLUMNS,
+    FeatureSpec,
+    build_spec,
+    fill_defaults,
+)
 from mlref.schema import DATE_COLUMN, RAW_SCHEMA
 from mlref.settings import Settings
-from mlref.training.train import TrainingSets
+from mlref.training import shards
+from mlref.training.shards import SPLITS
 
-SPLITS = ("train", "val", "test")
 LABEL = "clicked"
+COLUMNS = ["request_id", "event_timestamp", *REQUEST_COLUMNS, *STAT_COLUMNS, LABEL]
 
 
 class DatasetError(ValueError):
@@ -43,22 +52,52 @@ class DatasetReport:
     feature_version: str
 
 
-def read_curated(settings: Settings, start: str | None = None, end: str | None = None):
-    """Curated impressions with ``start <= date <= end`` (ISO dates, inclusive)."""
+def _date_filter(start: str | None, end: str | None) -> ds.Expression | None:
+    """``start <= date <= end`` on the partition column, for the scan to prune with."""
+    date = ds.field(DATE_COLUMN)
+    parts = [date >= start] if start else []
+    parts += [date <= end] if end else []
+    return functools.reduce(operator.and_, parts) if parts else None
+
+
+def _curated(settings: Settings) -> ds.Dataset:
     root = settings.curated_uri
     if not storage.parquet_files(root):
         raise DatasetError(f"{root}: no curated data; run `mlref ingest run` first")
     # The contract's schema, not the first file's: a file written before a nullable field
     # was added reads it as null instead of dropping it from every file.
     schema = RAW_SCHEMA.append(pa.field(DATE_COLUMN, pa.string()))
-    frame = storage.dataset(root, partitioning="hive", schema=schema).to_table().to_pandas()
+    return storage.dataset(root, partitioning="hive", schema=schema)
+
+
+def _nothing_between(settings: Settings, start: str | None, end: str | None) -> DatasetError:
+    between = f"between {start or 'start'} and {end or 'end'}"
+    return DatasetError(f"{settings.curated_uri}: no curated rows {between}")
+
+
+def curated_days(settings: Settings, start: str | None = None, end: str | None = None):
+    """The days with curated rows in ``start <= date <= end``, sorted; read from the partition
+    paths and the files' footers, not from the rows."""
+    days = set()
+    for fragment in _curated(settings).get_fragments(filter=_date_filter(start, end)):
+        day = ds.get_partition_keys(fragment.partition_expression).get(DATE_COLUMN)
+        if day is not None and fragment.count_rows():
+            days.add(str(day))
+    if not days:
+        raise _nothing_between(settings, start, end)
+    return sorted(days)
+
+
+def read_curated(settings: Settings, start: str | None = None, end: str | None = None):
+    """Curated impressions with ``start <= date <= end`` (ISO dates, inclusive), in time order.
+
+    The date range is pushed into the scan, so partitions outside it are never read.
+    """
+    table = _curated(settings).to_table(filter=_date_filter(start, end))
+    if not table.num_rows:
+        raise _nothing_between(settings, start, end)
+    frame = table.to_pandas()
     frame[DATE_COLUMN] = frame[DATE_COLUMN].astype(str)
-    if start:
-        frame = frame[frame[DATE_COLUMN] >= start]
-    if end:
-        frame = frame[frame[DATE_COLUMN] <= end]
-    if frame.empty:
-        raise DatasetError(f"{root}: no curated rows between {start or 'start'} and {end or 'end'}")
     return frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
 
 
@@ -87,42 +126,55 @@ def data_version(settings: Settings) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_training_sets(
-    settings: Settings, start: str | None = None, end: str | None = None
-) -> tuple[TrainingSets, DatasetReport]:
-    """Join curated impressions with point-in-time features and split them by day."""
-    spec = build_spec(settings.features)
-    impressions = read_curated(settings, start, end)
+def training_day(settings: Settings, spec: FeatureSpec, day: str):
+    """One day's training rows: its impressions joined with the snapshots valid at each
+    impression's time, stats filled with the priors where Feast found none.
+
+    Returns (rows, rows Feast returned no features for, mask of filled stats).
+    """
+    impressions = read_curated(settings, day, day)
     entity_df = impressions[["request_id", "event_timestamp", *REQUEST_COLUMNS, LABEL, DATE_COLUMN]]
     joined, dropped = store.historical_features(settings, entity_df)
     filled, missing = fill_defaults(joined, spec)
-    days = split_days(sorted(filled[DATE_COLUMN].unique()), settings)
-    columns = ["request_id", "event_timestamp", *REQUEST_COLUMNS, *STAT_COLUMNS, LABEL]
-    parts = {
-        name: filled.loc[filled[DATE_COLUMN].isin(days[name]), columns].reset_index(drop=True)
-        for name in SPLITS
-    }
-    report = DatasetReport(
-        rows={name: len(part) for name, part in parts.items()},
+    return filled[COLUMNS], dropped, missing
+
+
+def write_training_sets(
+    settings: Settings, uri: str, start: str | None = None, end: str | None = None
+) -> DatasetReport:
+    """Build the training set a day at a time and write it as shards under ``uri``.
+
+    Memory follows the largest day, not the range: a day is read (its partition only), joined,
+    written and dropped before the next. Rows come out in the same order as a join of the
+    whole range at once (days in order, each in time order), so the set is the same.
+    """
+    spec = build_spec(settings.features)
+    days = split_days(curated_days(settings, start, end), settings)
+    writer = shards.ShardWriter(uri, spec)
+    rows = dict.fromkeys(SPLITS, 0)
+    positives = dict.fromkeys(SPLITS, 0)
+    defaulted = dict.fromkeys(STAT_COLUMNS, 0)
+    dropped = 0
+    with progress() as bar:
+        task = bar.add_task("training set", total=sum(len(d) for d in days.values()))
+        for split in SPLITS:
+            for day in days[split]:
+                bar.update(task, description=f"training set: {split} {day}")
+                frame, lost, missing = training_day(settings, spec, day)
+                writer.write(split, day, frame)
+                rows[split] += len(frame)
+                positives[split] += int(frame[LABEL].sum())
+                dropped += lost
+                for name in STAT_COLUMNS:
+                    defaulted[name] += int(missing[name].sum())
+                bar.advance(task)
+    writer.close()
+    return DatasetReport(
+        rows=rows,
         days=days,
         feast_dropped=int(dropped),
-        defaulted={name: int(missing[name].sum()) for name in STAT_COLUMNS},
-        positive_rate={name: float(part[LABEL].mean()) for name, part in parts.items()},
+        defaulted=defaulted,
+        positive_rate={name: positives[name] / rows[name] for name in SPLITS},
         data_version=data_version(settings),
         feature_version=spec.fingerprint,
     )
-    return TrainingSets(**parts), report
-
-
-def save_training_sets(sets: TrainingSets, out_dir: Path) -> dict[str, Path]:
-    """Write each split as Parquet (the artifact kfp passes to the training step)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name in SPLITS:
-        paths[name] = out_dir / f"{name}.parquet"
-        getattr(sets, name).to_parquet(paths[name], index=False)
-    return paths
-
-
-def load_training_sets(in_dir: Path) -> TrainingSets:
-    return TrainingSets(**{name: pd.read_parquet(in_dir / f"{name}.parquet") for name in SPLITS})

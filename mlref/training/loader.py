@@ -3,15 +3,23 @@
 A small model trains far faster than a CPU can gather and copy its batches: on CUDA the training
 set is copied to the GPU once and every batch is an ``index_select`` of a permutation drawn on
 the GPU. A set larger than the memory budget streams instead: each chunk of the permutation is
-gathered on the host, copied over in one transfer, and sliced into batches on the device.
+gathered on the host, copied over in one transfer, and sliced into batches on the device. A set
+larger than host memory is read from its shards (:class:`ShardBatches`) with a bounded buffer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def row_bytes(tensors: Sequence[torch.Tensor]) -> int:
@@ -75,3 +83,131 @@ class Batches:
             part = [t.index_select(0, chunk).to(self.device) for t in self.tensors]
             for start in range(0, len(chunk), self.batch_size):
                 yield tuple(p[start : start + self.batch_size] for p in part)
+
+
+def host_budget(configured: int) -> int:
+    """Bytes a training set may take in host memory: ``configured``, or with 0 a quarter of
+    what this process may use (its cgroup's limit, as in a pod, else the machine's memory)."""
+    if configured:
+        return configured
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cgroup = Path("/sys/fs/cgroup/memory.max")
+    if cgroup.is_file() and (text := cgroup.read_text().strip()).isdigit():
+        limit = min(limit, int(text))
+    return limit // 4
+
+
+_DONE = object()
+
+
+class Prefetched:
+    """``load(i)`` for each ``i`` of ``order``, read by a background thread at most ``depth``
+    items ahead of the consumer (so at most ``depth + 1`` loaded items exist that the consumer
+    has not taken). Errors surface in the consumer; closing early stops the thread."""
+
+    def __init__(self, load: Callable[[int], T], order: Sequence[int], depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(load, order), daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, load: Callable[[int], T], order: Sequence[int]) -> None:
+        try:
+            for i in order:
+                if not self._put(load(i)):
+                    return
+            self._put(_DONE)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(error)
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            while (item := self._queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+class ShardBatches:
+    """Shuffled batches of a training set read shard by shard, for a set larger than host
+    memory; the same interface as :class:`Batches` (``rows``, ``device``, ``resident``).
+
+    ``load(i)`` returns shard ``i`` as tensors (rows first). Each epoch the shard order is a
+    fresh permutation; a background thread reads up to ``prefetch`` shards ahead; rows are
+    shuffled within a buffer of ``buffer_shards`` shards and cut into batches, the remainder
+    (under a batch) carried into the next buffer. Every row is seen exactly once per epoch.
+
+    Randomness, against a full permutation: the order of shards and the order of rows within a
+    buffer are uniform, but a batch only mixes rows of the shards of one buffer (plus a
+    carried remainder); with day-ordered shards a batch spans ``buffer_shards`` random days,
+    not the whole range. Host memory holds a buffer of ``buffer_shards`` shards (three copies
+    of it for a moment, while it is joined and permuted) and ``prefetch + 1`` shards read ahead,
+    whatever the set's size.
+    """
+
+    resident = False
+
+    def __init__(
+        self,
+        load: Callable[[int], tuple[torch.Tensor, ...]],
+        shard_rows: Sequence[int],
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        buffer_shards: int = 4,
+        prefetch: int = 2,
+    ) -> None:
+        self.load, self.shard_rows = load, list(shard_rows)
+        self.rows, self.batch_size, self.device = sum(self.shard_rows), batch_size, device
+        self.buffer_shards, self.prefetch = buffer_shards, prefetch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.taken = 0  # shards taken from the read-ahead queue (tests check the bound)
+        self.max_buffered_rows = 0  # most rows held in a buffer at once
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.batch_size)  # only an epoch's last batch is partial
+
+    def _shuffled(self, parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        """The buffer's rows as one permuted set of tensors, moved to the device once."""
+        columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+        self.max_buffered_rows = max(self.max_buffered_rows, len(columns[0]))
+        order = torch.randperm(len(columns[0]), generator=self.generator)
+        pin = self.device.type == "cuda"
+        moved = []
+        for column in columns:
+            part = column.index_select(0, order)
+            moved.append(part.pin_memory().to(self.device, non_blocking=True) if pin else part)
+        return tuple(moved)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = torch.randperm(len(self.shard_rows), generator=self.generator).tolist()
+        buffer: list[tuple[torch.Tensor, ...]] = []
+        carry: tuple[torch.Tensor, ...] | None = None
+        for shard in Prefetched(self.load, order, self.prefetch):
+            self.taken += 1
+            buffer.append(shard)
+            if len(buffer) < self.buffer_shards:
+                continue
+            rows = self._shuffled(buffer if carry is None else [carry, *buffer])
+            buffer = []
+            whole = len(rows[0]) - len(rows[0]) % self.batch_size
+            for start in range(0, whole, self.batch_size):
+                yield tuple(t[start : start + self.batch_size] for t in rows)
+            carry = tuple(t[whole:].cpu() for t in rows) if whole < len(rows[0]) else None
+        rest = buffer if carry is None else [carry, *buffer]
+        if rest:
+            rows = self._shuffled(rest)
+            for start in range(0, len(rows[0]), self.batch_size):
+                yield tuple(t[start : start + self.batch_size] for t in rows)

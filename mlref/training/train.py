@@ -23,9 +23,10 @@ from torch import nn
 from mlref.console import console, progress
 from mlref.features.transform import FeatureSpec, transform
 from mlref.settings import TrainSettings
-from mlref.training.loader import Batches, memory_budget
+from mlref.training.loader import Batches, Prefetched, ShardBatches, host_budget, memory_budget
 from mlref.training.metrics import SplitMetrics, evaluate
 from mlref.training.model import CTRModel
+from mlref.training.shards import SPLITS, ShardSet
 
 LABEL = "clicked"
 EVAL_BATCH = 8192
@@ -197,43 +198,131 @@ def predict(model: CTRModel, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray
     return torch.cat(parts).cpu().numpy() if parts else np.empty(0, dtype=np.float32)
 
 
-def train(sets: TrainingSets, spec: FeatureSpec, settings: TrainSettings) -> TrainResult:
-    """Train a :class:`CTRModel` and evaluate it on every split."""
-    device = resolve_device(settings.device)
-    data = {name: encode(getattr(sets, name), spec) for name in ("train", "val", "test")}
-    for name, split in data.items():
-        if len(split) == 0:
-            raise ValueError(f"the {name} split is empty: generate or select more days")
-    train_set = data["train"]
-    plan = recipe(settings, device, len(train_set))
-    torch.manual_seed(settings.seed)
-    with _deterministic(device.type == "cpu"), precision_scope(device, settings.precision) as amp:
-        num = train_set.num.double()
-        model = CTRModel(
-            spec,
-            settings,
-            num_mean=num.mean(0).numpy(),
-            num_std=num.std(0).numpy(),
-            base_rate=float(train_set.labels.mean()),
-        ).to(device)
-        batches = Batches(
-            (train_set.cat, train_set.num, train_set.labels),
+class _Resident:
+    """A split held in memory as one set of tensors (every set that fits the host budget)."""
+
+    def __init__(self, tensors: Tensors):
+        self.tensors, self.rows = tensors, len(tensors)
+
+    def input_stats(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Numeric inputs' mean and std, and the positive rate (the model's initialization)."""
+        num = self.tensors.num.double()
+        return num.mean(0).numpy(), num.std(0).numpy(), float(self.tensors.labels.mean())
+
+    def scores(self, model: CTRModel) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, predicted probabilities) of every row."""
+        split = self.tensors
+        return split.labels.numpy(), predict(model, split.cat, split.num)
+
+    def batches(self, plan: Recipe, device: torch.device, settings: TrainSettings) -> Batches:
+        split = self.tensors
+        return Batches(
+            (split.cat, split.num, split.labels),
             plan.batch_size,
             device,
             settings.seed,
             memory_budget(device, settings.device_memory_fraction),
         )
+
+
+class _Streamed:
+    """A split read shard by shard from its :class:`ShardSet`, a few shards ahead."""
+
+    def __init__(self, sets: ShardSet, name: str, spec: FeatureSpec, prefetch: int):
+        self.shards = sets.shards(name)
+        self.rows = sum(shard.rows for shard in self.shards)
+        self.prefetch = prefetch
+        self.load = lambda i: encode(sets.read(self.shards[i]), spec)
+
+    def chunks(self) -> Iterator[Tensors]:
+        return iter(Prefetched(self.load, range(len(self.shards)), self.prefetch))
+
+    def input_stats(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """As :meth:`_Resident.input_stats`, in one pass (Chan et al.'s pairwise update)."""
+        count, mean, m2, positives = 0, 0.0, 0.0, 0.0
+        for chunk in self.chunks():
+            num = chunk.num.double()
+            n, chunk_mean = len(num), num.mean(0)
+            delta = chunk_mean - mean
+            m2 = m2 + ((num - chunk_mean) ** 2).sum(0) + delta**2 * count * n / (count + n)
+            mean, count = mean + delta * n / (count + n), count + n
+            positives += float(chunk.labels.double().sum())
+        return mean.numpy(), (m2 / (count - 1)).sqrt().numpy(), positives / count
+
+    def scores(self, model: CTRModel) -> tuple[np.ndarray, np.ndarray]:
+        labels, probabilities = [], []
+        for chunk in self.chunks():
+            labels.append(chunk.labels.numpy())
+            probabilities.append(predict(model, chunk.cat, chunk.num))
+        return np.concatenate(labels), np.concatenate(probabilities)
+
+    def batches(self, plan: Recipe, device: torch.device, settings: TrainSettings) -> ShardBatches:
+        def load(i: int) -> tuple[torch.Tensor, ...]:
+            split = self.load(i)
+            return split.cat, split.num, split.labels
+
+        return ShardBatches(
+            load,
+            [shard.rows for shard in self.shards],
+            plan.batch_size,
+            device,
+            settings.seed,
+            settings.shuffle_buffer_shards,
+            self.prefetch,
+        )
+
+
+def resident_bytes(sets: ShardSet, spec: FeatureSpec) -> int:
+    """Host bytes training holds for ``sets`` in memory: its frames and their tensors."""
+    row = 8 * len(spec.categorical) + 4 * len(spec.numeric) + 4
+    return sets.memory_bytes() + row * sum(sets.rows(name) for name in SPLITS)
+
+
+def _splits(
+    sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings
+) -> dict[str, _Resident | _Streamed]:
+    """Each split resident when the whole set fits ``host_memory_bytes``, else streamed."""
+    if isinstance(sets, ShardSet):
+        if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes):
+            return {name: _Streamed(sets, name, spec, settings.prefetch_shards) for name in SPLITS}
+        sets = TrainingSets(**{name: sets.frame(name) for name in SPLITS})
+    return {name: _Resident(encode(getattr(sets, name), spec)) for name in SPLITS}
+
+
+def train(sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings) -> TrainResult:
+    """Train a :class:`CTRModel` and evaluate it on every split.
+
+    A :class:`ShardSet` larger than the host budget is streamed from its shards: training
+    batches through :class:`ShardBatches`, evaluation a shard at a time.
+    """
+    device = resolve_device(settings.device)
+    data = _splits(sets, spec, settings)
+    for name, split in data.items():
+        if split.rows == 0:
+            raise ValueError(f"the {name} split is empty: generate or select more days")
+    train_set = data["train"]
+    plan = recipe(settings, device, train_set.rows)
+    torch.manual_seed(settings.seed)
+    with _deterministic(device.type == "cpu"), precision_scope(device, settings.precision) as amp:
+        num_mean, num_std, base_rate = train_set.input_stats()
+        model = CTRModel(
+            spec, settings, num_mean=num_mean, num_std=num_std, base_rate=base_rate
+        ).to(device)
+        batches = train_set.batches(plan, device, settings)
+        where = (
+            f"streamed from {len(train_set.shards)} shards"
+            if isinstance(train_set, _Streamed)
+            else "resident"
+            if batches.resident
+            else "streamed in chunks"
+        )
         console.print(
             f"training on {device}: batch {plan.batch_size:,}, learning rate "
-            f"{plan.learning_rate:.3g} (warm-up {plan.warmup_steps} steps), training set "
-            f"{'resident' if batches.resident else 'streamed in chunks'}"
+            f"{plan.learning_rate:.3g} (warm-up {plan.warmup_steps} steps), training set {where}"
         )
         history = _fit(model, batches, data["val"], plan, settings, amp)
         best = min(history, key=lambda record: record.val_logloss)
-        metrics = {
-            name: evaluate(split.labels.numpy(), predict(model, split.cat, split.num))
-            for name, split in data.items()
-        }
+        metrics = {name: evaluate(*split.scores(model)) for name, split in data.items()}
     return TrainResult(
         model=model.cpu().eval(),
         history=history,
@@ -270,8 +359,8 @@ def step(
 
 def _fit(
     model: CTRModel,
-    batches: Batches,
-    val: Tensors,
+    batches: Batches | ShardBatches,
+    val: _Resident | _Streamed,
     plan: Recipe,
     settings: TrainSettings,
     amp: torch.dtype | None,
@@ -292,7 +381,7 @@ def _fit(
                 bar.advance(task)
             train_loss = float(total) / batches.rows  # one device sync per epoch
             seconds = time.perf_counter() - started
-            scores = evaluate(val.labels.numpy(), predict(model, val.cat, val.num))
+            scores = evaluate(*val.scores(model))
             record = EpochRecord(
                 epoch=epoch,
                 train_logloss=train_loss,

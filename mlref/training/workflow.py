@@ -22,6 +22,7 @@ from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
 from mlref.training.registry import PromotionDecision
+from mlref.training.shards import ShardSet
 from mlref.training.train import encode, train
 
 MODEL_FILE = "model.pt"
@@ -41,9 +42,9 @@ def _write_json(path: Path, payload: dict) -> None:
 def make_training_set(
     settings: Settings, out_dir: Path, start: str = "", end: str = ""
 ) -> dataset.DatasetReport:
-    """Point-in-time training sets, written as Parquet with the dataset report beside them."""
-    sets, report = dataset.build_training_sets(settings, start or None, end or None)
-    dataset.save_training_sets(sets, out_dir)
+    """Point-in-time training sets, written as Parquet shards (:mod:`mlref.training.shards`)
+    with the dataset report beside them."""
+    report = dataset.write_training_sets(settings, str(out_dir), start or None, end or None)
     _write_json(out_dir / REPORT_FILE, asdict(report))
     console.print(
         f"training set: {report.rows} rows, {report.feast_dropped} rows without feature "
@@ -56,7 +57,7 @@ def fit(settings: Settings, sets_dir: Path, out_dir: Path) -> dict[str, float]:
     """Train; save the model, per-split metrics and the two plots. Returns flat metrics."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = build_spec(settings.features)
-    result = train(dataset.load_training_sets(sets_dir), spec, settings.train)
+    result = train(ShardSet(str(sets_dir)), spec, settings.train)
     torch.save(result.model, out_dir / MODEL_FILE)
     plots.reliability_diagram(result.metrics, out_dir / "reliability.png")
     plots.training_curve(result.history, out_dir / "training_curve.png")
@@ -84,7 +85,7 @@ def export_and_gate(
     model = torch.load(model_dir / MODEL_FILE, weights_only=False)
     fp32 = export_onnx(model, spec, out_dir / FP32_FILE)
     int8 = quantize_int8(fp32, out_dir / INT8_FILE)
-    test = encode(dataset.load_training_sets(sets_dir).test, spec)
+    test = encode(ShardSet(str(sets_dir)).frame("test"), spec)  # the test days only
     report = check_parity(model, fp32, int8, test.cat, test.num, test.labels, settings.parity)
     _write_json(out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons)})
     if not report.passed:
@@ -99,7 +100,7 @@ def register(
     data_report = json.loads((sets_dir / REPORT_FILE).read_text())
     train_report = json.loads((model_dir / REPORT_FILE).read_text())
     parity = json.loads((export_dir / REPORT_FILE).read_text())
-    test = dataset.load_training_sets(sets_dir).test
+    test = ShardSet(str(sets_dir)).frame("test")
 
     def evaluate(path: Path) -> dict[str, float]:
         model = onnx_model.load(path)

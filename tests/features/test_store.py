@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,19 @@ def test_cluster_mode_without_shared_storage_names_the_setting(settings: Setting
 def test_cluster_feature_store_lives_under_the_storage_root(settings: Settings):
     cluster = Settings(mode="cluster", work_dir=settings.work_dir, storage={"root": "s3://b/"})
     assert store.repo_config(cluster).registry.path == "s3://b/features/registry.db"
+
+
+def test_chunked_joins_give_the_same_rows_as_one_join(applied: Settings):
+    frame = events(LOG * 3)  # every (entity, instant) pair three times
+    frame["event_timestamp"] += pd.to_timedelta([0] * 6 + [1] * 6 + [86_400] * 6, unit="s")
+    whole, dropped = store.historical_features(applied, frame)
+    counts = store.snapshot_counts(applied, store.TABLES[0])
+    chunks = store.join_chunks(frame["user_id"], counts, 4)
+    assert len(chunks) > 3 and chunks[0].start == 0 and chunks[-1].stop == len(frame)
+    assert all(a.stop == b.start for a, b in itertools.pairwise(chunks))
+    fan_out = frame["user_id"].map(counts).fillna(0) + 1
+    assert all(fan_out[c].sum() <= 4 + fan_out[c].iloc[0] for c in chunks)
+
+    chunked, chunked_dropped = store.historical_features(applied, frame, join_rows=4)
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert chunked_dropped == dropped

@@ -18,6 +18,7 @@ from mlref.monitoring import drift
 from mlref.monitoring.quality import quality_issues
 from mlref.monitoring.reference import load_reference
 from mlref.settings import Settings
+from mlref.training.shards import ShardSet
 from mlref.training.workflow import INT8_FILE
 from tests.monitoring.test_scenarios import check
 
@@ -30,7 +31,7 @@ def test_every_field_flows_from_generator_to_drift_report(
     steps = {
         "generated": pd.read_parquet(world.raw_dir),
         "curated": pd.read_parquet(world.curated_dir),
-        "training set": pd.read_parquet(train / "sets" / "train.parquet"),
+        "training set": ShardSet(str(train / "sets")).frame("train"),
         "inference log": scenario_log("none"),
     }
     for step, frame in steps.items():
