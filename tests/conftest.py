@@ -295,3 +295,17 @@ def spark(spark_faults: Path, request: pytest.FixtureRequest) -> Iterator[object
     )
     yield spark
     spark.stop()
+
+
+@pytest.fixture
+def applied(settings: Settings) -> Settings:
+    """The hand-built log of tests.features computed into snapshot tables and registered
+    with Feast."""
+    from mlref.features import store
+    from mlref.features.compute import compute_tables
+    from tests.features import LOG, events, write_curated
+
+    write_curated(settings.curated_dir, events(LOG))
+    compute_tables(settings)
+    store.apply(settings)
+    return settings

@@ -244,6 +244,16 @@ def test_big_files_are_read_in_batches(tmp_path: Path, settings: Settings) -> No
     assert "r2300" in set(pd.read_parquet(settings.curated_dir)["request_id"])
 
 
+# Each kind of bad file write_bad_file makes, with the error's message; both engines give it.
+BAD_FILES = [
+    ("json", "z.json: not a Parquet or CSV file (expected .parquet, .pq, .csv)"),
+    ("empty", "z.csv: empty file"),
+    ("header only", "z.csv: empty file (no data rows)"),
+    ("missing columns", "z.parquet: missing column(s) hour, clicked"),
+    ("corrupt", "z.parquet: unreadable or corrupt parquet file: "),
+]
+
+
 def write_bad_file(root: Path, case: str) -> Path:
     if case == "json":
         path = root / "z.json"
@@ -263,16 +273,7 @@ def write_bad_file(root: Path, case: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("json", "z.json: not a Parquet or CSV file (expected .parquet, .pq, .csv)"),
-        ("empty", "z.csv: empty file"),
-        ("header only", "z.csv: empty file (no data rows)"),
-        ("missing columns", "z.parquet: missing column(s) hour, clicked"),
-        ("corrupt", "z.parquet: unreadable or corrupt parquet file: "),
-    ],
-)
+@pytest.mark.parametrize(("case", "message"), BAD_FILES)
 def test_bad_files_fail_clearly_and_write_nothing(
     tmp_path: Path, settings: Settings, case: str, message: str
 ) -> None:

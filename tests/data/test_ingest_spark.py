@@ -13,6 +13,7 @@ from mlref.data.ingest import ingest
 from mlref.data.parts import IngestError, IngestResult
 from mlref.settings import EngineSettings, Settings, StorageSettings
 from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
+    BAD_FILES,
     NOW,
     corrupted,
     data_files,
@@ -83,9 +84,7 @@ def test_spark_curates_and_quarantines_exactly_as_the_local_engine(
     assert local.unknown_values
 
 
-def test_spark_rerun_rewrites_the_same_files(
-    raw: Path, settings: Settings, tmp_path: Path
-) -> None:
+def test_spark_rerun_rewrites_the_same_files(raw: Path, settings: Settings, tmp_path: Path) -> None:
     spark_settings = on_spark(settings, settings.work_dir)
     first = ingest(str(raw), spark_settings, now=NOW)
     files = {p: p.read_bytes() for p in data_files(settings.work_dir / "data")}
@@ -96,16 +95,7 @@ def test_spark_rerun_rewrites_the_same_files(
     assert not (settings.work_dir / "staging").exists()
 
 
-@pytest.mark.parametrize(
-    ("case", "message"),
-    [
-        ("json", "z.json: not a Parquet or CSV file (expected .parquet, .pq, .csv)"),
-        ("empty", "z.csv: empty file"),
-        ("header only", "z.csv: empty file (no data rows)"),
-        ("missing columns", "z.parquet: missing column(s) hour, clicked"),
-        ("corrupt", "z.parquet: unreadable or corrupt parquet file: "),
-    ],
-)
+@pytest.mark.parametrize(("case", "message"), BAD_FILES)
 def test_bad_files_fail_as_locally_and_write_nothing(
     tmp_path: Path, settings: Settings, case: str, message: str
 ) -> None:
@@ -212,8 +202,7 @@ def test_spark_ingests_into_object_storage(
 
     fs, root = fsspec.core.url_to_fs(f"{bucket}/data")
     found = {
-        path.removeprefix(f"{root}/"): pq.read_table(path, filesystem=fs)
-        for path in fs.find(root)
+        path.removeprefix(f"{root}/"): pq.read_table(path, filesystem=fs) for path in fs.find(root)
     }
     assert found == outputs(settings)
     assert (result.rows_in, result.rows_curated, result.reasons) == (

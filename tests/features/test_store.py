@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from mlref.features import store
-from mlref.features.compute import compute_tables
 from mlref.features.transform import STAT_COLUMNS, build_spec, fill_defaults
 from mlref.settings import FeatureSettings, Settings
 from tests.features import LOG, events, write_curated
@@ -26,15 +25,6 @@ def _snapshot(settings: Settings, name: str, key: str, entity: int, day: str) ->
     match = frame[(frame[key] == entity) & (frame["event_timestamp"] == _stamp(day))]
     assert len(match) == 1
     return match.iloc[0]
-
-
-@pytest.fixture
-def applied(settings: Settings) -> Settings:
-    """The hand-built log computed into snapshot tables and registered with Feast."""
-    write_curated(settings.curated_dir, events(LOG))
-    compute_tables(settings)
-    store.apply(settings)
-    return settings
 
 
 def test_training_rows_never_see_their_own_event_or_later(applied: Settings):

@@ -9,20 +9,9 @@ import pandas as pd
 import pytest
 
 from mlref.features import store
-from mlref.features.compute import compute_tables
 from mlref.features.transform import build_spec, fill_defaults
 from mlref.settings import Settings
 from mlref.training import dataset, shards
-from tests.features import LOG, events, write_curated
-
-
-@pytest.fixture
-def applied(settings: Settings) -> Settings:
-    """The hand-built log (Jan 1, 2, 3 and 9) computed into snapshots and registered."""
-    write_curated(settings.curated_dir, events(LOG))
-    compute_tables(settings)
-    store.apply(settings)
-    return settings
 
 
 def test_day_by_day_equals_one_join_of_the_whole_range(applied: Settings, tmp_path):
