@@ -184,6 +184,17 @@ class S3Server:
             region_name=self.region,
         )
 
+    def add_user(
+        self, name: str, access_key: str, secret_key: str, policy: dict | None = None
+    ) -> None:
+        """Let ``access_key``/``secret_key`` in with ``policy`` (AWS IAM JSON; None: all, as a
+        store's root user), as a store's admin adds a user (``mc admin user add`` on MinIO)."""
+        import requests
+
+        body = {"name": name, "access_key": access_key, "secret_key": secret_key}
+        response = requests.post(f"{self.endpoint}/mlref/users", json={**body, "policy": policy})
+        response.raise_for_status()
+
     def create_bucket(self, name: str) -> str:
         """Create ``name`` (empty, or emptied if a test left objects in it); returns s3://name."""
         client = self.client()
@@ -215,14 +226,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     )
     base = tmp_path_factory.mktemp("s3")
     port = free_port()
+    store = S3Server(endpoint=f"http://127.0.0.1:{port}")
+    launcher = Path(__file__).parent / "s3_store.py"  # credentials checked, as in a real store
     server = Server(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(launcher), "127.0.0.1", str(port), store.access_key, store.secret_key],
         port,
         base / "moto.log",
     )
     try:
         server.wait_ready(timeout=60)
-        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+        yield store
     finally:
         server.stop()
 

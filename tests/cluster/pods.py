@@ -199,17 +199,35 @@ class Cluster:
         return text
 
 
+def store_root_user(cluster: Cluster) -> tuple[str, str]:
+    """The object store's root user as the rendered MinIO gets it: its ``MINIO_ROOT_USER``
+    and ``MINIO_ROOT_PASSWORD``, resolved from the install's objects like any pod's env."""
+    (minio,) = [
+        o
+        for o in cluster.objects
+        if o["kind"] == "StatefulSet" and "minio" in o["metadata"]["name"]
+    ]
+    (container,) = pod_spec_of(minio)["containers"]
+    namespace = minio["metadata"].get("namespace", cluster.namespace)
+    env = declared_env(container, cluster, namespace, minio["metadata"]["name"])
+    return env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
+
+
 def installed(
     chart: list[dict[str, Any]],
     services: Mapping[str, str] | None = None,
     namespace: str = "mlref",
     pipelines_namespace: str = "kubeflow",
+    store: Any = None,
 ) -> Cluster:
     """The cluster scripts/kind-up.sh leaves: the rendered chart's objects and the namespace
     and Secrets it applies besides (:func:`mlref.k8s.install.kind_objects`), and nothing a
-    test makes for itself."""
+    test makes for itself. ``store`` (the test S3 server), as MinIO does, takes its root
+    user from what the install gives MinIO, and refuses every other key."""
     objects = [*kind_objects(REPO, namespace, pipelines_namespace), *chart]
     cluster = Cluster(objects=objects, services=dict(services or {}), namespace=namespace)
+    if store is not None:
+        store.add_user("minio-root", *store_root_user(cluster))
     settings = cluster.lookup("ConfigMap", "mlref-settings", namespace) or {}
     if "MLREF_IMAGE" in settings:  # the project image, as this install names it
         cluster.image_repository = settings["MLREF_IMAGE"].rsplit(":", 1)[0]

@@ -140,6 +140,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
             "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
             "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
         },
+        store=s3,
     )
     # This process stands in for the user's laptop (generating logs) and for the serving
     # transformer (writing the inference log): cluster settings, as the ConfigMap gives them.

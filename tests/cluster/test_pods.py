@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlref.k8s.install import OBJECT_STORE_SECRET
 from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
@@ -34,7 +35,9 @@ open("/tmp/scratch", "w").write("gone with the pod")
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
     """What kind-up installs, its object store mapped to the test S3 server (which, like
     MinIO on kind, takes the install's object-store Secret as its user)."""
-    return installed(objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")})
+    return installed(
+        objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")}, store=s3
+    )
 
 
 def probe_job(objects: list[dict], name: str) -> dict:
@@ -85,6 +88,32 @@ def test_a_missing_secret_stops_the_pod_before_it_starts(
             tmp_path,
             claims={"drift-state": tmp_path},
         )
+
+
+@pytest.mark.parametrize(
+    ("key", "refusal"),
+    [
+        ("AWS_ACCESS_KEY_ID", "InvalidAccessKeyId"),
+        ("AWS_SECRET_ACCESS_KEY", "SignatureDoesNotMatch"),
+    ],
+)
+def test_a_wrong_secret_value_is_refused_by_the_object_store(
+    kind_chart: list[dict], s3_server: S3Server, tmp_path: Path, key: str, refusal: str
+) -> None:
+    s3_server.create_bucket("mlref")
+    cluster = chart_cluster(kind_chart, s3_server)  # the store knows the install's Secret
+    (secret,) = [
+        o
+        for o in cluster.objects
+        if o["kind"] == "Secret"
+        and o["metadata"] == {**o["metadata"], "name": OBJECT_STORE_SECRET, "namespace": "mlref"}
+    ]
+    secret["stringData"][key] += "-stale"  # e.g. a Secret edited after the store was set up
+    done = run_pod(
+        probe_job(kind_chart, "drift-check"), cluster, tmp_path, claims={"drift-state": tmp_path}
+    )
+    assert done.returncode != 0
+    assert refusal in done.stdout
 
 
 def test_env_references_and_writes_outside_volumes_behave_as_in_a_pod(tmp_path: Path) -> None:
