@@ -3,7 +3,6 @@ Prometheus server scraping the predictors every second."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,9 @@ from tests.servers import Server, find_binary, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 SCRAPE_SECONDS = 1
+# The window spans several scrapes, so that increase()'s extrapolation at its two ends (at
+# most 1.1 intervals each) stays a bounded share of what it counts.
+WINDOW_SECONDS = 6 * SCRAPE_SECONDS
 
 
 def start_prometheus(targets: list[str], base: Path) -> Server:
@@ -88,10 +90,14 @@ def test_prometheus_and_local_sources_agree(nan_candidate):
     # window's first samples hold the counts before its traffic...
     settled = time.time() + 1.0
     wait_until(lambda: scraped_since(prometheus_url, settled), 30, "a scrape before the window")
+    began = time.time()
     local.begin()
     remote.begin()
     with Traffic(serving, requests=600) as traffic:
         traffic.wait()
+    # A window's length is what is measured here, not a state awaited: the traffic may end
+    # sooner on a fast machine, so the window is held open to its set length.
+    time.sleep(max(0.0, began + WINDOW_SECONDS - time.time()))
     stopped = time.time()
     local_window = local.collect()
     # ...and its last ones the counts after it.
@@ -109,7 +115,8 @@ def test_prometheus_and_local_sources_agree(nan_candidate):
     assert remote_errors["canary_rate"] == pytest.approx(local_errors["canary_rate"], abs=0.1)
     # increase() extrapolates each series' change to the window's ends, by at most 1.1 scrape
     # intervals at each (Prometheus's extrapolatedRate): that is all it may add to the counts.
-    span = math.ceil((windows["prometheus"].end - windows["prometheus"].start).total_seconds())
+    span = (windows["prometheus"].end - windows["prometheus"].start).total_seconds()
+    assert span >= WINDOW_SECONDS, span
     extrapolated = 2.2 * SCRAPE_SECONDS / (span - 2.2 * SCRAPE_SECONDS)
     for variant in ("stable", "canary"):
         exact, seen = (getattr(w, variant).requests for w in windows.values())
