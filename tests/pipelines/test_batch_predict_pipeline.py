@@ -11,11 +11,19 @@ from typer.testing import CliRunner
 
 from mlref.batch_predict import predictions_uri, read_predictions
 from mlref.cli import app
-from mlref.pipelines.runner import BATCH_PREDICT, compile_pipeline, compiled_path
+from mlref.pipelines.runner import (
+    BATCH_PREDICT,
+    SubmitError,
+    batch_arguments,
+    compile_pipeline,
+    compiled_path,
+    submit,
+)
 from mlref.pipelines.training import OBJECT_STORE_SECRET, SETTINGS_CONFIG_MAP
 from mlref.serving.predictor import file_version
 from mlref.settings import Settings
 from tests.batch import DAYS, build_batch_world
+from tests.servers import refused_port
 
 COMPILED = compiled_path(BATCH_PREDICT)
 
@@ -55,3 +63,13 @@ def test_local_run_publishes_a_partition_per_day(cli_env: Settings, tmp_path: Pa
     assert sorted(table["request_id"]) == sorted(impressions["request_id"])
     assert set(table["date"]) == set(DAYS)
     assert (table["model_version"] == file_version(model)).all()
+
+
+def test_submit_to_an_unreachable_host_is_one_clear_error(settings: Settings) -> None:
+    with refused_port() as port, pytest.raises(SubmitError, match=rf"127\.0\.0\.1:{port}"):
+        submit(settings, batch_arguments(), f"http://127.0.0.1:{port}", name=BATCH_PREDICT)
+
+
+def test_submitting_training_without_a_source_names_the_option(cli_env: Settings) -> None:
+    result = CliRunner().invoke(app, ["pipeline", "submit", "--host", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "--source" in result.output
