@@ -105,7 +105,11 @@ def predict_range(
         storage.write_atomically(target, lambda path, table=table: pq.write_table(table, path))
         report.rows[day] = table.num_rows
         report.feast_dropped += dropped
-        console.print(f"[{number}/{len(days)}] {DATE_COLUMN}={day}: {table.num_rows} rows")
+        console.print(
+            f"[{number}/{len(days)}] {DATE_COLUMN}={day}: {table.num_rows} rows "
+            f"({dropped} without feature rows: priors)",
+            highlight=False,
+        )
     return report
 
 
