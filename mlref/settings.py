@@ -398,6 +398,18 @@ class DemoSettings(Section):
         20, ge=1, description="Impressions per request when replaying a window."
     )
     canary_bake_seconds: float = Field(8.0, gt=0, description="Bake time of each canary stage.")
+    canary_passes: int = Field(
+        5,
+        ge=1,
+        description="Most passes the canary's traffic makes over the live day: it flows until "
+        "the rollout decides, bounded in count.",
+    )
+    canary_max_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="Safety bound on the canary rollout: a stage still short of evidence then "
+        "stops the demo with an error; the verdict itself never rests on the clock.",
+    )
 
 
 class PipelineSettings(Section):
