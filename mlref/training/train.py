@@ -369,7 +369,7 @@ def train(
             else "streamed in chunks"
         )
         if ranks is not None:
-            where += f", {ranks.world} ranks of {rank_plan.batch_size:,} rows a batch"
+            where += f", {ranks.world} rank(s) of {rank_plan.batch_size:,} rows a batch"
         console.print(
             f"training on {device}: batch {plan.batch_size:,}, learning rate "
             f"{plan.learning_rate:.3g} (warm-up {plan.warmup_steps} steps), training set {where}"

@@ -84,7 +84,7 @@ def test_two_ranks_train_a_model_as_good_as_one_process_and_it_exports_the_same(
 ):
     run = _torchrun(shard_set, tmp_path / "model", 2, _env(small_train))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 ranks of 128 rows a batch" in run.stderr  # the global batch of 256, split
+    assert "2 rank(s) of 128 rows a batch" in run.stderr  # the global batch of 256, split
     single = train(ShardSet(str(shard_set)), spec, small_train)
     model = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
     assert type(model) is type(single.model)
