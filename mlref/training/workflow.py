@@ -17,7 +17,7 @@ from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
 from mlref.settings import Settings
-from mlref.training import dataset, plots, reference, registry, tracking
+from mlref.training import dataset, plots, reference, registry, tracking, trainjob
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
@@ -60,7 +60,11 @@ def fit(
     """Train; save the model, per-split metrics and the two plots. Returns flat metrics.
 
     With ``ranks`` (data-parallel, :mod:`mlref.training.distributed`) every rank trains and rank
-    0 alone writes: the same files, so export and registration cannot tell the runs apart."""
+    0 alone writes: the same files, so export and registration cannot tell the runs apart.
+    ``train.distributed=torchrun-local`` starts those ranks here, under torchrun."""
+    if ranks is None and settings.train.distributed == "torchrun-local":
+        trainjob.run_local(settings, sets_dir, out_dir)
+        return tracking.flatten_metrics(json.loads((out_dir / REPORT_FILE).read_text())["metrics"])
     spec = build_spec(settings.features)
     result = train(ShardSet(str(sets_dir)), spec, settings.train, ranks)
     flat = tracking.flatten_metrics(result.metric_table())

@@ -3,7 +3,9 @@ model quality as one process, the same model file, and a failing rank fails the 
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +14,13 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec
-from mlref.settings import TrainSettings
+from mlref.settings import Settings, TrainSettings
 from mlref.training.export import export_onnx
 from mlref.training.ranks import combine_stats
 from mlref.training.shards import ShardSet, ShardWriter
 from mlref.training.train import train
+from mlref.training.trainjob import trainjob
+from mlref.training.workflow import fit
 
 from .conftest import make_frame
 
@@ -80,23 +84,88 @@ def test_combined_statistics_are_those_of_all_rows():
 
 
 def test_two_ranks_train_a_model_as_good_as_one_process_and_it_exports_the_same(
-    shard_set: Path, spec: FeatureSpec, small_train: TrainSettings, tmp_path: Path
+    shard_set: Path,
+    spec: FeatureSpec,
+    small_train: TrainSettings,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ):
-    run = _torchrun(shard_set, tmp_path / "model", 2, _env(small_train))
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 rank(s) of 128 rows a batch" in run.stderr  # the global batch of 256, split
+    ranked = small_train.model_copy(update={"distributed": "torchrun-local", "procs_per_node": "2"})
+    settings = Settings(train=ranked)
+    metrics = fit(settings, shard_set, tmp_path / "model")  # the training step, under torchrun
+    assert "2 rank(s) of 128 rows a batch" in capfd.readouterr().err  # global batch 256, split
     single = train(ShardSet(str(shard_set)), spec, small_train)
     model = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
     assert type(model) is type(single.model)
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in single.model.state_dict().items()
     }
-    report = __import__("json").loads((tmp_path / "model" / "report.json").read_text())
+    report = json.loads((tmp_path / "model" / "report.json").read_text())
     assert report["metrics"]["test"]["rows"] == single.metrics["test"].rows
     # Tiny data (10,000 training rows): two shuffles of the same rows differ by a few
     # thousandths of AUC between one-process runs with different seeds, so the bound is 0.01.
     assert abs(report["metrics"]["test"]["auc"] - single.metrics["test"].auc) < 0.01
+    assert metrics["test_auc"] == report["metrics"]["test"]["auc"]
     assert export_onnx(model, spec, tmp_path / "model.onnx").stat().st_size > 0
+
+
+def test_the_trainjob_runs_the_training_step_on_the_torch_runtime(small_train: TrainSettings):
+    settings = Settings(train=small_train.model_copy(update={"nodes": 3, "procs_per_node": "2"}))
+    resources = {"limits": {"cpu": "4", "memory": "8Gi"}}
+    job = trainjob(settings, "train-abc", "s3://b/sets", "/shared/model", "img:1", resources)
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["spec"]["runtimeRef"] == {
+        "name": "torch-distributed",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+    }
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 2
+    assert trainer["resourcesPerNode"] == resources
+    assert trainer["command"][1:] == [
+        "-m", "torch.distributed.run", "-m", "mlref.training.distributed",
+        "--sets", "s3://b/sets", "--out", "/shared/model",
+    ]  # fmt: skip
+    env = {item["name"]: item["value"] for item in trainer["env"]}
+    assert Settings(train=json.loads(env["MLREF_TRAIN"])).train.nodes == 3
+    with pytest.raises(ValueError, match="PET_NODE_RANK are set by Kubeflow Trainer"):
+        trainjob(settings, "x", "s", "o", "i", env={"PET_NODE_RANK": "1"})
+
+
+def test_trainjob_nodes_train_with_the_environment_the_torch_runtime_gives_them(
+    shard_set: Path, small_train: TrainSettings, tmp_path: Path
+):
+    """Two node pods as processes: the TrainJob's command and env, plus the PET_* variables
+    Kubeflow Trainer's torch plugin adds (node 0's address: here 127.0.0.1, there the headless
+    service's name), and torchrun's static rendezvous between them."""
+    settings = Settings(train=small_train.model_copy(update={"nodes": 2, "procs_per_node": "1"}))
+    out = tmp_path / "model"
+    job = trainjob(settings, "train-abc", str(shard_set), str(out), "img:1")
+    trainer = job["spec"]["trainer"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLREF_", "PET_"))}
+    base |= {item["name"]: item["value"] for item in trainer["env"]} | {"OMP_NUM_THREADS": "1"}
+    base |= {
+        "PET_NNODES": str(trainer["numNodes"]),
+        "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(port),
+    }
+    command = [sys.executable, *trainer["command"][1:]]
+    nodes = [
+        subprocess.Popen(command, env=base | {"PET_NODE_RANK": str(rank)}, stderr=subprocess.PIPE)
+        for rank in range(2)
+    ]
+    try:
+        errors = [node.communicate(timeout=TIMEOUT_S)[1].decode() for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    assert "2 rank(s) of 128 rows a batch" in errors[0]
+    assert (out / "model.pt").is_file()
 
 
 def test_a_rank_that_fails_fails_the_run_with_its_error(
