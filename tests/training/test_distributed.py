@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -184,3 +185,29 @@ def test_a_rank_that_fails_fails_the_run_with_its_error(
     assert "error_file: /" in root
     assert f"ArrowInvalid: Could not open Parquet input source '{sets / last.path}'" in root
     assert not (tmp_path / "model" / "model.pt").exists()
+
+
+def test_a_rank_killed_mid_training_fails_the_run_instead_of_hanging(
+    shard_set: Path, small_train: TrainSettings, tmp_path: Path
+):
+    env = _env(small_train) | {"MLREF_TRAIN__EPOCHS": "10000", "MLREF_TRAIN__PATIENCE": "10000"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mlref.training.distributed", "--sets", str(shard_set), "--out", str(tmp_path),
+    ]  # fmt: skip
+    launcher = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in launcher.stderr or ():
+            lines.append(line)
+            if line.startswith("epoch 1:"):  # both ranks are past their first all-reduces
+                break
+        ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(launcher.pid).children()}
+        ranks[1].kill()
+        rest = launcher.communicate(timeout=TIMEOUT_S)[1]
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    root = rest.split("Root Cause (first observed failure):")[-1]
+    assert "rank      : 1 (local_rank: 1)" in root and "SIGKILL" in root, "".join(lines) + rest
+    assert not (tmp_path / "model.pt").exists()
