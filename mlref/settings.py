@@ -174,6 +174,20 @@ class TrainSettings(Section):
     prefetch_shards: int = Field(
         2, ge=1, description="Streamed training: shards a background thread reads ahead."
     )
+    distributed: Literal["none", "torchrun-local"] = Field(
+        "none",
+        description="Data-parallel training (DDP): none: one process; torchrun-local: the "
+        "training step runs torchrun on its machine with procs_per_node ranks.",
+    )
+    nodes: int = Field(
+        1, ge=1, description="A Kubeflow Trainer TrainJob's numNodes (mlref.training.trainjob)."
+    )
+    procs_per_node: str = Field(
+        "auto",
+        pattern=r"^([1-9][0-9]*|auto|cpu|gpu)$",
+        description="Ranks per node: a number, or auto (torchrun: one per GPU, else per CPU; "
+        "TrainJob: one per GPU, else per CPU of resourcesPerNode).",
+    )
 
 
 class ParitySettings(Section):
