@@ -174,6 +174,20 @@ class TrainSettings(Section):
     prefetch_shards: int = Field(
         2, ge=1, description="Streamed training: shards a background thread reads ahead."
     )
+    distributed: Literal["none", "torchrun-local"] = Field(
+        "none",
+        description="Data-parallel training (DDP): none: one process; torchrun-local: the "
+        "training step runs torchrun on its machine with procs_per_node ranks.",
+    )
+    nodes: int = Field(
+        1, ge=1, description="A Kubeflow Trainer TrainJob's numNodes (mlref.training.trainjob)."
+    )
+    procs_per_node: str = Field(
+        "auto",
+        pattern=r"^([1-9][0-9]*|auto|cpu|gpu)$",
+        description="Ranks per node: a number, or auto (torchrun: one per GPU, else per CPU; "
+        "TrainJob: one per GPU, else per CPU of resourcesPerNode).",
+    )
 
 
 class ParitySettings(Section):
@@ -398,6 +412,18 @@ class DemoSettings(Section):
         20, ge=1, description="Impressions per request when replaying a window."
     )
     canary_bake_seconds: float = Field(8.0, gt=0, description="Bake time of each canary stage.")
+    canary_passes: int = Field(
+        5,
+        ge=1,
+        description="Most passes the canary's traffic makes over the live day: it flows until "
+        "the rollout decides, bounded in count.",
+    )
+    canary_max_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="Safety bound on the canary rollout: a stage still short of evidence then "
+        "stops the demo with an error; the verdict itself never rests on the clock.",
+    )
 
 
 class PipelineSettings(Section):

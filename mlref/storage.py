@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -74,3 +77,26 @@ def move(source: str, uri: str) -> None:
     target_fs, target = filesystem(uri)
     target_fs.makedirs(posixpath.dirname(target), exist_ok=True)
     fs.mv(path, target)
+
+
+def write_atomically(uri: str, write: Callable[[Path], None]) -> None:
+    """Write the file ``uri`` through ``write(staging)`` and :func:`publish` it: readers see
+    the old file or the new one, and a failure leaves the old one. Staging lies beside the
+    target on local disk (hidden: dataset readers skip names starting with "."), so the
+    publish is a rename; for an object store it is a local file, then one upload."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        name = posixpath.basename(path)
+        staging = Path(posixpath.dirname(path)) / f".{name}.{uuid.uuid4().hex}.staging"
+        folder = None
+    else:
+        folder = tempfile.mkdtemp(prefix="mlref-staging-")
+        staging = Path(folder) / posixpath.basename(path)
+    try:
+        write(staging)
+        publish(staging, uri)
+    finally:
+        staging.unlink(missing_ok=True)
+        if folder:
+            os.rmdir(folder)

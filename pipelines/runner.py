@@ -1,7 +1,8 @@
-"""Compile, run locally, or submit the training pipeline."""
+"""Compile, run locally, or submit the pipelines (training; batch prediction)."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,20 +13,57 @@ from mlref.retraining import pipeline_arguments as pipeline_arguments  # the run
 from mlref.settings import Settings
 
 COMPILED = Path(__file__).with_name("training_pipeline.yaml")
+TRAINING = "training"
+BATCH_PREDICT = "batch-predict"
+# The pipelines by name: their module and function; each compiles to <function>.yaml here.
+PIPELINES = {
+    TRAINING: ("mlref.pipelines.training", "training_pipeline"),
+    BATCH_PREDICT: ("mlref.pipelines.batch_predict", "batch_predict_pipeline"),
+}
+
+
+def batch_arguments(
+    model_uri: str = "",
+    start_date: str = "",
+    end_date: str = "",
+    name: str = "",
+    overrides: dict | None = None,
+) -> dict:
+    """The batch prediction run's parameters; ``overrides`` as in ``pipeline_arguments``."""
+    return {
+        "model_uri": model_uri,
+        "start_date": start_date,
+        "end_date": end_date,
+        "name": name,
+        "overrides": json.dumps(overrides) if overrides else "",
+    }
 
 
 class SubmitError(RuntimeError):
     """The pipeline could not be submitted (no host, endpoint unreachable, bad schedule)."""
 
 
-def compile_pipeline(path: Path = COMPILED) -> Path:
-    """Write the pipeline's IR YAML."""
+def pipeline_function(name: str = TRAINING):
+    """The ``@dsl.pipeline`` function of the pipeline called ``name``."""
+    import importlib
+
+    if name not in PIPELINES:
+        raise SubmitError(f"unknown pipeline {name!r}: expected one of {', '.join(PIPELINES)}")
+    module, function = PIPELINES[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def compiled_path(name: str = TRAINING) -> Path:
+    """Where the checked-in IR YAML of the pipeline called ``name`` lives."""
+    return Path(__file__).with_name(f"{PIPELINES[name][1]}.yaml")
+
+
+def compile_pipeline(path: Path = COMPILED, name: str = TRAINING) -> Path:
+    """Write the IR YAML of the pipeline called ``name``."""
     from kfp import compiler
 
-    from mlref.pipelines.training import training_pipeline
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(training_pipeline, str(path))
+    compiler.Compiler().compile(pipeline_function(name), str(path))
     return path
 
 
@@ -52,16 +90,16 @@ class LocalRun:
     state: str
 
 
-def run_local(settings: Settings, arguments: dict) -> LocalRun:
+def run_local(settings: Settings, arguments: dict, name: str = TRAINING) -> LocalRun:
     """Run every step with kfp's SubprocessRunner in this interpreter's environment; the
-    steps get all of ``settings`` (over anything ``arguments`` overrides)."""
+    steps get all of ``settings`` (over anything ``arguments`` overrides). ``champion`` is
+    the pipeline's output: the champion trained, or the model version batch-scored with."""
     from kfp import local
 
-    from mlref.pipelines.training import training_pipeline
-
+    pipeline = pipeline_function(name)
     root = (settings.work_dir / "kfp").resolve()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    task = training_pipeline(**{**arguments, "overrides": settings.model_dump_json()})
+    task = pipeline(**{**arguments, "overrides": settings.model_dump_json()})
     return LocalRun(champion=str(task.output), pipeline_root=root, state="SUCCEEDED")
 
 
@@ -81,14 +119,16 @@ def submit(
     host: str | None = None,
     schedule: str | None = None,
     experiment: str = "mlref",
+    name: str = TRAINING,
 ) -> str:
-    """Submit the compiled pipeline to Kubeflow Pipelines; returns the run or schedule id."""
+    """Submit the pipeline called ``name`` to Kubeflow Pipelines; returns the run or
+    schedule id."""
     import kfp
 
     host = host or settings.pipeline.host
     if not host:
         raise SubmitError("no Kubeflow Pipelines host: pass --host or set MLREF_PIPELINE__HOST")
-    package = compile_pipeline(settings.work_dir / "kfp" / "training_pipeline.yaml")
+    package = compile_pipeline(settings.work_dir / "kfp" / compiled_path(name).name, name)
     token = os.environ.get(settings.pipeline.existing_token_env) or None
     try:
         client = kfp.Client(host=host, existing_token=token, namespace=settings.pipeline.namespace)
@@ -96,7 +136,7 @@ def submit(
             exp = client.create_experiment(experiment, namespace=settings.pipeline.namespace)
             job = client.create_recurring_run(
                 experiment_id=exp.experiment_id,
-                job_name=f"{experiment}-training",
+                job_name=f"{experiment}-{name}",
                 cron_expression=kfp_cron(schedule),
                 pipeline_package_path=str(package),
                 params=arguments,

@@ -39,6 +39,7 @@ from mlref.training.publish import published_version
 class ResolvedModel:
     path: Path
     version: str
+    run_id: str = ""  # the MLflow run that produced a registered version; "" for a file
 
 
 def resolve(settings: Settings, uri: str) -> ResolvedModel:
@@ -50,7 +51,9 @@ def resolve(settings: Settings, uri: str) -> ResolvedModel:
         version = registered_version(settings, uri)
         pinned = f"{REGISTRY_SCHEME}{version.name}/{version.version}"
         return ResolvedModel(
-            _onnx_file(Path(resolve_model(settings, pinned))), str(version.version)
+            _onnx_file(Path(resolve_model(settings, pinned))),
+            str(version.version),
+            version.run_id or "",
         )
     path = _onnx_file(Path(uri))
     return ResolvedModel(path, published_version(path) or file_version(path))

@@ -201,10 +201,19 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
     scenario = scenario or demo.scenario
     # The demo's traffic delivers click labels as it goes, so a score shift (expected of a
     # model retrained after drift) waits for the labelled checks instead of deciding alone,
-    # and a stage may keep serving for two more bakes while those labels arrive.
-    # The labelled checks read the inference log, so it is flushed at least twice a bake.
+    # and a stage keeps serving until its evidence suffices: the verdict rests on the data,
+    # however fast this machine serves; canary_max_seconds only bounds the wait (an error).
+    # The split is seeded; the labelled checks read the inference log, so it is flushed at
+    # least twice a bake.
     bake = demo.canary_bake_seconds
-    canary = {"bake_seconds": bake, "await_labels": True, "max_hold_seconds": 2 * bake}
+    canary = {
+        "bake_seconds": bake,
+        "await_labels": True,
+        "max_hold_seconds": demo.canary_max_seconds,
+        "split_seed": settings.data.seed
+        if settings.canary.split_seed is None
+        else settings.canary.split_seed,
+    }
     flush = {"log_flush_seconds": min(settings.serving.log_flush_seconds, bake / 2)}
     settings = settings.model_copy(
         update={
@@ -334,33 +343,69 @@ def _canary(
     from mlref.canary.sources import LocalSource
 
     stable, candidate = model_uri(settings, champion), model_uri(settings, challenger)
-    rows = raw_day(settings, live_day)
     stages = settings.canary.stages
-    budget = 3 * settings.canary.bake_seconds * len(stages) + 60
     with serving(settings, stable, candidate) as url:
         name = f"canary rollout of v{challenger} ({'-'.join(map(str, stages))}%), day {live_day}"
-        with steps.step(name) as out:
-            stop = threading.Event()
-            traffic = threading.Thread(
-                target=replay,
-                args=(settings, url, rows, "canary"),
-                kwargs={"max_seconds": budget, "stop": stop},
+        with steps.step(name) as out, Traffic(settings, url, live_day) as traffic:
+            rollout = run_rollout(
+                settings,
+                candidate,
+                LocalSource(settings),
+                stable_uri=stable,
+                report=console.print,
+                sleep=traffic.sleep,
             )
-            traffic.start()
-            try:
-                rollout = run_rollout(
-                    settings,
-                    candidate,
-                    LocalSource(settings),
-                    stable_uri=stable,
-                    report=console.print,
-                )
-            finally:
-                stop.set()
-                traffic.join()
             record.canary = _canary_points(rollout)
             out["text"] = f"{rollout.outcome}: {rollout.reason}"
     return rollout.outcome
+
+
+class Traffic:
+    """The live day replayed against serving in a thread, pass after pass, while the
+    rollout runs. Its :meth:`sleep` is the rollout's wait: a stage keeps serving while
+    traffic flows, and the demo stops with an error, rather than decide on too little
+    evidence, when the traffic runs out or ``demo.canary_max_seconds`` pass."""
+
+    def __init__(self, settings: Settings, url: str, day: int):
+        demo = settings.demo
+        self.day, self.passes, self.limit = day, demo.canary_passes, demo.canary_max_seconds
+        self.log = demo_dir(settings) / "serving.log"
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.deadline = time.monotonic() + self.limit
+        args = (settings, url, raw_day(settings, day), "canary")
+        # The replay's own time bound lies beyond the rollout's, which reports first.
+        kwargs = {"max_seconds": self.limit + 60, "stop": self.stop, "passes": self.passes}
+        self.thread = threading.Thread(target=self._run, args=args, kwargs=kwargs)
+
+    def _run(self, *args, **kwargs) -> None:
+        try:
+            replay(*args, **kwargs)
+        except BaseException as exc:  # reported by the rollout's next wait
+            self.failure = exc
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def sleep(self, seconds: float) -> None:
+        if self.failure is not None:
+            raise DemoError(f"canary traffic failed: {self.failure}") from self.failure
+        if time.monotonic() >= self.deadline:
+            raise DemoError(
+                f"the canary rollout was still short of evidence after {self.limit:.0f}s "
+                f"(demo.canary_max_seconds); raise it on a slow machine, or see {self.log}"
+            )
+        if not self.thread.is_alive():
+            raise DemoError(
+                f"the canary's traffic ({self.passes} passes over day {self.day}) ran out "
+                "before the rollout decided: raise demo.canary_passes"
+            )
+        self.stop.wait(min(seconds, max(0.0, self.deadline - time.monotonic())))
 
 
 def _canary_points(rollout) -> list[report.CanaryPoint]:

@@ -20,6 +20,7 @@ from mlref.serving.requests import BUSINESS_FIELDS
 from mlref.settings import Settings
 
 LABEL_CHUNK = 500  # scored impressions per label file
+PASS_MARK = "~"  # a later pass's request id: the logged one, this mark and the pass number
 
 
 @dataclass(frozen=True)
@@ -47,20 +48,34 @@ def replay(
     concurrency: int = 8,
     max_seconds: float = 120.0,
     stop: threading.Event | None = None,
+    passes: int = 1,
 ) -> ReplayResult:
     """POST ``rows`` in requests of ``batch`` impressions until done, ``max_seconds`` pass or
-    ``stop`` is set; labels of scored impressions are written as ``<name>-<chunk>``."""
+    ``stop`` is set; labels of scored impressions are written as ``<name>-<chunk>``.
+
+    ``passes`` > 1 replays the rows again, in the same order, up to that many times: traffic
+    that keeps flowing for as long as a consumer needs, bounded in count. A later pass gives
+    each impression a request id of its own (``<id>~<pass>``), so every answer keeps its label.
+    """
     return asyncio.run(
         _replay(
-            settings, url, rows.reset_index(drop=True), name, batch, concurrency, max_seconds, stop
+            settings,
+            url,
+            rows.reset_index(drop=True),
+            name,
+            batch,
+            concurrency,
+            max_seconds,
+            stop,
+            passes,
         )
     )
 
 
-async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, stop):
+async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, stop, passes):
     bodies = instances(rows)
     starts = list(range(0, len(bodies), batch))
-    scored: list[int] = []
+    scored: list[tuple[int, int]] = []  # (pass, row)
     written = 0
     errors = 0
     sent = 0
@@ -70,23 +85,36 @@ async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, st
         nonlocal written
         while len(scored) - written >= LABEL_CHUNK or (final and len(scored) > written):
             chunk = sorted(scored[written : written + LABEL_CHUNK])
-            write_labels(settings, rows.loc[chunk, ["request_id", LABEL]], f"{name}-{written}")
+            labels = pd.concat(
+                _labels(rows, number, [row for p, row in chunk if p == number])
+                for number in sorted({p for p, _ in chunk})
+            )
+            write_labels(settings, labels, f"{name}-{written}")
             written += len(chunk)
+
+    def body(number: int, first: int) -> list[dict]:
+        part = bodies[first : first + batch]
+        if number == 0:
+            return part
+        return [{**b, "request_id": f"{b['request_id']}{PASS_MARK}{number}"} for b in part]
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal sent, errors
-        while sent < len(starts) and time.perf_counter() < deadline:
+        while sent < len(starts) * passes and time.perf_counter() < deadline:
             if stop is not None and stop.is_set():
                 return
-            first = starts[sent]
+            number, first = divmod(sent, len(starts))
+            first = starts[first]
             sent += 1
             try:
-                response = await client.post(url, json={"instances": bodies[first : first + batch]})
+                response = await client.post(url, json={"instances": body(number, first)})
             except httpx.HTTPError:
                 errors += 1
                 continue
             if response.status_code == 200:
-                scored.extend(range(first, min(first + batch, len(bodies))))
+                scored.extend(
+                    (number, row) for row in range(first, min(first + batch, len(bodies)))
+                )
                 flush()
             else:
                 errors += 1
@@ -96,3 +124,10 @@ async def _replay(settings, url, rows, name, batch, concurrency, max_seconds, st
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     flush(final=True)
     return ReplayResult(sent, len(scored), errors)
+
+
+def _labels(rows: pd.DataFrame, number: int, picked: list[int]) -> pd.DataFrame:
+    labels = rows.loc[picked, ["request_id", LABEL]]
+    if number == 0:
+        return labels
+    return labels.assign(request_id=labels["request_id"].astype(str) + f"{PASS_MARK}{number}")

@@ -18,6 +18,7 @@ manifest is an unfinished one.
 
 from __future__ import annotations
 
+import copy
 import json
 import posixpath
 import tempfile
@@ -45,12 +46,17 @@ class ShardSetError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """One Parquet file of a split: its path relative to the set, day, rows and pandas bytes."""
+    """One Parquet file of a split: its path relative to the set, day, rows and pandas bytes.
+
+    ``start`` > 0 or ``rows`` under the file's count: a rank's slice of the file
+    (:meth:`ShardSet.for_rank`); the manifest itself lists whole files.
+    """
 
     path: str
     day: str
     rows: int
     bytes: int
+    start: int = 0
 
 
 class ShardWriter:
@@ -78,7 +84,7 @@ class ShardWriter:
                 pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS)
                 storage.publish(local, f"{self.uri}/{relative}")
             size = int(part.memory_usage(index=False, deep=True).sum())
-            shards.append(Shard(relative, day, len(part), size))
+            shards.append(Shard(relative, day, len(part), size))  # whole files: no start
 
     def _scratch(self, relative: str) -> Path | None:
         """Where a shard is written before it is published: beside its final place on local
@@ -97,7 +103,10 @@ class ShardWriter:
             "feature_version": self.spec.fingerprint,
             "schema": [{"name": f.name, "type": str(f.type)} for f in self.schema or []],
             "rows": {split: sum(s.rows for s in shards) for split, shards in self.shards.items()},
-            "shards": {split: [asdict(s) for s in shards] for split, shards in self.shards.items()},
+            "shards": {
+                split: [{k: v for k, v in asdict(s).items() if k != "start"} for s in shards]
+                for split, shards in self.shards.items()
+            },
         }
         fs, root = storage.filesystem(self.uri)
         fs.makedirs(root, exist_ok=True)
@@ -137,7 +146,38 @@ class ShardSet:
         return sum(s.bytes for split in self.manifest["shards"] for s in self.shards(split))
 
     def table(self, shard: Shard) -> pa.Table:
-        return pq.read_table(posixpath.join(self.root, shard.path), filesystem=self.fs)
+        table = pq.read_table(posixpath.join(self.root, shard.path), filesystem=self.fs)
+        if shard.start or shard.rows < table.num_rows:
+            table = table.slice(shard.start, shard.rows)
+        return table
+
+    def for_rank(self, rank: int, world: int) -> ShardSet:
+        """This set as rank ``rank`` of ``world`` sees it: each split's rows cut into ``world``
+        contiguous ranges in manifest order, sizes differing by at most one row, and rank
+        ``rank`` given the shards (or slices of shards) of its range.
+
+        Deterministic from the manifest alone, so every rank computes the same plan without
+        talking to the others, and every row belongs to exactly one rank. Balanced by rows, not
+        by whole shards: a set of a few day shards would otherwise leave ranks idle, and DDP
+        steps all ranks together, so the largest range sets the pace.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        view = copy.copy(self)
+        view.manifest = {**self.manifest, "shards": {}, "rows": {}}
+        for split in self.manifest["shards"]:
+            total = self.rows(split)
+            first, last = total * rank // world, total * (rank + 1) // world
+            mine, offset = [], 0
+            for shard in self.shards(split):
+                lo, hi = max(first, offset), min(last, offset + shard.rows)
+                if lo < hi:
+                    share = shard.bytes * (hi - lo) // max(shard.rows, 1)
+                    mine.append(Shard(shard.path, shard.day, hi - lo, share, lo - offset))
+                offset += shard.rows
+            view.manifest["shards"][split] = [asdict(s) for s in mine]
+            view.manifest["rows"][split] = last - first
+        return view
 
     def read(self, shard: Shard) -> pd.DataFrame:
         return self.table(shard).to_pandas()

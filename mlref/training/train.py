@@ -5,20 +5,30 @@ trains on exactly the tensors serving will feed it. On CUDA the training set is 
 GPU (:mod:`mlref.training.loader`) and the large-batch recipe applies: batches of 1,024 rows
 leave a GPU idle on this model, so the batch grows and the learning rate with it, after a
 warm-up. The CPU keeps ``batch_size`` and ``learning_rate``.
+
+Data-parallel (``ranks``, under torchrun): the same loop on every rank, each over its own rows
+of the shards (:meth:`ShardSet.for_rank`), gradients all-reduced by DDP. The recipe's batch is the
+global one (each rank takes its share), so a run on N ranks takes the steps one process would.
+Every rank scores its share of a split and the scores are gathered: AUC needs all of them, and
+every rank then takes the same early-stopping decision (a rank that stopped alone would leave the
+others waiting in an all-reduce).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 
 from mlref.console import console, progress
 from mlref.features.transform import FeatureSpec, transform
@@ -26,6 +36,7 @@ from mlref.settings import TrainSettings
 from mlref.training.loader import Batches, Prefetched, ShardBatches, host_budget, memory_budget
 from mlref.training.metrics import SplitMetrics, evaluate
 from mlref.training.model import CTRModel
+from mlref.training.ranks import Ranks, combine_stats
 from mlref.training.shards import SPLITS, ShardSet
 
 LABEL = "clicked"
@@ -279,36 +290,77 @@ def resident_bytes(sets: ShardSet, spec: FeatureSpec) -> int:
 
 
 def _splits(
-    sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings
+    sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings, sharers: int = 1
 ) -> dict[str, _Resident | _Streamed]:
-    """Each split resident when the whole set fits ``host_memory_bytes``, else streamed."""
+    """Each split resident when the whole set fits ``host_memory_bytes`` (shared by
+    ``sharers`` processes on the host), else streamed."""
     if isinstance(sets, ShardSet):
-        if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes):
+        if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes) // sharers:
             return {name: _Streamed(sets, name, spec, settings.prefetch_shards) for name in SPLITS}
         sets = TrainingSets(**{name: sets.frame(name) for name in SPLITS})
     return {name: _Resident(encode(getattr(sets, name), spec)) for name in SPLITS}
 
 
-def train(sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings) -> TrainResult:
+def _scores(
+    split: _Resident | _Streamed, model: CTRModel, ranks: Ranks | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the split's rows, across all ranks when there are several."""
+    scores = split.scores(model)
+    return ranks.concat(*scores) if ranks else scores
+
+
+def _rows(data: dict[str, _Resident | _Streamed], ranks: Ranks | None) -> dict[str, int]:
+    """Rows of each split over all ranks; an empty split (or rank) is an error on every rank."""
+    rows = {}
+    for name, split in data.items():
+        counts = ranks.gather(split.rows) if ranks else [split.rows]
+        if sum(counts) == 0:
+            raise ValueError(f"the {name} split is empty: generate or select more days")
+        if min(counts) == 0:
+            raise ValueError(
+                f"the {name} split has {sum(counts)} rows, fewer than {len(counts)} ranks"
+            )
+        rows[name] = sum(counts)
+    return rows
+
+
+def train(
+    sets: TrainingSets | ShardSet,
+    spec: FeatureSpec,
+    settings: TrainSettings,
+    ranks: Ranks | None = None,
+) -> TrainResult:
     """Train a :class:`CTRModel` and evaluate it on every split.
 
     A :class:`ShardSet` larger than the host budget is streamed from its shards: training
-    batches through :class:`ShardBatches`, evaluation a shard at a time.
+    batches through :class:`ShardBatches`, evaluation a shard at a time. With ``ranks`` (a
+    joined process group) this process trains on its rows of a :class:`ShardSet` under DDP;
+    every rank returns the same result.
     """
     device = resolve_device(settings.device)
-    data = _splits(sets, spec, settings)
-    for name, split in data.items():
-        if split.rows == 0:
-            raise ValueError(f"the {name} split is empty: generate or select more days")
+    if ranks is not None:
+        if not isinstance(sets, ShardSet):
+            raise TypeError("distributed training reads a ShardSet (each rank its own rows)")
+        sets = sets.for_rank(ranks.rank, ranks.world)
+    data = _splits(sets, spec, settings, ranks.local_world if ranks else 1)
     train_set = data["train"]
-    plan = recipe(settings, device, train_set.rows)
+    plan = recipe(settings, device, _rows(data, ranks)["train"])
+    rank_plan, rank_settings = plan, settings
+    if ranks is not None:  # the global batch split over the ranks; each rank its own shuffle
+        rank_plan = replace(plan, batch_size=math.ceil(plan.batch_size / ranks.world))
+        rank_settings = settings.model_copy(update={"seed": settings.seed + ranks.rank})
     torch.manual_seed(settings.seed)
     with _deterministic(device.type == "cpu"), precision_scope(device, settings.precision) as amp:
         num_mean, num_std, base_rate = train_set.input_stats()
+        if ranks is not None:
+            parts = ranks.gather((train_set.rows, num_mean, num_std, base_rate))
+            num_mean, num_std, base_rate = combine_stats(parts)
         model = CTRModel(
             spec, settings, num_mean=num_mean, num_std=num_std, base_rate=base_rate
         ).to(device)
-        batches = train_set.batches(plan, device, settings)
+        if ranks is not None:
+            torch.manual_seed(rank_settings.seed)  # dropout masks differ across ranks
+        batches = train_set.batches(rank_plan, device, rank_settings)
         where = (
             f"streamed from {len(train_set.shards)} shards"
             if isinstance(train_set, _Streamed)
@@ -316,13 +368,15 @@ def train(sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSetti
             if batches.resident
             else "streamed in chunks"
         )
+        if ranks is not None:
+            where += f", {ranks.world} rank(s) of {rank_plan.batch_size:,} rows a batch"
         console.print(
             f"training on {device}: batch {plan.batch_size:,}, learning rate "
             f"{plan.learning_rate:.3g} (warm-up {plan.warmup_steps} steps), training set {where}"
         )
-        history = _fit(model, batches, data["val"], plan, settings, amp)
+        history = _fit(model, batches, data["val"], plan, settings, amp, ranks)
         best = min(history, key=lambda record: record.val_logloss)
-        metrics = {name: evaluate(*split.scores(model)) for name, split in data.items()}
+        metrics = {name: evaluate(*_scores(split, model, ranks)) for name, split in data.items()}
     return TrainResult(
         model=model.cpu().eval(),
         history=history,
@@ -336,8 +390,20 @@ def train(sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSetti
     )
 
 
+class _Logits(nn.Module):
+    """The model's logits as ``forward``: DDP syncs gradients for what runs through its
+    ``forward``, and training differentiates logits, not probabilities."""
+
+    def __init__(self, model: CTRModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(cat, num)
+
+
 def step(
-    model: CTRModel,
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
@@ -347,9 +413,7 @@ def step(
     device (reading it would sync the GPU every step)."""
     cat, num, labels = batch
     with torch.autocast(cat.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            model.logits(cat, num).float(), labels
-        )
+        loss = nn.functional.binary_cross_entropy_with_logits(logits(cat, num).float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -364,9 +428,20 @@ def _fit(
     plan: Recipe,
     settings: TrainSettings,
     amp: torch.dtype | None,
+    ranks: Ranks | None = None,
 ) -> list[EpochRecord]:
-    """Epochs until ``patience`` epochs bring no val logloss gain; leaves the best weights in."""
+    """Epochs until ``patience`` epochs bring no val logloss gain; leaves the best weights in.
+
+    With ``ranks``: DDP all-reduces gradients, and :class:`Join` lets a rank whose share ends a
+    batch early shadow the others' all-reduces instead of leaving them waiting."""
     device = batches.device
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model.logits
+    joined: Callable[[], object] = nullcontext
+    if ranks is not None:
+        ddp = DistributedDataParallel(
+            _Logits(model), device_ids=[device.index or 0] if device.type == "cuda" else None
+        )
+        logits, joined = ddp, lambda: Join([ddp])
     optimizer, schedule = optimizer_and_schedule(model, plan, settings)
     history: list[EpochRecord] = []
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
@@ -376,18 +451,23 @@ def _fit(
             bar.update(task, description=f"epoch {epoch}/{settings.epochs}")
             model.train()
             total, started = torch.zeros((), device=device), time.perf_counter()
-            for batch in batches:
-                total += step(model, batch, optimizer, schedule, amp) * len(batch[-1])
-                bar.advance(task)
-            train_loss = float(total) / batches.rows  # one device sync per epoch
+            with joined():
+                for batch in batches:
+                    total += step(logits, batch, optimizer, schedule, amp) * len(batch[-1])
+                    bar.advance(task)
+            loss, rows = float(total), batches.rows  # one device sync per epoch
             seconds = time.perf_counter() - started
-            scores = evaluate(*val.scores(model))
+            if ranks is not None:  # all rows over the slowest rank's time
+                parts = ranks.gather((loss, rows, seconds))
+                loss, rows = sum(p[0] for p in parts), sum(p[1] for p in parts)
+                seconds = max(p[2] for p in parts)
+            scores = evaluate(*_scores(val, model, ranks))
             record = EpochRecord(
                 epoch=epoch,
-                train_logloss=train_loss,
+                train_logloss=loss / rows,
                 val_logloss=scores.logloss,
                 val_auc=scores.auc,
-                samples_per_s=batches.rows / seconds,
+                samples_per_s=rows / seconds,
             )
             history.append(record)
             console.print(

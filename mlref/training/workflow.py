@@ -17,10 +17,11 @@ from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
 from mlref.settings import Settings
-from mlref.training import dataset, plots, reference, registry, tracking
+from mlref.training import dataset, plots, reference, registry, tracking, trainjob
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
+from mlref.training.ranks import Ranks
 from mlref.training.registry import PromotionDecision
 from mlref.training.shards import ShardSet
 from mlref.training.train import encode, train
@@ -53,15 +54,26 @@ def make_training_set(
     return report
 
 
-def fit(settings: Settings, sets_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Train; save the model, per-split metrics and the two plots. Returns flat metrics."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def fit(
+    settings: Settings, sets_dir: Path, out_dir: Path, ranks: Ranks | None = None
+) -> dict[str, float]:
+    """Train; save the model, per-split metrics and the two plots. Returns flat metrics.
+
+    With ``ranks`` (data-parallel, :mod:`mlref.training.distributed`) every rank trains and rank
+    0 alone writes: the same files, so export and registration cannot tell the runs apart.
+    ``train.distributed=torchrun-local`` starts those ranks here, under torchrun."""
+    if ranks is None and settings.train.distributed == "torchrun-local":
+        trainjob.run_local(settings, sets_dir, out_dir)
+        return tracking.flatten_metrics(json.loads((out_dir / REPORT_FILE).read_text())["metrics"])
     spec = build_spec(settings.features)
-    result = train(ShardSet(str(sets_dir)), spec, settings.train)
+    result = train(ShardSet(str(sets_dir)), spec, settings.train, ranks)
+    flat = tracking.flatten_metrics(result.metric_table())
+    if ranks is not None and not ranks.main:
+        return flat
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(result.model, out_dir / MODEL_FILE)
     plots.reliability_diagram(result.metrics, out_dir / "reliability.png")
     plots.training_curve(result.history, out_dir / "training_curve.png")
-    flat = tracking.flatten_metrics(result.metric_table())
     _write_json(
         out_dir / REPORT_FILE,
         {

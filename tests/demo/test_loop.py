@@ -47,13 +47,14 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
     progress = json.loads((demo_dir(settings) / "progress.json").read_text())
     assert progress["champion"] == "1" and progress["challenger"] == "2"
     assert progress["gate"] == "canary"
+    # The retrained model is better on the live day (below), and each stage decides on
+    # evidence, not on how much traffic this machine served in a given time: promoted.
+    assert progress["rollout"] == "promoted"
+    assert str(registry.model_version_of(settings, registry.CHAMPION).version) == "2"
     stages = sorted({p.percent for p in record.canary})
     assert stages == [s for s in settings.canary.stages if s < 100]
-    champion = str(registry.model_version_of(settings, registry.CHAMPION).version)
-    if progress["rollout"] == "promoted":
-        assert champion == "2"
-    else:
-        assert progress["rollout"] == "rolled_back" and champion == "1"
+    assert {p.action for p in record.canary} == {"promote"}
+    assert all(p.requests >= settings.canary.min_requests for p in record.canary)
     auc = {(p.model.split()[0], p.day.split()[1]): p.auc for p in record.quality}
     live = max(day for _, day in auc)
     assert auc[("v2", live)] > auc[("v1", live)]  # retrained on drift: better after it

@@ -57,7 +57,7 @@ def check_call(args: list[str]) -> Any:
 @pytest.mark.parametrize(
     ("args", "problem"),
     [
-        (["pipeline", "submit"], "Missing parameter: source"),
+        (["pipeline", "submit", "training", "extra"], "unexpected extra argument"),
         (["data", "generate", "--x"], "No such option: --x"),
     ],
 )
