@@ -135,10 +135,12 @@ docker build --build-arg TORCH_INDEX=cpu -t "$IMAGE" "$ROOT"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 step "7/9 namespace and secrets"
-# The namespace, MLflow's PostgreSQL credentials, and the object-store Secret in the chart's
-# namespace and in Kubeflow's, where the pipeline's pods map it (mlref/k8s/install.py).
+# The namespace, MLflow's PostgreSQL credentials, and one object-store identity per workload
+# (its keys in a Secret where its pods run: the pipeline's in Kubeflow's namespace too) with
+# SeaweedFS's identities config granting each only its prefixes (mlref/k8s/install.py).
 # Values already in the cluster are kept: no secret value is in git or on the command line.
-kubectl -n "$NAMESPACE" get secret mlref-postgres mlref-object-store --ignore-not-found -o yaml \
+kubectl -n "$NAMESPACE" get secret mlref-postgres mlref-object-store mlref-store-serving \
+  mlref-store-drift mlref-store-mlflow mlref-store-operator --ignore-not-found -o yaml \
   | mlref manifests kind-objects --existing - --namespace "$NAMESPACE" \
     --pipelines-namespace "$PIPELINES_NAMESPACE" \
   | kubectl apply -f -
@@ -163,20 +165,21 @@ helm get manifest mlref --namespace "$NAMESPACE" \
 step "9/9 raw click logs, training pipeline, served champion"
 # The pipeline reads the raw logs from the object store (settings storage.raw_uri: by
 # default <storage.root>/data/raw). Generate them here and upload them through a
-# port-forward to MinIO with the install's credentials, then submit the run with that source.
+# port-forward to SeaweedFS as the operator identity (the only one that may make the bucket
+# and write the raw logs), then submit the run with that source.
 kubectl -n "$PIPELINES_NAMESPACE" port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 &
 FORWARDS=("$!")
-kubectl -n "$NAMESPACE" port-forward svc/minio 9000:9000 >/dev/null 2>&1 &
+kubectl -n "$NAMESPACE" port-forward svc/seaweedfs 8333:8333 >/dev/null 2>&1 &
 FORWARDS+=("$!")
 trap 'kill "${FORWARDS[@]}" 2>/dev/null || true' EXIT
 sleep 3
 store_key() {
-  kubectl -n "$NAMESPACE" get secret mlref-object-store -o "jsonpath={.data.$1}" | base64 -d
+  kubectl -n "$NAMESPACE" get secret mlref-store-operator -o "jsonpath={.data.$1}" | base64 -d
 }
 AWS_ACCESS_KEY_ID="$(store_key AWS_ACCESS_KEY_ID)"
 AWS_SECRET_ACCESS_KEY="$(store_key AWS_SECRET_ACCESS_KEY)"
 export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
-export AWS_ENDPOINT_URL=http://127.0.0.1:9000 AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:8333 AWS_DEFAULT_REGION=us-east-1
 # This machine's settings for the two commands: the chart's store (values objectStore.bucket).
 export MLREF_MODE=cluster MLREF_STORAGE__ROOT="s3://mlref" MLREF_IMAGE="$IMAGE" \
   MLREF_PIPELINE__HOST=http://127.0.0.1:8080 MLREF_TRAIN__USE_GPU_IN_CLUSTER=false

@@ -1,10 +1,13 @@
 """The objects scripts/kind-up.sh creates besides the chart: the namespace and the Secrets.
 
 No secret value is in git, so the install makes them: the chart's namespace (Pod Security
-labels from manifests/base/namespace.yaml), MLflow's PostgreSQL credentials, and the
-object-store credentials in the chart's namespace *and* in the pipelines' namespace, where
-Kubeflow runs the training steps and the compiled pipeline maps the same Secret
-(pipelines/training.py). Values already in the cluster are kept, so a re-run converges (the
+labels from manifests/base/namespace.yaml), MLflow's PostgreSQL credentials, and one
+object-store identity per workload (:data:`IDENTITIES`), each with only the prefixes it
+needs: a Secret with its keys where its pods run (the pipeline's in the chart's namespace
+*and* in the pipelines' namespace, where Kubeflow runs the training steps and the compiled
+pipeline maps it, pipelines/training.py), and the store's identities config (SeaweedFS
+``s3.json``: each identity's keys and ``Action:bucket/prefix*`` grants), which the in-cluster
+SeaweedFS reads. Values already in the cluster are kept, so a re-run converges (the
 PostgreSQL data was initialised with the first password). ``mlref manifests kind-objects``
 prints these for ``kubectl apply``; the cluster tests build their cluster from them too.
 """
@@ -12,8 +15,10 @@ prints these for ``kubectl apply``; the cluster tests build their cluster from t
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +26,93 @@ import yaml
 
 POSTGRES_SECRET = "mlref-postgres"
 POSTGRES_USER = "mlflow"
-# The chart's objectStore.secretName and the compiled pipeline's OBJECT_STORE_SECRET.
+# The pipeline identity's Secret: the chart's objectStore.secrets.pipeline and the compiled
+# pipeline's OBJECT_STORE_SECRET.
 OBJECT_STORE_SECRET = "mlref-object-store"
 OBJECT_STORE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The store's identities config, mounted by the chart's SeaweedFS (values seaweedfs.config).
+IDENTITIES_SECRET = "mlref-object-store-identities"
+IDENTITIES_KEY = "s3.json"
+BUCKET = "mlref"  # values objectStore.bucket
+# The in-cluster store: the chart's and the kind overlay's SeaweedFS Service (S3 port).
+STORE_SERVICE, STORE_PORT = "seaweedfs", 8333
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One workload's object-store identity: its Secret and the prefixes (of the bucket) it
+    may read and write. ``admin``: the operator's, which makes the bucket and uploads the raw
+    click logs from a laptop (scripts/kind-up.sh); no pod is given it."""
+
+    name: str
+    secret: str
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    admin: bool = False
+
+    def actions(self, bucket: str = BUCKET) -> list[str]:
+        """SeaweedFS's grants (``s3.json``; weed/s3api/auth_credentials.go ``canDo``: an
+        action ending in ``*`` matches by prefix, ``Action:bucket`` the whole bucket).
+        Listing is bucket-wide: it shows key names, never contents."""
+        if self.admin:
+            return [f"Admin:{bucket}"]
+        return [
+            f"List:{bucket}",
+            *(f"Read:{bucket}/{prefix}*" for prefix in self.read),
+            *(f"Write:{bucket}/{prefix}*" for prefix in self.write),
+        ]
+
+
+IDENTITIES = (
+    # Pipeline steps (and the features CronJob): raw logs in, curated data, Feast's offline
+    # data and registry, models and batch predictions out.
+    Identity(
+        "pipeline",
+        OBJECT_STORE_SECRET,
+        read=("data/", "features/", "labels/", "models/", "predictions/", "staging/"),
+        write=("data/", "features/", "models/", "predictions/", "staging/"),
+    ),
+    # The InferenceService (storage initializer, transformer) and the log sink: the served
+    # model and Feast's registry in, the inference log out.
+    Identity(
+        "serving",
+        "mlref-store-serving",
+        read=("models/", "features/"),
+        write=("inference_log/",),
+    ),
+    # The label and drift CronJobs: logs, clicks and features in, labels out (decisions stay
+    # on the job's own volume).
+    Identity(
+        "drift",
+        "mlref-store-drift",
+        read=("data/raw/", "features/", "inference_log/", "labels/", "models/"),
+        write=("labels/",),
+    ),
+    # MLflow's tracking server, which proxies every run's artifacts.
+    Identity("mlflow", "mlref-store-mlflow", read=("mlflow/",), write=("mlflow/",)),
+    Identity("operator", "mlref-store-operator", admin=True),
+)
+SERVING = next(i for i in IDENTITIES if i.name == "serving")
+
+
+def identities_config(keys: dict[str, dict[str, str]], bucket: str = BUCKET) -> str:
+    """SeaweedFS's ``-s3.config`` JSON: every identity with its keys and grants."""
+    config = {
+        "identities": [
+            {
+                "name": identity.name,
+                "credentials": [
+                    {
+                        "accessKey": keys[identity.name]["AWS_ACCESS_KEY_ID"],
+                        "secretKey": keys[identity.name]["AWS_SECRET_ACCESS_KEY"],
+                    }
+                ],
+                "actions": identity.actions(bucket),
+            }
+            for identity in IDENTITIES
+        ]
+    }
+    return json.dumps(config, indent=2)
 
 
 def secret_data(obj: dict[str, Any]) -> dict[str, str]:
@@ -80,24 +169,48 @@ def kind_objects(
         "POSTGRES_USER": POSTGRES_USER,
         "POSTGRES_PASSWORD": token(24),
     }
-    kept = [found.get((ns, OBJECT_STORE_SECRET), {}) for ns in (namespace, pipelines_namespace)]
-    store = next(
-        (
-            {key: values[key] for key in OBJECT_STORE_KEYS}
-            for values in kept
-            if set(OBJECT_STORE_KEYS) <= set(values)
-        ),
-        {"AWS_ACCESS_KEY_ID": f"mlref-{token(4)}", "AWS_SECRET_ACCESS_KEY": token(24)},
-    )
-    # KServe's storage initializer reads the S3 endpoint from the Secret's annotations.
+    keys = {
+        identity.name: _kept_keys(found, identity, namespace, pipelines_namespace)
+        or {
+            "AWS_ACCESS_KEY_ID": f"mlref-{identity.name}-{token(4)}",
+            "AWS_SECRET_ACCESS_KEY": token(24),
+        }
+        for identity in IDENTITIES
+    }
+    # KServe's storage initializer reads the S3 endpoint from the Secret's annotations
+    # (pkg/credentials/s3/s3_secret.go, utils.go BuildS3EnvVars).
     endpoint = {
-        "serving.kserve.io/s3-endpoint": f"minio.{namespace}.svc:9000",
+        "serving.kserve.io/s3-endpoint": f"{STORE_SERVICE}.{namespace}.svc:{STORE_PORT}",
         "serving.kserve.io/s3-usehttps": "0",
         "serving.kserve.io/s3-region": "us-east-1",
     }
+    store = [
+        _secret(
+            identity.secret,
+            namespace,
+            keys[identity.name],
+            endpoint if identity is SERVING else None,
+        )
+        for identity in IDENTITIES
+    ]
     return [
         namespace_obj,
         _secret(POSTGRES_SECRET, namespace, postgres),
-        _secret(OBJECT_STORE_SECRET, namespace, store, endpoint),
-        _secret(OBJECT_STORE_SECRET, pipelines_namespace, store),
+        _secret(IDENTITIES_SECRET, namespace, {IDENTITIES_KEY: identities_config(keys)}),
+        *store,
+        _secret(OBJECT_STORE_SECRET, pipelines_namespace, keys["pipeline"]),
     ]
+
+
+def _kept_keys(
+    found: dict[tuple[str, str], dict[str, str]],
+    identity: Identity,
+    namespace: str,
+    pipelines_namespace: str,
+) -> dict[str, str] | None:
+    """The identity's keys already in the cluster (its Secret in either namespace)."""
+    for ns in (namespace, pipelines_namespace):
+        values = found.get((ns, identity.secret), {})
+        if set(OBJECT_STORE_KEYS) <= set(values):
+            return {key: values[key] for key in OBJECT_STORE_KEYS}
+    return None

@@ -21,7 +21,7 @@ def test_render_overlay_prints_yaml():
 def test_render_chart_value_set():
     result = runner.invoke(app, ["manifests", "render", "--chart", "--values", "kind"])
     assert result.exit_code == 0, result.output
-    assert "name: minio" in result.output
+    assert "name: seaweedfs" in result.output
 
 
 def test_render_unknown_overlay_fails_clearly():

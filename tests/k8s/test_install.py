@@ -10,6 +10,7 @@ pkg/apis/config/features.go and pkg/deployment/config.go.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -31,7 +32,7 @@ from mlref.k8s.checks import (
     service_monitor_problems,
 )
 from mlref.k8s.gateway import IngressConfig, predictor_route_host
-from mlref.k8s.install import kind_objects
+from mlref.k8s.install import IDENTITIES, IDENTITIES_KEY, IDENTITIES_SECRET, kind_objects
 from mlref.k8s.knative import feature_problems
 from mlref.k8s.kserve import launch
 from mlref.k8s.render import MONITORING_API, render_chart
@@ -135,7 +136,7 @@ def test_knative_features_cover_the_pod_fields(forms, knative_features, root):
 def _mlref_images(objects):
     for obj in objects:
         for container in _containers(obj):
-            if "mlref" in container.get("image", "") and "minio" not in container["image"]:
+            if "mlref" in container.get("image", "") and "seaweedfs" not in container["image"]:
                 yield container["image"]
 
 
@@ -188,16 +189,21 @@ def test_s3_endpoint_is_annotated_on_the_secret(forms, root):
     for rendered in forms:
         for obj in rendered.objects:
             assert s3_annotation_problems(obj) == [], rendered.source
-    account = find(form(forms, "overlay:base").objects, "ServiceAccount", "mlref-serving")
-    assert account["secrets"] == [{"name": "mlref-object-store"}]
+    for rendered in (form(forms, "overlay:base"), form(forms, "chart:default")):
+        account = find(rendered.objects, "ServiceAccount", "mlref-serving")
+        assert account["secrets"] == [{"name": "mlref-store-serving"}], rendered.source
     flagged = copy.deepcopy(account)
-    flagged["metadata"]["annotations"] = {"serving.kserve.io/s3-endpoint": "minio:9000"}
+    flagged["metadata"]["annotations"] = {"serving.kserve.io/s3-endpoint": "seaweedfs:8333"}
     assert s3_annotation_problems(flagged)
-    secret = find(kind_objects(root, "mlref", "kubeflow"), "Secret", "mlref-object-store")
+    # The serving identity's Secret points KServe at the store the kind forms deploy.
+    secret = find(kind_objects(root, "mlref", "kubeflow"), "Secret", "mlref-store-serving")
     assert secret["metadata"]["namespace"] == "mlref"
-    assert secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == (
-        "minio.mlref.svc:9000"
-    )
+    for source in ("chart:kind", "overlay:kind"):
+        settings = find(form(forms, source).objects, "ConfigMap", "mlref-settings")
+        assert (
+            "http://" + secret["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"]
+            == (settings["data"]["AWS_ENDPOINT_URL"])
+        ), source
 
 
 def _ir_env_sources() -> set[tuple[str, str, str]]:
@@ -252,15 +258,59 @@ def test_kind_up_applies_the_install_objects_and_keeps_their_values(root):
     stores = [o for o in first if o["metadata"]["name"] == "mlref-object-store"]
     assert [o["metadata"]["namespace"] for o in stores] == ["mlref", "kubeflow"]
     assert stores[0]["stringData"] == stores[1]["stringData"]
+    # The script reads back every Secret whose values are chosen once (the identities config
+    # is derived from the identities' keys).
+    chosen = {
+        o["metadata"]["name"]
+        for o in first
+        if o["kind"] == "Secret" and o["metadata"]["name"] != "mlref-object-store-identities"
+    }
+    read_back = re.search(r"get secret ((?:[\w-]+\s+|\\\n\s*)+)--ignore-not-found", script)
+    assert set(read_back.group(1).replace("\\", " ").split()) == chosen
     printed = runner.invoke(app, ["manifests", "kind-objects", "--pipelines-namespace", "kf"])
     assert printed.exit_code == 0, printed.output
     docs = list(yaml.safe_load_all(printed.output))
     assert [(o["kind"], o["metadata"].get("namespace")) for o in docs] == [
         ("Namespace", None),
-        ("Secret", "mlref"),
-        ("Secret", "mlref"),
+        *[("Secret", "mlref")] * 7,
         ("Secret", "kf"),
     ]
+
+
+def test_each_workload_gets_its_own_identity_with_only_its_prefixes(forms, root):
+    """No workload holds a key that may write everywhere: each pod's object-store env comes
+    from its own identity's Secret, and the store's config grants that identity only its
+    prefixes (the operator's bucket-wide grant is given to no pod)."""
+    install = kind_objects(root, "mlref", "kubeflow")
+    config = json.loads(find(install, "Secret", IDENTITIES_SECRET)["stringData"][IDENTITIES_KEY])
+    grants = {i["name"]: i["actions"] for i in config["identities"]}
+    assert grants["operator"] == ["Admin:mlref"]
+    assert "Write:mlref/inference_log/*" in grants["serving"]
+    assert not [a for a in grants["serving"] if a.startswith("Write:mlref/models")]
+    assert not [a for a in grants["drift"] if a.startswith("Write:") and "labels/" not in a]
+    assert not [a for n, g in grants.items() if n != "operator" for a in g if "Admin" in a]
+    expected = {
+        "drift-labels": "mlref-store-drift",
+        "drift-check": "mlref-store-drift",
+        "features-materialize": "mlref-object-store",
+        "mlflow": "mlref-store-mlflow",
+        "ctr": "mlref-store-serving",
+    }
+    for source in ("chart:kind", "overlay:kind", "overlay:base", "chart:default"):
+        seen = {}
+        for obj in form(forms, source).objects:
+            refs = {
+                env["valueFrom"]["secretKeyRef"]["name"]
+                for container in _containers(obj)
+                for env in container.get("env", [])
+                if env["name"] == "AWS_ACCESS_KEY_ID"
+            }
+            if refs:
+                seen[obj["metadata"]["name"]] = refs
+        assert {name: {secret} for name, secret in expected.items()} == {
+            name: seen[name] for name in expected
+        }, source
+        assert set().union(*seen.values()) <= {i.secret for i in IDENTITIES if not i.admin}
 
 
 def _kserve_values(root: Path, mode: str) -> dict[str, str]:

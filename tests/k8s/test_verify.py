@@ -178,10 +178,16 @@ def test_unsupported_kubernetes_version_is_an_error(crd_dir):
 def test_object_sets_must_match_between_chart_and_overlay(forms, validator):
     chart = form(forms, "chart:kind")
     overlay = form(forms, "overlay:kind")
-    fewer = Rendered("chart:kind", [o for o in chart.objects if o["metadata"]["name"] != "minio"])
+    fewer = Rendered(
+        "chart:kind", [o for o in chart.objects if o["metadata"]["name"] != "seaweedfs"]
+    )
     report = verify([fewer, overlay], validator, IMAGE, security_scan=False, command=COMMAND)
     missing = {(f.kind, f.name) for f in report.findings if "only in overlay:kind" in f.message}
-    assert missing == {("Service", "minio"), ("StatefulSet", "minio"), ("NetworkPolicy", "minio")}
+    assert missing == {
+        ("Service", "seaweedfs"),
+        ("StatefulSet", "seaweedfs"),
+        ("NetworkPolicy", "seaweedfs"),
+    }
 
 
 def test_pipeline_image_must_match_manifests(forms, validator, tmp_path: Path, knative_features):

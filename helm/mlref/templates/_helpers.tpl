@@ -42,20 +42,31 @@ seccompProfile: {type: RuntimeDefault}
 {{- end }}
 
 {{- define "mlref.objectStoreEndpoint" -}}
-{{- if .Values.minio.enabled -}}
-{{ printf "http://minio.%s.svc:9000" .Release.Namespace }}
+{{- if .Values.seaweedfs.enabled -}}
+{{ printf "http://seaweedfs.%s.svc:8333" .Release.Namespace }}
 {{- else -}}
 {{ .Values.objectStore.endpoint }}
 {{- end }}
 {{- end }}
 
+{{/* One workload's object-store identity. Call with (list $ "serving"|"drift"|"mlflow"|"pipeline"). */}}
+{{- define "mlref.objectStoreSecret" -}}
+{{- $root := index . 0 }}
+{{- if eq (index . 1) "pipeline" -}}
+{{ $root.Values.objectStore.secretName }}
+{{- else -}}
+{{ index $root.Values.objectStore.secrets (index . 1) }}
+{{- end }}
+{{- end }}
+
 {{- define "mlref.objectStoreCredentials" -}}
+{{- $secret := include "mlref.objectStoreSecret" . }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
-    secretKeyRef: {name: {{ .Values.objectStore.secretName }}, key: AWS_ACCESS_KEY_ID}
+    secretKeyRef: {name: {{ $secret }}, key: AWS_ACCESS_KEY_ID}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
-    secretKeyRef: {name: {{ .Values.objectStore.secretName }}, key: AWS_SECRET_ACCESS_KEY}
+    secretKeyRef: {name: {{ $secret }}, key: AWS_SECRET_ACCESS_KEY}
 {{- end }}
 
 {{/* The predictor of one model: the ServingRuntime carries the container. A Standard-mode
