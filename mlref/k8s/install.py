@@ -49,6 +49,9 @@ class Identity:
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     admin: bool = False
+    # Read on the bucket itself (HeadBucket), which SeaweedFS grants only with read of every
+    # object in it: ``read`` then documents what the workload reads, the store cannot narrow it.
+    bucket_read: bool = False
 
     def actions(self, bucket: str = BUCKET) -> list[str]:
         """SeaweedFS's grants (``s3.json``; weed/s3api/auth_credentials.go ``canDo``: an
@@ -56,9 +59,14 @@ class Identity:
         Listing is bucket-wide: it shows key names, never contents."""
         if self.admin:
             return [f"Admin:{bucket}"]
+        reads = (
+            [f"Read:{bucket}"]
+            if self.bucket_read
+            else [f"Read:{bucket}/{prefix}*" for prefix in self.read]
+        )
         return [
             f"List:{bucket}",
-            *(f"Read:{bucket}/{prefix}*" for prefix in self.read),
+            *reads,
             *(f"Write:{bucket}/{prefix}*" for prefix in self.write),
         ]
 
@@ -73,12 +81,14 @@ IDENTITIES = (
         write=("data/", "features/", "models/", "predictions/", "staging/"),
     ),
     # The InferenceService (storage initializer, transformer) and the log sink: the served
-    # model and Feast's registry in, the inference log out.
+    # model and Feast's registry in, the inference log out. KServe's storage initializer
+    # calls HeadBucket before it lists the model (kserve_storage ``_download_s3``).
     Identity(
         "serving",
         "mlref-store-serving",
         read=("models/", "features/"),
         write=("inference_log/",),
+        bucket_read=True,
     ),
     # The label and drift CronJobs: logs, clicks and features in, labels out (decisions stay
     # on the job's own volume).

@@ -97,7 +97,7 @@ def cluster_services(s3_server: S3Server, redis_server: str, mlflow_server: str)
     """The chart's in-cluster Service addresses, resolved to the test servers (the
     ``services`` of a :class:`tests.cluster.pods.Cluster`)."""
     local = {
-        "minio.mlref.svc:9000": s3_server.endpoint.removeprefix("http://"),
+        "seaweedfs.mlref.svc:8333": s3_server.endpoint.removeprefix("http://"),
         "redis.mlref.svc:6379": redis_server,
         "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
     }

@@ -9,7 +9,7 @@ Its environment is exactly what the kubelet gives the container: the image's ``E
 supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
 source fails the pod as CreateContainerConfigError does), and nothing from the test
 process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
-In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
+In-cluster Service addresses (``seaweedfs.mlref.svc:8333``) are rewritten to the 127.0.0.1
 ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
 project image is emulated, whatever the tag: its virtualenv is built from this checkout
 as the Dockerfile builds it (a wheel, not editable) and mounted read-only at ``/opt/mlref``
@@ -46,6 +46,7 @@ from typing import Any
 
 from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
+from tests.cluster.store_identities import add_store_identities
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,20 +200,6 @@ class Cluster:
         return text
 
 
-def store_root_user(cluster: Cluster) -> tuple[str, str]:
-    """The object store's root user as the rendered MinIO gets it: its ``MINIO_ROOT_USER``
-    and ``MINIO_ROOT_PASSWORD``, resolved from the install's objects like any pod's env."""
-    (minio,) = [
-        o
-        for o in cluster.objects
-        if o["kind"] == "StatefulSet" and "minio" in o["metadata"]["name"]
-    ]
-    (container,) = pod_spec_of(minio)["containers"]
-    namespace = minio["metadata"].get("namespace", cluster.namespace)
-    env = declared_env(container, cluster, namespace, minio["metadata"]["name"])
-    return env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
-
-
 def installed(
     chart: list[dict[str, Any]],
     services: Mapping[str, str] | None = None,
@@ -222,12 +209,13 @@ def installed(
 ) -> Cluster:
     """The cluster scripts/kind-up.sh leaves: the rendered chart's objects and the namespace
     and Secrets it applies besides (:func:`mlref.k8s.install.kind_objects`), and nothing a
-    test makes for itself. ``store`` (the test S3 server), as MinIO does, takes its root
-    user from what the install gives MinIO, and refuses every other key."""
+    test makes for itself. ``store`` (the test S3 server), as the installed SeaweedFS does,
+    knows exactly the identities of the install's store config, each allowed only its
+    prefixes (:mod:`tests.cluster.store_identities`), and refuses every other key."""
     objects = [*kind_objects(REPO, namespace, pipelines_namespace), *chart]
     cluster = Cluster(objects=objects, services=dict(services or {}), namespace=namespace)
     if store is not None:
-        store.add_user("minio-root", *store_root_user(cluster))
+        add_store_identities(store, cluster)
     settings = cluster.lookup("ConfigMap", "mlref-settings", namespace) or {}
     if "MLREF_IMAGE" in settings:  # the project image, as this install names it
         cluster.image_repository = settings["MLREF_IMAGE"].rsplit(":", 1)[0]
@@ -256,13 +244,15 @@ def run_in_sandbox(
     volumes: Mapping[str, Path],
     workdir: str,
     timeout: float = 600,
+    image: Mapping[str, Path] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
-    host dirs."""
+    host dirs; ``image`` (read-only mounts) stands in for the container's image, by default
+    the project's."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
-    image = image_mounts()
+    image = image_mounts() if image is None else image
     spec = {
         "root": str(root),
         "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},

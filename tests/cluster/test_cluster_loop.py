@@ -6,11 +6,14 @@ sandbox with an empty disk, its settings and credentials from the chart's Config
 install's Secret in the pipeline namespace (the cluster holds only what the chart and
 scripts/kind-up.sh create), artifacts in the S3 pipeline root. The only things the
 steps share are the ones a cluster shares: S3 (moto), the MLflow server (PostgreSQL, artifacts
-in S3) and Redis. KServe's own storage initializer then fetches the champion from the
-InferenceService's ``storageUri`` for the predictor. The chart's label and drift CronJobs run
-as their pods: labels from the click logs, the drift check against the champion's reference,
-a retraining submitted (to the Kubeflow API stand-in) with an ``s3://`` source, which then
-runs on the same cluster: Kubeflow's task cache does not hide the new raw data from it.
+in S3) and Redis. Each pod holds only its own workload's object-store identity, which the
+store (knowing exactly the install's identities) lets write only its prefixes. KServe's own
+storage initializer then fetches the champion from the InferenceService's ``storageUri``,
+in a sandbox, with the env KServe's credential builder gives it. The chart's label and
+drift CronJobs run as their pods: labels from the click logs, the drift check against the
+champion's reference, a retraining submitted (to the Kubeflow API stand-in) with an
+``s3://`` source, which then runs on the same cluster: Kubeflow's task cache does not hide
+the new raw data from it.
 """
 
 from __future__ import annotations
@@ -35,14 +38,13 @@ from mlref.serving.predictor import resolve
 from mlref.settings import Settings
 from mlref.training.publish import served_uri
 from tests.cluster.kfp_pods import run_pipeline
+from tests.cluster.kserve_credentials import run_storage_initializer
 from tests.cluster.pods import installed, run_pod
 from tests.conftest import S3Server
 from tests.monitoring.conftest import TRAIN_DAYS, world_settings
-from tests.servers import require
 
 BUCKET = "mlref"  # values.yaml objectStore.bucket
 PIPELINE_ROOT = "s3://kubeflow-pipelines/pipeline-root"
-STORAGE_INITIALIZER = repo_root() / ".venv" / "storage-initializer" / "bin" / "python"
 # The drift tests' small learnable world; its model trains in seconds and loses more to int8
 # than the production gate allows, so the run's submitter sets those sections on purpose.
 WORLD = world_settings(Path(".mlref"))
@@ -59,28 +61,6 @@ def with_args(job: dict, args: list[str]) -> dict:
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     container["args"] = args
     return job
-
-
-def storage_initializer(uri: str, dest: Path, s3: S3Server) -> None:
-    """KServe's storage initializer (kserve-storage, its own image in a cluster) fetching
-    ``uri`` with the env KServe's S3 credential builder gives it."""
-    require(
-        STORAGE_INITIALIZER.is_file(),
-        "KServe's storage initializer is not installed: run `make tools`",
-    )
-    env = {**s3.env, "S3_USE_HTTPS": "0", "S3_VERIFY_SSL": "0", "PATH": "/usr/bin:/bin"}
-    script = (
-        "import sys; from kserve_storage import Storage; "
-        "Storage.download_files([sys.argv[1]], [sys.argv[2]])"
-    )
-    done = subprocess.run(
-        [str(STORAGE_INITIALIZER), "-c", script, uri, str(dest)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def submit_from_laptop(api: str, image: str, source: str, home: Path) -> None:
@@ -134,7 +114,7 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     cluster = installed(
         objects,
         {
-            "minio.mlref.svc:9000": s3.endpoint.removeprefix("http://"),
+            "seaweedfs.mlref.svc:8333": s3.endpoint.removeprefix("http://"),
             "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
             "redis.mlref.svc:6379": redis_server,
             "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
@@ -195,7 +175,8 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     storage_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
     assert storage_uri == served_uri(laptop, "champion")
     models = tmp_path / "mnt" / "models"
-    storage_initializer(storage_uri, models, s3)
+    fetched = run_storage_initializer(cluster, isvc, models, tmp_path / "pods")
+    assert fetched.returncode == 0, fetched.stdout[-3000:]
     assert resolve(laptop, str(models)).version == "1"
 
     # 3. Live traffic after a concept change: the two days up to the window's end. Clicks

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mlref.k8s.install import OBJECT_STORE_SECRET
 from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
@@ -18,7 +17,7 @@ import boto3
 state = os.path.join(os.environ["MLREF_WORK_DIR"], "runs")
 before = open(state).read() if os.path.exists(state) else ""
 open(state, "a").write("run\\n")
-buckets = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+listed = boto3.client("s3").list_objects_v2(Bucket="mlref", MaxKeys=1)["Name"]
 print(json.dumps({
     "cwd": os.getcwd(),
     "tmp": sorted(os.listdir("/tmp")),
@@ -26,7 +25,7 @@ print(json.dumps({
     "endpoint": os.environ.get("AWS_ENDPOINT_URL"),
     "tracking": os.environ.get("MLREF_REGISTRY__TRACKING_URI"),
     "leak": os.environ.get("LEAK_MARKER"),
-    "buckets": buckets,
+    "listed": listed,
 }))
 open("/tmp/scratch", "w").write("gone with the pod")
 """
@@ -34,9 +33,9 @@ open("/tmp/scratch", "w").write("gone with the pod")
 
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
     """What kind-up installs, its object store mapped to the test S3 server (which, like
-    MinIO on kind, takes the install's object-store Secret as its user)."""
+    SeaweedFS on kind, knows the identities of the install's store config)."""
     return installed(
-        objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")}, store=s3
+        objects, {"seaweedfs.mlref.svc:8333": s3.endpoint.removeprefix("http://")}, store=s3
     )
 
 
@@ -68,10 +67,10 @@ def test_the_drift_cronjob_pod_gets_its_env_and_keeps_only_its_claim_between_run
 
     first, second = runs
     assert first["cwd"] == "/tmp" and first["tmp"] == [] and second["tmp"] == []
-    assert first["endpoint"] == s3_server.endpoint  # minio.mlref.svc:9000, resolved
+    assert first["endpoint"] == s3_server.endpoint  # seaweedfs.mlref.svc:8333, resolved
     assert first["tracking"] == "http://mlflow.mlref.svc:5000"  # no test server mapped
     assert first["leak"] is None
-    assert "mlref" in first["buckets"]  # the Secret's keys were enough for the object store
+    assert first["listed"] == "mlref"  # its identity's keys were enough for the object store
     assert (first["state_before"], second["state_before"]) == ("", "run\n")
     assert (claims["drift-state"] / "runs").read_text() == "run\nrun\n"
 
@@ -81,7 +80,7 @@ def test_a_missing_secret_stops_the_pod_before_it_starts(
 ) -> None:
     cluster = chart_cluster(kind_chart, s3_server)
     cluster.objects = [o for o in cluster.objects if o["kind"] != "Secret"]
-    with pytest.raises(PodFailed, match="Secret mlref/mlref-object-store not found"):
+    with pytest.raises(PodFailed, match="Secret mlref/mlref-store-drift not found"):
         run_pod(
             probe_job(kind_chart, "drift-check"),
             cluster,
@@ -106,7 +105,7 @@ def test_a_wrong_secret_value_is_refused_by_the_object_store(
         o
         for o in cluster.objects
         if o["kind"] == "Secret"
-        and o["metadata"] == {**o["metadata"], "name": OBJECT_STORE_SECRET, "namespace": "mlref"}
+        and o["metadata"] == {**o["metadata"], "name": "mlref-store-drift", "namespace": "mlref"}
     ]
     secret["stringData"][key] += "-stale"  # e.g. a Secret edited after the store was set up
     done = run_pod(
@@ -171,7 +170,7 @@ def test_a_pod_reaches_the_shared_services_by_their_in_cluster_addresses(
     env = {
         "REDIS": "redis.mlref.svc:6379",
         "TRACKING": "http://mlflow.mlref.svc.cluster.local:5000",
-        "AWS_ENDPOINT_URL": "http://minio.mlref.svc:9000",
+        "AWS_ENDPOINT_URL": "http://seaweedfs.mlref.svc:8333",
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
         "AWS_DEFAULT_REGION": s3_server.region,

@@ -1,0 +1,146 @@
+"""Each workload's object-store identity, as the install creates it, holds in the store.
+
+The test S3 server knows exactly the identities of the install's SeaweedFS config (keys and
+prefix grants, :mod:`tests.cluster.store_identities`); a pod's keys are the ones its own
+spec maps, KServe's storage initializer's the ones KServe's credential builder gives it
+(:mod:`tests.cluster.kserve_credentials`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.cluster.kserve_credentials import run_storage_initializer, storage_initializer_env
+from tests.cluster.pods import Cluster, installed, pod_spec_of, run_pod
+from tests.conftest import S3Server
+
+BUCKET = "mlref"
+STORE = "seaweedfs.mlref.svc:8333"
+# A pod that tries to write one object under each prefix and prints which writes the store
+# took (env, keys and endpoint as its spec maps them).
+PROBE = """
+import json, boto3
+from botocore.exceptions import ClientError
+s3, took = boto3.client("s3"), {}
+for prefix in ("labels/", "models/ctr/1/", "data/raw/", "inference_log/"):
+    try:
+        s3.put_object(Bucket="mlref", Key=prefix + "probe", Body=b"x")
+        took[prefix] = "ok"
+    except ClientError as exc:
+        took[prefix] = exc.response["Error"]["Code"]
+print(json.dumps(took))
+"""
+
+
+def store_cluster(objects: list[dict], s3: S3Server) -> Cluster:
+    s3.create_bucket(BUCKET)
+    return installed(objects, {STORE: s3.endpoint.removeprefix("http://")}, store=s3)
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def writes(keys: dict[str, str], s3: S3Server, prefix: str) -> str:
+    """What the store says to a write under ``prefix`` with these keys."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        region_name=s3.region,
+    )
+    try:
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}probe", Body=b"x")
+    except ClientError as exc:
+        return exc.response["Error"]["Code"]
+    return "ok"
+
+
+def test_a_drift_job_pod_may_write_labels_and_nothing_it_does_not_own(
+    kind_chart: list[dict], s3_server: S3Server, tmp_path: Path
+) -> None:
+    cluster = store_cluster(kind_chart, s3_server)
+    job = copy.deepcopy(find(kind_chart, "CronJob", "drift-labels"))
+    (container,) = pod_spec_of(job)["containers"]
+    container["command"], container["args"] = ["python3", "-c", PROBE], []
+    done = run_pod(job, cluster, tmp_path)
+    assert done.returncode == 0, done.stdout
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "labels/": "ok",
+        "models/ctr/1/": "AccessDenied",
+        "data/raw/": "AccessDenied",
+        "inference_log/": "AccessDenied",
+    }
+
+
+def test_serving_and_pipeline_identities_write_only_their_prefixes(
+    kind_chart: list[dict], s3_server: S3Server
+) -> None:
+    cluster = store_cluster(kind_chart, s3_server)
+    # The transformer's keys as its container maps them; the pipeline's in Kubeflow's
+    # namespace, where the compiled pipeline maps them.
+    (isvc,) = [o for o in kind_chart if o["kind"] == "InferenceService"]
+    (transformer,) = isvc["spec"]["transformer"]["containers"]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in transformer["env"] if "valueFrom" in e
+    }
+    serving = {
+        name: cluster.key("Secret", ref["name"], ref["key"], "mlref")
+        for name, ref in refs.items()
+        if name.startswith("AWS_")
+    }
+    pipeline = cluster.lookup("Secret", "mlref-object-store", "kubeflow")
+    took = {
+        (who, prefix): writes(keys, s3_server, prefix)
+        for who, keys in (("serving", serving), ("pipeline", pipeline))
+        for prefix in ("inference_log/", "data/raw/", "models/ctr/1/")
+    }
+    assert took == {
+        ("serving", "inference_log/"): "ok",
+        ("serving", "data/raw/"): "AccessDenied",
+        ("serving", "models/ctr/1/"): "AccessDenied",
+        ("pipeline", "inference_log/"): "AccessDenied",
+        ("pipeline", "data/raw/"): "ok",
+        ("pipeline", "models/ctr/1/"): "ok",
+    }
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_the_storage_initializer_fetches_the_model_with_the_env_kserve_builds(
+    kind_chart: list[dict], s3_server: S3Server, tmp_path: Path, stale: bool
+) -> None:
+    cluster = store_cluster(kind_chart, s3_server)
+    (isvc,) = [o for o in kind_chart if o["kind"] == "InferenceService"]
+    account = isvc["spec"]["predictor"]["serviceAccountName"]
+    env = storage_initializer_env(cluster, account, "mlref")
+    secret = cluster.lookup("Secret", "mlref-store-serving", "mlref")
+    assert env == {
+        "AWS_ACCESS_KEY_ID": secret["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": secret["AWS_SECRET_ACCESS_KEY"],
+        "S3_USE_HTTPS": "0",
+        "S3_ENDPOINT": STORE,
+        "AWS_ENDPOINT_URL": f"http://{STORE}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    assert uri == f"s3://{BUCKET}/models/ctr/champion"
+    s3_server.client().put_object(Bucket=BUCKET, Key="models/ctr/champion/model.json", Body=b"{}")
+    if stale:  # the serving Secret changed after the store took its identities
+        store = find(cluster.objects, "Secret", "mlref-store-serving")
+        store["stringData"]["AWS_SECRET_ACCESS_KEY"] += "-stale"
+    models = tmp_path / "models"
+    done = run_storage_initializer(cluster, isvc, models, tmp_path)
+    if stale:  # refused at its first call (a HEAD: the 403 carries no error code)
+        assert done.returncode != 0, done.stdout[-2000:]
+        assert "HeadBucket operation: Forbidden" in done.stdout
+        assert not (models / "model.json").exists()
+    else:
+        assert done.returncode == 0, done.stdout[-3000:]
+        assert (models / "model.json").read_text() == "{}"
