@@ -41,65 +41,54 @@ STORE_SERVICE, STORE_PORT = "seaweedfs", 8333
 @dataclass(frozen=True)
 class Identity:
     """One workload's object-store identity: its Secret and the prefixes (of the bucket) it
-    may read and write. ``admin``: the operator's, which makes the bucket and uploads the raw
-    click logs from a laptop (scripts/kind-up.sh); no pod is given it."""
+    may write. ``admin``: the operator's, which makes the bucket and uploads the raw click
+    logs from a laptop (scripts/kind-up.sh); no pod is given it."""
 
     name: str
     secret: str
-    read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     admin: bool = False
-    # Read on the bucket itself (HeadBucket), which SeaweedFS grants only with read of every
-    # object in it: ``read`` then documents what the workload reads, the store cannot narrow it.
-    bucket_read: bool = False
 
     def actions(self, bucket: str = BUCKET) -> list[str]:
         """SeaweedFS's grants (``s3.json``; weed/s3api/auth_credentials.go ``canDo``: an
         action ending in ``*`` matches by prefix, ``Action:bucket`` the whole bucket).
-        Listing is bucket-wide: it shows key names, never contents."""
+
+        Reads are bucket-wide: SeaweedFS authorizes HeadBucket and GetBucketLocation as Read
+        on the bucket (s3api_server.go), a grant that covers every object in it, and the
+        clients probe the bucket that way before they read or write (s3fs ``_exists``,
+        KServe's storage initializer). Writes, which could corrupt what another workload
+        reads, are held to each workload's own prefixes."""
         if self.admin:
             return [f"Admin:{bucket}"]
-        reads = (
-            [f"Read:{bucket}"]
-            if self.bucket_read
-            else [f"Read:{bucket}/{prefix}*" for prefix in self.read]
-        )
         return [
             f"List:{bucket}",
-            *reads,
+            f"Read:{bucket}",
             *(f"Write:{bucket}/{prefix}*" for prefix in self.write),
         ]
 
 
 IDENTITIES = (
-    # Pipeline steps (and the features CronJob): raw logs in, curated data, Feast's offline
-    # data and registry, models and batch predictions out.
+    # Pipeline steps (and the features CronJob): curated data, Feast's offline data and
+    # registry, models and batch predictions.
     Identity(
         "pipeline",
         OBJECT_STORE_SECRET,
-        read=("data/", "features/", "labels/", "models/", "predictions/", "staging/"),
-        write=("data/", "features/", "models/", "predictions/", "staging/"),
+        write=(
+            "data/curated/",
+            "data/quarantine/",
+            "features/",
+            "models/",
+            "predictions/",
+            "staging/",
+        ),
     ),
-    # The InferenceService (storage initializer, transformer) and the log sink: the served
-    # model and Feast's registry in, the inference log out. KServe's storage initializer
-    # calls HeadBucket before it lists the model (kserve_storage ``_download_s3``).
-    Identity(
-        "serving",
-        "mlref-store-serving",
-        read=("models/", "features/"),
-        write=("inference_log/",),
-        bucket_read=True,
-    ),
-    # The label and drift CronJobs: logs, clicks and features in, labels out (decisions stay
-    # on the job's own volume).
-    Identity(
-        "drift",
-        "mlref-store-drift",
-        read=("data/raw/", "features/", "inference_log/", "labels/", "models/"),
-        write=("labels/",),
-    ),
+    # The InferenceService (transformer; KServe's storage initializer reads only) and the
+    # log sink: the inference log.
+    Identity("serving", "mlref-store-serving", write=("inference_log/",)),
+    # The label and drift CronJobs: labels (decisions stay on the job's own volume).
+    Identity("drift", "mlref-store-drift", write=("labels/",)),
     # MLflow's tracking server, which proxies every run's artifacts.
-    Identity("mlflow", "mlref-store-mlflow", read=("mlflow/",), write=("mlflow/",)),
+    Identity("mlflow", "mlref-store-mlflow", write=("mlflow/",)),
     Identity("operator", "mlref-store-operator", admin=True),
 )
 SERVING = next(i for i in IDENTITIES if i.name == "serving")

@@ -100,14 +100,14 @@ def test_serving_and_pipeline_identities_write_only_their_prefixes(
     took = {
         (who, prefix): writes(keys, s3_server, prefix)
         for who, keys in (("serving", serving), ("pipeline", pipeline))
-        for prefix in ("inference_log/", "data/raw/", "models/ctr/1/")
+        for prefix in ("inference_log/", "data/curated/", "models/ctr/1/")
     }
     assert took == {
         ("serving", "inference_log/"): "ok",
-        ("serving", "data/raw/"): "AccessDenied",
+        ("serving", "data/curated/"): "AccessDenied",
         ("serving", "models/ctr/1/"): "AccessDenied",
         ("pipeline", "inference_log/"): "AccessDenied",
-        ("pipeline", "data/raw/"): "ok",
+        ("pipeline", "data/curated/"): "ok",
         ("pipeline", "models/ctr/1/"): "ok",
     }
 
