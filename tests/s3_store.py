@@ -1,13 +1,14 @@
 """moto's S3 server with credentials checked, and users whose keys the install chose.
 
 A real store checks every request's signature against a user it knows and that user's
-policy: MinIO takes its root user from the install's Secret and adds others with chosen keys
-(``mc admin user add ALIAS KEY SECRET`` and a policy). moto enforces the same (SigV4
-signature, then the user's IAM policies on ``arn:aws:s3:::bucket/key``) once its
-``INITIAL_NO_AUTH_ACTION_COUNT`` is 0, but it only makes keys of its own; so this launcher
-adds ``POST /mlref/users`` (JSON ``name``, ``access_key``, ``secret_key``, ``policy``), the
-``mc admin user add`` of the harness. Run: ``python tests/s3_store.py HOST PORT KEY SECRET``,
-the last two being the store's root user.
+policy: SeaweedFS takes its identities (keys and grants) from the install's ``s3.json``,
+MinIO adds users with chosen keys (``mc admin user add ALIAS KEY SECRET`` and a policy).
+moto enforces the same (SigV4 signature, then the user's IAM policies on
+``arn:aws:s3:::bucket/key``) once its ``INITIAL_NO_AUTH_ACTION_COUNT`` is 0, but it only
+makes keys of its own; so this launcher adds ``POST /mlref/users`` (JSON ``name``,
+``access_key``, ``secret_key``, ``policy``), through which the harness adds the install's
+identities (tests/cluster/store_identities.py). Run: ``python tests/s3_store.py HOST PORT
+KEY SECRET``, the last two being the store's root user (the test's own).
 """
 
 from __future__ import annotations
