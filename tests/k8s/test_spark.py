@@ -143,6 +143,40 @@ def test_the_executor_backend_and_its_env_names_are_pysparks_own() -> None:
         assert stem.encode() in constants, name
 
 
+@pytest.mark.slow
+def test_the_entrypoint_starts_the_executor_backend_which_calls_its_driver(
+    tmp_path: Path,
+) -> None:
+    """The image's entrypoint with an executor pod's env starts Spark's executor JVM, which
+    accepts its arguments and connects to the driver URL (here a closed port)."""
+    from mlref.spark import JAVA_HINT, java_available
+    from tests.servers import free_port, require
+
+    require(java_available(), f"Java not found: {JAVA_HINT}")
+    port = free_port()  # nothing listens there
+    env = {
+        **os.environ,
+        **executor_env(),
+        "SPARK_DRIVER_URL": f"spark://CoarseGrainedScheduler@127.0.0.1:{port}",
+        "SPARK_EXECUTOR_MEMORY": "256m",
+        "SPARK_EXECUTOR_POD_IP": "127.0.0.1",
+        "SPARK_CONF_DIR": str(tmp_path),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mlref.k8s.spark", "executor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "KubernetesExecutorBackend: Started daemon" in output, output[-3000:]
+    assert f"Failed to connect to /127.0.0.1:{port}" in output, output[-3000:]
+
+
 def test_the_entrypoint_runs_any_other_command_as_given() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mlref.k8s.spark", sys.executable, "-c", "print('as given')"],
