@@ -5,6 +5,7 @@ pipeline and submission that put the Spark steps on them."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -143,38 +144,98 @@ def test_the_executor_backend_and_its_env_names_are_pysparks_own() -> None:
         assert stem.encode() in constants, name
 
 
+# A Spark driver with fixed ports on 127.0.0.1 (a process of its own: one SparkContext per
+# process): it prints its application id, then runs a Python job on whatever executor joins.
+DRIVER = """
+import json, os, sys
+from pyspark.sql import SparkSession
+master, port, block = sys.argv[1:4]
+os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers' interpreter, as mlref.spark sets
+spark = (
+    SparkSession.builder.master(master).appName("executor-check")
+    .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    .config("spark.driver.port", port).config("spark.blockManager.port", block)
+    .config("spark.cores.max", "1").config("spark.ui.enabled", "false").getOrCreate()
+)
+print("APP", spark.sparkContext.applicationId, flush=True)
+rows = spark.sparkContext.parallelize(range(4), 2).map(
+    lambda x: (x * 2, os.environ.get("SPARK_EXECUTOR_POD_NAME"), sys.executable)
+).collect()
+print("ROWS", json.dumps(rows), flush=True)
+spark.stop()
+"""
+
+
 @pytest.mark.slow
-def test_the_entrypoint_starts_the_executor_backend_which_calls_its_driver(
+def test_an_executor_started_by_the_image_entrypoint_joins_its_driver_and_runs_tasks(
     tmp_path: Path,
 ) -> None:
-    """The image's entrypoint with an executor pod's env starts Spark's executor JVM, which
-    accepts its arguments and connects to the driver URL (here a closed port)."""
+    """The image's entrypoint with the env Spark gives an executor pod starts the executor
+    JVM, which registers with its driver (at SPARK_DRIVER_URL), runs the driver's Python tasks
+    with the project's interpreter and exits when the driver stops. The driver here has a
+    standalone master that starts no executor of its own (it has no worker), in place of the
+    Kubernetes scheduler that creates the pod."""
     from mlref.spark import JAVA_HINT, java_available
-    from tests.servers import free_port, require
+    from tests.servers import free_port, require, wait_for_port
 
     require(java_available(), f"Java not found: {JAVA_HINT}")
-    port = free_port()  # nothing listens there
-    env = {
-        **os.environ,
-        **executor_env(),
-        "SPARK_DRIVER_URL": f"spark://CoarseGrainedScheduler@127.0.0.1:{port}",
-        "SPARK_EXECUTOR_MEMORY": "256m",
-        "SPARK_EXECUTOR_POD_IP": "127.0.0.1",
-        "SPARK_CONF_DIR": str(tmp_path),
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "mlref.k8s.spark", "executor"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    master_port, driver_port, block_port = free_port(), free_port(), free_port()
+    jars = str(spark.pyspark_home() / "jars" / "*")
+    quiet = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    master = subprocess.Popen(
+        [
+            *("java", "-Xmx256m", "-cp", jars, "org.apache.spark.deploy.master.Master"),
+            *("--host", "127.0.0.1", "--port", str(master_port), "--webui-port", "0"),
+        ],
+        stdout=(tmp_path / "master.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=quiet,
     )
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    assert "KubernetesExecutorBackend: Started daemon" in output, output[-3000:]
-    assert f"Failed to connect to /127.0.0.1:{port}" in output, output[-3000:]
+    driver = None
+    try:
+        wait_for_port(master_port, master, timeout=180)
+        driver = subprocess.Popen(
+            [
+                *(sys.executable, "-c", DRIVER, f"spark://127.0.0.1:{master_port}"),
+                *(str(driver_port), str(block_port)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "driver.log").open("wb"),
+            text=True,
+            env=quiet,
+        )
+        first = driver.stdout.readline()
+        assert first.startswith("APP "), (tmp_path / "driver.log").read_text()[-3000:]
+        env = {
+            **quiet,
+            **executor_env(),
+            "SPARK_DRIVER_URL": f"spark://CoarseGrainedScheduler@127.0.0.1:{driver_port}",
+            "SPARK_APPLICATION_ID": first.split()[1],
+            "SPARK_EXECUTOR_MEMORY": "512m",
+            "SPARK_EXECUTOR_POD_IP": "127.0.0.1",
+            "SPARK_CONF_DIR": str(tmp_path),
+        }
+        env.pop("SPARK_JAVA_OPT_2"), env.pop("SPARK_JAVA_OPT_10")
+        executor = subprocess.run(
+            [sys.executable, "-m", "mlref.k8s.spark", "executor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        out, _ = driver.communicate(timeout=120)
+        assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        rows = json.loads(next(line for line in out.splitlines() if line.startswith("ROWS "))[5:])
+        assert rows == [[x * 2, "mlref-exec-3", sys.executable] for x in range(4)]
+        log = executor.stdout + executor.stderr
+        assert "KubernetesExecutorBackend" in log and "registered with driver" in log, log[-3000:]
+        assert executor.returncode == 0, log[-3000:]  # the driver commanded its shutdown
+    finally:
+        for process in (driver, master):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
 
 
 def test_the_entrypoint_runs_any_other_command_as_given() -> None:
