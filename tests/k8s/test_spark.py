@@ -224,13 +224,13 @@ def test_an_executor_started_by_the_image_entrypoint_joins_its_driver_and_runs_t
             timeout=300,
             check=False,
         )
+        log = executor.stdout + executor.stderr
+        assert "KubernetesExecutorBackend" in log and "registered with driver" in log, log[-3000:]
+        assert executor.returncode == 0, log[-3000:]  # the driver commanded its shutdown
         out, _ = driver.communicate(timeout=120)
         assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
         rows = json.loads(next(line for line in out.splitlines() if line.startswith("ROWS "))[5:])
         assert rows == [[x * 2, "mlref-exec-3", sys.executable] for x in range(4)]
-        log = executor.stdout + executor.stderr
-        assert "KubernetesExecutorBackend" in log and "registered with driver" in log, log[-3000:]
-        assert executor.returncode == 0, log[-3000:]  # the driver commanded its shutdown
     finally:
         for process in (driver, master):
             if process is not None and process.poll() is None:
