@@ -16,13 +16,13 @@ values in the Spark conf, which Spark copies into a ConfigMap.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlref.k8s.checks import Problem
 from mlref.k8s.install import OBJECT_STORE_KEYS, OBJECT_STORE_SECRET
 from mlref.k8s.workloads import containers
 from mlref.settings import EngineSettings, Settings
@@ -131,10 +131,10 @@ def pyspark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
-def executor_command(env: Mapping[str, str], spark_home: Path | None = None) -> list[str]:
+def executor_command(env: Mapping[str, str]) -> list[str]:
     """The executor JVM's argv from the env Spark gives an executor pod: what the ``executor``
     case of Spark's image entrypoint (``entrypoint.sh``) runs, with pyspark's jars."""
-    home = spark_home or pyspark_home()
+    home = pyspark_home()
     java = str(Path(env["JAVA_HOME"]) / "bin" / "java") if env.get("JAVA_HOME") else "java"
     options = [
         env[name]
@@ -176,7 +176,7 @@ def entrypoint_argv(argv: list[str], env: Mapping[str, str]) -> list[str]:
     if argv[:1] == ["executor"]:
         return executor_command(env)
     if not argv:
-        raise SystemExit("usage: mlref-entrypoint executor | <command> [args...]")
+        raise SystemExit("usage: python -m mlref.k8s.spark executor | <command> [args...]")
     return argv
 
 
@@ -187,20 +187,6 @@ def main() -> None:
     os.execvp(argv[0], argv)
 
 
-def executor_jar_has_backend(spark_home: Path | None = None) -> bool:
-    """Whether pyspark ships the Kubernetes executor backend the entrypoint starts."""
-    import zipfile
-
-    home = spark_home or pyspark_home()
-    name = "org/apache/spark/scheduler/cluster/k8s/KubernetesExecutorBackend.class"
-    for jar in glob.glob(str(home / "jars" / "spark-kubernetes_*.jar")):
-        with zipfile.ZipFile(jar) as archive:
-            if name in archive.namelist():
-                return True
-    return False
-
-
-Problem = tuple[str, str]
 Found = dict[tuple[str, str], list[Problem]]
 DRIVER_ROLE_BINDING = "mlref-spark-driver"
 DEFAULT_ACCOUNT = EngineSettings.model_fields["spark_service_account"].default
