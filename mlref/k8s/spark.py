@@ -299,8 +299,8 @@ def role_problems(objects: list[dict[str, Any]]) -> Found:
         block_port = int(data.get("MLREF_ENGINE__SPARK_BLOCK_MANAGER_PORT", 0) or 0)
         policies = [o for o in local if o["kind"] == "NetworkPolicy"]
         for role_name, labels, ports in (
-            ("driver", DRIVER_LABELS, {driver_port, block_port}),
-            ("executors", EXECUTOR_LABELS, {block_port}),
+            ("driver's", DRIVER_LABELS, {driver_port, block_port}),
+            ("executors'", EXECUTOR_LABELS, {block_port}),
         ):
             opened: set[int] = set()
             for policy in policies:
@@ -310,7 +310,7 @@ def role_problems(objects: list[dict[str, Any]]) -> Found:
                 add(
                     config,
                     "data",
-                    f"no NetworkPolicy in {namespace} opens the Spark {role_name}' ports "
+                    f"no NetworkPolicy in {namespace} opens the Spark {role_name} ports "
                     f"{sorted(ports - opened)} (pods labelled {labels})",
                 )
     return found

@@ -316,7 +316,7 @@ def test_a_missing_service_account_setting_or_port_is_reported(forms) -> None:
     for mutate, text in (
         (no_account, "ServiceAccount mlref-spark: none in kubeflow"),
         (no_key, "MLREF_ENGINE__SPARK_EXECUTORS: missing"),
-        (other_port, "driver' ports [7078]"),
+        (other_port, "driver's ports [7078]"),
     ):
         found = _mutated(forms, mutate)
         messages = [m for problems in found.values() for _, m in problems]
