@@ -22,6 +22,13 @@ RUN /opt/mlref/bin/pip install --index-url "https://download.pytorch.org/whl/${T
  && /opt/mlref/bin/pip install -c constraints.txt .
 
 FROM ${PYTHON_IMAGE}
+# Java for Spark (engine.data=spark): a data step's driver and its executor pods. pyspark
+# brings Spark's jars, its Kubernetes scheduler included; executors reach object storage
+# through fsspec like every step, so the image carries no Hadoop S3 connector (hadoop-aws).
+RUN mkdir -p /usr/share/man/man1 \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 10001 mlref \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp mlref
 COPY --from=build /opt/mlref /opt/mlref
@@ -37,5 +44,7 @@ ENV PATH=/opt/mlref/bin:$PATH \
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080 5000
-ENTRYPOINT []
+# Spark's executor pods run the image with the argument `executor` (as Spark's own image's
+# entrypoint.sh takes it) and start the executor JVM; every other command runs as given.
+ENTRYPOINT ["/opt/mlref/bin/python", "-m", "mlref.k8s.spark"]
 CMD ["mlref", "--help"]

@@ -4,11 +4,12 @@ Every step runs the same code in both modes; what differs is what the step hands
 platform: starting a retraining (kfp's local runner, or a Kubeflow Pipelines run), where a
 registered model is served from (the registry, or its published folder that KServe fetches),
 putting a canary patch in force (local serving re-reads the file; a cluster server-side
-applies it to the InferenceService and waits for Ready), the live traffic split, and where
-canary metrics come from (the local predictors, or Prometheus). As kfp's local runner keeps
-a validated runner config and picks the task handler for it in one place, :func:`platform_for`
-is the one place that picks the platform for ``settings.mode``; each platform checks at
-construction that the settings are its own.
+applies it to the InferenceService and waits for Ready), the live traffic split, where
+canary metrics come from (the local predictors, or Prometheus), and where a data step's
+Spark runs (in the step's process, or executor pods the step's pod drives). As kfp's local
+runner keeps a validated runner config and picks the task handler for it in one place,
+:func:`platform_for` is the one place that picks the platform for ``settings.mode``; each
+platform checks at construction that the settings are its own.
 
 Locations that differ by mode (the Feast registry and online store, shared storage) are
 settings' (``mlref.settings``), which every layer reads; the feature store sits below the
@@ -18,6 +19,7 @@ pipeline a platform submits, so it takes them from there rather than from here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,6 +66,11 @@ class Platform(ABC):
     def metric_source(self) -> MetricSource:
         """Where canary analysis reads stable and canary metrics from."""
 
+    @abstractmethod
+    def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
+        """Where a data step's Spark runs (``engine.data=spark``): its master and what that
+        master needs; ``python`` is the workers' interpreter, ``env`` the step's own."""
+
 
 class LocalPlatform(Platform):
     """This machine: kfp's SubprocessRunner, models from the registry, local predictors."""
@@ -97,6 +104,10 @@ class LocalPlatform(Platform):
         if self.settings.canary.prometheus_url:
             return PrometheusSource(self.settings)
         return LocalSource(self.settings)
+
+    def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
+        """Spark inside the step's process, on every core unless engine.spark_master says."""
+        return {"spark.master": self.settings.engine.spark_master or "local[*]"}
 
 
 class ClusterPlatform(Platform):
@@ -151,6 +162,16 @@ class ClusterPlatform(Platform):
                 "MLREF_CANARY__PROMETHEUS_URL (e.g. http://prometheus-operated.monitoring:9090)"
             )
         return PrometheusSource(self.settings)
+
+    def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
+        """Spark's Kubernetes scheduler with the step's pod as the driver (docs/cluster.md);
+        a ``local[...]`` engine.spark_master keeps Spark inside the step's pod."""
+        from mlref.k8s.spark import KUBERNETES_MASTER, kubernetes_conf
+
+        master = self.settings.engine.spark_master or KUBERNETES_MASTER
+        if not master.startswith("k8s://"):
+            return {"spark.master": master}
+        return kubernetes_conf(self.settings, master, env, python)
 
 
 PLATFORMS: dict[str, type[Platform]] = {"local": LocalPlatform, "cluster": ClusterPlatform}

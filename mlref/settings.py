@@ -456,15 +456,28 @@ class EngineSettings(Section):
         "per-batch code (needs Java; MLREF_ENGINE__DATA=spark).",
     )
     spark_master: str = Field(
-        "local[*]",
-        description="Spark master: local[*] runs in the step's process on every core; a "
-        "cluster: k8s://https://<api-server> (see docs/cluster.md).",
+        "",
+        description="Spark master; empty: the platform's (local[*], the step's process on "
+        "every core; in a cluster k8s://https://kubernetes.default.svc, see docs/cluster.md).",
     )
     spark_python: str = Field(
         "", description="Python of Spark's workers (PYSPARK_PYTHON); empty: this interpreter."
     )
     spark_conf: dict[str, str] = Field(
         {}, description="Further Spark settings, e.g. {'spark.executor.instances': '4'}."
+    )
+    # Spark on Kubernetes (a k8s:// master): the step's pod is the driver.
+    spark_executors: int = Field(2, ge=1, description="Executor pods (spark.executor.instances).")
+    spark_executor_cores: int = Field(1, ge=1, description="Cores of each executor pod.")
+    spark_executor_memory: str = Field("2g", description="JVM heap of each executor pod.")
+    spark_service_account: str = Field(
+        "mlref-spark",
+        description="ServiceAccount the pipeline runs as when data is spark: its Role lets "
+        "the driver create and delete executor pods in the pipelines' namespace.",
+    )
+    spark_driver_port: int = Field(7078, description="Driver RPC port executors connect to.")
+    spark_block_manager_port: int = Field(
+        7079, description="Block manager port of the driver and of every executor."
     )
 
 

@@ -13,6 +13,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING
 
+from mlref.platform import platform_for
 from mlref.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ def java_available() -> bool:
 
 
 def session(settings: Settings, **conf: str) -> SparkSession:
-    """The process's Spark session (created on first use): ``engine.spark_master`` and
+    """The process's Spark session (created on first use): the platform's master (the
+    step's process, or executor pods in a cluster: ``engine.spark_master``) and
     ``engine.spark_conf``, then ``conf``, on top of these defaults."""
     try:
         from pyspark.sql import SparkSession
@@ -49,8 +51,10 @@ def session(settings: Settings, **conf: str) -> SparkSession:
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
+        # The master and what it needs: this process, or executor pods in a cluster.
+        **platform_for(settings).spark_conf(python, os.environ),
     }
-    builder = SparkSession.builder.appName("mlref").master(settings.engine.spark_master)
+    builder = SparkSession.builder.appName("mlref")
     for key, value in {**defaults, **settings.engine.spark_conf, **conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -113,6 +113,13 @@ def kfp_cron(expression: str) -> str:
     raise SubmitError(f"--schedule {expression!r}: expected a 5-field cron expression")
 
 
+def run_service_account(settings: Settings) -> str | None:
+    """The ServiceAccount a run's pods use: with ``engine.data=spark`` the one whose Role lets
+    a step's pod create its Spark executors (the chart's ``spark.serviceAccount``); else
+    Kubeflow's default for the namespace."""
+    return settings.engine.spark_service_account if settings.engine.data == "spark" else None
+
+
 def submit(
     settings: Settings,
     arguments: dict,
@@ -130,6 +137,7 @@ def submit(
         raise SubmitError("no Kubeflow Pipelines host: pass --host or set MLREF_PIPELINE__HOST")
     package = compile_pipeline(settings.work_dir / "kfp" / compiled_path(name).name, name)
     token = os.environ.get(settings.pipeline.existing_token_env) or None
+    account = run_service_account(settings)
     try:
         client = kfp.Client(host=host, existing_token=token, namespace=settings.pipeline.namespace)
         if schedule:
@@ -140,10 +148,11 @@ def submit(
                 cron_expression=kfp_cron(schedule),
                 pipeline_package_path=str(package),
                 params=arguments,
+                service_account=account,
             )
             return job.recurring_run_id
         run = client.create_run_from_pipeline_package(
-            str(package), arguments=arguments, experiment_name=experiment
+            str(package), arguments=arguments, experiment_name=experiment, service_account=account
         )
         return run.run_id
     except SubmitError:

@@ -22,6 +22,7 @@ from kfp import dsl, kubernetes
 from mlref.components.features import features_op
 from mlref.components.ingest import ingest_op
 from mlref.components.training import export_op, register_op, train_op, training_set_op
+from mlref.k8s import spark
 from mlref.settings import get_settings
 
 PIPELINE_NAME = "mlref-training"
@@ -40,6 +41,23 @@ POD_SETTINGS = (
     "MLFLOW_S3_ENDPOINT_URL",
 )
 POD_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def data_step(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """A step that runs Spark when compiled with ``engine.data=spark``: in a cluster its pod is
+    the driver of executor pods (mlref.k8s.spark), so it also maps the chart's Spark settings,
+    gets its pod's IP and namespace from the downward API, and the driver's labels (which the
+    chart's NetworkPolicies select). The run's ServiceAccount,
+    allowed to create the executors, is given at submission (pipelines/runner.py)."""
+    if get_settings().engine.data == "spark":
+        kubernetes.use_config_map_as_env(
+            task, SETTINGS_CONFIG_MAP, {k: k for k in spark.SETTINGS_KEYS}
+        )
+        for name, field_path in spark.POD_FIELDS.items():
+            kubernetes.use_field_path_as_env(task, name, field_path)
+        for label, value in spark.DRIVER_LABELS.items():
+            kubernetes.add_pod_label(task, label, value)
+    return task
 
 
 def fresh(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -67,12 +85,14 @@ def training_pipeline(
 ) -> str:
     """``source`` is the raw log location (path or fsspec URI); empty dates mean all data;
     ``overrides`` is JSON of settings fields that replace the pods' own."""
-    ingest = fresh(from_cluster(ingest_op(source=source, overrides=overrides)))
-    features = fresh(from_cluster(features_op(overrides=overrides).after(ingest)))
+    ingest = fresh(data_step(from_cluster(ingest_op(source=source, overrides=overrides))))
+    features = fresh(data_step(from_cluster(features_op(overrides=overrides).after(ingest))))
     sets = fresh(
-        from_cluster(
-            training_set_op(start_date=start_date, end_date=end_date, overrides=overrides).after(
-                features
+        data_step(
+            from_cluster(
+                training_set_op(
+                    start_date=start_date, end_date=end_date, overrides=overrides
+                ).after(features)
             )
         )
     )

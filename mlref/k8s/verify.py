@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlref.k8s import checks
+from mlref.k8s import checks, spark
 from mlref.k8s.checkov import scan
 from mlref.k8s.knative import feature_problems
 from mlref.k8s.render import Rendered
@@ -24,6 +24,7 @@ SAME_OBJECTS = (
     ("chart:default", "overlay:base"),
     ("chart:kind", "overlay:kind"),
     ("chart:monitoring", "overlay:monitoring"),
+    ("chart:spark", "overlay:spark"),
 )
 
 
@@ -99,6 +100,7 @@ def verify(
         chart = form.api_versions is not None
         waits = checks.helm_wait_problems(form.objects) if chart else {}
         monitors = checks.service_monitor_problems(form.objects)
+        spark_roles = spark.role_problems(form.objects)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -118,6 +120,7 @@ def verify(
                 + knative.get((kind, name), [])
                 + waits.get((kind, name), [])
                 + monitors.get((kind, name), [])
+                + spark_roles.get((kind, name), [])
             )
             if chart:
                 structure += checks.optional_api_problems(obj, set(form.api_versions or []))

@@ -39,6 +39,7 @@ class SubmittedRun:
     parameters: dict[str, Any]
     pipeline_root: str = ""
     schedule: str = ""  # a recurring run's cron expression
+    service_account: str = ""  # the run's pods' ServiceAccount; empty: the namespace's default
 
 
 class InvalidRun(ValueError):
@@ -126,6 +127,7 @@ class KfpApi:
             parameters=config.get("parameters") or {},
             pipeline_root=config.get("pipeline_root") or "",
             schedule=body.get("trigger", {}).get("cron_schedule", {}).get("cron", ""),
+            service_account=body.get("service_account") or "",
         )
         self.runs.append(run)
         key = "recurring_run_id" if recurring else "run_id"

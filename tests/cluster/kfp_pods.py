@@ -22,7 +22,8 @@ Emulated, as in upstream:
   ``backend/src/v2/driver/k8s.go`` ``extendPodSpecPatch``): the IR container's ``env``, then
   ``secretAsEnv``, then ``configMapAsEnv`` (kfp-kubernetes ``use_secret_as_env`` /
   ``use_config_map_as_env``), each key read from the Secret/ConfigMap in the pod's
-  namespace; a missing non-optional key fails the pod, as the kubelet does.
+  namespace; a missing non-optional key fails the pod, as the kubelet does; then
+  ``fieldPathAsEnv`` (``use_field_path_as_env``): the pod's name, namespace and IP.
 - **Launcher** (``launcher_v2.go`` ``executeV2``, ``compileCmdAndArgs``, ``getPlaceholders``,
   ``downloadArtifacts``, ``prepareOutputFolders``, ``collectOutputParameters``,
   ``uploadOutputArtifacts``; ``backend/src/v2/objectstore/object_store.go``
@@ -277,7 +278,22 @@ def pod_env(
                 )
                 if value is not None:
                     env[pair["envVar"]] = value
+    for entry in k8s.get("fieldPathAsEnv", []):  # kfp-kubernetes use_field_path_as_env
+        env[entry["name"]] = field_path(entry["fieldPath"], pod_name, namespace)
     return {name: cluster.resolve(value) for name, value in env.items()}
+
+
+# The downward API fields a pod here has: its name, its namespace, and its IP, which is the
+# loopback address every pod of this harness listens on.
+POD_FIELDS = {"metadata.name", "metadata.namespace", "status.podIP"}
+
+
+def field_path(path: str, pod_name: str, namespace: str) -> str:
+    """A downward API ``fieldRef`` of the executor pod (``extendPodSpecPatch`` copies the
+    platform spec's ``fieldPathAsEnv`` into the container's env as such)."""
+    if path not in POD_FIELDS:
+        raise NotImplementedError(f"fieldPath {path}: not emulated")
+    return {"metadata.name": pod_name, "metadata.namespace": namespace}.get(path, "127.0.0.1")
 
 
 def compile_args(argv: list[str], executor_input: dict[str, Any]) -> list[str]:

@@ -110,3 +110,13 @@ model:
 {{- define "mlref.logSinkUrl" -}}
 {{- default (printf "http://log-sink.%s.svc/" .Release.Namespace) .Values.inferenceLog.sinkUrl }}
 {{- end }}
+
+{{/* Settings of the data steps on Spark's Kubernetes scheduler (values spark.*). */}}
+{{- define "mlref.sparkSettings" -}}
+MLREF_ENGINE__DATA: spark
+MLREF_ENGINE__SPARK_EXECUTORS: {{ .Values.spark.executors | quote }}
+MLREF_ENGINE__SPARK_EXECUTOR_CORES: {{ .Values.spark.executorCores | quote }}
+MLREF_ENGINE__SPARK_EXECUTOR_MEMORY: {{ .Values.spark.executorMemory | quote }}
+MLREF_ENGINE__SPARK_DRIVER_PORT: {{ .Values.spark.driverPort | quote }}
+MLREF_ENGINE__SPARK_BLOCK_MANAGER_PORT: {{ .Values.spark.blockManagerPort | quote }}
+{{- end }}
