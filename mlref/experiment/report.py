@@ -71,24 +71,40 @@ class Plan:
     users: int
     baseline: float
     user_variance: float
-    users_per_day: float  # new users a day; 0 when unknown
+    users_per_day: float  # new users a day from now on; 0 when unknown
     mde: float
     alpha: float
     power: float
     percent: int
     measured: tuple[str, ...] = ()  # the inputs measured from the log
+    seen_by_day: tuple[int, ...] = ()  # measured: distinct users seen by the end of each day
 
     @property
     def days(self) -> int | None:
-        return math.ceil(self.users / self.users_per_day) if self.users_per_day > 0 else None
+        """Days until ``users`` distinct users have been seen: within the measured days if
+        they reach it, then at ``users_per_day``; None when no new users come."""
+        seen = self.seen_by_day
+        reached = [day for day, count in enumerate(seen, 1) if count >= self.users]
+        if reached:
+            return reached[0]
+        if self.users_per_day <= 0:
+            return None
+        left = self.users - (seen[-1] if seen else 0)
+        return len(seen) + math.ceil(left / self.users_per_day)
 
     def lines(self) -> list[str]:
         b = math.ceil(self.users * self.percent / 100)
-        days = (
-            f"{self.days} days at {self.users_per_day:.0f} new users a day"
-            if self.days
-            else ("days unknown: no new users a day measured or given (--users-per-day)")
-        )
+        if self.days:
+            days = f"{self.days} days at {self.users_per_day:.0f} new users a day"
+            if self.seen_by_day:
+                days += f" after the {self.seen_by_day[-1]} users of the log's days"
+        elif self.seen_by_day:
+            days = (
+                f"not reachable: the log's {self.seen_by_day[-1]} users were all seen and its "
+                "last day brought no new ones; aim for a larger effect or more traffic"
+            )
+        else:
+            days = "days unknown: give --users-per-day"
         source = f" (measured from the log: {', '.join(self.measured)})" if self.measured else ""
         return [
             f"baseline CTR per user {self.baseline:.4f}, per-user variance "
@@ -98,8 +114,9 @@ class Plan:
         ]
 
 
-def measure(rows: pd.DataFrame) -> tuple[float, float, float]:
-    """(baseline CTR, per-user variance, new users a day) of labelled log rows."""
+def measure(rows: pd.DataFrame) -> tuple[float, float, float, tuple[int, ...]]:
+    """(baseline CTR, per-user variance, new users on the last day, distinct users seen by
+    the end of each day) of labelled log rows."""
     totals = user_totals(rows.assign(all=""), by="all")[""]
     if len(totals.users) < 2:
         raise ExperimentError(
@@ -109,8 +126,11 @@ def measure(rows: pd.DataFrame) -> tuple[float, float, float]:
     measured = stats.ratio(totals.clicks, totals.impressions)
     days = rows["timestamp"].dt.floor("D")
     first = days.groupby(rows["user_id"]).min()
-    per_day = float(first.value_counts().mean()) if days.nunique() > 1 else 0.0
-    return float(measured.value), float(measured.user_variance), per_day
+    new = first.value_counts().reindex(sorted(days.unique()), fill_value=0)
+    seen = tuple(int(n) for n in new.cumsum())
+    # The first day's users are everyone active; later days show the rate of newcomers.
+    per_day = float(new.iloc[-1]) if len(new) > 1 else 0.0
+    return float(measured.value), float(measured.user_variance), per_day, seen
 
 
 def plan(
@@ -121,36 +141,40 @@ def plan(
     mde: float | None = None,
     percent: int | None = None,
 ) -> Plan:
-    """The sample a test needs; inputs not given are measured from the labelled log."""
+    """The sample a test needs; inputs not given are measured from the labelled log (the
+    new users a day only when there is one)."""
     rules = settings.experiment
-    measured: tuple[str, ...] = ()
-    if baseline is None or user_variance is None or users_per_day is None:
+    given = {"baseline CTR": baseline, "per-user variance": user_variance}
+    given["new users a day"] = users_per_day
+    measured: dict = {}
+    seen: tuple[int, ...] = ()
+    if None in given.values():
         rows = labelled(settings)
-        if rows.empty:
+        if rows.empty and (baseline is None or user_variance is None):
             raise ExperimentError(
                 "no labelled traffic in the log to measure the baseline from: give "
                 "--baseline-ctr and --user-variance (and --users-per-day)"
             )
-        found = measure(rows)
-        given = (baseline, user_variance, users_per_day)
-        names = ("baseline CTR", "per-user variance", "new users a day")
-        measured = tuple(n for n, g in zip(names, given, strict=True) if g is None)
-        baseline, user_variance, users_per_day = (
-            f if g is None else g for f, g in zip(found, given, strict=True)
-        )
+        if not rows.empty:
+            *found, seen = measure(rows)
+            measured = {n: f for (n, g), f in zip(given.items(), found, strict=True) if g is None}
+            seen = seen if users_per_day is None else ()
+    values = {**given, **measured}
     percent = rules.percent if percent is None else percent
     mde = rules.mde if mde is None else mde
+    baseline, user_variance = values["baseline CTR"], values["per-user variance"]
     users = stats.users_needed(baseline, user_variance, mde, rules.alpha, rules.power, percent)
     return Plan(
         users,
         baseline,
         user_variance,
-        users_per_day,
+        values["new users a day"] or 0.0,
         mde,
         rules.alpha,
         rules.power,
         percent,
-        measured,
+        tuple(measured),
+        seen,
     )
 
 
@@ -167,6 +191,9 @@ class Report:
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.verdict == "fail")
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
 
     def lines(self) -> list[str]:
         e, name = self.effect, self.experiment.name

@@ -138,7 +138,8 @@ def bootstrap(
         differences.append(rb - ra)
     d = np.concatenate(differences)
     low, high = np.quantile(d, [alpha / 2, 1 - alpha / 2])
-    p_value = min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))
+    tail = min((d <= 0).sum(), (d >= 0).sum())
+    p_value = min(1.0, 2 * (tail + 1) / (len(d) + 1))  # never 0 from finitely many resamples
     return float(low), float(high), float(p_value)
 
 
