@@ -132,10 +132,10 @@ class Watched:
         except FileNotFoundError:
             seen = None
         if seen != self._seen:
+            self._seen = seen  # a broken file is reported once, not at every check
             try:
                 found = read_experiment(self.path) if seen else None
                 self.experiment = found if found and found.running else None
-                self._seen = seen
             except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
                 log.warning("experiment file %s unreadable, keeping the last: %s", self.path, exc)
         return self.experiment
