@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom, chi2_contingency
 
+from mlref.canary.state import TAG_ROUTING_ANNOTATION, CanaryState, to_patch
 from mlref.data.generate import treated
 from mlref.experiment.assign import (
     Experiment,
@@ -17,7 +18,7 @@ from mlref.experiment.assign import (
     read_experiment,
     write_experiment,
 )
-from mlref.settings import DataSettings, ExperimentSettings, Settings
+from mlref.settings import CanarySettings, DataSettings, ExperimentSettings, Settings
 
 USERS = np.arange(1, 100_001)
 
@@ -93,3 +94,13 @@ def test_generator_lifts_ctr_only_for_users_in_b(tmp_path: Path):
     assert np.allclose(lifted[b], 0.06) and np.allclose(lifted[~b], 0.05)
     plain = Settings(work_dir=tmp_path)
     assert treated(plain, users, p) is p
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "Standard"])
+def test_a_serverless_split_tags_its_revisions_for_experiments(tmp_path: Path, mode: str):
+    """KServe tags a Serverless canary's revisions (prev, latest) only with this annotation;
+    Standard mode has no revisions to tag."""
+    settings = Settings(work_dir=tmp_path, canary=CanarySettings(deployment_mode=mode))
+    patch = to_patch(settings, CanaryState("models:/ctr/2", "models:/ctr/1", 50))
+    annotations = patch["metadata"]["annotations"]
+    assert annotations.get(TAG_ROUTING_ANNOTATION) == ("true" if mode == "Serverless" else None)
