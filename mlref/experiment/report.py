@@ -278,9 +278,9 @@ def report(
     """The experiment's effect on CTR per user, with its guardrails and warnings; ``source``
     (default: the platform's) gives the predictors' errors and latency."""
     experiment = current(settings, name)
-    since = datetime.fromisoformat(experiment.started_at)
-    until = datetime.fromisoformat(experiment.stopped_at) if experiment.stopped_at else None
-    rows = labelled(settings, since, until)
+    # The rows the experiment assigned since it started, by name: no upper bound, so rows a
+    # transformer logged before it saw the stop count too.
+    rows = labelled(settings, datetime.fromisoformat(experiment.started_at))
     rows = rows[rows["experiment"] == experiment.name]
     totals = user_totals(rows)
     missing = [v for v in (CONTROL, TREATMENT) if v not in totals or len(totals[v].users) < 2]
