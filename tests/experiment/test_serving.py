@@ -5,7 +5,8 @@ Stable and candidate predictors behind the local split proxy, which gives untagg
 transformer tags each call with its rows' variant and the proxy routes by the tag, as Knative
 tag-header routing does: every row of a B user is scored by the candidate and of an A user by
 the stable model, single rows and mixed batches alike, and the log names the experiment and
-the variant. Stopped, the experiment assigns nobody and the split applies again.
+the variant. Stopped, the experiment assigns nobody and the split applies again; the report
+reads the log, the clicks and the two predictors' own metrics.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
+from mlref.canary.sources import LocalSource
 from mlref.canary.state import CanaryState, write_state
 from mlref.experiment import control
 from mlref.experiment.assign import TREATMENT
-from mlref.monitoring.inference import read_inference_log
+from mlref.experiment.report import report
+from mlref.monitoring.inference import read_inference_log, write_labels
 from mlref.serving.requests import VARIANT_HEADER
-from mlref.settings import ExperimentSettings
+from mlref.settings import CanarySettings, ExperimentSettings
 from tests.canary import models
 from tests.canary.e2e import start_candidate
 from tests.servers import wait_until
@@ -47,7 +51,12 @@ def rows_for(users: list[int], tag: str) -> list[dict]:
 
 def test_each_user_is_scored_by_their_variants_model(tmp_path: Path):
     settings = serving_settings(tmp_path, log_flush_seconds=0.3).model_copy(
-        update={"experiment": ExperimentSettings(name=NAME, percent=50)}
+        update={
+            "experiment": ExperimentSettings(name=NAME, percent=50),
+            # The report's serving guardrails on this small traffic; latency is judged in the
+            # canary's tests on given samples, never on a shared CPU's timings.
+            "canary": CanarySettings(min_requests=20, latency_slack_ms=60_000.0),
+        }
     )
     build_features(settings, KNOWN_USERS, KNOWN_ADS)
     stable = models.stable_model(tmp_path / "stable.onnx", settings)
@@ -90,6 +99,16 @@ def test_each_user_is_scored_by_their_variants_model(tmp_path: Path):
                 return "experiment_variant" not in answer["predictions"][0]
 
             wait_until(unassigned, 10.0, "the transformer to see the experiment stopped")
+
+        # Clicks for every scored row, then the report with the predictors' own metrics.
+        def logged() -> bool:
+            return (read_inference_log(settings)["experiment"] == NAME).sum() >= 4 * len(users)
+
+        wait_until(logged, 30.0, "the inference log to hold every experiment row")
+        ids = read_inference_log(settings)["request_id"].unique()
+        clicks = np.random.default_rng(0).random(len(ids)) < 0.3
+        write_labels(settings, pd.DataFrame({"request_id": ids, "clicked": clicks}), "clicks")
+        found = report(settings, source=LocalSource(settings, serving.metrics_urls))
     finally:
         serving.stop()
         predictor.stop()
@@ -103,3 +122,8 @@ def test_each_user_is_scored_by_their_variants_model(tmp_path: Path):
     assert (ours["variant"] == np.where(expected, "canary", "stable")).all()
     assert ours.groupby("user_id")["experiment_variant"].nunique().max() == 1  # sticky
     assert after["experiment"].isna().iloc[-1]
+    verdicts = {check.name: check.verdict for check in found.checks}
+    assert found.users == {"A": 40 - sum(in_b.values()), "B": sum(in_b.values())}
+    assert verdicts["routing"] == verdicts["sample ratio"] == verdicts["errors"] == "pass"
+    assert found.check("errors").values["canary_rate"] == 0.0
+    assert verdicts["latency"] == "pass"  # the slack is wide: no timing is judged here
