@@ -184,5 +184,10 @@ LOG_SCHEMA = pa.schema(
         pa.field("probability", pa.float32()),
         pa.field("model_version", pa.string()),
         pa.field("variant", pa.string()),
+        # The user-level experiment that assigned the row, and the variant (A / B) it chose
+        # by user; null outside experiments.
+        pa.field("experiment", pa.string()),
+        pa.field("experiment_variant", pa.string()),
     ]
 )
+EXPERIMENT_COLUMNS = ("experiment", "experiment_variant")

@@ -69,6 +69,12 @@ class DataSettings(Section):
     coldstart_share: float = Field(
         0.3, gt=0, le=1, description="Share of impressions new ads take in `coldstart`."
     )
+    treatment_lift: float = Field(
+        0.0,
+        ge=0,
+        description="True relative CTR lift for users the experiment (`experiment.*`) "
+        "assigns to B; 0: both variants equal (an A/A world).",
+    )
 
 
 class IngestSettings(Section):
@@ -345,6 +351,24 @@ class CanarySettings(Section):
     )
 
 
+class ExperimentSettings(Section):
+    """User-level A/B experiments: who gets which variant, and how the test is judged."""
+
+    name: str = Field("ab", description="The experiment; names its log rows and its salt.")
+    salt: str = Field("", description="Salt of the user hash; empty: the experiment's name.")
+    percent: int = Field(50, ge=1, le=99, description="Share of users assigned to B.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Two-sided significance of the test.")
+    power: float = Field(0.8, gt=0, lt=1, description="Power the plan sizes the sample for.")
+    mde: float = Field(
+        0.05, gt=0, description="Minimum detectable effect: relative change of CTR per user."
+    )
+    route_header: str = Field(
+        "Knative-Serving-Tag",
+        description="Header the transformer names each call's variant with; the predictor "
+        "route (Knative tag routing, the local split proxy) sends it to that variant's model.",
+    )
+
+
 class DriftSettings(Section):
     """The drift job: what counts as drift, what as broken data, and how often to retrain."""
 
@@ -510,6 +534,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     canary: CanarySettings = CanarySettings()
+    experiment: ExperimentSettings = ExperimentSettings()
     drift: DriftSettings = DriftSettings()
     demo: DemoSettings = DemoSettings()
     pipeline: PipelineSettings = PipelineSettings()

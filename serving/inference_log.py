@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlref.schema import LOG_SCHEMA, NULLABLE_COLUMNS, STAT_COLUMNS
+from mlref.schema import EXPERIMENT_COLUMNS, LOG_SCHEMA, NULLABLE_COLUMNS, STAT_COLUMNS
 from mlref.serving import metrics
 from mlref.settings import Settings
 
@@ -610,7 +610,8 @@ def rows_table(rows: list[dict]) -> pa.Table:
     ValueError or TypeError when they do not fit :data:`SCHEMA`."""
     at = SCHEMA.get_field_index("timestamp")
     table = pa.Table.from_pylist(rows, schema=SCHEMA.set(at, pa.field("timestamp", pa.string())))
-    lacking = [n for n in SCHEMA.names if table[n].null_count and n not in NULLABLE_COLUMNS]
+    optional = (*NULLABLE_COLUMNS, *EXPERIMENT_COLUMNS)
+    lacking = [n for n in SCHEMA.names if table[n].null_count and n not in optional]
     if lacking:  # from_pylist reads an absent key as null
         raise ValueError(f"rows without values for {lacking}")
     return table.set_column(at, SCHEMA.field(at), pc.cast(table[at], SCHEMA.field(at).type))
@@ -632,11 +633,12 @@ def groups(records: list[Mapping], max_rows: int) -> Iterator[list[Mapping]]:
 
 def record_batch(records: list[Mapping]) -> pa.RecordBatch:
     """One Arrow batch from buffered records: one conversion per column, not per request
-    (thousands of small conversions cost more than the rows themselves)."""
+    (thousands of small conversions cost more than the rows themselves). A record without
+    an experiment column has nulls there."""
     lengths = [len(record["probability"]) for record in records]
     arrays = []
     for field in SCHEMA:
-        parts = [record[field.name] for record in records]
+        parts = [record.get(field.name) for record in records]
         if field.name == "defaulted":
             arrays.append(defaulted_lists(np.concatenate(parts)))
         elif all(isinstance(part, str) for part in parts):
@@ -646,7 +648,7 @@ def record_batch(records: list[Mapping]) -> pa.RecordBatch:
             arrays.append(pa.array(np.concatenate(parts), field.type))
         else:
             rows = (
-                [part] * n if isinstance(part, str) else part
+                [part] * n if part is None or isinstance(part, str) else part
                 for part, n in zip(parts, lengths, strict=True)
             )
             arrays.append(pa.array(list(itertools.chain.from_iterable(rows)), field.type))

@@ -92,9 +92,13 @@ class PredictorClient:
             )
         return self.session
 
-    async def infer(self, inputs: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> Answer:
-        """Scores for inputs built per feature spec: (fingerprint, cat, num) for each."""
+    async def infer(
+        self, inputs: Iterable[tuple[str, np.ndarray, np.ndarray]], route: dict | None = None
+    ) -> Answer:
+        """Scores for inputs built per feature spec: (fingerprint, cat, num) for each;
+        ``route``: headers that choose a model behind the host (an experiment's variant)."""
         body, headers = v2.infer_request(inputs)
+        headers = {**headers, **route} if route else headers
         for attempt in range(2):
             try:
                 async with self._session().post(self.url, data=body, headers=headers) as response:

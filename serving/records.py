@@ -28,10 +28,12 @@ def log_record(
     probability: np.ndarray,
     model_version: str,
     variant: str,
+    experiment: str | None = None,
+    experiment_variant: str | None = None,
 ) -> dict:
     """The columns of a log record: the request, the stats it was scored with (in
     ``numeric`` order, the lookup's), the score, and the version and variant the predictor
-    reported for it."""
+    reported for it, and the user-level experiment that chose that model, if one did."""
     n = len(probability)
     return {
         "timestamp": np.full(n, np.datetime64(time.time_ns() // 1000, "us")),  # UTC
@@ -42,4 +44,6 @@ def log_record(
         "probability": probability,
         "model_version": model_version,
         "variant": variant,
+        "experiment": experiment,
+        "experiment_variant": experiment_variant,
     }

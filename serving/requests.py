@@ -140,6 +140,13 @@ class BusinessBatch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
+    def take(self, rows: list[int]) -> BusinessBatch:
+        """The rows at positions ``rows``, in that order."""
+        return BusinessBatch(
+            {name: [values[i] for i in rows] for name, values in self.columns.items()},
+            [self.request_ids[i] for i in rows],
+        )
+
     @classmethod
     def join(cls, batches: list[BusinessBatch]) -> BusinessBatch:
         """One batch holding ``batches`` in order (the batch itself when there is one)."""

@@ -7,6 +7,12 @@ the log row and metrics of that request take them from the answer. Inputs are bu
 the feature specs the host's models publish (v2 model metadata, or a predictor's refusal
 naming its own), one set of inputs per spec known, never with the transformer's settings.
 
+A running user-level experiment (:mod:`mlref.experiment.assign`) assigns each row's user to
+variant A or B; the rows of each variant are scored apart, and each predictor call names its
+variant in ``experiment.route_header`` with the tag KServe gives that revision (A: ``prev``,
+the stable model; B: ``latest``, the candidate), so the route (Knative tag-header routing,
+the local split proxy) sends it to that variant's model, whatever the percentage split.
+
 Single-row requests dominate real traffic, so the hot path avoids per-request fixed costs:
 concurrent requests are coalesced (:mod:`mlref.serving.batcher`); lookup and transform run
 on the event loop (a thread hop per batch costs more than the work, and the GIL leaves
@@ -17,8 +23,10 @@ writes on a background thread.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 import kserve
@@ -26,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mlref import onnx_model
+from mlref.experiment.assign import CONTROL, TREATMENT, Watched, state_path
 from mlref.features.transform import STAT_COLUMNS, FeatureSpec, SmallBatchTransform
 from mlref.serving import metrics
 from mlref.serving.batcher import Coalescer
@@ -41,6 +50,9 @@ from mlref.serving.requests import (
 )
 from mlref.settings import Settings
 
+# The tags KServe gives the revisions of a Serverless canary (enable-tag-routing): the last
+# rolled-out one (the stable model, variant A) and the latest one (the candidate, B).
+ROUTE_TAGS = {CONTROL: "prev", TREATMENT: "latest"}
 MAX_SPECS = 2  # a rollout puts two models behind the host; a third replaces the oldest
 STAGES = ("feature_lookup", "transform", "inference", "total")
 
@@ -117,6 +129,8 @@ class CtrTransformer(kserve.Model):
         self.labels = ((metadata.get("versions") or [""])[0], parameters.get("variant", ""))
         self.metrics: dict[tuple[str, str], dict] = {}
         self.coalescer = Coalescer(self._score, serving.max_batch)
+        self.experiment = Watched(state_path(settings))
+        self.routed: dict[tuple[str, str], Coalescer] = {}  # per (experiment, variant)
         self.ready = True
 
     def learn(self, spec: FeatureSpec) -> SpecInputs:
@@ -149,8 +163,16 @@ class CtrTransformer(kserve.Model):
 
     async def predict(self, payload: BusinessBatch, headers=None, response_headers=None) -> dict:
         start = time.perf_counter()
+        experiment = self.experiment.current()
         try:
-            probability, defaulted, version, variant = await self.coalescer.submit(payload)
+            if experiment is None:
+                probability, defaulted, version, variant = await self.coalescer.submit(payload)
+                assigned = None
+            else:
+                assigned = experiment.variants(payload.columns["user_id"])
+                probability, defaulted, version, variant = await self._experiment(
+                    payload, experiment.name, assigned
+                )
         except RequestError as exc:  # labelled with the model that failed, if one answered
             exc.headers = exc.headers or label_headers(*self.labels)
             raise
@@ -158,12 +180,46 @@ class CtrTransformer(kserve.Model):
             {"request_id": rid, "probability": p, "defaulted": d}
             for rid, p, d in zip(payload.request_ids, probability.tolist(), defaulted, strict=True)
         ]
+        if assigned is not None:
+            for prediction, arm in zip(predictions, assigned.tolist(), strict=True):
+                prediction["experiment_variant"] = arm
         response_headers.update(label_headers(version, variant))
         self.stage_metrics(version, variant)["total"].observe(time.perf_counter() - start)
         return {"predictions": predictions, "model_version": version, "variant": variant}
 
-    async def _score(self, batches: list[BusinessBatch]) -> list[tuple]:
+    async def _experiment(self, payload: BusinessBatch, name: str, assigned: np.ndarray) -> tuple:
+        """Score each variant's rows through its own route; results in the request's order.
+        The response names the model that scored its first row."""
+        arms = [arm for arm in (CONTROL, TREATMENT) if (assigned == arm).any()]
+        rows = {arm: np.flatnonzero(assigned == arm) for arm in arms}
+        answers = await asyncio.gather(
+            *(self._routed(name, arm).submit(payload.take(rows[arm].tolist())) for arm in arms)
+        )
+        probability = np.empty(len(payload), np.float32)
+        defaulted: list = [None] * len(payload)
+        for arm, (scores, names, _, _) in zip(arms, answers, strict=True):
+            probability[rows[arm]] = scores
+            for i, value in zip(rows[arm].tolist(), names, strict=True):
+                defaulted[i] = value
+        first = arms.index(assigned[0])
+        return probability, defaulted, answers[first][2], answers[first][3]
+
+    def _routed(self, name: str, arm: str) -> Coalescer:
+        found = self.routed.get((name, arm))
+        if found is None:
+            score = partial(self._score, route=(name, arm))
+            found = self.routed[(name, arm)] = Coalescer(score, self.settings.serving.max_batch)
+        return found
+
+    async def _score(
+        self, batches: list[BusinessBatch], route: tuple[str, str] | None = None
+    ) -> list[tuple]:
+        """Score ``batches`` in one predictor call; ``route`` (experiment, variant) names the
+        variant's model to the route and the log."""
         joined = BusinessBatch.join(batches)
+        headers = {}
+        if route is not None:
+            headers[self.settings.experiment.route_header] = ROUTE_TAGS[route[1]]
         columns = joined.columns
         start = time.perf_counter()
         stats = self.lookup.lookup(columns["user_id"], columns["ad_id"]).to_numpy(np.float64)
@@ -173,7 +229,9 @@ class CtrTransformer(kserve.Model):
         answer = None
         for _ in range(MAX_SPECS + 1):
             try:
-                answer = await self.client.infer((fp, b[0], b[1]) for fp, b in built.items())
+                answer = await self.client.infer(
+                    ((fp, b[0], b[1]) for fp, b in built.items()), headers
+                )
                 break
             except SpecRefused as refused:
                 # A model with a spec not yet known answered: build its inputs too, resend.
@@ -206,7 +264,7 @@ class CtrTransformer(kserve.Model):
         timers["inference"].observe(answered - transformed)
         _, _, filled, missing = built[scored.fingerprint]
         probability = answer.scores
-        self._record(joined, scored.spec, filled, missing, probability, timers["scores"])
+        self._record(joined, scored.spec, filled, missing, probability, timers["scores"], route)
         defaulted = defaulted_names(missing, STAT_COLUMNS)
         results, offset = [], 0
         for batch in batches:
@@ -217,14 +275,18 @@ class CtrTransformer(kserve.Model):
             offset = end
         return results
 
-    def _record(self, batch, spec: FeatureSpec, filled, missing, probability, scores) -> None:
+    def _record(
+        self, batch, spec: FeatureSpec, filled, missing, probability, scores, route=None
+    ) -> None:
         for name, count in zip(STAT_COLUMNS, missing.sum(axis=0).tolist(), strict=True):
             if count:
                 metrics.DEFAULTED.labels(name).inc(count)
         scores.observe(probability)
         version, variant = self.labels
         self.log.append(
-            log_record(batch, spec.numeric, filled, missing, probability, version, variant)
+            log_record(
+                batch, spec.numeric, filled, missing, probability, version, variant, *(route or ())
+            )
         )
 
     def stop(self) -> None:

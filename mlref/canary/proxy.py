@@ -8,6 +8,11 @@ file changes); each request goes to the candidate with that probability, as Knat
 weighted routing does. ``GET /-/split`` answers the share in force (the patch is re-read
 every :attr:`Split.interval` seconds), so a caller can wait until a change applies.
 
+A request that names a revision's tag in the route header (``experiment.route_header``,
+``Knative-Serving-Tag`` by default) goes to that revision, whatever the split, as Knative's
+tag-header routing does: ``prev`` to the stable model, ``latest`` to the candidate. A
+user-level experiment uses it to send each user's rows to the model of their variant.
+
 ``python -m mlref.canary.proxy --stable URL --candidate URL [--host H] [--port P]``
 """
 
@@ -27,6 +32,7 @@ from mlref.canary.state import read_state, state_path
 
 log = logging.getLogger(__name__)
 SPLIT_PATH = "/-/split"
+TAGS = {"prev": "stable", "latest": "candidate"}  # KServe's revision tags
 HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -68,12 +74,16 @@ class Split:
         return self.rng.random() * 100 < self.percent
 
 
-def proxy_app(split: Split, stable: str, candidate: str) -> web.Application:
-    """Forward every request, unchanged, to the target the split draws."""
+def proxy_app(
+    split: Split, stable: str, candidate: str, route_header: str = "Knative-Serving-Tag"
+) -> web.Application:
+    """Forward every request, unchanged, to the target its tag names or else the split draws."""
     session: aiohttp.ClientSession | None = None
+    targets = {"stable": stable, "candidate": candidate}
 
     async def forward(request: web.Request) -> web.Response:
-        target = candidate if split.candidate() else stable
+        tagged = targets.get(TAGS.get(request.headers.get(route_header, ""), ""))
+        target = tagged or (candidate if split.candidate() else stable)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
             async with session.request(
@@ -120,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     split = Split(state_path(settings), random.Random(settings.canary.split_seed))
-    app = proxy_app(split, args.stable.rstrip("/"), args.candidate.rstrip("/"))
+    app = proxy_app(
+        split,
+        args.stable.rstrip("/"),
+        args.candidate.rstrip("/"),
+        settings.experiment.route_header,
+    )
     web.run_app(
         app,
         host=args.host or settings.serving.host,

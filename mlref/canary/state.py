@@ -26,6 +26,9 @@ KIND = "InferenceService"
 STABLE_ANNOTATION = "mlref.io/stable-model"
 VERSION_ANNOTATION = "mlref.io/candidate-version"
 CANDIDATE_ANNOTATION = "mlref.io/candidate-model"  # Standard rollback: spec no longer holds it
+# Serverless: KServe tags the candidate's revision `latest` and the stable one `prev`, which a
+# user-level experiment routes to by Knative's tag header (mlref/experiment/assign.py).
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 STATE_FILE = "inferenceservice.yaml"
 VARIANT_ENV = "MLREF_SERVING__VARIANT"
 CANARY_NAME = "candidate"  # KServe runs a canary named so as <isvc>-candidate-predictor
@@ -143,6 +146,7 @@ def to_patch(settings: Settings, state: CanaryState, stable_predictor: dict | No
     if standard_mode(settings):
         spec = _standard_spec(state, stable_predictor, annotations)
     else:
+        annotations[TAG_ROUTING_ANNOTATION] = "true"
         spec = _serverless_spec(state)
     return {
         "apiVersion": API_VERSION,

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import typer
 
-from mlref.cli import canary, data, demo, drift, features, ingest, manifests, pipeline, serve, train
+from mlref.cli import (
+    canary,
+    data,
+    demo,
+    drift,
+    experiment,
+    features,
+    ingest,
+    manifests,
+    pipeline,
+    serve,
+    train,
+)
 
 app = typer.Typer(
     name="mlref",
@@ -25,6 +37,7 @@ GROUPS = {
     "demo": (demo, "Run the whole local loop on embedded defaults."),
     "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
     "canary": (canary, "Roll a candidate model out on a share of traffic, analyse, decide."),
+    "experiment": (experiment, "A/B test a candidate against the champion, by user."),
     "drift": (drift, "Compare live traffic with the champion's reference; retrain or alert."),
     "manifests": (manifests, "Render and verify the Kubernetes manifests and Helm chart."),
 }

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from mlref import schema
 from mlref.console import progress
 from mlref.data.world import MICROS_PER_HOUR, ROW_DRAWS, U_CLICK, U_QUALITY, U_TIME, World
+from mlref.experiment.assign import in_treatment, mix64
 from mlref.settings import Settings
 
 ScenarioKind = Literal["covariate", "concept", "quality", "coldstart"]
@@ -207,7 +208,7 @@ def day_chunk(
         coldstart="coldstart" in active,
         coldstart_share=data.coldstart_share,
     )
-    clicked = u[:, U_CLICK] < rows.probability
+    clicked = u[:, U_CLICK] < treated(settings, rows.user + 1, rows.probability)
     broken = u[:, U_QUALITY] < data.quality_bug_share if "quality" in active else np.zeros(n, bool)
     day_micros = (date - _EPOCH).days * _MICROS_PER_DAY
     columns = {
@@ -229,6 +230,18 @@ def day_chunk(
     return pa.table(columns, schema=RAW_FILE_SCHEMA)
 
 
+def treated(settings: Settings, user_ids: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Click probabilities with ``data.treatment_lift`` applied to the users the experiment
+    (``settings.experiment``) assigns to B: the generator's world where B is truly better by
+    that relative lift, for the experiment analysis to find (0: an A/A world)."""
+    lift = settings.data.treatment_lift
+    if not lift:
+        return probability
+    experiment = settings.experiment
+    b = in_treatment(user_ids, experiment.salt or experiment.name, experiment.percent)
+    return np.where(b, np.minimum(probability * (1 + lift), 1.0), probability)
+
+
 def _strings(
     codes: np.ndarray, vocabulary: tuple[str, ...], null: np.ndarray | None = None
 ) -> pa.Array:
@@ -237,19 +250,11 @@ def _strings(
     return pa.DictionaryArray.from_arrays(indices, pa.array(vocabulary)).cast(pa.string())
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer: a bijection on uint64 that scrambles every bit."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def _request_ids(row: np.ndarray, salt_low: np.uint64, salt_high: np.uint64) -> pa.Array:
     """32 hex digits per row, unique: the low word is a bijection of the row number within
     the day, the high word a bijection of the low word salted per day."""
     with np.errstate(over="ignore"):
-        low = _mix64(row + salt_low)
-    high = _mix64(low ^ salt_high)
+        low = mix64(row + salt_low)
+    high = mix64(low ^ salt_high)
     digits = np.stack([high, low], axis=1).astype(">u8").tobytes().hex().encode("ascii")
     return pa.array(np.frombuffer(digits, dtype="S32")).cast(pa.string())

@@ -49,7 +49,7 @@ def record(settings: Settings, scored: pd.DataFrame, name: str) -> None:
     writer = InferenceLog(
         StorageSink(settings.inference_log_uri), flush_rows=len(scored) + 1, flush_seconds=3600.0
     )
-    columns = {field.name: scored[field.name] for field in LOG_SCHEMA}
+    columns = {field.name: scored[field.name] for field in LOG_SCHEMA if field.name in scored}
     columns["defaulted"] = np.array(
         [[name in names for name in STAT_COLUMNS] for names in scored["defaulted"]], dtype=bool
     ).reshape(-1, len(STAT_COLUMNS))

@@ -1,0 +1,1 @@
+"""User-level A/B experiments: sticky assignment, significance, plan and report."""

@@ -1,0 +1,81 @@
+"""Starting and stopping a user-level experiment: A is the stable model, B the candidate.
+
+Both models must already be behind the predictor route (a canary split, ``mlref canary
+start``): the experiment then routes each user's rows to their variant's model by tag,
+whatever the split's percentage says for untagged traffic. One experiment runs at a time, so
+no user is in two experiments at once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mlref.canary.state import read_state
+from mlref.canary.state import state_path as canary_path
+from mlref.experiment.assign import Experiment, read_experiment, state_path, write_experiment
+from mlref.settings import Settings
+
+
+class ExperimentError(RuntimeError):
+    """A step that cannot be taken as asked, in one line naming the fix."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def start(
+    settings: Settings,
+    name: str = "",
+    percent: int | None = None,
+    salt: str = "",
+    users: int = 0,
+) -> Experiment:
+    """Write the running experiment; the transformer picks it up within a second."""
+    path = state_path(settings)
+    running = read_experiment(path)
+    name = name or settings.experiment.name
+    if running is not None and running.running:
+        raise ExperimentError(
+            f"experiment {running.name!r} is running on the same users since "
+            f"{running.started_at}; stop it first (mlref experiment stop)"
+        )
+    canary = read_state(canary_path(settings))
+    if canary is None or not 0 < canary.percent < 100:
+        raise ExperimentError(
+            "an experiment compares the stable model with a candidate, and needs both behind "
+            "the route: start a split first (mlref canary start --model MODEL --percent 50)"
+        )
+    experiment = Experiment(
+        name=name,
+        salt=salt or settings.experiment.salt or name,
+        percent=settings.experiment.percent if percent is None else percent,
+        control_model=canary.stable_model,
+        treatment_model=canary.candidate_model,
+        started_at=now_iso(),
+        planned_users=users,
+    )
+    write_experiment(path, experiment)
+    return experiment
+
+
+def stop(settings: Settings) -> Experiment:
+    """Mark the experiment stopped: every user is served by the split again."""
+    path = state_path(settings)
+    running = read_experiment(path)
+    if running is None or not running.running:
+        raise ExperimentError("no experiment is running (mlref experiment start)")
+    stopped = Experiment(**{**running.__dict__, "stopped_at": now_iso()})
+    write_experiment(path, stopped)
+    return stopped
+
+
+def current(settings: Settings, name: str = "") -> Experiment:
+    """The last experiment started (running or stopped), checked against ``name``."""
+    found = read_experiment(state_path(settings))
+    if found is None or (name and found.name != name):
+        raise ExperimentError(
+            f"experiment {name or settings.experiment.name!r} never ran here "
+            f"(no {state_path(settings)} naming it); start it with mlref experiment start"
+        )
+    return found
