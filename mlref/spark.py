@@ -64,6 +64,10 @@ def failure_cause(error: Exception) -> str:
     """The first Python error in a Spark failure's text, else a crashed worker, else its
     first line."""
     text = str(error)
+    # A traceback's last line: the first unindented line after its frames (ArrowInvalid too).
+    last = re.search(r"^Traceback \(most recent call last\):\n(?:[ \t].*\n)+(\S.*)$", text, re.M)
+    if last:
+        return last[1]
     python = re.findall(r"^(?!org\.|java\.|py4j\.)([\w.]*(?:Error|Exception): .+)$", text, re.M)
     if python:
         return python[0]

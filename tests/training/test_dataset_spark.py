@@ -3,7 +3,6 @@ engine): the local engine's set, shard for shard, and its online rows; bad input
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,10 +58,6 @@ def test_spark_builds_the_local_engines_training_set(features: Settings, spark, 
         pd.testing.assert_frame_equal(frames[split], expected[split])
     assert not list((tmp_path / "spark").glob(".*"))  # no staging left
 
-    # A rerun replaces each partition whole: the same set.
-    dataset.write_training_sets(on, str(tmp_path / "spark"))
-    assert read_set(tmp_path / "spark")[0] == expected_manifest
-
 
 def test_spark_materializes_the_local_engines_online_rows(features: Settings, spark):
     end = compute_tables(features).last_snapshot
@@ -114,18 +109,21 @@ def test_a_corrupt_file_fails_as_locally(features: Settings, spark, tmp_path):
 def test_a_worker_killed_while_writing_loses_and_duplicates_nothing(
     features: Settings, spark, spark_faults: Path, tmp_path
 ):
-    on = on_spark(features)
-    dataset.write_training_sets(on, str(tmp_path / "clean"))
-    expected = read_set(tmp_path / "clean")
+    dataset.write_training_sets(features, str(tmp_path / "local"))
+    expected = read_set(tmp_path / "local")
+    out = tmp_path / "spark"
+    (out / "train" / "date=2026-01-01").mkdir(parents=True)
+    (out / "train" / "date=2026-01-01" / "part-00000.parquet").write_text("an earlier set")
 
     marker = spark_faults / "kill-publishing"
     marker.touch()
-    report = dataset.write_training_sets(on, str(tmp_path / "killed"))
+    report = dataset.write_training_sets(on_spark(features), str(out))
 
     assert not marker.exists()  # a worker died publishing a shard; its task ran again
-    manifest, frames = read_set(tmp_path / "killed")
+    manifest, frames = read_set(out)
     assert manifest == expected[0]
     for split in shards.SPLITS:
         pd.testing.assert_frame_equal(frames[split], expected[1][split])
     assert sum(report.rows.values()) == sum(len(f) for f in frames.values())
-    assert json.loads((tmp_path / "killed" / shards.MANIFEST).read_text()) == manifest
+    published = sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet"))
+    assert published == sorted(s["path"] for split in manifest["shards"].values() for s in split)
