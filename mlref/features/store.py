@@ -19,7 +19,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from feast import FeatureStore, FeatureView, RepoConfig
+from feast import FeatureStore, FeatureView, FileSource, RepoConfig
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -70,12 +71,28 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(config=repo_config(settings))
 
 
-def start_engine(settings: Settings) -> None:
-    """Start the step's Spark session before Feast asks for one (Feast's Spark offline store
-    and compute engine take the active session), so it runs ``engine.spark_master`` with the
-    project's workers; nothing for the local engine."""
+class EngineMismatchError(ValueError):
+    """The feature views are registered for the other ``engine.data``'s offline store."""
+
+
+def checked_store(settings: Settings) -> FeatureStore:
+    """:func:`open_store`, its views registered for ``engine.data``'s offline store (Feast's
+    Spark store reads ``SparkSource``s only, its file store ``FileSource``s only). On Spark,
+    the step's session is started first: Feast's Spark store and engine take the active
+    session, so it runs ``engine.spark_master`` with the project's workers."""
+    store = open_store(settings)
+    wanted = SparkSource if settings.engine.data == "spark" else FileSource
+    for table in TABLES:
+        source = store.get_feature_view(table.name).batch_source
+        if not isinstance(source, wanted):
+            raise EngineMismatchError(
+                f"feature view {table.name} is registered with a {type(source).__name__}, "
+                f"engine.data={settings.engine.data} reads a {wanted.__name__}: run `mlref "
+                "features build` with the same engine.data first"
+            )
     if settings.engine.data == "spark":
         sparks.session(settings)
+    return store
 
 
 def apply(settings: Settings) -> None:
@@ -94,8 +111,7 @@ def materialize(settings: Settings, end: datetime) -> dict[str, datetime | None]
     TTL before *now*, which skips a log whose days lie in the past). Returns each view's start,
     None when it was already materialized up to ``end``.
     """
-    store = open_store(settings)
-    start_engine(settings)
+    store = checked_store(settings)
     starts: dict[str, datetime | None] = {}
     for table in TABLES:
         view = store.get_feature_view(table.name)
@@ -146,8 +162,7 @@ def historical_features(
     answer does not depend on the others, so chunking changes memory, not results.
     """
     keyed = entity_df.reset_index(drop=True)
-    store = open_store(settings)
-    start_engine(settings)
+    store = checked_store(settings)
     parts, lost = [], np.zeros(len(keyed), dtype=bool)
     for table in TABLES:
         pairs = keyed[[table.key, TIMESTAMP]]

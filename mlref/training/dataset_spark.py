@@ -145,7 +145,7 @@ def _write(
                     offset += n
 
     entities = sparks.tasks(spark, len(files)).mapInArrow(read, sparks.spark_schema(ENTITY_SCHEMA))
-    feast = store.open_store(settings)
+    feast = store.checked_store(settings)
     refs = [f"{table.name}:{name}" for table in TABLES for name in table.columns]
     joined = feast.get_historical_features(entity_df=entities, features=refs).to_spark_df()
     lost = F.lit(False)
@@ -244,11 +244,14 @@ def _flush(
 
 def _publish_partition(staged: str, target: str) -> None:
     """Put the staged folder of a partition in place of ``target``, whole: two renames on local
-    disk (the old folder moves aside first); on an object store each shard is one copy, then
-    shards the new partition does not have are deleted."""
+    disk (the old folder moves aside first, and the scratch folders of killed tasks are
+    dropped); on an object store each shard is one copy, then shards the new partition does
+    not have are deleted."""
     fs, source = storage.filesystem(staged)
     _, path = storage.filesystem(target)
     if storage.is_local(fs):
+        for scratch in Path(source).glob(".*"):  # a killed task's unfinished shard
+            shutil.rmtree(scratch, ignore_errors=True)
         old = Path(path).parent / f".{Path(path).name}.{uuid.uuid4().hex}.old"
         if Path(path).exists():
             Path(path).rename(old)

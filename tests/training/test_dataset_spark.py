@@ -45,6 +45,9 @@ def read_set(uri: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
 
 def test_spark_builds_the_local_engines_training_set(features: Settings, spark, tmp_path):
     local = dataset.write_training_sets(features, str(tmp_path / "local"))
+    spark_settings = features.model_copy(update={"engine": EngineSettings(data="spark")})
+    with pytest.raises(store.EngineMismatchError, match="run `mlref features build` with"):
+        dataset.write_training_sets(spark_settings, str(tmp_path / "spark"))
     on = on_spark(features)
     built = dataset.write_training_sets(on, str(tmp_path / "spark"))
 
