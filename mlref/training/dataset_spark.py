@@ -34,7 +34,7 @@ from mlref.features.counts import TABLES
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, FeatureSpec, fill_defaults
 from mlref.schema import DATE_COLUMN, RAW_SCHEMA, TIMESTAMP
 from mlref.settings import Settings
-from mlref.training.shards import SHARD_ROWS, SPLITS, Shard, ShardWriter
+from mlref.training.shards import MANIFEST, SHARD_ROWS, SPLITS, Shard, ShardWriter
 
 LABEL = "clicked"
 READ = ["request_id", TIMESTAMP, *REQUEST_COLUMNS, LABEL]
@@ -98,6 +98,9 @@ def write_sets_spark(
         first = next(s for split in SPLITS for s in written.shards.get(split, []))
         fs, root = storage.filesystem(staging)
         written.schema = pq.read_schema(posixpath.join(root, first.path), filesystem=fs)
+        # An earlier set's manifest goes first: a publication cut short leaves no manifest
+        # listing shards that changed (readers say the set is unfinished), never a mix.
+        _remove(f"{uri.rstrip('/')}/{MANIFEST}")
         for split in SPLITS:
             for day in days[split]:
                 _publish_partition(f"{staging}/{split}/date={day}", f"{uri}/{split}/date={day}")
