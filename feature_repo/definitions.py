@@ -11,6 +11,7 @@ import os
 from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Float64, Int64
 
 from mlref.features.compute import CREATED, TABLES, TIMESTAMP, EntityTable, table_uri
@@ -22,18 +23,32 @@ SNAPSHOT_TTL = timedelta(days=1)
 ENTITY_NAMES = {"user_id": "user", "ad_id": "ad"}
 
 
-def _view(settings: Settings, table: EntityTable, entity: Entity) -> FeatureView:
+def _source(settings: Settings, table: EntityTable) -> FileSource | SparkSource:
+    """The snapshot Parquet as the offline store of ``engine.data`` reads it."""
     path = table_uri(settings, table)
+    if settings.engine.data == "spark":
+        # Spark reads object storage through Hadoop's S3A connector, which names it s3a://.
+        return SparkSource(
+            name=f"{table.name}_source",
+            path=f"s3a://{path.removeprefix('s3://')}" if path.startswith("s3://") else path,
+            file_format="parquet",
+            timestamp_field=TIMESTAMP,
+            created_timestamp_column=CREATED,
+        )
     # Feast reads S3 with pyarrow, which takes no endpoint from the environment: pass the
     # one the object-store Secret gives every S3 client (MinIO, moto, ...).
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if path.startswith("s3://") else None
-    source = FileSource(
+    return FileSource(
         name=f"{table.name}_source",
         path=path,
         timestamp_field=TIMESTAMP,
         created_timestamp_column=CREATED,
         s3_endpoint_override=endpoint,
     )
+
+
+def _view(settings: Settings, table: EntityTable, entity: Entity) -> FeatureView:
+    source = _source(settings, table)
     return FeatureView(
         name=table.name,
         entities=[entity],

@@ -9,6 +9,7 @@ $PYSPARK_PYTHON, else this interpreter, so that they import the same mlref and l
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from mlref.platform import platform_for
 from mlref.settings import Settings
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import SparkSession
 
 JAVA_HINT = "install a Java runtime (Debian: `apt-get install openjdk-17-jre-headless`)"
@@ -60,3 +62,31 @@ def session(settings: Settings, **conf: str) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def failure_cause(error: Exception) -> str:
+    """The first Python error in a Spark failure's text, else a crashed worker, else its
+    first line."""
+    text = str(error)
+    # A traceback's last line: the first unindented line after its frames (ArrowInvalid too).
+    last = re.search(r"^Traceback \(most recent call last\):\n(?:[ \t].*\n)+(\S.*)$", text, re.M)
+    if last:
+        return last[1]
+    python = re.findall(r"^(?!org\.|java\.|py4j\.)([\w.]*(?:Error|Exception): .+)$", text, re.M)
+    if python:
+        return python[0]
+    if "Python worker exited unexpectedly" in text:
+        return "a Python worker exited unexpectedly (crashed)"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def tasks(spark: SparkSession, n: int):
+    """One row per task: 0..n-1, each in its own partition."""
+    return spark.range(0, n, 1, numPartitions=max(n, 1))
+
+
+def spark_schema(schema: pa.Schema):
+    """Spark's type for an Arrow schema (of ``mapInArrow``'s batches)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)

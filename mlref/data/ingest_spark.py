@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 import time
 import uuid
@@ -108,21 +107,9 @@ def ingest_spark(
         return _ingest(source, settings, now or datetime.now(UTC), on_progress)
     except (Py4JJavaError, PySparkException) as e:
         raise SparkJobFailed(
-            f"{source}: Spark job failed after its retries: {_cause(e)}; nothing was "
-            "published, a rerun starts over"
+            f"{source}: Spark job failed after its retries: {sparks.failure_cause(e)}; nothing "
+            "was published, a rerun starts over"
         ) from e
-
-
-def _cause(error: Exception) -> str:
-    """The first Python error in a Spark failure's text, else a crashed worker, else its
-    first line."""
-    text = str(error)
-    python = re.findall(r"^(?!org\.|java\.|py4j\.)([\w.]*(?:Error|Exception): .+)$", text, re.M)
-    if python:
-        return python[0]
-    if "Python worker exited unexpectedly" in text:
-        return "a Python worker exited unexpectedly (crashed)"
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _ingest(
@@ -202,7 +189,8 @@ def _hash(
         except (pa.ArrowException, OSError):
             return []
 
-    rows = sorted(_tasks(spark, len(paths)).mapInArrow(run, _spark_schema(SOURCE_SCHEMA)).collect())
+    hashed = sparks.tasks(spark, len(paths)).mapInArrow(run, sparks.spark_schema(SOURCE_SCHEMA))
+    rows = sorted(hashed.collect())
     for row in rows:
         if row["error"]:
             raise IngestError(row["error"])
@@ -261,7 +249,7 @@ def _checked(
                 except IngestError as e:
                     yield _row(CHECKED_SCHEMA, file=i, error=str(e))
 
-    return _tasks(spark, len(splits)).mapInArrow(run, _spark_schema(CHECKED_SCHEMA))
+    return sparks.tasks(spark, len(splits)).mapInArrow(run, sparks.spark_schema(CHECKED_SCHEMA))
 
 
 def _checked_rows(file: int, offset: int, batch: pa.Table, checked: Checked) -> pa.Table:
@@ -314,7 +302,8 @@ def _curated_before(spark, settings: Settings, dates: list[str], own_parts: set[
                 dates = pa.array(np.full(len(ids), date, dtype=object), pa.string())
                 yield from pa.table([dates, ids], schema=IDS_SCHEMA).to_batches(ROWS_PER_BATCH)
 
-    return _tasks(spark, len(parts)).mapInArrow(run, _spark_schema(IDS_SCHEMA)).distinct()
+    ids = sparks.tasks(spark, len(parts)).mapInArrow(run, sparks.spark_schema(IDS_SCHEMA))
+    return ids.distinct()
 
 
 def _claim(spark, checked, before):
@@ -364,7 +353,7 @@ def _write(decided, sources: list[Source], staging_root: str) -> Counter[str]:
 
     grouped = decided.repartition("file", "date").sortWithinPartitions("file", "date", "source_row")
     counts: Counter[str] = Counter()
-    for row in grouped.mapInArrow(run, _spark_schema(COUNTS_SCHEMA)).collect():
+    for row in grouped.mapInArrow(run, sparks.spark_schema(COUNTS_SCHEMA)).collect():
         counts[row["key"]] += row["count"]
     return counts
 
@@ -466,17 +455,6 @@ def _row(schema: pa.Schema, **values: object) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(
         {name: [values.get(name)] for name in schema.names}, schema=schema
     )
-
-
-def _tasks(spark, n: int):
-    """One row per task: 0..n-1, each in its own partition."""
-    return spark.range(0, n, 1, numPartitions=max(n, 1))
-
-
-def _spark_schema(schema: pa.Schema):
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(schema)
 
 
 def _remove(uri: str) -> None:

@@ -115,7 +115,8 @@ def compute_tables(settings: Settings) -> ComputeResult:
         fs, path = fsspec.core.url_to_fs(uri)
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as out:
-            frame.to_parquet(out, index=False)
+            # Microseconds: Spark (Feast's Spark offline store) reads no nanosecond timestamps.
+            frame.to_parquet(out, index=False, coerce_timestamps="us")
         rows[table.name] = len(frame)
         entities[table.name] = int(frame[table.key].nunique())
         uris[table.name] = uri

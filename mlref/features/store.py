@@ -19,12 +19,14 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from feast import FeatureStore, FeatureView, RepoConfig
+from feast import FeatureStore, FeatureView, FileSource, RepoConfig
+from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.infra.provider import get_provider
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
+from mlref import spark as sparks
 from mlref.features.compute import TABLES, ComputeResult, EntityTable, compute_tables, table_uri
 from mlref.features.transform import STAT_COLUMNS
 from mlref.schema import TIMESTAMP
@@ -39,23 +41,58 @@ STEPS = 3  # reported through compute_and_materialize(on_step=...)
 
 def repo_config(settings: Settings) -> RepoConfig:
     """The Feast configuration: registry and online store where settings keep them
-    (``feature_store_uri``, ``feature_online_store``); a local store's folder is created."""
+    (``feature_store_uri``, ``feature_online_store``); a local store's folder is created.
+
+    With ``engine.data=spark`` Feast's Spark offline store does the point-in-time joins and
+    its Spark compute engine materializes, both in the step's Spark session
+    (:func:`mlref.spark.session`, started first by the callers that need it).
+    """
     registry = f"{settings.feature_store_uri}/registry.db"
     online = settings.feature_online_store
     if online["type"] == "sqlite":
         Path(online["path"]).parent.mkdir(parents=True, exist_ok=True)
+    engines: dict = {"offline_store": {"type": "file"}}
+    if settings.engine.data == "spark":
+        engines = {
+            "offline_store": {"type": "spark"},
+            "batch_engine": {"type": "spark.engine"},
+        }
     return RepoConfig(
         project=settings.features.project,
         provider="local",
         registry=RegistryConfig(path=registry, cache_ttl_seconds=60),
         online_store=online,
-        offline_store={"type": "file"},
         entity_key_serialization_version=3,
+        **engines,
     )
 
 
 def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(config=repo_config(settings))
+
+
+class EngineMismatchError(ValueError):
+    """The feature views are registered for the other ``engine.data``'s offline store."""
+
+
+def checked_store(settings: Settings) -> FeatureStore:
+    """:func:`open_store`, its views registered for ``engine.data``'s offline store (Feast's
+    Spark store reads ``SparkSource``s only, its file store ``FileSource``s only). On Spark,
+    the step's session is started first: Feast's Spark store and engine take the active
+    session, so it runs ``engine.spark_master`` with the project's workers."""
+    store = open_store(settings)
+    wanted = SparkSource if settings.engine.data == "spark" else FileSource
+    for table in TABLES:
+        source = store.get_feature_view(table.name).batch_source
+        if not isinstance(source, wanted):
+            raise EngineMismatchError(
+                f"feature view {table.name} is registered with a {type(source).__name__}, "
+                f"engine.data={settings.engine.data} reads a {wanted.__name__}: run `mlref "
+                "features build` with the same engine.data first"
+            )
+    if settings.engine.data == "spark":
+        sparks.session(settings)
+    return store
 
 
 def apply(settings: Settings) -> None:
@@ -74,7 +111,7 @@ def materialize(settings: Settings, end: datetime) -> dict[str, datetime | None]
     TTL before *now*, which skips a log whose days lie in the past). Returns each view's start,
     None when it was already materialized up to ``end``.
     """
-    store = open_store(settings)
+    store = checked_store(settings)
     starts: dict[str, datetime | None] = {}
     for table in TABLES:
         view = store.get_feature_view(table.name)
@@ -116,12 +153,16 @@ def historical_features(
     Feast's file offline store keeps one row per (view join key, entity timestamp) and silently
     drops the others, so each view is queried with its distinct (key, timestamp) pairs, keyed
     by row number, and joined back. Rows Feast still returns nothing for keep NaN stats (as do
-    cold entities, left to ``transform.fill_defaults``); their count is returned. The pairs go
+    cold entities, left to ``transform.fill_defaults``); their count is returned: the rows of
+    an entity that has snapshots but none valid at the row's time (within the view's TTL),
+    which are the rows Feast's file offline store drops; an entity with no snapshot at all
+    comes back with empty stats instead. Feast's Spark offline store keeps every row (a left
+    join), so both count by this rule, not by what came back. The pairs go
     to Feast in chunks of at most ``join_rows`` joined rows (:func:`join_chunks`); each pair's
     answer does not depend on the others, so chunking changes memory, not results.
     """
     keyed = entity_df.reset_index(drop=True)
-    store = open_store(settings)
+    store = checked_store(settings)
     parts, lost = [], np.zeros(len(keyed), dtype=bool)
     for table in TABLES:
         pairs = keyed[[table.key, TIMESTAMP]]
@@ -129,7 +170,8 @@ def historical_features(
         request = pairs.drop_duplicates().reset_index(drop=True)
         request[ROW_KEY] = np.arange(len(request))
         refs = [f"{table.name}:{name}" for name in table.columns]
-        chunks = join_chunks(request[table.key], snapshot_counts(settings, table), join_rows)
+        counts = snapshot_counts(settings, table)
+        chunks = join_chunks(request[table.key], counts, join_rows)
         found = pd.concat(
             [
                 store.get_historical_features(entity_df=request[chunk], features=refs).to_df()
@@ -142,7 +184,8 @@ def historical_features(
             .reindex(np.arange(len(request)))
             .astype("float64")
         )
-        lost |= ~np.isin(codes, found[ROW_KEY].to_numpy())
+        unmatched = stats.isna().all(axis=1).to_numpy() & request[table.key].isin(counts.index)
+        lost |= unmatched.to_numpy()[codes]
         parts.append(stats.iloc[codes].reset_index(drop=True))
     return pd.concat([keyed, *parts], axis=1), int(lost.sum())
 

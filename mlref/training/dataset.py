@@ -142,15 +142,55 @@ def training_day(settings: Settings, spec: FeatureSpec, day: str):
 def write_training_sets(
     settings: Settings, uri: str, start: str | None = None, end: str | None = None
 ) -> DatasetReport:
-    """Build the training set a day at a time and write it as shards under ``uri``.
+    """Build the training set and write it as shards under ``uri``, on ``engine.data``.
 
-    Memory follows the largest day, not the range: a day is read (its partition only), joined,
-    written and dropped before the next. Rows come out in the same order as a join of the
-    whole range at once (days in order, each in time order), so the set is the same.
+    Locally, a day at a time: memory follows the largest day, not the range: a day is read
+    (its partition only), joined, written and dropped before the next. Rows come out in the
+    same order as a join of the whole range at once (days in order, each in time order), so
+    the set is the same. On Spark (:mod:`mlref.training.dataset_spark`) the same set, the
+    same shards, the same report, with no row passing through this process.
     """
     spec = build_spec(settings.features)
     days = split_days(curated_days(settings, start, end), settings)
-    writer = shards.ShardWriter(uri, spec)
+    if settings.engine.data == "spark":
+        from mlref.training.dataset_spark import write_sets_spark
+
+        written = write_sets_spark(settings, uri, spec, days, _files(settings, days), COLUMNS)
+        writer = shards.ShardWriter(uri, spec)
+        writer.shards, writer.schema = written.shards, written.schema
+        rows, positives, dropped = written.rows, written.positives, written.dropped
+        defaulted = written.defaulted
+    else:
+        writer = shards.ShardWriter(uri, spec)
+        rows, positives, defaulted, dropped = _write_days(settings, spec, days, writer)
+    writer.close()
+    return DatasetReport(
+        rows=rows,
+        days=days,
+        feast_dropped=int(dropped),
+        defaulted=defaulted,
+        positive_rate={name: positives[name] / rows[name] for name in SPLITS},
+        data_version=data_version(settings),
+        feature_version=spec.fingerprint,
+    )
+
+
+def _files(settings: Settings, days: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(path, day) of each curated file of ``days``, in the order :func:`read_curated` reads."""
+    wanted = {day for names in days.values() for day in names}
+    found = []
+    for fragment in _curated(settings).get_fragments(filter=_date_filter(min(wanted), max(wanted))):
+        day = str(ds.get_partition_keys(fragment.partition_expression).get(DATE_COLUMN))
+        if day in wanted:
+            found.append((fragment.path, day))
+    return found
+
+
+def _write_days(
+    settings: Settings, spec: FeatureSpec, days: dict[str, list[str]], writer: shards.ShardWriter
+) -> tuple[dict[str, int], dict[str, int], dict[str, int], int]:
+    """The local engine: each day read, joined and written in turn; returns rows and positives
+    per split, filled stats per column and the rows Feast dropped."""
     rows = dict.fromkeys(SPLITS, 0)
     positives = dict.fromkeys(SPLITS, 0)
     defaulted = dict.fromkeys(STAT_COLUMNS, 0)
@@ -168,13 +208,4 @@ def write_training_sets(
                 for name in STAT_COLUMNS:
                     defaulted[name] += int(missing[name].sum())
                 bar.advance(task)
-    writer.close()
-    return DatasetReport(
-        rows=rows,
-        days=days,
-        feast_dropped=int(dropped),
-        defaulted=defaulted,
-        positive_rate={name: positives[name] / rows[name] for name in SPLITS},
-        data_version=data_version(settings),
-        feature_version=spec.fingerprint,
-    )
+    return rows, positives, defaulted, dropped

@@ -72,19 +72,24 @@ class ShardWriter:
         """Write one day of ``split`` (rows in the order given), in one or more shards."""
         shards = self.shards.setdefault(split, [])
         for number, start in enumerate(range(0, len(frame), SHARD_ROWS)):
-            part = frame.iloc[start : start + SHARD_ROWS]
-            table = pa.Table.from_pandas(part, preserve_index=False)
-            if self.schema is None:
-                self.schema = table.schema
-            relative = f"{split}/date={day}/part-{number:05d}.parquet"
-            with tempfile.TemporaryDirectory(
-                prefix=".mlref-shard-", dir=self._scratch(relative)
-            ) as scratch:
-                local = Path(scratch) / "part.parquet"
-                pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS)
-                storage.publish(local, f"{self.uri}/{relative}")
-            size = int(part.memory_usage(index=False, deep=True).sum())
-            shards.append(Shard(relative, day, len(part), size))  # whole files: no start
+            shards.append(
+                self.write_shard(split, day, number, frame.iloc[start : start + SHARD_ROWS])
+            )
+
+    def write_shard(self, split: str, day: str, number: int, part: pd.DataFrame) -> Shard:
+        """Publish ``part`` (at most ``SHARD_ROWS`` rows) whole as shard ``number`` of the day."""
+        table = pa.Table.from_pandas(part, preserve_index=False)
+        if self.schema is None:
+            self.schema = table.schema
+        relative = f"{split}/date={day}/part-{number:05d}.parquet"
+        with tempfile.TemporaryDirectory(
+            prefix=".mlref-shard-", dir=self._scratch(relative)
+        ) as scratch:
+            local = Path(scratch) / "part.parquet"
+            pq.write_table(table, local, row_group_size=ROW_GROUP_ROWS)
+            storage.publish(local, f"{self.uri}/{relative}")
+        size = int(part.memory_usage(index=False, deep=True).sum())
+        return Shard(relative, day, len(part), size)  # a whole file: no start
 
     def _scratch(self, relative: str) -> Path | None:
         """Where a shard is written before it is published: beside its final place on local

@@ -4,7 +4,9 @@ $MLREF_TEST_SPARK_FAULTS:
 
 - ``kill-checking``: the first worker to check a batch removes the marker and SIGKILLs itself;
 - ``kill-writing``: the first worker to publish its second staged part does the same;
-- ``fail-writing``: every worker raises when it publishes its second staged part.
+- ``fail-writing``: every worker raises when it publishes its second staged part;
+- ``kill-publishing``: the first worker to publish any file (a staged part, a training-set
+  shard) does the same as ``kill-checking``.
 """
 
 import os
@@ -33,6 +35,7 @@ if FOLDER:
         return check(*args, **kwargs)
 
     def publishing(*args, **kwargs):
+        _once("kill-publishing")
         published[0] += 1
         if published[0] >= 2:
             _once("kill-writing")
