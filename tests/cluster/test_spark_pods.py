@@ -67,6 +67,7 @@ def test_a_spark_run_runs_its_spark_steps_as_pods_on_the_object_store(
             "redis.mlref.svc:6379": redis_server,
             "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
         },
+        store=s3,
     )
     laptop = Settings(
         mode="cluster",
