@@ -4,8 +4,9 @@ Every step runs the same code in both modes; what differs is what the step hands
 platform: starting a retraining (kfp's local runner, or a Kubeflow Pipelines run), where a
 registered model is served from (the registry, or its published folder that KServe fetches),
 putting a canary patch in force (local serving re-reads the file; a cluster server-side
-applies it to the InferenceService and waits for Ready), the live traffic split, and where
-canary metrics come from (the local predictors, or Prometheus). As kfp's local runner keeps
+applies it to the InferenceService and waits for Ready), the live traffic split, where
+canary metrics come from (the local predictors, or Prometheus), and where data-parallel
+training runs its ranks (torchrun here, or a Kubeflow Trainer TrainJob). As kfp's local runner keeps
 a validated runner config and picks the task handler for it in one place, :func:`platform_for`
 is the one place that picks the platform for ``settings.mode``; each platform checks at
 construction that the settings are its own.
@@ -64,6 +65,11 @@ class Platform(ABC):
     def metric_source(self) -> MetricSource:
         """Where canary analysis reads stable and canary metrics from."""
 
+    @abstractmethod
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """Run data-parallel training (``train.distributed=torchrun``) on ``sets_dir``;
+        rank 0's model folder lands in ``out_dir``. ``apis``: (CustomObjectsApi, CoreV1Api)."""
+
 
 class LocalPlatform(Platform):
     """This machine: kfp's SubprocessRunner, models from the registry, local predictors."""
@@ -97,6 +103,12 @@ class LocalPlatform(Platform):
         if self.settings.canary.prometheus_url:
             return PrometheusSource(self.settings)
         return LocalSource(self.settings)
+
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """torchrun on this machine, ``train.procs_per_node`` ranks."""
+        from mlref.training.trainjob import run_local
+
+        run_local(self.settings, sets_dir, out_dir)
 
 
 class ClusterPlatform(Platform):
@@ -151,6 +163,12 @@ class ClusterPlatform(Platform):
                 "MLREF_CANARY__PROMETHEUS_URL (e.g. http://prometheus-operated.monitoring:9090)"
             )
         return PrometheusSource(self.settings)
+
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """A Kubeflow Trainer TrainJob of ``train.nodes`` pods, created and awaited here."""
+        from mlref.training import trainjob_client
+
+        return trainjob_client.run(self.settings, sets_dir, out_dir, *(apis or (None, None)))
 
 
 PLATFORMS: dict[str, type[Platform]] = {"local": LocalPlatform, "cluster": ClusterPlatform}
