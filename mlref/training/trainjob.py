@@ -20,6 +20,9 @@ from pathlib import Path
 
 from mlref.settings import Settings
 
+# The Kubeflow Trainer release whose TrainJob API and torch plugin this follows (the one
+# scripts/kind-up.sh --trainer installs, and whose CRD the tests validate against).
+TRAINER_VERSION = "v2.3.0"
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 RUNTIME = "torch-distributed"
 # Kubeflow Trainer rejects a TrainJob that sets these itself: the torch plugin owns them.
