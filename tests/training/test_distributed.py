@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import psutil
@@ -17,20 +14,16 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec
-from mlref.k8s.install import kind_objects
-from mlref.k8s.render import repo_root
-from mlref.platform import platform_for
 from mlref.settings import Settings, TrainSettings
 from mlref.training.export import export_onnx
 from mlref.training.ranks import combine_stats
 from mlref.training.shards import ShardSet, ShardWriter
 from mlref.training.train import train
 from mlref.training.trainjob import trainjob
-from mlref.training.trainjob_client import TrainJobFailed
 from mlref.training.workflow import fit
+from tests.cluster.trainer_api import validator
 
 from .conftest import make_frame
-from .trainer_api import TrainerApi, validator
 
 TRAIN_DAYS = (3_000, 2_500, 3_500, 1_000)  # uneven day shards: ranks split rows, not files
 TIMEOUT_S = 300  # a hung rank fails the test instead of the suite
@@ -146,98 +139,6 @@ def test_the_trainjob_runs_the_training_step_on_the_torch_runtime(small_train: T
     assert validator().validate(job) == []
     job["spec"]["trainer"]["numProcPerNode"] = "auto"  # an int32 since Trainer v2.3
     assert [e.path for e in validator().validate(job)] == ["spec.trainer.numProcPerNode"]
-
-
-@pytest.fixture
-def trainer(tmp_path: Path) -> Iterator[TrainerApi]:
-    """The API server with Kubeflow Trainer, holding the install's own Secrets."""
-    api = TrainerApi(tmp_path / "pods", kind_objects(repo_root(), "mlref", "kubeflow"))
-    yield api
-    api.close()
-
-
-def _cluster(small_train: TrainSettings, root: Path, **train) -> Settings:
-    update = {"distributed": "torchrun", "nodes": 2, "procs_per_node": "1"}
-    update |= {"trainjob_poll_s": 0.2} | train
-    return Settings(
-        mode="cluster", storage={"root": str(root)}, train=small_train.model_copy(update=update)
-    )
-
-
-def _launch(settings: Settings, trainer: TrainerApi):
-    return partial(platform_for(settings).train_ranks, apis=(trainer, trainer))
-
-
-def test_the_step_trains_as_a_trainjob_and_takes_rank_0s_model(
-    shard_set: Path,
-    spec: FeatureSpec,
-    small_train: TrainSettings,
-    trainer: TrainerApi,
-    tmp_path: Path,
-    capfd: pytest.CaptureFixture[str],
-):
-    """The training step with train.distributed=torchrun in a cluster: a TrainJob the real CRD
-    accepts, two node pods (processes with Trainer's env, gloo) training from the staged set,
-    rank 0's model in the step's output folder, the TrainJob and staged files deleted."""
-    settings = _cluster(small_train, tmp_path / "root")
-    out = tmp_path / "model"
-    metrics = fit(settings, shard_set, out, launch=_launch(settings, trainer))
-    assert trainer.calls[0] == "create" and trainer.calls[-1] == "delete", trainer.calls
-    (name,) = trainer.deleted
-    err = " ".join(capfd.readouterr().err.split())  # as printed, without the wrapping
-    assert f"TrainJob kubeflow/{name}: complete" in err and "node: 1 active, 1 ready" in err
-    node0 = (tmp_path / "pods" / f"{name}-node-0-0" / "output.log").read_text()
-    assert "2 rank(s) of 128 rows a batch" in node0  # one rank a node, two nodes
-    report = json.loads((out / "report.json").read_text())
-    assert metrics["test_auc"] == report["metrics"]["test"]["auc"] > 0.5
-    model = torch.load(out / "model.pt", weights_only=False)
-    assert export_onnx(model, spec, tmp_path / "m.onnx").stat().st_size
-    assert not (tmp_path / "root" / "trainjobs" / name).exists()
-
-
-def test_a_failing_rank_fails_the_step_with_its_error_from_the_trainjob(
-    shard_set: Path, small_train: TrainSettings, trainer: TrainerApi, tmp_path: Path
-):
-    sets = tmp_path / "sets"
-    subprocess.run(["cp", "-r", str(shard_set), str(sets)], check=True)
-    last = ShardSet(str(sets)).shards("train")[-1]  # read by the last rank alone: node 1's
-    (sets / last.path).write_bytes(b"not parquet")
-    settings = _cluster(small_train, tmp_path / "root")
-    with pytest.raises(TrainJobFailed) as failed:
-        fit(settings, sets, tmp_path / "model", launch=_launch(settings, trainer))
-    message = str(failed.value)
-    assert "failed (FailedJobs: jobset failed due to one or more job failures)" in message
-    assert re.search(r"pod mlref-train-\w+-node-0-1: rank 1 \(node 1\): ArrowInvalid", message)
-    assert "delete" not in trainer.calls  # kept for kubectl logs
-    assert not (tmp_path / "model" / "model.pt").exists()
-
-
-def test_a_trainjob_that_does_not_finish_in_time_is_deleted(
-    small_train: TrainSettings, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-):
-    trainer = TrainerApi(tmp_path / "pods", kind_objects(repo_root(), "mlref", "kubeflow"), False)
-    settings = _cluster(small_train, tmp_path / "root", trainjob_timeout_s=1)
-    sets = tmp_path / "sets"
-    (sets / "train").mkdir(parents=True)
-    (sets / "manifest.json").write_text("{}")
-    with pytest.raises(TimeoutError, match=r"did not finish in 1 s \(train.trainjob_timeout_s"):
-        platform_for(settings).train_ranks(sets, tmp_path / "model", (trainer, trainer))
-    assert trainer.calls[-1] == "delete" and len(trainer.deleted) == 1
-    err = " ".join(capfd.readouterr().err.split())  # as printed, without the wrapping
-    assert "node: 1 active, 0 ready, 0 succeeded, 0 failed" in err
-
-
-def test_a_trainjob_the_api_server_refuses_fails_the_step_with_its_reason(
-    small_train: TrainSettings, trainer: TrainerApi, tmp_path: Path
-):
-    bad = {"limits": {"cpu": "2"}, "limit": {"cpu": "2"}}  # a typo the CRD refuses
-    settings = _cluster(small_train, tmp_path / "root", node_resources=bad)
-    sets = tmp_path / "sets"
-    (sets / "train").mkdir(parents=True)
-    (sets / "manifest.json").write_text("{}")
-    with pytest.raises(TrainJobFailed, match=r"422 .*spec\.trainer\.resourcesPerNode"):
-        platform_for(settings).train_ranks(sets, tmp_path / "model", (trainer, trainer))
-    assert trainer.calls == ["create"]
 
 
 def test_a_rank_that_fails_fails_the_run_with_its_error(

@@ -9,18 +9,18 @@ and its controller (running the TrainJob as a JobSet) do:
   ``spec.trainer.env`` (the torch plugin's ``Validate``, pkg/runtime/framework/plugins/torch/
   torch.go), 409 for a name that exists, 404 for another group, version or plural;
 * then it runs the TrainJob on the ``torch-distributed`` runtime
-  (manifests/base/runtimes/torch_distributed.yaml): ``numNodes`` node pods, each a process
-  running ``spec.trainer.command`` with the env the kubelet gives the ``node`` container: the
-  image's ``ENV`` (the Dockerfile's), then ``spec.trainer.env`` (Secret keys resolved from
-  the install's own Secrets, ``mlref.k8s.install.kind_objects``), then what the torch
-  plugin's ``EnforceMLPolicy`` adds (torch.go, pkg/constants/constants.go): ``PET_NNODES``
-  (numNodes), ``PET_NPROC_PER_NODE`` (numProcPerNode, else ``auto``), ``PET_NODE_RANK`` (the
-  Job completion index), ``PET_MASTER_ADDR`` (``<name>-node-0-0.<name>``) and
-  ``PET_MASTER_PORT`` (29500). As the cluster harness does for Service names
-  (tests/cluster/pods.py), what only a cluster resolves is mapped to this machine: the master
-  address to 127.0.0.1, port 29500 to a free port (the pods share this machine's network),
-  the image's ``/opt/mlref/bin`` to this interpreter's folder, and ``/dev/termination-log`` in
-  the command to each pod's own file;
+  (manifests/base/runtimes/torch_distributed.yaml): ``numNodes`` node pods, each the
+  ``node`` container as the harness runs a pod (``tests/cluster/pods.py``: its own sandboxed
+  process tree, the image's virtualenv, a private ``/tmp``, read-only elsewhere), running
+  ``spec.trainer.command`` with the env the kubelet gives it: the image's ``ENV``, then
+  ``spec.trainer.env`` (Secret keys resolved from the install's own Secrets), then what the
+  torch plugin's ``EnforceMLPolicy`` adds (torch.go, pkg/constants/constants.go):
+  ``PET_NNODES`` (numNodes), ``PET_NPROC_PER_NODE`` (numProcPerNode, else ``auto``),
+  ``PET_NODE_RANK`` (the Job completion index), ``PET_MASTER_ADDR``
+  (``<name>-node-0-0.<name>``) and ``PET_MASTER_PORT`` (29500). As the harness does for
+  Service names, what only a cluster resolves is mapped to this machine: the master's name to
+  127.0.0.1 and port 29500 to a free port (the pods share this machine's network), and the
+  kubelet's ``/dev/termination-log`` to a file in the pod's own ``/tmp``;
 * get: the TrainJob with the status Trainer copies from its JobSet (plugins/jobset/jobset.go
   ``Status``): ``jobsStatus`` of the ``node`` Job, then ``Complete`` (AllJobsCompleted) when
   every node exits 0, or ``Failed`` (FailedJobs) at the first node that fails, JobSet's
@@ -30,13 +30,16 @@ and its controller (running the TrainJob as a JobSet) do:
 * delete: the TrainJob, its pods stopped.
 
 Not emulated: scheduling, resources and GPUs, the Job's pod retries (backoffLimit), cluster
-DNS and the headless Service, image pulls, and the pods' sandboxes (see tests/cluster).
+DNS and the headless Service, image pulls, and what tests/cluster/pods.py leaves out. The
+runtime's pods have no ``readOnlyRootFilesystem``; here, as for every harness pod, only
+``/tmp`` is writable, which the node command needs no more than that.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import signal
 import socket
@@ -50,14 +53,21 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from mlref.k8s.install import secret_data
 from mlref.k8s.schemas import Validator
 from mlref.training import trainjob
 from mlref.training.trainjob_client import GROUP, JOBSET_LABEL, PLURAL, VERSION
-from tests.cluster.pods import IMAGE_VENV, image_config
+from tests.cluster.pods import (
+    SANDBOX,
+    UNSHARE,
+    Cluster,
+    declared_env,
+    image_mounts,
+    require_sandbox,
+)
 from tests.k8s.conftest import KUBERNETES_VERSION
 
 CRDS = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "trainer"
+POD_TERMINATION_LOG = "/tmp/termination-log"  # the pod's own, in place of the kubelet's
 MASTER_PORT = "29500"  # constants.ContainerTrainerPort
 NODE = "node"  # the runtime's replicated Job and container
 
@@ -92,13 +102,9 @@ class Run:
 class TrainerApi:
     """CustomObjectsApi and CoreV1Api calls for TrainJobs, answered as described above."""
 
-    def __init__(self, work: Path, objects: list[dict], start: bool = True):
+    def __init__(self, work: Path, cluster: Cluster, start: bool = True):
         self.work = work
-        self.secrets = {
-            (o["metadata"]["namespace"], o["metadata"]["name"]): secret_data(o)
-            for o in objects
-            if o.get("kind") == "Secret"
-        }
+        self.cluster = cluster  # the install's objects: the Secrets the env refers to
         self.start = start  # False: pods stay Pending (never scheduled)
         self.runs: dict[tuple[str, str], Run] = {}
         self.deleted: list[str] = []
@@ -165,54 +171,64 @@ class TrainerApi:
     # --- the controller ---------------------------------------------------------------
 
     def _start(self, run: Run, namespace: str) -> None:
+        require_sandbox()
         name = run.job["metadata"]["name"]
         trainer = run.job["spec"]["trainer"]
-        image_env, _ = image_config()  # its WORKDIR, /tmp, is each pod's own below
-        base = dict(image_env)
-        base["PATH"] = base["PATH"].replace(f"{IMAGE_VENV}/bin", os.path.dirname(sys.executable))
         port = str(_free_port())
-        master = f"{name}-{NODE}-0-0.{name}"
-        for item in trainer.get("env") or []:
-            base[item["name"]] = self._value(item, namespace)
-        base |= {
-            "PET_NNODES": str(trainer.get("numNodes", 1)),
-            "PET_NPROC_PER_NODE": str(trainer.get("numProcPerNode", "auto")),
-            "PET_MASTER_ADDR": master,
-            "PET_MASTER_PORT": MASTER_PORT,
-        }
+        self.cluster.services[f"{name}-{NODE}-0-0.{name}"] = "127.0.0.1"
         for index in range(trainer.get("numNodes", 1)):
             pod = f"{name}-{NODE}-0-{index}"
+            container = {
+                "name": NODE,
+                "env": [
+                    *(trainer.get("env") or []),
+                    {"name": "PET_NNODES", "value": str(trainer.get("numNodes", 1))},
+                    {
+                        "name": "PET_NPROC_PER_NODE",
+                        "value": str(trainer.get("numProcPerNode", "auto")),
+                    },
+                    {"name": "PET_NODE_RANK", "value": str(index)},  # the completion index
+                    {"name": "PET_MASTER_ADDR", "value": f"{name}-{NODE}-0-0.{name}"},
+                    {"name": "PET_MASTER_PORT", "value": MASTER_PORT},
+                ],
+            }
+            declared = declared_env(container, self.cluster, namespace, pod)
+            declared["PET_MASTER_PORT"] = port
+            env = {
+                k: self.cluster.resolve(v)
+                for k, v in {**self.cluster.image_env, **declared}.items()
+            }
+            argv = [
+                a.replace(trainjob.TERMINATION_LOG, POD_TERMINATION_LOG) for a in trainer["command"]
+            ]
             home = self.work / pod
             (home / "tmp").mkdir(parents=True)
-            log = home / "termination-log"
+            log = home / "tmp" / POD_TERMINATION_LOG.removeprefix("/tmp/")
             log.touch()  # the kubelet mounts an empty file
-            env = base | {"PET_NODE_RANK": str(index)}
-            env = {k: self._local(v, master, port, home) for k, v in env.items()}
-            command = [a.replace(trainjob.TERMINATION_LOG, str(log)) for a in trainer["command"]]
-            with (home / "output.log").open("wb") as output:
-                process = subprocess.Popen(
-                    command,
-                    env=env,
-                    cwd=home / "tmp",
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            run.pods.append(NodePod(pod, process, log))
-        for pod in run.pods:
-            threading.Thread(target=self._reap, args=(run, pod), daemon=True).start()
+            run.pods.append(NodePod(pod, self._sandboxed(argv, env, home), log))
+        for node in run.pods:
+            threading.Thread(target=self._reap, args=(run, node), daemon=True).start()
 
-    @staticmethod
-    def _local(value: str, master: str, port: str, home: Path) -> str:
-        value = value.replace(master, "127.0.0.1")
-        value = port if value == MASTER_PORT else value
-        return value.replace("/tmp", str(home / "tmp")) if value.startswith("/tmp") else value
-
-    def _value(self, item: dict, namespace: str) -> str:
-        if "value" in item:
-            return item["value"]
-        ref = item["valueFrom"]["secretKeyRef"]
-        return self.secrets[(namespace, ref["name"])][ref["key"]]
+    def _sandboxed(self, argv: list[str], env: dict[str, str], home: Path) -> subprocess.Popen:
+        """The pod's container, started as tests/cluster/pods.py runs one, without waiting."""
+        image = image_mounts()
+        (home / "root").mkdir()
+        spec = {
+            "root": str(home / "root"),
+            "volumes": {"/tmp": str(home / "tmp")} | {k: str(v) for k, v in image.items()},
+            "read_only": list(image),
+            "workdir": self.cluster.image_workdir,
+            "argv": argv,
+            "env": env,
+        }
+        (home / "pod.json").write_text(json.dumps(spec))
+        with (home / "output.log").open("wb") as output:
+            return subprocess.Popen(
+                [*UNSHARE, sys.executable, str(SANDBOX), str(home / "pod.json")],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _reap(self, run: Run, pod: NodePod) -> None:
         pod.exit_code = pod.process.wait()
