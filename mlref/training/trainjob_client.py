@@ -9,7 +9,8 @@ printing each change of its node Jobs' counts, then copies rank 0's model folder
 step's output: the same files a one-process run writes, so export and registration are the
 same. A failure names the TrainJob's condition and the earliest failed node pod's termination
 message, which the failing rank writes (:mod:`mlref.training.distributed`); a timeout, or the
-step itself being stopped, deletes the TrainJob so that no pod keeps its GPUs. A failed
+step itself being stopped (SIGTERM, Ctrl-C), deletes the TrainJob so that no pod keeps its
+GPUs. A failed
 TrainJob is kept for ``kubectl logs``; a finished one is deleted with its staged files.
 """
 
@@ -18,8 +19,12 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +97,10 @@ def run(
         secret_env={key: (OBJECT_STORE_SECRET, key) for key in OBJECT_STORE_KEYS},
         deadline_s=settings.train.trainjob_timeout_s,
     )
-    create(custom, job)
     try:
-        wait(custom, core, settings, name)
+        with sigterm_as_exit():
+            create(custom, job)
+            wait(custom, core, settings, name)
     except TrainJobFailed:
         raise  # kept: its pods' logs tell the rest
     except BaseException:
@@ -105,6 +111,24 @@ def run(
     fs, path = storage.filesystem(staged)
     fs.rm(path, recursive=True)
     return name
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (how Kubernetes stops the step's pod: a cancelled run, a deleted pod) raised
+    as SystemExit meanwhile, so that the step deletes its TrainJob instead of leaving it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def create(custom: Any, job: dict) -> None:

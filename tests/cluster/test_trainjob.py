@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec, build_spec
+from mlref.k8s.render import repo_root
 from mlref.platform import platform_for
 from mlref.settings import FeatureSettings, Settings, TrainSettings
 from mlref.training.export import export_onnx
@@ -158,3 +162,51 @@ def test_a_trainjob_the_api_server_refuses_fails_the_step_with_its_reason(
             _empty_set(tmp_path / "sets"), tmp_path / "model", (trainer, trainer)
         )
     assert trainer.calls == ["create"]
+
+
+STOPPED_STEP = """
+import sys
+from pathlib import Path
+
+from mlref.platform import platform_for
+from mlref.settings import Settings
+from tests.cluster.pods import installed
+from tests.cluster.trainer_api import TrainerApi
+
+work = Path(sys.argv[1])
+api = TrainerApi(work / "pods", installed([]), start=False)  # its pods stay Pending
+delete = api.delete_namespaced_custom_object
+
+
+def deleted(*args, **kwargs):
+    delete(*args, **kwargs)
+    print("deleted", args[4], flush=True)
+
+
+api.delete_namespaced_custom_object = deleted
+train = {"distributed": "torchrun", "nodes": 2, "procs_per_node": "1", "trainjob_poll_s": 0.2}
+settings = Settings(mode="cluster", storage={"root": str(work / "root")}, train=train)
+platform_for(settings).train_ranks(work / "sets", work / "model", (api, api))
+"""
+
+
+def test_a_step_stopped_by_kubernetes_deletes_its_trainjob(tmp_path: Path):
+    """SIGTERM, as the kubelet stops the step's pod when its run is cancelled."""
+    _empty_set(tmp_path / "sets")
+    step = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_STEP, str(tmp_path)],
+        cwd=repo_root(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in step.stderr or ():
+            if "active" in line:  # awaiting it
+                break
+        step.send_signal(signal.SIGTERM)
+        out, err = step.communicate(timeout=120)
+    finally:
+        step.kill()
+    assert step.returncode == 128 + signal.SIGTERM, err
+    assert re.fullmatch(r"deleted mlref-train-\w+\n", out)
