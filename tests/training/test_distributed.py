@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec
+from mlref.platform import platform_for
 from mlref.settings import Settings, TrainSettings
 from mlref.training.export import export_onnx
 from mlref.training.ranks import combine_stats
@@ -91,9 +92,12 @@ def test_two_ranks_train_a_model_as_good_as_one_process_and_it_exports_the_same(
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ):
-    ranked = small_train.model_copy(update={"distributed": "torchrun-local", "procs_per_node": "2"})
+    ranked = small_train.model_copy(update={"distributed": "torchrun", "procs_per_node": "2"})
     settings = Settings(train=ranked)
-    metrics = fit(settings, shard_set, tmp_path / "model")  # the training step, under torchrun
+    with pytest.raises(ValueError, match="launch=platform_for"):
+        fit(settings, shard_set, tmp_path / "model")  # where the ranks run is the platform's
+    launch = platform_for(settings).train_ranks  # locally: torchrun on this machine
+    metrics = fit(settings, shard_set, tmp_path / "model", launch=launch)  # the training step
     assert "2 rank(s) of 128 rows a batch" in capfd.readouterr().err  # global batch 256, split
     single = train(ShardSet(str(shard_set)), spec, small_train)
     model = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
