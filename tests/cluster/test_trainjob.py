@@ -5,6 +5,7 @@ the training set and the model on the test S3 server with the install's Secret."
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec, build_spec
-from mlref.k8s.render import repo_root
+from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.platform import platform_for
 from mlref.settings import FeatureSettings, Settings, TrainSettings
 from mlref.training.export import export_onnx
@@ -66,9 +67,16 @@ def trainer(
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     s3_server.create_bucket(BUCKET)
-    api = TrainerApi(tmp_path / "pods", installed([]))
+    api = TrainerApi(tmp_path / "pods", installed(trainer_chart()))
     yield api
     api.close()
+
+
+@functools.cache
+def trainer_chart() -> list[dict]:
+    """The chart as kind-up --trainer installs it."""
+    values = chart_value_sets(repo_root())["kind"] | {"trainer": {"enabled": True}}
+    return render_chart(repo_root(), values, "kind-trainer").objects
 
 
 def _settings(**train) -> Settings:
@@ -164,6 +172,17 @@ def test_a_trainjob_the_api_server_refuses_fails_the_step_with_its_reason(
     assert trainer.calls == ["create"]
 
 
+def test_without_trainer_enabled_the_step_may_not_create_a_trainjob(
+    tmp_path: Path, trainer: TrainerApi
+):
+    kind = chart_value_sets(repo_root())["kind"]
+    trainer.cluster = installed(render_chart(repo_root(), kind, "kind").objects)
+    with pytest.raises(TrainJobFailed, match=r"403 Forbidden: .*chart value trainer\.enabled"):
+        platform_for(_settings()).train_ranks(
+            _empty_set(tmp_path / "sets"), tmp_path / "model", (trainer, trainer)
+        )
+
+
 STOPPED_STEP = """
 import sys
 from pathlib import Path
@@ -171,10 +190,11 @@ from pathlib import Path
 from mlref.platform import platform_for
 from mlref.settings import Settings
 from tests.cluster.pods import installed
+from tests.cluster.test_trainjob import trainer_chart
 from tests.cluster.trainer_api import TrainerApi
 
 work = Path(sys.argv[1])
-api = TrainerApi(work / "pods", installed([]), start=False)  # its pods stay Pending
+api = TrainerApi(work / "pods", installed(trainer_chart()), start=False)  # pods stay Pending
 delete = api.delete_namespaced_custom_object
 
 

@@ -4,6 +4,8 @@ No API server runs here, so the training step's TrainJob code talks to this one.
 the CustomObjectsApi and CoreV1Api calls the step makes as the API server, Trainer's webhook
 and its controller (running the TrainJob as a JobSet) do:
 
+* every call: 403 unless the install's Roles grant it to the step's service account
+  (``pipeline-runner`` in the pipelines' namespace), as the API server's RBAC authorizer;
 * create: 422 for an object the real TrainJob CRD's schema refuses
   (``tests/k8s/crds/trainer``, from kubeflow/trainer v2.3.0), 422 for ``PET_*`` variables in
   ``spec.trainer.env`` (the torch plugin's ``Validate``, pkg/runtime/framework/plugins/torch/
@@ -68,6 +70,7 @@ from tests.k8s.conftest import KUBERNETES_VERSION
 
 CRDS = Path(__file__).resolve().parents[1] / "k8s" / "crds" / "trainer"
 POD_TERMINATION_LOG = "/tmp/termination-log"  # the pod's own, in place of the kubelet's
+STEP_ACCOUNT = "pipeline-runner"  # standalone Kubeflow Pipelines runs its steps' pods as
 MASTER_PORT = "29500"  # constants.ContainerTrainerPort
 NODE = "node"  # the runtime's replicated Job and container
 
@@ -75,6 +78,28 @@ NODE = "node"  # the runtime's replicated Job and container
 @functools.cache
 def validator() -> Validator:
     return Validator(CRDS, KUBERNETES_VERSION)
+
+
+def granted(objects: list[dict], namespace: str, account: str) -> dict[tuple[str, str], set]:
+    """(apiGroup, resource) -> verbs that ``account`` holds in ``namespace`` through Roles."""
+    roles = {
+        o["metadata"]["name"]: o
+        for o in objects
+        if o["kind"] == "Role" and o["metadata"].get("namespace") == namespace
+    }
+    found: dict[tuple[str, str], set] = {}
+    for binding in objects:
+        if binding["kind"] != "RoleBinding" or binding["metadata"].get("namespace") != namespace:
+            continue
+        subjects = {(s["name"], s.get("namespace")) for s in binding["subjects"]}
+        role = roles.get(binding["roleRef"]["name"])
+        if (account, namespace) not in subjects or role is None:
+            continue
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    found.setdefault((group, resource), set()).update(rule["verbs"])
+    return found
 
 
 def _free_port() -> int:
@@ -102,9 +127,12 @@ class Run:
 class TrainerApi:
     """CustomObjectsApi and CoreV1Api calls for TrainJobs, answered as described above."""
 
-    def __init__(self, work: Path, cluster: Cluster, start: bool = True):
+    def __init__(
+        self, work: Path, cluster: Cluster, account: str = STEP_ACCOUNT, start: bool = True
+    ):
         self.work = work
-        self.cluster = cluster  # the install's objects: the Secrets the env refers to
+        self.cluster = cluster  # the install's objects: its Secrets and its RBAC
+        self.account = account  # whose token the step's calls carry (its pod's)
         self.start = start  # False: pods stay Pending (never scheduled)
         self.runs: dict[tuple[str, str], Run] = {}
         self.deleted: list[str] = []
@@ -112,13 +140,25 @@ class TrainerApi:
 
     # --- CustomObjectsApi -------------------------------------------------------------
 
-    def _check(self, group: str, version: str, plural: str) -> None:
+    def _authorize(self, verb: str, group: str, resource: str, namespace: str) -> None:
+        """RBAC: only what the install's Roles grant the step's service account."""
+        access = granted(self.cluster.objects, namespace, self.account)
+        if verb not in access.get((group, resource), set()):
+            raise ApiException(
+                status=403,
+                reason=f'Forbidden: User "system:serviceaccount:{namespace}:{self.account}" '
+                f'cannot {verb} resource "{resource}" in API group "{group}" in the namespace '
+                f'"{namespace}"',
+            )
+
+    def _check(self, group, version, plural, verb: str, namespace: str) -> None:
+        self._authorize(verb, group, plural, namespace)
         if (group, version, plural) != (GROUP, VERSION, PLURAL):
             raise ApiException(status=404, reason="Not Found")
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self.calls.append("create")
-        self._check(group, version, plural)
+        self._check(group, version, plural, "create", namespace)
         errors = [str(e) for e in validator().validate(body)]
         env = (body.get("spec", {}).get("trainer") or {}).get("env") or []
         reserved = sorted({e["name"] for e in env} & trainjob.RESERVED_ENV)
@@ -140,7 +180,7 @@ class TrainerApi:
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append("get")
-        self._check(group, version, plural)
+        self._check(group, version, plural, "get", namespace)
         run = self.runs.get((namespace, name))
         if run is None:
             raise ApiException(status=404, reason="Not Found")
@@ -152,7 +192,7 @@ class TrainerApi:
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
         self.calls.append("delete")
-        self._check(group, version, plural)
+        self._check(group, version, plural, "delete", namespace)
         run = self.runs.pop((namespace, name), None)
         if run is None:
             raise ApiException(status=404, reason="Not Found")
@@ -163,6 +203,7 @@ class TrainerApi:
 
     def list_namespaced_pod(self, namespace, label_selector=""):
         self.calls.append("list pods")
+        self._authorize("list", "", "pods", namespace)
         label, _, value = label_selector.partition("=")
         assert label == JOBSET_LABEL, label_selector
         run = self.runs.get((namespace, value))

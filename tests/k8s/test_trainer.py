@@ -9,32 +9,10 @@ import re
 from mlref.k8s.render import render_chart, render_overlay
 from mlref.training.trainjob import TRAINER_VERSION
 from mlref.training.trainjob_client import API_ACCESS
+from tests.cluster.trainer_api import CRDS, granted
 from tests.k8s.test_install import _script, _script_value
-from tests.training.trainer_api import CRDS
 
 ROLE = "mlref-train-trainjobs"
-
-
-def _granted(objects: list[dict], namespace: str, account: str) -> dict[tuple[str, str], set]:
-    """(apiGroup, resource) -> verbs that ``account`` holds in ``namespace`` through Roles."""
-    roles = {
-        o["metadata"]["name"]: o
-        for o in objects
-        if o["kind"] == "Role" and o["metadata"].get("namespace") == namespace
-    }
-    granted: dict[tuple[str, str], set] = {}
-    for binding in objects:
-        if binding["kind"] != "RoleBinding" or binding["metadata"].get("namespace") != namespace:
-            continue
-        subjects = {(s["name"], s.get("namespace")) for s in binding["subjects"]}
-        role = roles.get(binding["roleRef"]["name"])
-        if (account, namespace) not in subjects or role is None:
-            continue
-        for rule in role["rules"]:
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    granted.setdefault((group, resource), set()).update(rule["verbs"])
-    return granted
 
 
 def test_the_training_step_may_make_what_it_calls_only_where_trainer_is_enabled(root):
@@ -43,10 +21,10 @@ def test_the_training_step_may_make_what_it_calls_only_where_trainer_is_enabled(
         render_overlay(root, "trainer").objects,
     ]
     for objects in enabled:
-        granted = _granted(objects, "kubeflow", "pipeline-runner")
+        access = granted(objects, "kubeflow", "pipeline-runner")
         for resource, verbs in API_ACCESS.items():
-            assert verbs <= granted.get(resource, set()), (resource, granted)
-        assert granted[("trainer.kubeflow.org", "trainjobs")] <= {
+            assert verbs <= access.get(resource, set()), (resource, access)
+        assert access[("trainer.kubeflow.org", "trainjobs")] <= {
             "create",
             "get",
             "watch",
