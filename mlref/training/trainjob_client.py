@@ -10,8 +10,8 @@ step's output: the same files a one-process run writes, so export and registrati
 same. A failure names the TrainJob's condition and the earliest failed node pod's termination
 message, which the failing rank writes (:mod:`mlref.training.distributed`); a timeout, or the
 step itself being stopped (SIGTERM, Ctrl-C), deletes the TrainJob so that no pod keeps its
-GPUs. A failed
-TrainJob is kept for ``kubectl logs``; a finished one is deleted with its staged files.
+GPUs. A failed TrainJob is kept for ``kubectl logs``, a finished one deleted; the staged
+files go either way.
 """
 
 from __future__ import annotations
@@ -73,13 +73,11 @@ def run(
     out_dir: Path,
     custom: Any = None,
     core: Any = None,
-    environ: dict[str, str] | None = None,
 ) -> str:
     """Train on ``sets_dir`` as a TrainJob; rank 0's model folder lands in ``out_dir``.
     Returns the TrainJob's name."""
     if custom is None or core is None:
         custom, core = connect()
-    environ = os.environ if environ is None else environ
     namespace = settings.pipeline.namespace
     name = f"mlref-train-{uuid.uuid4().hex[:10]}"
     staged = settings.shared(f"trainjobs/{name}")
@@ -93,7 +91,7 @@ def run(
         model_uri,
         settings.train.cluster_image or settings.image,
         settings.train.node_resources or None,
-        env={key: environ[key] for key in PASSED_ENV if environ.get(key)},
+        env={key: os.environ[key] for key in PASSED_ENV if os.environ.get(key)},
         secret_env={key: (OBJECT_STORE_SECRET, key) for key in OBJECT_STORE_KEYS},
         deadline_s=settings.train.trainjob_timeout_s,
     )
@@ -101,15 +99,17 @@ def run(
         with sigterm_as_exit():
             create(custom, job)
             wait(custom, core, settings, name)
+        fetch_tree(model_uri, out_dir)
+        delete(custom, namespace, name)
     except TrainJobFailed:
-        raise  # kept: its pods' logs tell the rest
+        raise  # the TrainJob is kept: its pods' logs tell the rest
     except BaseException:
         delete(custom, namespace, name)  # a timeout or a stopped step: free the nodes
         raise
-    fetch_tree(model_uri, out_dir)
-    delete(custom, namespace, name)
-    fs, path = storage.filesystem(staged)
-    fs.rm(path, recursive=True)
+    finally:
+        fs, path = storage.filesystem(staged)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
     return name
 
 

@@ -125,7 +125,7 @@ def test_the_step_trains_as_a_trainjob_and_takes_rank_0s_model(
 
 
 def test_a_failing_rank_fails_the_step_with_its_error_from_the_trainjob(
-    shard_set: Path, trainer: TrainerApi, tmp_path: Path
+    shard_set: Path, trainer: TrainerApi, s3_server: S3Server, tmp_path: Path
 ):
     sets = tmp_path / "sets"
     shutil.copytree(shard_set, sets)
@@ -139,6 +139,7 @@ def test_a_failing_rank_fails_the_step_with_its_error_from_the_trainjob(
     assert re.search(r"pod mlref-train-\w+-node-0-1: rank 1 \(node 1\): ArrowInvalid", message)
     assert "delete" not in trainer.calls  # kept for kubectl logs
     assert not (tmp_path / "model" / "model.pt").exists()
+    assert s3_server.client().list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0  # nor staged
 
 
 def _empty_set(path: Path) -> Path:
