@@ -8,6 +8,7 @@ from resourcesPerNode), ``PET_NODE_RANK`` (the Job's completion index),
 service) and ``PET_MASTER_PORT`` (29500); torchrun reads ``PET_<OPTION>`` as its
 ``--<option>``, so the command carries no rendezvous arguments. Settings travel as
 ``MLREF_TRAIN``/``MLREF_FEATURES`` JSON, so every rank trains with the launcher's settings.
+The training step creates and awaits the TrainJob (:mod:`mlref.training.trainjob_client`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ RUNTIME = "torch-distributed"
 RESERVED_ENV = frozenset(
     {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 )
-
-
 # Where the kubelet takes a container's termination message from (the pod's default
 # terminationMessagePath): a failing rank writes its error there, for the step to report.
 TERMINATION_LOG = "/dev/termination-log"
