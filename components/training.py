@@ -46,13 +46,15 @@ def train_op(
     """Train the CTR model (GPU when the pod has one); epochs 0 keeps the settings' value."""
     from pathlib import Path
 
+    from mlref.platform import platform_for
     from mlref.settings import load_settings
     from mlref.training import workflow
 
     settings = load_settings(overrides)
     if epochs:
         settings.train.epochs = epochs
-    result = workflow.fit(settings, Path(sets.path), Path(model.path))
+    launch = platform_for(settings).train_ranks  # train.distributed=torchrun: ranks, there
+    result = workflow.fit(settings, Path(sets.path), Path(model.path), launch=launch)
     for name, value in result.items():
         metrics.log_metric(name, value)
     return (result["val_auc"], result["test_auc"])

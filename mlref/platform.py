@@ -5,8 +5,9 @@ platform: starting a retraining (kfp's local runner, or a Kubeflow Pipelines run
 registered model is served from (the registry, or its published folder that KServe fetches),
 putting a canary patch in force (local serving re-reads the file; a cluster server-side
 applies it to the InferenceService and waits for Ready), the live traffic split, where
-canary metrics come from (the local predictors, or Prometheus), and where a data step's
-Spark runs (in the step's process, or executor pods the step's pod drives). As kfp's local
+canary metrics come from (the local predictors, or Prometheus), where a data step's Spark
+runs (in the step's process, or executor pods the step's pod drives), and where data-parallel
+training runs its ranks (torchrun here, or a Kubeflow Trainer TrainJob). As kfp's local
 runner keeps a validated runner config and picks the task handler for it in one place,
 :func:`platform_for` is the one place that picks the platform for ``settings.mode``; each
 platform checks at construction that the settings are its own.
@@ -70,6 +71,9 @@ class Platform(ABC):
     def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
         """Where a data step's Spark runs (``engine.data=spark``): its master and what that
         master needs; ``python`` is the workers' interpreter, ``env`` the step's own."""
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """Run data-parallel training (``train.distributed=torchrun``) on ``sets_dir``;
+        rank 0's model folder lands in ``out_dir``. ``apis``: (CustomObjectsApi, CoreV1Api)."""
 
 
 class LocalPlatform(Platform):
@@ -108,6 +112,11 @@ class LocalPlatform(Platform):
     def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
         """Spark inside the step's process, on every core unless engine.spark_master says."""
         return {"spark.master": self.settings.engine.spark_master or "local[*]"}
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """torchrun on this machine, ``train.procs_per_node`` ranks."""
+        from mlref.training.trainjob import run_local
+
+        run_local(self.settings, sets_dir, out_dir)
 
 
 class ClusterPlatform(Platform):
@@ -172,6 +181,11 @@ class ClusterPlatform(Platform):
         if not master.startswith("k8s://"):
             return {"spark.master": master}
         return kubernetes_conf(self.settings, master, env, python)
+    def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
+        """A Kubeflow Trainer TrainJob of ``train.nodes`` pods, created and awaited here."""
+        from mlref.training import trainjob_client
+
+        return trainjob_client.run(self.settings, sets_dir, out_dir, *(apis or (None, None)))
 
 
 PLATFORMS: dict[str, type[Platform]] = {"local": LocalPlatform, "cluster": ClusterPlatform}

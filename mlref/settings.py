@@ -180,10 +180,12 @@ class TrainSettings(Section):
     prefetch_shards: int = Field(
         2, ge=1, description="Streamed training: shards a background thread reads ahead."
     )
-    distributed: Literal["none", "torchrun-local"] = Field(
+    distributed: Literal["none", "torchrun-local", "torchrun"] = Field(
         "none",
         description="Data-parallel training (DDP): none: one process; torchrun-local: the "
-        "training step runs torchrun on its machine with procs_per_node ranks.",
+        "training step runs torchrun on its machine with procs_per_node ranks; torchrun: the "
+        "platform runs it (locally as torchrun-local; in a cluster as a Kubeflow Trainer "
+        "TrainJob of `nodes` pods, created and awaited by the step).",
     )
     nodes: int = Field(
         1, ge=1, description="A Kubeflow Trainer TrainJob's numNodes (mlref.training.trainjob)."
@@ -194,6 +196,16 @@ class TrainSettings(Section):
         description="Ranks per node: a number, or auto (torchrun: one per GPU, else per CPU; "
         "TrainJob: one per GPU, else per CPU of resourcesPerNode).",
     )
+    node_resources: dict[str, dict[str, str]] = Field(
+        {},
+        description="A TrainJob's resourcesPerNode, e.g. {'limits': {'nvidia.com/gpu': '8'}}.",
+    )
+    trainjob_timeout_s: int = Field(
+        6 * 3600,
+        ge=1,
+        description="A TrainJob's activeDeadlineSeconds, and how long the step awaits it.",
+    )
+    trainjob_poll_s: float = Field(5.0, gt=0, description="How often the step reads the TrainJob.")
 
 
 class ParitySettings(Section):

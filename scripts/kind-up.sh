@@ -26,6 +26,11 @@ KSERVE_CHARTS="oci://ghcr.io/kserve/charts"
 # (constraints.txt kfp==2.17.0), which compiles the pipeline and whose launcher the tests
 # emulate. Its platform-agnostic manifests bring SeaweedFS as the pipelines' object store.
 KFP_VERSION="2.17.0"
+# Kubeflow Trainer (with its JobSet), only with --trainer or MLREF_KIND_TRAINER=1: the release
+# whose TrainJob API the training step builds (mlref/training/trainjob.py TRAINER_VERSION) and
+# whose CRD the tests validate against; its torch-distributed runtime runs multi-node training.
+TRAINER_VERSION="v2.3.0"
+TRAINER="${MLREF_KIND_TRAINER:-0}"
 # Standard mode: KServe splits a canary's traffic only on the predictor's Gateway API
 # HTTPRoute. Versions of KServe's installer (kserve-deps.env: GATEWAY_API_VERSION,
 # ENVOY_GATEWAY_VERSION); the transformer calls the Gateway's Service with the route's host
@@ -43,12 +48,14 @@ IMAGE="kind.local/mlref:${IMAGE_TAG}"
 MODE="Knative"
 
 usage() {
-  echo "usage: $0 [--standard]   (--standard: KServe Standard mode, no Knative)"
+  echo "usage: $0 [--standard] [--trainer]   (--standard: KServe Standard mode, no Knative;"
+  echo "  --trainer: Kubeflow Trainer too, for train.distributed=torchrun TrainJobs)"
 }
 
 for arg in "$@"; do
   case "$arg" in
     --standard) MODE="Standard" ;;
+    --trainer) TRAINER=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -130,6 +137,18 @@ established crd/applications.app.k8s.io
 kubectl apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}"
 kubectl -n kubeflow rollout status deploy/ml-pipeline --timeout=600s
 
+CHART_EXTRA=()
+if [[ "$TRAINER" == 1 ]]; then
+  step "5/9 Kubeflow Trainer ${TRAINER_VERSION} (--trainer)"
+  kubectl apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=${TRAINER_VERSION}"
+  established crd/trainjobs.trainer.kubeflow.org crd/clustertrainingruntimes.trainer.kubeflow.org
+  kubectl -n kubeflow-system rollout status deploy/jobset-controller-manager --timeout=300s
+  kubectl -n kubeflow-system rollout status deploy/kubeflow-trainer-controller-manager --timeout=300s
+  kubectl apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/runtimes?ref=${TRAINER_VERSION}"
+  # The training step's service account may create and await TrainJobs (chart trainer.*).
+  CHART_EXTRA+=(--set trainer.enabled=true)
+fi
+
 step "6/9 image ${IMAGE}"
 docker build --build-arg TORCH_INDEX=cpu -t "$IMAGE" "$ROOT"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
@@ -155,7 +174,7 @@ helm upgrade --install mlref "$ROOT/helm/mlref" --namespace "$NAMESPACE" \
   --set "image.tag=${IMAGE_TAG}" \
   --set "serving.deploymentMode=${MODE}" \
   --set "serving.gateway.service=${GATEWAY_SERVICE}" \
-  --set "serving.gateway.domain=${INGRESS_DOMAIN}" --timeout 10m
+  --set "serving.gateway.domain=${INGRESS_DOMAIN}" --timeout 10m "${CHART_EXTRA[@]}"
 helm get manifest mlref --namespace "$NAMESPACE" \
   | kubectl -n "$NAMESPACE" get -f - -o name | grep -E '^(deployment|statefulset)\.apps/' \
   | while read -r workload; do

@@ -16,6 +16,7 @@ def run(
     epochs: int = typer.Option(0, help="Training epochs; 0 keeps the settings' value."),
 ) -> None:
     """Training set -> train -> ONNX + int8 + parity gate -> MLflow registry, in-process."""
+    from mlref.platform import platform_for
     from mlref.settings import get_settings
     from mlref.training.dataset import DatasetError
     from mlref.training.workflow import GateFailed, run_all
@@ -25,7 +26,8 @@ def run(
         settings.train.epochs = epochs
     work = settings.artifacts_dir / "train"
     try:
-        decision = run_all(settings, work, start_date, end_date)
+        launch = platform_for(settings).train_ranks
+        decision = run_all(settings, work, start_date, end_date, launch)
     except (DatasetError, GateFailed) as exc:
         raise fail(f"error: {exc}") from exc
     summary(

@@ -8,6 +8,7 @@ from resourcesPerNode), ``PET_NODE_RANK`` (the Job's completion index),
 service) and ``PET_MASTER_PORT`` (29500); torchrun reads ``PET_<OPTION>`` as its
 ``--<option>``, so the command carries no rendezvous arguments. Settings travel as
 ``MLREF_TRAIN``/``MLREF_FEATURES`` JSON, so every rank trains with the launcher's settings.
+The training step creates and awaits the TrainJob (:mod:`mlref.training.trainjob_client`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,29 @@ from pathlib import Path
 
 from mlref.settings import Settings
 
+# The Kubeflow Trainer release whose TrainJob API and torch plugin this follows (the one
+# scripts/kind-up.sh --trainer installs, and whose CRD the tests validate against).
+TRAINER_VERSION = "v2.3.0"
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 RUNTIME = "torch-distributed"
 # Kubeflow Trainer rejects a TrainJob that sets these itself: the torch plugin owns them.
 RESERVED_ENV = frozenset(
     {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
 )
+# Where the kubelet takes a container's termination message from (the pod's default
+# terminationMessagePath): a failing rank writes its error there, for the step to report.
+TERMINATION_LOG = "/dev/termination-log"
 
 
-def rank_command(sets: str, out: str, python: str = "python") -> list[str]:
+def rank_command(
+    sets: str, out: str, python: str = "python", termination_log: str = ""
+) -> list[str]:
     """torchrun running :mod:`mlref.training.distributed` (torchrun's options from the env)."""
-    return [
+    command = [
         python, "-m", "torch.distributed.run",
         "-m", "mlref.training.distributed", "--sets", sets, "--out", out,
     ]  # fmt: skip
+    return command + (["--termination-log", termination_log] if termination_log else [])
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -72,44 +82,62 @@ def trainjob(
     image: str,
     resources: dict[str, dict[str, str]] | None = None,
     env: dict[str, str] | None = None,
+    secret_env: dict[str, tuple[str, str]] | None = None,
+    deadline_s: int | None = None,
 ) -> dict:
     """The TrainJob running the training step on ``settings.train.nodes`` pods of ``image``.
 
     ``sets`` and ``out`` must be reachable from every node (the storage root, or a shared
     volume); ``resources`` is each node's ``{"requests": ..., "limits": ...}``; ``env`` adds
-    variables (storage credentials' names, not values) to each node's container.
+    variables to each node's container, ``secret_env`` variables taken from Secret keys
+    (``name -> (secret, key)``: credentials by reference, never by value); ``deadline_s`` is
+    the TrainJob's ``activeDeadlineSeconds``.
     """
     variables = settings_env(settings) | (env or {})
-    reserved = sorted(RESERVED_ENV & variables.keys())
+    reserved = sorted(RESERVED_ENV & (variables.keys() | (secret_env or {}).keys()))
     if reserved:
         raise ValueError(f"{', '.join(reserved)} are set by Kubeflow Trainer; remove them")
     procs = settings.train.procs_per_node
+    if procs in {"cpu", "gpu"}:
+        raise ValueError(
+            f"train.procs_per_node={procs}: a TrainJob's numProcPerNode is a number or auto "
+            "(Kubeflow Trainer v2.3: auto is one per GPU, else one per CPU of node_resources)"
+        )
+    listed = [{"name": key, "value": value} for key, value in sorted(variables.items())]
+    listed += [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": item}}}
+        for key, (secret, item) in sorted((secret_env or {}).items())
+    ]
     trainer: dict = {
         "image": image,
-        "command": rank_command(sets, out),
+        "command": rank_command(sets, out, termination_log=TERMINATION_LOG),
         "numNodes": settings.train.nodes,
-        "numProcPerNode": int(procs) if procs.isdigit() else procs,
-        "env": [{"name": key, "value": value} for key, value in sorted(variables.items())],
+        "env": listed,
     }
+    if procs.isdigit():  # auto is Trainer's default
+        trainer["numProcPerNode"] = int(procs)
     if resources:
         trainer["resourcesPerNode"] = resources
+    spec: dict = {
+        "runtimeRef": {
+            "name": RUNTIME,
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "ClusterTrainingRuntime",
+        },
+        "trainer": trainer,
+    }
+    if deadline_s:
+        spec["activeDeadlineSeconds"] = deadline_s
     return {
         "apiVersion": API_VERSION,
         "kind": "TrainJob",
         "metadata": {
             "name": name,
-            "namespace": settings.cluster.namespace,
+            "namespace": settings.pipeline.namespace,  # the training step's own
             "labels": {
                 "app.kubernetes.io/part-of": "mlref",
                 "app.kubernetes.io/component": "train",
             },
         },
-        "spec": {
-            "runtimeRef": {
-                "name": RUNTIME,
-                "apiGroup": "trainer.kubeflow.org",
-                "kind": "ClusterTrainingRuntime",
-            },
-            "trainer": trainer,
-        },
+        "spec": spec,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,16 +55,35 @@ def make_training_set(
     return report
 
 
+# Runs the data-parallel ranks on a training set, rank 0 writing the model to a folder.
+Launcher = Callable[[Path, Path], object]
+
+
 def fit(
-    settings: Settings, sets_dir: Path, out_dir: Path, ranks: Ranks | None = None
+    settings: Settings,
+    sets_dir: Path | str,
+    out_dir: Path,
+    ranks: Ranks | None = None,
+    launch: Launcher | None = None,
 ) -> dict[str, float]:
     """Train; save the model, per-split metrics and the two plots. Returns flat metrics.
 
     With ``ranks`` (data-parallel, :mod:`mlref.training.distributed`) every rank trains and rank
     0 alone writes: the same files, so export and registration cannot tell the runs apart.
-    ``train.distributed=torchrun-local`` starts those ranks here, under torchrun."""
-    if ranks is None and settings.train.distributed == "torchrun-local":
-        trainjob.run_local(settings, sets_dir, out_dir)
+    ``train.distributed=torchrun-local`` starts those ranks here, under torchrun;
+    ``torchrun`` through ``launch``, the platform's (``platform_for(settings).train_ranks``:
+    torchrun here, or a Kubeflow Trainer TrainJob in a cluster)."""
+    mode = settings.train.distributed
+    if ranks is None and mode != "none":
+        if mode == "torchrun-local":
+            trainjob.run_local(settings, Path(sets_dir), out_dir)
+        elif launch is None:
+            raise ValueError(
+                "train.distributed=torchrun runs its ranks where the platform does: pass "
+                "launch=platform_for(settings).train_ranks"
+            )
+        else:
+            launch(Path(sets_dir), out_dir)
         return tracking.flatten_metrics(json.loads((out_dir / REPORT_FILE).read_text())["metrics"])
     spec = build_spec(settings.features)
     result = train(ShardSet(str(sets_dir)), spec, settings.train, ranks)
@@ -151,10 +171,17 @@ def parity_scalars(parity: dict) -> dict[str, float]:
     return {key: value for key, value in parity.items() if isinstance(value, int | float)}
 
 
-def run_all(settings: Settings, work: Path, start: str = "", end: str = "") -> PromotionDecision:
-    """Every step in this process (``mlref train run``, the demo)."""
+def run_all(
+    settings: Settings,
+    work: Path,
+    start: str = "",
+    end: str = "",
+    launch: Launcher | None = None,
+) -> PromotionDecision:
+    """Every step in this process (``mlref train run``, the demo); ``launch`` as in
+    :func:`fit`."""
     sets_dir, model_dir, export_dir = work / "sets", work / "model", work / "onnx"
     make_training_set(settings, sets_dir, start, end)
-    fit(settings, sets_dir, model_dir)
+    fit(settings, sets_dir, model_dir, launch=launch)
     export_and_gate(settings, model_dir, sets_dir, export_dir)
     return register(settings, model_dir, export_dir, sets_dir)

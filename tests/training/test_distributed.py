@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from mlref.features.transform import FeatureSpec
+from mlref.platform import platform_for
 from mlref.settings import Settings, TrainSettings
 from mlref.training.export import export_onnx
 from mlref.training.ranks import combine_stats
@@ -22,6 +22,7 @@ from mlref.training.shards import ShardSet, ShardWriter
 from mlref.training.train import train
 from mlref.training.trainjob import trainjob
 from mlref.training.workflow import fit
+from tests.cluster.trainer_api import validator
 
 from .conftest import make_frame
 
@@ -91,9 +92,12 @@ def test_two_ranks_train_a_model_as_good_as_one_process_and_it_exports_the_same(
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
 ):
-    ranked = small_train.model_copy(update={"distributed": "torchrun-local", "procs_per_node": "2"})
+    ranked = small_train.model_copy(update={"distributed": "torchrun", "procs_per_node": "2"})
     settings = Settings(train=ranked)
-    metrics = fit(settings, shard_set, tmp_path / "model")  # the training step, under torchrun
+    with pytest.raises(ValueError, match="launch=platform_for"):
+        fit(settings, shard_set, tmp_path / "model")  # where the ranks run is the platform's
+    launch = platform_for(settings).train_ranks  # locally: torchrun on this machine
+    metrics = fit(settings, shard_set, tmp_path / "model", launch=launch)  # the training step
     assert "2 rank(s) of 128 rows a batch" in capfd.readouterr().err  # global batch 256, split
     single = train(ShardSet(str(shard_set)), spec, small_train)
     model = torch.load(tmp_path / "model" / "model.pt", weights_only=False)
@@ -126,47 +130,19 @@ def test_the_trainjob_runs_the_training_step_on_the_torch_runtime(small_train: T
     assert trainer["command"][1:] == [
         "-m", "torch.distributed.run", "-m", "mlref.training.distributed",
         "--sets", "s3://b/sets", "--out", "/shared/model",
+        "--termination-log", "/dev/termination-log",
     ]  # fmt: skip
     env = {item["name"]: item["value"] for item in trainer["env"]}
     assert Settings(train=json.loads(env["MLREF_TRAIN"])).train.nodes == 3
+    assert validator().validate(job) == []  # the real CRD (Kubeflow Trainer v2.3.0)
     with pytest.raises(ValueError, match="PET_NODE_RANK are set by Kubeflow Trainer"):
         trainjob(settings, "x", "s", "o", "i", env={"PET_NODE_RANK": "1"})
-
-
-def test_trainjob_nodes_train_with_the_environment_the_torch_runtime_gives_them(
-    shard_set: Path, small_train: TrainSettings, tmp_path: Path
-):
-    """Two node pods as processes: the TrainJob's command and env, plus the PET_* variables
-    Kubeflow Trainer's torch plugin adds (node 0's address: here 127.0.0.1, there the headless
-    service's name), and torchrun's static rendezvous between them."""
-    settings = Settings(train=small_train.model_copy(update={"nodes": 2, "procs_per_node": "1"}))
-    out = tmp_path / "model"
-    job = trainjob(settings, "train-abc", str(shard_set), str(out), "img:1")
-    trainer = job["spec"]["trainer"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLREF_", "PET_"))}
-    base |= {item["name"]: item["value"] for item in trainer["env"]} | {"OMP_NUM_THREADS": "1"}
-    base |= {
-        "PET_NNODES": str(trainer["numNodes"]),
-        "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
-        "PET_MASTER_ADDR": "127.0.0.1",
-        "PET_MASTER_PORT": str(port),
-    }
-    command = [sys.executable, *trainer["command"][1:]]
-    nodes = [
-        subprocess.Popen(command, env=base | {"PET_NODE_RANK": str(rank)}, stderr=subprocess.PIPE)
-        for rank in range(2)
-    ]
-    try:
-        errors = [node.communicate(timeout=TIMEOUT_S)[1].decode() for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
-    assert "2 rank(s) of 128 rows a batch" in errors[0]
-    assert (out / "model.pt").is_file()
+    auto = Settings(train=small_train.model_copy(update={"procs_per_node": "auto"}))
+    job = trainjob(auto, "train-abc", "s", "o", "img:1", secret_env={"K": ("secret", "k")})
+    assert "numProcPerNode" not in job["spec"]["trainer"]  # Trainer's default: auto
+    assert validator().validate(job) == []
+    job["spec"]["trainer"]["numProcPerNode"] = "auto"  # an int32 since Trainer v2.3
+    assert [e.path for e in validator().validate(job)] == ["spec.trainer.numProcPerNode"]
 
 
 def test_a_rank_that_fails_fails_the_run_with_its_error(
