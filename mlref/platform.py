@@ -71,6 +71,8 @@ class Platform(ABC):
     def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
         """Where a data step's Spark runs (``engine.data=spark``): its master and what that
         master needs; ``python`` is the workers' interpreter, ``env`` the step's own."""
+
+    @abstractmethod
     def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
         """Run data-parallel training (``train.distributed=torchrun``) on ``sets_dir``;
         rank 0's model folder lands in ``out_dir``. ``apis``: (CustomObjectsApi, CoreV1Api)."""
