@@ -114,6 +114,7 @@ class LocalPlatform(Platform):
     def spark_conf(self, python: str, env: Mapping[str, str]) -> dict[str, str]:
         """Spark inside the step's process, on every core unless engine.spark_master says."""
         return {"spark.master": self.settings.engine.spark_master or "local[*]"}
+
     def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
         """torchrun on this machine, ``train.procs_per_node`` ranks."""
         from mlref.training.trainjob import run_local
@@ -183,6 +184,7 @@ class ClusterPlatform(Platform):
         if not master.startswith("k8s://"):
             return {"spark.master": master}
         return kubernetes_conf(self.settings, master, env, python)
+
     def train_ranks(self, sets_dir: Path, out_dir: Path, apis: tuple[Any, Any] | None = None):
         """A Kubeflow Trainer TrainJob of ``train.nodes`` pods, created and awaited here."""
         from mlref.training import trainjob_client
