@@ -13,12 +13,15 @@ In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127
 ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
 project image is emulated, whatever the tag: its virtualenv is built from this checkout
 as the Dockerfile builds it (a wheel, not editable) and mounted read-only at ``/opt/mlref``
-(:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included.
+(:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included. The
+checkout, its git directory and this machine's home are hidden (:func:`hidden_paths`), and
+the process runs as the container's ``runAsUser``/``runAsGroup`` or the Dockerfile's
+``USER`` (10001), its writable volumes owned by that user (when this machine's user is root,
+who alone can switch users; otherwise it runs as root mapped into a user namespace).
 
-Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. the source
-checkout and not ``/opt/mlref-feature-repo``; the virtualenv's dependencies are this
-interpreter's site dirs, not a copy), its user (the process runs as root mapped into a user
-namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
+Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. not
+``/opt/mlref-feature-repo``; the virtualenv's dependencies are this interpreter's site dirs,
+not a copy, and its Python is this interpreter's), network isolation, resource limits, probes,
 restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
 claims the test maps to host dirs, and the writable container layer of pods without
 ``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
@@ -51,7 +54,7 @@ from tests.servers import require
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = Path(__file__).with_name("sandbox.py")
 IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, mounted there in every pod
-IMAGE_DEPS = "/opt/mlref-deps"  # where site dirs this machine keeps under /tmp appear in pods
+IMAGE_DEPS = "/opt/mlref-deps"  # where this interpreter's site dirs appear in pods
 SOURCE_IGNORED = (".venv", ".git", ".mlref", "build", "dist", "*.egg-info", "__pycache__", "out")
 # The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -123,12 +126,44 @@ def image_mounts() -> dict[str, Path]:
         p for p in dict.fromkeys(sys.path) if p.endswith(("site-packages", "dist-packages"))
     ]
     for index, path in enumerate(p for p in site_dirs if Path(p).is_dir()):
-        if Path(path).resolve().is_relative_to("/tmp"):
-            mounts[f"{IMAGE_DEPS}/{index}"] = Path(path)
-            path = f"{IMAGE_DEPS}/{index}"
-        lines.append(f"import site; site.addsitedir({path!r})\n")
+        mounts[f"{IMAGE_DEPS}/{index}"] = Path(path)  # out of the checkout and the home
+        lines.append(f"import site; site.addsitedir({f'{IMAGE_DEPS}/{index}'!r})\n")
     (site_packages / "_mlref_image_deps.pth").write_text("".join(lines))
+    # The base image's Python: this interpreter's prefix, at its own path (the virtualenv's
+    # ``home``), even where that lies in the hidden home directory.
+    mounts[sys.base_prefix] = Path(sys.base_prefix)
     return mounts
+
+
+@functools.cache
+def image_user(dockerfile: Path = REPO / "Dockerfile") -> tuple[int, int]:
+    """The numeric ``USER uid:gid`` of the Dockerfile's final stage (root if none)."""
+    user = (0, 0)
+    for line in re.sub(r"\\\n", " ", dockerfile.read_text()).splitlines():
+        words = line.strip().split()
+        if words and words[0].upper() == "FROM":
+            user = (0, 0)
+        elif len(words) == 2 and words[0].upper() == "USER":
+            uid, _, gid = words[1].partition(":")
+            user = (int(uid), int(gid or uid))
+    return user
+
+
+def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
+    """What this machine has and the image does not: the checkout, its git directory and
+    the home directory (paths already under a volume are hidden by it)."""
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    paths = {str(REPO), str(Path.home()), *([found] if found else [])}
+    return sorted(
+        path
+        for path in paths
+        if path != "/" and not any(Path(path).is_relative_to(v) for v in volumes)
+    )
 
 
 def image_env() -> dict[str, str]:
@@ -238,25 +273,34 @@ def run_in_sandbox(
     volumes: Mapping[str, Path],
     workdir: str,
     timeout: float = 600,
+    user: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
-    host dirs."""
+    """Run ``argv`` as a pod's container in ``workdir``, as ``user`` (uid, gid; the image's
+    ``USER`` by default; this machine's user unless that is root); ``volumes`` maps mount
+    paths to host dirs."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
     image = image_mounts()
+    user = image_user() if user is None else user
+    if os.geteuid() == 0:  # a writable volume belongs to the pod's user, as the kubelet's
+        for source in volumes.values():
+            chown_tree(source, user)
     spec = {
         "root": str(root),
         "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},
         "read_only": list(image),
+        "hidden": hidden_paths(volumes),
+        "user": list(user) if os.geteuid() == 0 else None,
         "workdir": workdir,
         "argv": argv,
         "env": dict(env),
     }
     spec_path = pod_dir / "pod.json"
     spec_path.write_text(json.dumps(spec))
+    unshare = UNSHARE if os.geteuid() != 0 else [u for u in UNSHARE if u != "--map-root-user"]
     process = subprocess.Popen(
-        [*UNSHARE, sys.executable, str(SANDBOX), str(spec_path)],
+        [*unshare, sys.executable, str(SANDBOX), str(spec_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -271,6 +315,22 @@ def run_in_sandbox(
             f"{argv[0]}: still running after {timeout}s; log tail:\n{output[-4000:]}"
         ) from exc
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def chown_tree(path: Path, user: tuple[int, int]) -> None:
+    os.chown(path, *user)
+    for parent, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(parent, name), *user, follow_symlinks=False)
+
+
+def run_as(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, int]:
+    """The uid and gid a container runs as: its securityContext, the pod's, the image's."""
+    uid, gid = image_user()
+    for context in (pod.get("securityContext") or {}, container.get("securityContext") or {}):
+        uid = context.get("runAsUser", uid)
+        gid = context.get("runAsGroup", gid)
+    return uid, gid
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -392,4 +452,5 @@ def run_pod(
         volumes,
         workdir=spec.get("workingDir", cluster.image_workdir),
         timeout=timeout,
+        user=run_as(pod, spec),
     )
