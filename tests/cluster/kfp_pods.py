@@ -86,6 +86,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster.network import Endpoint, PodNetwork
 from tests.cluster.pods import Cluster, PodFailed, run_in_sandbox
 from tests.conftest import S3Server
 
@@ -93,6 +94,8 @@ ARTIFACT_IDS = itertools.count(1)  # MLMD artifact ids: a recorded output's runt
 WIPED_URI = ("name", "type", "metadata")  # an output artifact in the cache key: no URI
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+# The label the Argo compiler puts in every workflow's podMetadata (argocompiler).
+EXECUTOR_LABELS = {"pipelines.kubeflow.org/v2_component": "true"}
 
 
 @dataclass
@@ -254,8 +257,10 @@ def pod_env(
     cluster: Cluster,
     namespace: str,
     pod_name: str,
+    network: PodNetwork | None = None,
 ) -> dict[str, str]:
-    """The executor container's env: image ENV, Argo's, the IR's, Secrets', ConfigMaps'."""
+    """The executor container's env: image ENV, Argo's, the IR's, Secrets', ConfigMaps';
+    in-cluster addresses resolved by the pod's ``network`` (or the cluster's DNS alone)."""
     env = dict(cluster.image_env)
     env["KFP_POD_NAME"] = pod_name
     env["KFP_POD_UID"] = str(uuid.uuid5(uuid.NAMESPACE_DNS, pod_name))
@@ -277,7 +282,8 @@ def pod_env(
                 )
                 if value is not None:
                     env[pair["envVar"]] = value
-    return {name: cluster.resolve(value) for name, value in env.items()}
+    resolve = network.resolve if network is not None else cluster.resolve
+    return {name: resolve(value) for name, value in env.items()}
 
 
 def compile_args(argv: list[str], executor_input: dict[str, Any]) -> list[str]:
@@ -466,7 +472,10 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     volumes = {path: pod_dir / "volumes" / path.strip("/") for path in ("/tmp", *SCRATCH)}
     for directory in volumes.values():
         directory.mkdir(parents=True, exist_ok=True)
-    env = pod_env(container, run.k8s_executors.get(label, {}), run.cluster, run.namespace, pod_name)
+    k8s = run.k8s_executors.get(label, {})
+    labels = {**EXECUTOR_LABELS, **k8s.get("podMetadata", {}).get("labels", {})}
+    network = run.cluster.network(Endpoint(run.namespace, labels))
+    env = pod_env(container, k8s, run.cluster, run.namespace, pod_name, network)
 
     # Launcher: defaults for {{$}}, placeholders, inputs in, run, outputs out.
     with_defaults = copy.deepcopy(executor_input)
@@ -474,7 +483,7 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
         if key not in with_defaults["inputs"]["parameterValues"] and "defaultValue" in definition:
             with_defaults["inputs"]["parameterValues"][key] = definition["defaultValue"]
     argv = compile_args([*container.get("command", []), *container.get("args", [])], with_defaults)
-    argv = [run.cluster.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
+    argv = [network.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
     for listing in executor_input["inputs"]["artifacts"].values():
         run.launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
     for path in [
@@ -485,13 +494,17 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
         ),
     ]:
         (pod_dir / "volumes" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    done_process = run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
-    )
+    try:
+        done_process = run_in_sandbox(
+            argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
+        )
+    finally:
+        refused = run.cluster.record_refusals(network)
     if done_process.returncode != 0:
         raise PodFailed(
             f"task {name} failed (exit {done_process.returncode}); log tail:\n"
             f"{done_process.stdout[-6000:]}"
+            + "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
         )
     output_file = pod_dir / "volumes" / executor_input["outputs"]["outputFile"].lstrip("/")
     executor_output = json.loads(output_file.read_text()) if output_file.is_file() else {}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import base64
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -49,6 +50,7 @@ from typing import Any
 
 from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
+from tests.cluster.network import Endpoint, PodNetwork
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +122,16 @@ def image_mounts() -> dict[str, Path]:
         (venv / "bin" / script.name).write_bytes(f"#!{IMAGE_VENV}/bin/python\n".encode() + body)
         (venv / "bin" / script.name).chmod(0o755)
     shutil.rmtree(site_packages / "bin")
+    for name, target in dependency_scripts().items():  # `pip install .` writes these too
+        script = venv / "bin" / name
+        if not script.exists():
+            module, _, attr = target.partition(":")
+            head = attr.split(".")[0]
+            script.write_text(
+                f"#!{IMAGE_VENV}/bin/python\nimport sys\nfrom {module} import {head}\n"
+                f"sys.exit({attr}())\n"
+            )
+            script.chmod(0o755)
     mounts = {IMAGE_VENV: venv}
     lines = []
     site_dirs = [
@@ -166,6 +178,33 @@ def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
     )
 
 
+def dependency_scripts(project: str = "mlref") -> dict[str, str]:
+    """Console scripts (name -> ``module:attr``) of the project's installed dependency
+    closure, as ``pip install`` puts them in the image's ``bin`` (``mlflow`` among them)."""
+    from packaging.requirements import Requirement
+
+    scripts: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = [project]
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if name != project:
+            for entry in dist.entry_points.select(group="console_scripts"):
+                scripts.setdefault(entry.name, entry.value)
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return scripts
+
+
 def image_env() -> dict[str, str]:
     return dict(image_config()[0])
 
@@ -189,6 +228,8 @@ class Cluster:
     image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
     # Kubeflow's task cache (fingerprint -> finished task), kept across pipeline runs.
     executions: dict[str, Any] = field(default_factory=dict)
+    # Every connection a pod was refused by the NetworkPolicies, with the missing rule.
+    refused: list[str] = field(default_factory=list)
 
     def check_image(self, image: str) -> None:
         """The image's virtualenv stands in for the project image (any tag) and nothing else."""
@@ -233,6 +274,16 @@ class Cluster:
             text = text.replace(address, self.services[address])
         return text
 
+    def network(self, source: Endpoint) -> PodNetwork:
+        """Cluster DNS and the NetworkPolicies for one pod (:mod:`tests.cluster.network`)."""
+        return PodNetwork(self.services, self.objects, source, self.namespace)
+
+    def record_refusals(self, network: PodNetwork) -> list[str]:
+        """Close a pod's network; what it was refused is kept in :attr:`refused`."""
+        refused = network.close()
+        self.refused.extend(refused)
+        return refused
+
 
 def installed(
     chart: list[dict[str, Any]],
@@ -266,18 +317,19 @@ def require_sandbox() -> None:
     )
 
 
-def run_in_sandbox(
+def start_in_sandbox(
     argv: list[str],
     env: Mapping[str, str],
     pod_dir: Path,
     volumes: Mapping[str, Path],
     workdir: str,
-    timeout: float = 600,
     user: tuple[int, int] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a pod's container in ``workdir``, as ``user`` (uid, gid; the image's
-    ``USER`` by default; this machine's user unless that is root); ``volumes`` maps mount
-    paths to host dirs."""
+    output: Any = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """Start ``argv`` as a pod's container in ``workdir``, as ``user`` (uid, gid; the image's
+    ``USER`` by default; this machine's user unless that is root), stdout and stderr to
+    ``output``; ``volumes`` maps mount paths to host dirs. The pod leads its own process
+    group."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -301,11 +353,25 @@ def run_in_sandbox(
     unshare = UNSHARE if os.geteuid() != 0 else [u for u in UNSHARE if u != "--map-root-user"]
     process = subprocess.Popen(
         [*unshare, sys.executable, str(SANDBOX), str(spec_path)],
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+    return process
+
+
+def run_in_sandbox(
+    argv: list[str],
+    env: Mapping[str, str],
+    pod_dir: Path,
+    volumes: Mapping[str, Path],
+    workdir: str,
+    timeout: float = 600,
+    user: tuple[int, int] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as a pod's container to completion (:func:`start_in_sandbox`)."""
+    process = start_in_sandbox(argv, env, pod_dir, volumes, workdir, user)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -403,20 +469,38 @@ def pod_spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return spec if obj["kind"] == "Pod" else spec["template"]["spec"]
 
 
-def run_pod(
+@dataclass
+class PodCommand:
+    """A container of a rendered object, ready to start in its sandbox."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pod_dir: Path
+    volumes: dict[str, Path]
+    workdir: str
+    user: tuple[int, int]
+    network: PodNetwork
+
+
+def pod_labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of the pods a Deployment/Job/CronJob makes (or a Pod's own)."""
+    if obj["kind"] == "Pod":
+        return dict(obj.get("metadata", {}).get("labels") or {})
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"].get("metadata", {}).get("labels") or {})
+
+
+def pod_command(
     obj: Mapping[str, Any],
     cluster: Cluster,
     work_dir: Path,
     container: str | None = None,
     claims: Mapping[str, Path] | None = None,
-    timeout: float = 600,
-) -> subprocess.CompletedProcess[str]:
-    """Run one container of a rendered Deployment/Job/CronJob/Pod to completion.
+) -> PodCommand:
+    """One container's argv, env, volumes and user, as its pod would run it.
 
     Its emptyDir volumes are fresh dirs under ``work_dir``; a persistentVolumeClaim mounts
-    the host dir ``claims[claimName]`` (the claim's lasting state between runs). Returns the
-    completed process (stdout and stderr merged); the caller checks ``returncode``.
-    """
+    the host dir ``claims[claimName]`` (the claim's lasting state between runs)."""
     pod = pod_spec_of(obj)
     spec = next(c for c in pod["containers"] if container is None or c["name"] == container)
     namespace = obj.get("metadata", {}).get("namespace", cluster.namespace)
@@ -438,19 +522,43 @@ def run_pod(
     for source in volumes.values():
         source.mkdir(parents=True, exist_ok=True)
     declared = declared_env(spec, cluster, namespace, pod_name)
-    env = {k: cluster.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
+    network = cluster.network(Endpoint(namespace, pod_labels_of(obj)))
+    env = {k: network.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
     argv = [
-        cluster.resolve(expand(arg, declared))
+        network.resolve(expand(arg, declared))
         for arg in [*spec.get("command", []), *spec.get("args", [])]
     ]
     if not spec.get("command"):
+        network.close()
         raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
-    return run_in_sandbox(
-        argv,
-        env,
-        pod_dir,
-        volumes,
-        workdir=spec.get("workingDir", cluster.image_workdir),
-        timeout=timeout,
-        user=run_as(pod, spec),
-    )
+    workdir = spec.get("workingDir", cluster.image_workdir)
+    return PodCommand(argv, env, pod_dir, volumes, workdir, run_as(pod, spec), network)
+
+
+def run_pod(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    work_dir: Path,
+    container: str | None = None,
+    claims: Mapping[str, Path] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run one container of a rendered Deployment/Job/CronJob/Pod to completion
+    (:func:`pod_command`). Returns the completed process (stdout and stderr merged, then a
+    line for each connection the NetworkPolicies refused); the caller checks
+    ``returncode``."""
+    command = pod_command(obj, cluster, work_dir, container, claims)
+    try:
+        done = run_in_sandbox(
+            command.argv,
+            command.env,
+            command.pod_dir,
+            command.volumes,
+            workdir=command.workdir,
+            timeout=timeout,
+            user=command.user,
+        )
+    finally:
+        refused = cluster.record_refusals(command.network)
+    done.stdout += "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
+    return done

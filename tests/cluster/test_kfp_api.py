@@ -71,7 +71,8 @@ def test_the_drift_cronjob_pod_can_submit_the_training_pipeline_to_kubeflow(
     """The drift job's pod, as the chart renders it, reaches the Kubeflow API by its
     in-cluster address and submits the compiled pipeline with an ``s3://`` source."""
     cluster = chart_cluster(kind_chart, s3_server)
-    cluster.services["ml-pipeline.kubeflow.svc:8888"] = kfp_api.address
+    kfp_host = cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_PIPELINE__HOST"]
+    cluster.services[kfp_host.removeprefix("http://")] = kfp_api.address
     kfp_api.api.install = cluster
     job = probe_job(kind_chart, "drift-check")
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

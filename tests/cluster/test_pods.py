@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.network import service_map
 from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
@@ -34,7 +35,7 @@ open("/tmp/scratch", "w").write("gone with the pod")
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
     """What kind-up installs, its object store mapped to the test S3 server (which, like
     MinIO on kind, takes the install's object-store Secret as its user)."""
-    return installed(objects, {"minio.mlref.svc:9000": s3.endpoint.removeprefix("http://")})
+    return installed(objects, service_map(objects, {"minio": s3.endpoint}))
 
 
 def probe_job(objects: list[dict], name: str) -> dict:
