@@ -50,7 +50,8 @@ Emulated, as in upstream:
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
 In-cluster Service addresses in its env and arguments (the executor input included) are
-rewritten to the test servers' addresses, in place of cluster DNS.
+rewritten to the test servers' addresses, in place of cluster DNS, for a pod in the pipelines
+namespace with the executor label Argo gives it, under the rendered NetworkPolicies.
 
 Use: ``run_pipeline(ir, arguments, cluster, store, work_dir, "s3://bucket/root")`` with the
 compiled YAML's path (or a spec recorded by :mod:`tests.cluster.kfp_api`), the pipeline's

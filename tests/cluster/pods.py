@@ -9,8 +9,11 @@ Its environment is exactly what the kubelet gives the container: the image's ``E
 supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
 source fails the pod as CreateContainerConfigError does), and nothing from the test
 process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
-In-cluster Service addresses (``minio.mlref.svc:9000``) are rewritten to the 127.0.0.1
-ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
+In-cluster Service addresses (the rendered Services' names and ports,
+:func:`tests.cluster.network.service_map`) are rewritten to the 127.0.0.1 ports of the test
+servers, in env values and arguments, in place of cluster DNS; one the rendered
+NetworkPolicies do not allow from this pod goes to a listener that refuses it and records the
+missing rule (:class:`tests.cluster.network.PodNetwork`, :attr:`Cluster.refused`). Only the
 project image is emulated, whatever the tag: its virtualenv is built from this checkout
 as the Dockerfile builds it (a wheel, not editable) and mounted read-only at ``/opt/mlref``
 (:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included. The
@@ -21,7 +24,8 @@ who alone can switch users; otherwise it runs as root mapped into a user namespa
 
 Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. not
 ``/opt/mlref-feature-repo``; the virtualenv's dependencies are this interpreter's site dirs,
-not a copy, and its Python is this interpreter's), network isolation, resource limits, probes,
+not a copy, and its Python is this interpreter's), network isolation beyond the Service
+addresses it rewrites (pods share this machine's network), resource limits, probes,
 restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
 claims the test maps to host dirs, and the writable container layer of pods without
 ``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
