@@ -2,7 +2,8 @@
 
 A pod here is one process tree in a mount namespace of its own (see ``sandbox.py``): the
 root filesystem is this machine's, read-only, and its only writable places are its own
-volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh and empty.
+volumes (the emptyDirs and claims its spec mounts, and ``/tmp`` unless the container's root
+filesystem is read-only), fresh and empty.
 Its environment is exactly what the kubelet gives the container: the image's ``ENV``
 (read from the project's Dockerfile, ``PATH`` starting at ``/opt/mlref/bin``), then
 ``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
@@ -166,15 +167,16 @@ def image_user(dockerfile: Path = REPO / "Dockerfile") -> tuple[int, int]:
 
 
 def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
-    """What this machine has and the image does not: the checkout, its git directory and
-    the home directory (paths already under a volume are hidden by it)."""
+    """What this machine has and the image does not: ``/tmp``'s content, the checkout, its
+    git directory and the home directory (paths already under a volume are hidden by it)."""
     found = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.strip()
-    paths = {str(REPO), str(Path.home()), *([found] if found else [])}
+    # The image's /tmp is empty: this machine's is never seen.
+    paths = {"/tmp", str(REPO), str(Path.home()), *([found] if found else [])}
     return sorted(
         path
         for path in paths
@@ -511,7 +513,9 @@ def pod_command(
     pod_name = f"{obj['metadata']['name']}-{uuid.uuid4().hex[:5]}"
     pod_dir = Path(tempfile.mkdtemp(prefix=f"{pod_name}-", dir=work_dir))
     sources = {volume["name"]: volume for volume in pod.get("volumes", [])}
-    volumes: dict[str, Path] = {"/tmp": pod_dir / "tmp"}
+    # A writable container layer's /tmp; with a read-only root only a mounted /tmp is.
+    read_only_root = (spec.get("securityContext") or {}).get("readOnlyRootFilesystem", False)
+    volumes: dict[str, Path] = {} if read_only_root else {"/tmp": pod_dir / "tmp"}
     for mount_ in spec.get("volumeMounts", []):
         volume = sources[mount_["name"]]
         if "emptyDir" in volume:

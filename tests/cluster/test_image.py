@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.cluster.pods import REPO, image_user, installed, run_pod
 from tests.servers import require
 
@@ -26,8 +28,9 @@ print(json.dumps({
 """
 
 
+@pytest.mark.parametrize("tmp_mounted", [True, False])
 def test_a_chart_pod_runs_as_the_images_user_without_the_checkout_or_the_home(
-    kind_chart: list[dict], tmp_path: Path
+    tmp_mounted: bool, kind_chart: list[dict], tmp_path: Path
 ) -> None:
     require(os.geteuid() == 0, "running pods as the image's user needs root (uid 10001)")
     assert image_user() == (10001, 10001)  # the Dockerfile's USER
@@ -41,6 +44,10 @@ def test_a_chart_pod_runs_as_the_images_user_without_the_checkout_or_the_home(
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     private = [str(REPO / "pyproject.toml"), str(REPO / ".git"), str(Path.home() / ".bashrc")]
     container["command"], container["args"] = ["python3", "-c", PROBE, *private], []
+    if not tmp_mounted:  # the root filesystem is read-only: /tmp too, without its emptyDir
+        container["volumeMounts"] = [
+            m for m in container["volumeMounts"] if m["mountPath"] != "/tmp"
+        ]
     claims = {"drift-state": tmp_path / "state"}
     claims["drift-state"].mkdir()
     done = run_pod(job, installed(kind_chart), tmp_path, claims=claims)
@@ -48,5 +55,5 @@ def test_a_chart_pod_runs_as_the_images_user_without_the_checkout_or_the_home(
     seen = json.loads(done.stdout.splitlines()[-1])
     assert seen["ids"] == [10001, 10001]
     assert seen["seen"] == []
-    # The chart mounts an emptyDir at /tmp and nothing else is writable.
-    assert seen["writable"] == ["/tmp"]
+    # The chart mounts an emptyDir at /tmp; nothing else is writable.
+    assert seen["writable"] == (["/tmp"] if tmp_mounted else [])
