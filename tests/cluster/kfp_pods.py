@@ -258,10 +258,10 @@ def pod_env(
     cluster: Cluster,
     namespace: str,
     pod_name: str,
-    network: PodNetwork | None = None,
+    network: PodNetwork,
 ) -> dict[str, str]:
     """The executor container's env: image ENV, Argo's, the IR's, Secrets', ConfigMaps';
-    in-cluster addresses resolved by the pod's ``network`` (or the cluster's DNS alone)."""
+    in-cluster addresses resolved by the pod's ``network``."""
     env = dict(cluster.image_env)
     env["KFP_POD_NAME"] = pod_name
     env["KFP_POD_UID"] = str(uuid.uuid5(uuid.NAMESPACE_DNS, pod_name))
@@ -283,8 +283,7 @@ def pod_env(
                 )
                 if value is not None:
                     env[pair["envVar"]] = value
-    resolve = network.resolve if network is not None else cluster.resolve
-    return {name: resolve(value) for name, value in env.items()}
+    return {name: network.resolve(value) for name, value in env.items()}
 
 
 def compile_args(argv: list[str], executor_input: dict[str, Any]) -> list[str]:

@@ -166,15 +166,21 @@ def image_user(dockerfile: Path = REPO / "Dockerfile") -> tuple[int, int]:
     return user
 
 
-def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
-    """What this machine has and the image does not: ``/tmp``'s content, the checkout, its
-    git directory and the home directory (paths already under a volume are hidden by it)."""
-    found = subprocess.run(
+@functools.cache
+def git_dir() -> str:
+    """The checkout's git directory (a worktree's is its main checkout's), or ''."""
+    return subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.strip()
+
+
+def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
+    """What this machine has and the image does not: ``/tmp``'s content, the checkout, its
+    git directory and the home directory (paths already under a volume are hidden by it)."""
+    found = git_dir()
     # The image's /tmp is empty: this machine's is never seen.
     paths = {"/tmp", str(REPO), str(Path.home()), *([found] if found else [])}
     return sorted(
