@@ -1,110 +1,173 @@
 """Fixtures of the cluster-semantics tests: the shared services a cluster's pods talk to.
 
 Each is a real server on 127.0.0.1 (PostgreSQL, Redis and S3 come from tests/conftest.py);
-this file adds the MLflow tracking server the chart deploys: PostgreSQL for runs and the
-registry, artifacts proxied to the object store.
+this file adds the MLflow tracking server the chart deploys, run as the chart's pod:
+PostgreSQL for runs and the registry, artifacts proxied to the object store. Pods reach them
+by the rendered Services' names (:func:`tests.cluster.network.service_map`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
-import sys
+import subprocess
+import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.cluster.kfp_api import KfpApiServer
+from tests.cluster.network import service_map
+from tests.cluster.pods import (
+    installed,
+    pod_command,
+    pod_labels_of,
+    pod_spec_of,
+    start_in_sandbox,
+)
 from tests.conftest import S3Server
 
-MLFLOW_BUCKET = "mlflow"
 
-
-def _create_database(postgres_url: str, name: str) -> str:
-    """A fresh database on the test PostgreSQL; returns its URL."""
+def _create_database(postgres_url: str, name: str, owner: str, password: str) -> str:
+    """A fresh database on the test PostgreSQL, owned by a role it creates; returns its
+    URL."""
     import psycopg2
+    from psycopg2 import sql
 
     admin = psycopg2.connect(postgres_url)
     admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
         cursor = admin.cursor()
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cursor.execute(f'CREATE DATABASE "{name}"')
+        cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,))
+        verb = "ALTER" if cursor.fetchone() else "CREATE"
+        cursor.execute(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(owner)),
+            (password,),
+        )
+        cursor.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(owner)
+            )
+        )
     finally:
         admin.close()
     return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def chart_workload(objects: list[dict], kind: str, component: str) -> dict:
+    """The rendered workload whose pods carry ``app.kubernetes.io/component``."""
+    return next(
+        o
+        for o in objects
+        if o["kind"] == kind and pod_labels_of(o).get("app.kubernetes.io/component") == component
+    )
+
+
+def mlflow_storage(objects: list[dict]) -> tuple[str, str]:
+    """The database name and the artifact ``s3://bucket/prefix`` of the chart's MLflow."""
+    args = pod_spec_of(chart_workload(objects, "Deployment", "mlflow"))["containers"][0]["args"]
+    options = dict(itertools.pairwise(args))
+    return options["--backend-store-uri"].rsplit("/", 1)[-1], options["--artifacts-destination"]
+
+
+def listen_locally(argv: list[str], container_port: int, port: int) -> list[str]:
+    """The pod's ``--host``/``--port`` (all addresses, its containerPort) moved to a free
+    127.0.0.1 port of this machine, which has no pod network of its own."""
+    moved = list(argv)
+    for index, arg in enumerate(argv[1:], start=1):
+        if argv[index - 1] == "--host":
+            moved[index] = "127.0.0.1"
+        elif argv[index - 1] == "--port" and arg == str(container_port):
+            moved[index] = str(port)
+    if str(port) not in moved:
+        raise RuntimeError(f"no --port {container_port} in {argv}: cannot place the listener")
+    return moved
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(
-    postgres_server: str, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+    kind_chart: list[dict],
+    postgres_server: str,
+    s3_server: S3Server,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """``mlflow server`` on PostgreSQL with artifacts proxied to S3; yields its http URL.
+    """The chart's MLflow Deployment as its pod; yields its http URL.
 
-    Clients log artifacts over HTTP (``mlflow-artifacts:/`` URIs); only the server holds the
-    object-store credentials, as in the chart's MLflow Deployment.
+    The container's own command, args and env (``$(VAR)`` expanded as the kubelet does,
+    credentials from the install's Secrets), in its sandbox as the image's user, reaching
+    PostgreSQL and the object store by the rendered Services' names; only its listening
+    address is moved (:func:`listen_locally`). The test PostgreSQL gets the role and the
+    database the chart's PostgreSQL is initialised with (it trusts local connections, so the
+    password is not checked). Clients log artifacts over HTTP (``mlflow-artifacts:/`` URIs);
+    only the server holds the object-store credentials.
     """
     import httpx
 
-    from tests.servers import Server, free_port
+    from tests.servers import free_port
 
-    # SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; the project ships psycopg2.
-    backend = _create_database(postgres_server, "mlflow").replace(
-        "postgresql://", "postgresql+psycopg2://"
+    deployment = chart_workload(kind_chart, "Deployment", "mlflow")
+    postgres = urlsplit(postgres_server)
+    services = service_map(
+        kind_chart, {"postgres": postgres.netloc.rpartition("@")[2], "seaweedfs": s3_server.endpoint}
     )
-    destination = s3_server.create_bucket(MLFLOW_BUCKET) + "/mlflow"
+    cluster = installed(kind_chart, services, store=s3_server)
     base = tmp_path_factory.mktemp("mlflow")
+    command = pod_command(deployment, cluster, base)
+    database, destination = mlflow_storage(kind_chart)
+    _create_database(postgres_server, database, command.env["PGUSER"], command.env["PGPASSWORD"])
+    s3_server.create_bucket(destination.removeprefix("s3://").split("/")[0])
+    container = pod_spec_of(deployment)["containers"][0]
     port = free_port()
-    env = {
-        **os.environ,
-        **s3_server.env,
-        "HOME": str(base),
-        "PYTHONWARNINGS": "ignore",
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
-    }
-    server = Server(
-        [
-            *(sys.executable, "-m", "mlflow", "server"),
-            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-            *("--backend-store-uri", backend),
-            *("--artifacts-destination", destination, "--serve-artifacts"),
-        ],
-        port,
-        base / "mlflow.log",
-        env=env,
+    argv = listen_locally(command.argv, container["ports"][0]["containerPort"], port)
+    log = (base / "mlflow.log").open("w")
+    process = start_in_sandbox(
+        argv, command.env, command.pod_dir, command.volumes, command.workdir, command.user, log
     )
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        server.wait_ready(timeout=120, check=healthy)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                refused = cluster.record_refusals(command.network)
+                tail = (base / "mlflow.log").read_text()[-3000:]
+                raise RuntimeError(
+                    f"MLflow's pod did not become ready: {tail}"
+                    + "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
+                )
+            time.sleep(0.5)
         yield url
     finally:
-        # `mlflow server` runs its web server as a child; both lead the group started with it.
+        # `mlflow server` runs its web server as a child; both lead the pod's process group.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGTERM)
-        server.stop()
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        assert cluster.record_refusals(command.network) == []
 
 
 @pytest.fixture(scope="session")
-def cluster_services(s3_server: S3Server, redis_server: str, mlflow_server: str) -> dict[str, str]:
-    """The chart's in-cluster Service addresses, resolved to the test servers (the
+def cluster_services(
+    kind_chart: list[dict], s3_server: S3Server, redis_server: str, mlflow_server: str
+) -> dict[str, str]:
+    """The rendered Services' in-cluster addresses, resolved to the test servers (the
     ``services`` of a :class:`tests.cluster.pods.Cluster`)."""
-    local = {
-        "seaweedfs.mlref.svc:8333": s3_server.endpoint.removeprefix("http://"),
-        "redis.mlref.svc:6379": redis_server,
-        "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
-    }
-    fqdn = {
-        address.replace(".svc:", ".svc.cluster.local:"): target for address, target in local.items()
-    }
-    return {**local, **fqdn}
+    return service_map(
+        kind_chart,
+        {"seaweedfs": s3_server.endpoint, "redis": redis_server, "mlflow": mlflow_server},
+    )
 
 
 @pytest.fixture

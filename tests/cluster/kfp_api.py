@@ -6,14 +6,23 @@ answers the v2beta1 REST calls that ``kfp.Client`` makes to submit a run
 kubeflow/pipelines 2.17.0, JSON as grpc-gateway writes it): ``GET /healthz``, list and
 create experiments, create and get runs, create recurring runs. Each submitted pipeline
 spec is parsed with kfp's own ``PipelineSpec``/``PlatformSpec`` protos, as the server
-does, and its parameters checked against the spec's root inputs; the test then runs the
-recorded spec with :func:`tests.cluster.kfp_pods.run_pipeline`. Runs are not scheduled,
-listed or authorised here.
+does, and its parameters checked against the spec's root inputs: names and types (a
+parameter's protobuf ``Value`` kind against its ``parameterType``, as the driver's root DAG
+checks them before any pod starts). Given the install (``KfpApi.install``, a
+:class:`tests.cluster.pods.Cluster`), a run is also refused for what would fail its pods in
+the pipelines namespace (:func:`check_against_install`): an executor image that is not the
+install's, a container without a command, a placeholder naming no input or output of its
+component, a platform-spec executor that does not exist, and a ``secretAsEnv`` or
+``configMapAsEnv`` source or key missing from the namespace (the kubelet's
+CreateContainerConfigError). The test then runs the recorded spec with
+:func:`tests.cluster.kfp_pods.run_pipeline`. Runs are not scheduled, listed or authorised
+here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +34,19 @@ from urllib.parse import parse_qs, urlparse
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from tests.cluster.pods import Cluster
+
 API = "/apis/v2beta1"
+# A parameter's JSON value kinds (protobuf Value) by its declared type.
+VALUE_KINDS: dict[str, tuple[type, ...]] = {
+    "STRING": (str,),
+    "NUMBER_INTEGER": (int, float),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
+}
+PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\]")
 
 
 @dataclass
@@ -70,6 +91,80 @@ def check_spec(body: dict[str, Any]) -> None:
     )
     if unknown or missing:
         raise InvalidRun(f"parameters: unknown {unknown}, missing {missing}")
+    for name, value in parameters.items():
+        check_type(name, value, inputs[name].get("parameterType", ""))
+
+
+def check_type(name: str, value: Any, parameter_type: str) -> None:
+    kinds = VALUE_KINDS.get(parameter_type, (object,))
+    # JSON has one number kind; a bool is no number; an integer must be whole.
+    wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+    if parameter_type == "NUMBER_INTEGER" and not wrong:
+        wrong = not float(value).is_integer()
+    if wrong:
+        raise InvalidRun(
+            f"parameter {name!r} requires type {parameter_type}, but got "
+            f"{type(value).__name__} {value!r}"
+        )
+
+
+def check_against_install(spec: dict[str, Any], cluster: Cluster, namespace: str) -> None:
+    """What the run's pods need from the install, checked before any pod starts."""
+    pipeline = spec.get("pipeline_spec", spec)
+    platform = (
+        spec.get("platform_spec", {}).get("platforms", {}).get("kubernetes", {})
+        if "pipeline_spec" in spec
+        else {}
+    )
+    settings = cluster.lookup("ConfigMap", "mlref-settings", namespace) or {}
+    image = settings.get("MLREF_IMAGE")
+    executors = pipeline.get("deploymentSpec", {}).get("executors", {})
+    components = {c.get("executorLabel"): c for c in pipeline.get("components", {}).values()}
+    problems = []
+    for label, executor in executors.items():
+        container = executor.get("container")
+        if container is None:
+            continue  # importers and the like: no pod of their own
+        if image is not None and container.get("image") != image:
+            problems.append(
+                f"{label}: image {container.get('image')!r} is not the install's {image}"
+            )
+        if not container.get("command") and not container.get("args"):
+            problems.append(f"{label}: container without a command")
+        component = components.get(label, {})
+        for direction, kind, name in PLACEHOLDER.findall(
+            json.dumps([*container.get("command", []), *container.get("args", [])])
+        ):
+            definitions = component.get(f"{direction[:-1]}Definitions", {})
+            if name not in definitions.get(kind, {}):
+                problems.append(
+                    f"{label}: placeholder {direction}.{kind}[{name!r}] is not declared"
+                )
+    for label, config in platform.get("deploymentSpec", {}).get("executors", {}).items():
+        if label not in executors:
+            problems.append(f"platform spec: executor {label} is not in deploymentSpec")
+        for kind, entries, key_field in (
+            ("Secret", config.get("secretAsEnv", []), "secretKey"),
+            ("ConfigMap", config.get("configMapAsEnv", []), "configMapKey"),
+        ):
+            for entry in entries:
+                name = entry.get("secretName") or entry.get("configMapName")
+                parameter = entry.get("secretNameParameter") or entry.get("configMapNameParameter")
+                if parameter is not None:
+                    name = parameter.get("runtimeValue", {}).get("constant", name)
+                if entry.get("optional"):
+                    continue
+                data = cluster.lookup(kind, name, namespace)
+                if data is None:
+                    problems.append(f"{label}: {kind} {namespace}/{name} not found")
+                    continue
+                missing = [
+                    p[key_field] for p in entry.get("keyToEnv", []) if p[key_field] not in data
+                ]
+                if missing:
+                    problems.append(f"{label}: {kind} {namespace}/{name} has no key {missing}")
+    if problems:
+        raise InvalidRun("; ".join(problems))
 
 
 @dataclass
@@ -79,6 +174,9 @@ class KfpApi:
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[SubmittedRun] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The install the runs' pods would find (None: the spec alone is checked).
+    install: Cluster | None = None
+    namespace: str = "kubeflow"
 
     def handle(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict]:
         now = datetime.now(UTC).isoformat()
@@ -116,6 +214,8 @@ class KfpApi:
 
     def create_run(self, body: dict, recurring: bool, now: str) -> dict:
         check_spec(body)
+        if self.install is not None:
+            check_against_install(body["pipeline_spec"], self.install, self.namespace)
         if body.get("experiment_id") and body["experiment_id"] not in self.experiments:
             raise InvalidRun(f"experiment {body['experiment_id']} not found")
         config = body.get("runtime_config", {})

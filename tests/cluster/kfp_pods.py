@@ -51,7 +51,8 @@ Emulated, as in upstream:
 Each pod is a sandboxed process (:mod:`tests.cluster.pods`): a read-only root, its own empty
 ``/tmp`` (the image's WORKDIR, so its cwd) and scratch dirs, nothing from any other pod.
 In-cluster Service addresses in its env and arguments (the executor input included) are
-rewritten to the test servers' addresses, in place of cluster DNS.
+rewritten to the test servers' addresses, in place of cluster DNS, for a pod in the pipelines
+namespace with the executor label Argo gives it, under the rendered NetworkPolicies.
 
 Use: ``run_pipeline(ir, arguments, cluster, store, work_dir, "s3://bucket/root")`` with the
 compiled YAML's path (or a spec recorded by :mod:`tests.cluster.kfp_api`), the pipeline's
@@ -87,6 +88,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster.network import Endpoint, PodNetwork
 from tests.cluster.pods import Cluster, PodFailed, run_in_sandbox
 from tests.conftest import S3Server
 
@@ -94,6 +96,8 @@ ARTIFACT_IDS = itertools.count(1)  # MLMD artifact ids: a recorded output's runt
 WIPED_URI = ("name", "type", "metadata")  # an output artifact in the cache key: no URI
 SCRATCH = ("/gcs", "/s3", "/minio", "/.local", "/.cache", "/.config")
 LOCAL_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+# The label the Argo compiler puts in every workflow's podMetadata (argocompiler).
+EXECUTOR_LABELS = {"pipelines.kubeflow.org/v2_component": "true"}
 
 
 @dataclass
@@ -255,8 +259,10 @@ def pod_env(
     cluster: Cluster,
     namespace: str,
     pod_name: str,
+    network: PodNetwork,
 ) -> dict[str, str]:
-    """The executor container's env: image ENV, Argo's, the IR's, Secrets', ConfigMaps'."""
+    """The executor container's env: image ENV, Argo's, the IR's, Secrets', ConfigMaps';
+    in-cluster addresses resolved by the pod's ``network``."""
     env = dict(cluster.image_env)
     env["KFP_POD_NAME"] = pod_name
     env["KFP_POD_UID"] = str(uuid.uuid5(uuid.NAMESPACE_DNS, pod_name))
@@ -280,7 +286,7 @@ def pod_env(
                     env[pair["envVar"]] = value
     for entry in k8s.get("fieldPathAsEnv", []):  # kfp-kubernetes use_field_path_as_env
         env[entry["name"]] = field_path(entry["fieldPath"], pod_name, namespace)
-    return {name: cluster.resolve(value) for name, value in env.items()}
+    return {name: network.resolve(value) for name, value in env.items()}
 
 
 # The downward API fields a pod here has: its name, its namespace, and its IP, which is the
@@ -482,7 +488,10 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
     volumes = {path: pod_dir / "volumes" / path.strip("/") for path in ("/tmp", *SCRATCH)}
     for directory in volumes.values():
         directory.mkdir(parents=True, exist_ok=True)
-    env = pod_env(container, run.k8s_executors.get(label, {}), run.cluster, run.namespace, pod_name)
+    k8s = run.k8s_executors.get(label, {})
+    labels = {**EXECUTOR_LABELS, **k8s.get("podMetadata", {}).get("labels", {})}
+    network = run.cluster.network(Endpoint(run.namespace, labels))
+    env = pod_env(container, k8s, run.cluster, run.namespace, pod_name, network)
 
     # Launcher: defaults for {{$}}, placeholders, inputs in, run, outputs out.
     with_defaults = copy.deepcopy(executor_input)
@@ -490,7 +499,7 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
         if key not in with_defaults["inputs"]["parameterValues"] and "defaultValue" in definition:
             with_defaults["inputs"]["parameterValues"][key] = definition["defaultValue"]
     argv = compile_args([*container.get("command", []), *container.get("args", [])], with_defaults)
-    argv = [run.cluster.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
+    argv = [network.resolve(arg) for arg in argv]  # cluster DNS, as in run_pod
     for listing in executor_input["inputs"]["artifacts"].values():
         run.launcher.download(listing["artifacts"][0]["uri"], pod_dir / "volumes")
     for path in [
@@ -501,13 +510,17 @@ def run_task(run: Run, name: str, task: Mapping[str, Any]) -> TaskRun:
         ),
     ]:
         (pod_dir / "volumes" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    done_process = run_in_sandbox(
-        argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
-    )
+    try:
+        done_process = run_in_sandbox(
+            argv, env, pod_dir, volumes, workdir=run.cluster.image_workdir, timeout=run.timeout
+        )
+    finally:
+        refused = run.cluster.record_refusals(network)
     if done_process.returncode != 0:
         raise PodFailed(
             f"task {name} failed (exit {done_process.returncode}); log tail:\n"
             f"{done_process.stdout[-6000:]}"
+            + "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
         )
     output_file = pod_dir / "volumes" / executor_input["outputs"]["outputFile"].lstrip("/")
     executor_output = json.loads(output_file.read_text()) if output_file.is_file() else {}

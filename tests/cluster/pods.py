@@ -2,23 +2,31 @@
 
 A pod here is one process tree in a mount namespace of its own (see ``sandbox.py``): the
 root filesystem is this machine's, read-only, and its only writable places are its own
-volumes (``/tmp`` always, plus the emptyDirs and claims its spec mounts), fresh and empty.
+volumes (the emptyDirs and claims its spec mounts, and ``/tmp`` unless the container's root
+filesystem is read-only), fresh and empty.
 Its environment is exactly what the kubelet gives the container: the image's ``ENV``
 (read from the project's Dockerfile, ``PATH`` starting at ``/opt/mlref/bin``), then
 ``envFrom``, then ``env`` (ConfigMap and Secret keys resolved from the objects the test
 supplies, in the pod's namespace; ``$(VAR)`` references expanded; a missing non-optional
 source fails the pod as CreateContainerConfigError does), and nothing from the test
 process. Its working directory is the container's ``workingDir`` or the image's WORKDIR.
-In-cluster Service addresses (``seaweedfs.mlref.svc:8333``) are rewritten to the 127.0.0.1
-ports of the test servers, in env values and arguments, in place of cluster DNS. Only the
+In-cluster Service addresses (the rendered Services' names and ports,
+:func:`tests.cluster.network.service_map`) are rewritten to the 127.0.0.1 ports of the test
+servers, in env values and arguments, in place of cluster DNS; one the rendered
+NetworkPolicies do not allow from this pod goes to a listener that refuses it and records the
+missing rule (:class:`tests.cluster.network.PodNetwork`, :attr:`Cluster.refused`). Only the
 project image is emulated, whatever the tag: its virtualenv is built from this checkout
 as the Dockerfile builds it (a wheel, not editable) and mounted read-only at ``/opt/mlref``
-(:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included.
+(:func:`image_mounts`), so pods find it wherever the checkout is, ``/tmp`` included. The
+checkout, its git directory and this machine's home are hidden (:func:`hidden_paths`), and
+the process runs as the container's ``runAsUser``/``runAsGroup`` or the Dockerfile's
+``USER`` (10001), its writable volumes owned by that user (when this machine's user is root,
+who alone can switch users; otherwise it runs as root mapped into a user namespace).
 
-Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. the source
-checkout and not ``/opt/mlref-feature-repo``; the virtualenv's dependencies are this
-interpreter's site dirs, not a copy), its user (the process runs as root mapped into a user
-namespace, not 10001), network isolation and NetworkPolicies, resource limits, probes,
+Not emulated: the rest of the image's filesystem (pods see this machine's, e.g. not
+``/opt/mlref-feature-repo``; the virtualenv's dependencies are this interpreter's site dirs,
+not a copy, and its Python is this interpreter's), network isolation beyond the Service
+addresses it rewrites (pods share this machine's network), resource limits, probes,
 restarts, the image's ENTRYPOINT, service-account tokens, volumes other than emptyDir and
 claims the test maps to host dirs, and the writable container layer of pods without
 ``readOnlyRootFilesystem`` (here every write outside a volume fails, as in the chart's pods).
@@ -29,6 +37,7 @@ from __future__ import annotations
 import atexit
 import base64
 import functools
+import importlib.metadata
 import json
 import os
 import re
@@ -46,13 +55,14 @@ from typing import Any
 
 from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
+from tests.cluster.network import Endpoint, PodNetwork
 from tests.cluster.store_identities import add_store_identities
 from tests.servers import require
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = Path(__file__).with_name("sandbox.py")
 IMAGE_VENV = "/opt/mlref"  # the Dockerfile's virtualenv, mounted there in every pod
-IMAGE_DEPS = "/opt/mlref-deps"  # where site dirs this machine keeps under /tmp appear in pods
+IMAGE_DEPS = "/opt/mlref-deps"  # where this interpreter's site dirs appear in pods
 SOURCE_IGNORED = (".venv", ".git", ".mlref", "build", "dist", "*.egg-info", "__pycache__", "out")
 # The PATH of the python:3.11-slim base image, which the Dockerfile's ``$PATH`` extends.
 BASE_IMAGE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -118,18 +128,94 @@ def image_mounts() -> dict[str, Path]:
         (venv / "bin" / script.name).write_bytes(f"#!{IMAGE_VENV}/bin/python\n".encode() + body)
         (venv / "bin" / script.name).chmod(0o755)
     shutil.rmtree(site_packages / "bin")
+    for name, target in dependency_scripts().items():  # `pip install .` writes these too
+        script = venv / "bin" / name
+        if not script.exists():
+            module, _, attr = target.partition(":")
+            head = attr.split(".")[0]
+            script.write_text(
+                f"#!{IMAGE_VENV}/bin/python\nimport sys\nfrom {module} import {head}\n"
+                f"sys.exit({attr}())\n"
+            )
+            script.chmod(0o755)
     mounts = {IMAGE_VENV: venv}
     lines = []
     site_dirs = [
         p for p in dict.fromkeys(sys.path) if p.endswith(("site-packages", "dist-packages"))
     ]
     for index, path in enumerate(p for p in site_dirs if Path(p).is_dir()):
-        if Path(path).resolve().is_relative_to("/tmp"):
-            mounts[f"{IMAGE_DEPS}/{index}"] = Path(path)
-            path = f"{IMAGE_DEPS}/{index}"
-        lines.append(f"import site; site.addsitedir({path!r})\n")
+        mounts[f"{IMAGE_DEPS}/{index}"] = Path(path)  # out of the checkout and the home
+        lines.append(f"import site; site.addsitedir({f'{IMAGE_DEPS}/{index}'!r})\n")
     (site_packages / "_mlref_image_deps.pth").write_text("".join(lines))
+    # The base image's Python: this interpreter's prefix, at its own path (the virtualenv's
+    # ``home``), even where that lies in the hidden home directory.
+    mounts[sys.base_prefix] = Path(sys.base_prefix)
     return mounts
+
+
+@functools.cache
+def image_user(dockerfile: Path = REPO / "Dockerfile") -> tuple[int, int]:
+    """The numeric ``USER uid:gid`` of the Dockerfile's final stage (root if none)."""
+    user = (0, 0)
+    for line in re.sub(r"\\\n", " ", dockerfile.read_text()).splitlines():
+        words = line.strip().split()
+        if words and words[0].upper() == "FROM":
+            user = (0, 0)
+        elif len(words) == 2 and words[0].upper() == "USER":
+            uid, _, gid = words[1].partition(":")
+            user = (int(uid), int(gid or uid))
+    return user
+
+
+@functools.cache
+def git_dir() -> str:
+    """The checkout's git directory (a worktree's is its main checkout's), or ''."""
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
+def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
+    """What this machine has and the image does not: ``/tmp``'s content, the checkout, its
+    git directory and the home directory (paths already under a volume are hidden by it)."""
+    found = git_dir()
+    # The image's /tmp is empty: this machine's is never seen.
+    paths = {"/tmp", str(REPO), str(Path.home()), *([found] if found else [])}
+    return sorted(
+        path
+        for path in paths
+        if path != "/" and not any(Path(path).is_relative_to(v) for v in volumes)
+    )
+
+
+def dependency_scripts(project: str = "mlref") -> dict[str, str]:
+    """Console scripts (name -> ``module:attr``) of the project's installed dependency
+    closure, as ``pip install`` puts them in the image's ``bin`` (``mlflow`` among them)."""
+    from packaging.requirements import Requirement
+
+    scripts: dict[str, str] = {}
+    seen: set[str] = set()
+    todo = [project]
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if name != project:
+            for entry in dist.entry_points.select(group="console_scripts"):
+                scripts.setdefault(entry.name, entry.value)
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return scripts
 
 
 def image_env() -> dict[str, str]:
@@ -155,6 +241,8 @@ class Cluster:
     image_repository: str = PROJECT_IMAGE.rsplit(":", 1)[0]
     # Kubeflow's task cache (fingerprint -> finished task), kept across pipeline runs.
     executions: dict[str, Any] = field(default_factory=dict)
+    # Every connection a pod was refused by the NetworkPolicies, with the missing rule.
+    refused: list[str] = field(default_factory=list)
 
     def check_image(self, image: str) -> None:
         """The image's virtualenv stands in for the project image (any tag) and nothing else."""
@@ -199,6 +287,16 @@ class Cluster:
             text = text.replace(address, self.services[address])
         return text
 
+    def network(self, source: Endpoint) -> PodNetwork:
+        """Cluster DNS and the NetworkPolicies for one pod (:mod:`tests.cluster.network`)."""
+        return PodNetwork(self.services, self.objects, source, self.namespace)
+
+    def record_refusals(self, network: PodNetwork) -> list[str]:
+        """Close a pod's network; what it was refused is kept in :attr:`refused`."""
+        refused = network.close()
+        self.refused.extend(refused)
+        return refused
+
 
 def installed(
     chart: list[dict[str, Any]],
@@ -237,6 +335,52 @@ def require_sandbox() -> None:
     )
 
 
+def start_in_sandbox(
+    argv: list[str],
+    env: Mapping[str, str],
+    pod_dir: Path,
+    volumes: Mapping[str, Path],
+    workdir: str,
+    user: tuple[int, int] | None = None,
+    output: Any = subprocess.PIPE,
+    image: Mapping[str, Path] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``argv`` as a pod's container in ``workdir``, as ``user`` (uid, gid; the image's
+    ``USER`` by default; this machine's user unless that is root), stdout and stderr to
+    ``output``; ``volumes`` maps mount paths to host dirs; ``image`` (read-only mounts) stands
+    in for the container's image, by default the project's. The pod leads its own process
+    group."""
+    require_sandbox()
+    root = pod_dir / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    image = image_mounts() if image is None else image
+    user = image_user() if user is None else user
+    if os.geteuid() == 0:  # a writable volume belongs to the pod's user, as the kubelet's
+        for source in volumes.values():
+            chown_tree(source, user)
+    spec = {
+        "root": str(root),
+        "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},
+        "read_only": list(image),
+        "hidden": hidden_paths(volumes),
+        "user": list(user) if os.geteuid() == 0 else None,
+        "workdir": workdir,
+        "argv": argv,
+        "env": dict(env),
+    }
+    spec_path = pod_dir / "pod.json"
+    spec_path.write_text(json.dumps(spec))
+    unshare = UNSHARE if os.geteuid() != 0 else [u for u in UNSHARE if u != "--map-root-user"]
+    process = subprocess.Popen(
+        [*unshare, sys.executable, str(SANDBOX), str(spec_path)],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return process
+
+
 def run_in_sandbox(
     argv: list[str],
     env: Mapping[str, str],
@@ -244,32 +388,11 @@ def run_in_sandbox(
     volumes: Mapping[str, Path],
     workdir: str,
     timeout: float = 600,
+    user: tuple[int, int] | None = None,
     image: Mapping[str, Path] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as a pod's container in ``workdir``; ``volumes`` maps mount paths to
-    host dirs; ``image`` (read-only mounts) stands in for the container's image, by default
-    the project's."""
-    require_sandbox()
-    root = pod_dir / "root"
-    root.mkdir(parents=True, exist_ok=True)
-    image = image_mounts() if image is None else image
-    spec = {
-        "root": str(root),
-        "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},
-        "read_only": list(image),
-        "workdir": workdir,
-        "argv": argv,
-        "env": dict(env),
-    }
-    spec_path = pod_dir / "pod.json"
-    spec_path.write_text(json.dumps(spec))
-    process = subprocess.Popen(
-        [*UNSHARE, sys.executable, str(SANDBOX), str(spec_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    """Run ``argv`` as a pod's container to completion (:func:`start_in_sandbox`)."""
+    process = start_in_sandbox(argv, env, pod_dir, volumes, workdir, user, image=image)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -279,6 +402,22 @@ def run_in_sandbox(
             f"{argv[0]}: still running after {timeout}s; log tail:\n{output[-4000:]}"
         ) from exc
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def chown_tree(path: Path, user: tuple[int, int]) -> None:
+    os.chown(path, *user)
+    for parent, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(parent, name), *user, follow_symlinks=False)
+
+
+def run_as(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[int, int]:
+    """The uid and gid a container runs as: its securityContext, the pod's, the image's."""
+    uid, gid = image_user()
+    for context in (pod.get("securityContext") or {}, container.get("securityContext") or {}):
+        uid = context.get("runAsUser", uid)
+        gid = context.get("runAsGroup", gid)
+    return uid, gid
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -351,27 +490,47 @@ def pod_spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return spec if obj["kind"] == "Pod" else spec["template"]["spec"]
 
 
-def run_pod(
+@dataclass
+class PodCommand:
+    """A container of a rendered object, ready to start in its sandbox."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pod_dir: Path
+    volumes: dict[str, Path]
+    workdir: str
+    user: tuple[int, int]
+    network: PodNetwork
+
+
+def pod_labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of the pods a Deployment/Job/CronJob makes (or a Pod's own)."""
+    if obj["kind"] == "Pod":
+        return dict(obj.get("metadata", {}).get("labels") or {})
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"].get("metadata", {}).get("labels") or {})
+
+
+def pod_command(
     obj: Mapping[str, Any],
     cluster: Cluster,
     work_dir: Path,
     container: str | None = None,
     claims: Mapping[str, Path] | None = None,
-    timeout: float = 600,
-) -> subprocess.CompletedProcess[str]:
-    """Run one container of a rendered Deployment/Job/CronJob/Pod to completion.
+) -> PodCommand:
+    """One container's argv, env, volumes and user, as its pod would run it.
 
     Its emptyDir volumes are fresh dirs under ``work_dir``; a persistentVolumeClaim mounts
-    the host dir ``claims[claimName]`` (the claim's lasting state between runs). Returns the
-    completed process (stdout and stderr merged); the caller checks ``returncode``.
-    """
+    the host dir ``claims[claimName]`` (the claim's lasting state between runs)."""
     pod = pod_spec_of(obj)
     spec = next(c for c in pod["containers"] if container is None or c["name"] == container)
     namespace = obj.get("metadata", {}).get("namespace", cluster.namespace)
     pod_name = f"{obj['metadata']['name']}-{uuid.uuid4().hex[:5]}"
     pod_dir = Path(tempfile.mkdtemp(prefix=f"{pod_name}-", dir=work_dir))
     sources = {volume["name"]: volume for volume in pod.get("volumes", [])}
-    volumes: dict[str, Path] = {"/tmp": pod_dir / "tmp"}
+    # A writable container layer's /tmp; with a read-only root only a mounted /tmp is.
+    read_only_root = (spec.get("securityContext") or {}).get("readOnlyRootFilesystem", False)
+    volumes: dict[str, Path] = {} if read_only_root else {"/tmp": pod_dir / "tmp"}
     for mount_ in spec.get("volumeMounts", []):
         volume = sources[mount_["name"]]
         if "emptyDir" in volume:
@@ -386,18 +545,43 @@ def run_pod(
     for source in volumes.values():
         source.mkdir(parents=True, exist_ok=True)
     declared = declared_env(spec, cluster, namespace, pod_name)
-    env = {k: cluster.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
+    network = cluster.network(Endpoint(namespace, pod_labels_of(obj)))
+    env = {k: network.resolve(v) for k, v in {**cluster.image_env, **declared}.items()}
     argv = [
-        cluster.resolve(expand(arg, declared))
+        network.resolve(expand(arg, declared))
         for arg in [*spec.get("command", []), *spec.get("args", [])]
     ]
     if not spec.get("command"):
+        network.close()
         raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
-    return run_in_sandbox(
-        argv,
-        env,
-        pod_dir,
-        volumes,
-        workdir=spec.get("workingDir", cluster.image_workdir),
-        timeout=timeout,
-    )
+    workdir = spec.get("workingDir", cluster.image_workdir)
+    return PodCommand(argv, env, pod_dir, volumes, workdir, run_as(pod, spec), network)
+
+
+def run_pod(
+    obj: Mapping[str, Any],
+    cluster: Cluster,
+    work_dir: Path,
+    container: str | None = None,
+    claims: Mapping[str, Path] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run one container of a rendered Deployment/Job/CronJob/Pod to completion
+    (:func:`pod_command`). Returns the completed process (stdout and stderr merged, then a
+    line for each connection the NetworkPolicies refused); the caller checks
+    ``returncode``."""
+    command = pod_command(obj, cluster, work_dir, container, claims)
+    try:
+        done = run_in_sandbox(
+            command.argv,
+            command.env,
+            command.pod_dir,
+            command.volumes,
+            workdir=command.workdir,
+            timeout=timeout,
+            user=command.user,
+        )
+    finally:
+        refused = cluster.record_refusals(command.network)
+    done.stdout += "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
+    return done

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import fsspec
 import pandas as pd
@@ -37,8 +38,10 @@ from mlref.monitoring.replay import record, replay
 from mlref.serving.predictor import resolve
 from mlref.settings import Settings
 from mlref.training.publish import served_uri
+from tests.cluster.conftest import mlflow_storage
 from tests.cluster.kfp_pods import run_pipeline
 from tests.cluster.kserve_credentials import run_storage_initializer
+from tests.cluster.network import service_map
 from tests.cluster.pods import installed, run_pod
 from tests.conftest import S3Server
 from tests.monitoring.conftest import TRAIN_DAYS, world_settings
@@ -111,17 +114,15 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     since, until = default_window(WORLD, datetime.now(UTC))
     first_day = until.date() - timedelta(days=TRAIN_DAYS + 1)
     objects = render_chart(repo_root(), chart_value_sets(repo_root())["kind"], "kind").objects
+    # Pods reach the test servers by the rendered Services' names and ports, and Kubeflow's
+    # API server where the install's settings say it is.
+    servers = {"seaweedfs": s3.endpoint, "mlflow": mlflow_server, "redis": redis_server}
     cluster = installed(
-        objects,
-        {
-            "seaweedfs.mlref.svc:8333": s3.endpoint.removeprefix("http://"),
-            "mlflow.mlref.svc:5000": mlflow_server.removeprefix("http://"),
-            "redis.mlref.svc:6379": redis_server,
-            "pushgateway.mlref.svc:9091": pushgateway.removeprefix("http://"),
-            "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
-        },
-        store=s3,
+        objects, service_map(objects, {**servers, "pushgateway": pushgateway}), store=s3
     )
+    kfp_host = cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_PIPELINE__HOST"]
+    cluster.services[urlsplit(kfp_host).netloc] = kfp_api.address
+    kfp_api.api.install = cluster  # a run the install's pods cannot run is refused
     # This process stands in for the user's laptop (generating logs) and for the serving
     # transformer (writing the inference log): cluster settings, as the ConfigMap gives them.
     laptop = Settings(
@@ -163,7 +164,8 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     assert {"features/registry.db", "features/user_stats.parquet"} <= set(
         keys(s3, BUCKET, "features/")
     )
-    assert keys(s3, "mlflow", "mlflow/")  # run artifacts went through the tracking server
+    mlflow_artifacts = mlflow_storage(objects)[1].removeprefix("s3://").split("/", 1)
+    assert keys(s3, *mlflow_artifacts)  # run artifacts went through the tracking server
     assert set(keys(s3, BUCKET, "models/ctr/")) == {
         f"models/ctr/{folder}/{name}"
         for folder in ("1", "champion")
@@ -240,3 +242,5 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     assert len(days) == TRAIN_DAYS + len(live_days)
     assert retraining.tasks["ingest-op"].parameters["rows_in"] > TRAIN_DAYS * 4_000
     assert retraining.tasks["register-op"].parameters["version"] == "2"
+    # Every connection a pod made was one the rendered NetworkPolicies allow.
+    assert cluster.refused == []

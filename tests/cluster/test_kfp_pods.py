@@ -200,7 +200,7 @@ def test_a_local_file_handed_to_the_next_step_is_not_there_in_a_pod(
 
 
 def probe_cluster(s3: S3Server) -> Cluster:
-    in_cluster = "minio.mlref.svc.cluster.local:9000"
+    in_cluster = "seaweedfs.mlref.svc.cluster.local:8333"
     return Cluster(
         objects=[
             {

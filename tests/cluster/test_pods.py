@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.network import service_map
 from tests.cluster.pods import PROJECT_IMAGE, Cluster, PodFailed, installed, run_pod
 from tests.conftest import S3Server
 
@@ -34,9 +35,7 @@ open("/tmp/scratch", "w").write("gone with the pod")
 def chart_cluster(objects: list[dict], s3: S3Server) -> Cluster:
     """What kind-up installs, its object store mapped to the test S3 server (which, like
     SeaweedFS on kind, knows the identities of the install's store config)."""
-    return installed(
-        objects, {"seaweedfs.mlref.svc:8333": s3.endpoint.removeprefix("http://")}, store=s3
-    )
+    return installed(objects, service_map(objects, {"seaweedfs": s3.endpoint}), store=s3)
 
 
 def probe_job(objects: list[dict], name: str) -> dict:

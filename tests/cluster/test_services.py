@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg2
 
-from tests.cluster.conftest import MLFLOW_BUCKET
+from tests.cluster.conftest import mlflow_storage
 from tests.conftest import S3Server
 
 LOG_A_RUN = """
@@ -22,8 +22,14 @@ print(run.info.run_id, run.info.artifact_uri)
 
 
 def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_s3(
-    mlflow_server: str, postgres_server: str, s3_server: S3Server, tmp_path: Path
+    kind_chart: list[dict],
+    mlflow_server: str,
+    postgres_server: str,
+    s3_server: S3Server,
+    tmp_path: Path,
 ) -> None:
+    database, destination = mlflow_storage(kind_chart)  # the chart's MLflow args
+    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
     # The client holds no object-store credentials: artifacts travel through the server.
     done = subprocess.run(
         [sys.executable, "-c", LOG_A_RUN, mlflow_server],
@@ -36,14 +42,14 @@ def test_mlflow_server_keeps_runs_in_postgres_and_artifacts_in_s3(
     )
     run_id, artifact_uri = done.stdout.split()[-2:]
     assert artifact_uri.startswith("mlflow-artifacts:/")
-    keys = [
-        item["Key"] for item in s3_server.client().list_objects_v2(Bucket=MLFLOW_BUCKET)["Contents"]
-    ]
+    keys = [item["Key"] for item in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(
-        key.startswith("mlflow/") and key.endswith(f"{run_id}/artifacts/notes/hello.txt")
+        key.startswith(f"{prefix}/") and key.endswith(f"{run_id}/artifacts/notes/hello.txt")
         for key in keys
     ), keys
-    database = postgres_server.rsplit("/", 1)[0] + "/mlflow"
-    with psycopg2.connect(database) as conn, conn.cursor() as cursor:
+    with (
+        psycopg2.connect(postgres_server.rsplit("/", 1)[0] + f"/{database}") as conn,
+        conn.cursor() as cursor,
+    ):
         cursor.execute("SELECT key, value FROM params WHERE run_uuid = %s", (run_id,))
         assert cursor.fetchall() == [("p", "1")]

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import fsspec
 import pytest
@@ -28,6 +29,7 @@ from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.settings import Settings
 from mlref.spark import JAVA_HINT, java_available
 from tests.cluster.kfp_pods import run_pipeline
+from tests.cluster.network import service_map
 from tests.cluster.pods import installed
 from tests.conftest import S3Server
 from tests.servers import require
@@ -60,15 +62,14 @@ def test_a_spark_run_runs_its_spark_steps_as_pods_on_the_object_store(
     s3.create_bucket(PIPELINE_ROOT.removeprefix("s3://").split("/")[0])
     root = repo_root()
     values = {**chart_value_sets(root)["kind"], "spark": {"enabled": True}}
+    objects = render_chart(root, values, "kind-spark").objects
     cluster = installed(
-        render_chart(root, values, "kind-spark").objects,
-        {
-            "seaweedfs.mlref.svc:8333": s3.endpoint.removeprefix("http://"),
-            "redis.mlref.svc:6379": redis_server,
-            "ml-pipeline.kubeflow.svc:8888": kfp_api.address,
-        },
+        objects,
+        service_map(objects, {"seaweedfs": s3.endpoint, "redis": redis_server}),
         store=s3,
     )
+    kfp_host = cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_PIPELINE__HOST"]
+    cluster.services[urlsplit(kfp_host).netloc] = kfp_api.address
     laptop = Settings(
         mode="cluster",
         work_dir=tmp_path / "laptop",

@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.cluster.kserve_credentials import run_storage_initializer, storage_initializer_env
+from tests.cluster.network import service_map
 from tests.cluster.pods import Cluster, installed, pod_spec_of, run_pod
 from tests.conftest import S3Server
 
@@ -40,7 +41,7 @@ print(json.dumps(took))
 
 def store_cluster(objects: list[dict], s3: S3Server) -> Cluster:
     s3.create_bucket(BUCKET)
-    return installed(objects, {STORE: s3.endpoint.removeprefix("http://")}, store=s3)
+    return installed(objects, service_map(objects, {"seaweedfs": s3.endpoint}), store=s3)
 
 
 def find(objects: list[dict], kind: str, name: str) -> dict:
