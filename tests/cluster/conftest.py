@@ -112,7 +112,8 @@ def mlflow_server(
     deployment = chart_workload(kind_chart, "Deployment", "mlflow")
     postgres = urlsplit(postgres_server)
     services = service_map(
-        kind_chart, {"postgres": postgres.netloc.rpartition("@")[2], "seaweedfs": s3_server.endpoint}
+        kind_chart,
+        {"postgres": postgres.netloc.rpartition("@")[2], "seaweedfs": s3_server.endpoint},
     )
     cluster = installed(kind_chart, services, store=s3_server)
     base = tmp_path_factory.mktemp("mlflow")

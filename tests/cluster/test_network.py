@@ -30,7 +30,8 @@ def test_a_connection_no_policy_allows_is_refused_naming_the_gap(
     kind_chart: list[dict], s3_server: S3Server, redis_server: str, tmp_path: Path
 ) -> None:
     cluster = installed(
-        kind_chart, service_map(kind_chart, {"seaweedfs": s3_server.endpoint, "redis": redis_server})
+        kind_chart,
+        service_map(kind_chart, {"seaweedfs": s3_server.endpoint, "redis": redis_server}),
     )
     job = copy.deepcopy(
         next(
