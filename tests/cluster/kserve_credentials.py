@@ -183,5 +183,23 @@ def run_storage_initializer(
         volumes,
         workdir="/",
         timeout=300,
-        image={INITIALIZER_IMAGE: STORAGE_INITIALIZER.parents[1].resolve()},
+        user=INITIALIZER_USER,
+        image=initializer_image(),
     )
+
+
+# kserve python/storage-initializer.Dockerfile: `useradd kserve -m -u 1000`, `USER 1000`.
+INITIALIZER_USER = (1000, 1000)
+
+
+def initializer_image() -> dict[str, Path]:
+    """The storage initializer's image: its virtualenv, and the base Python it was made
+    from at that Python's own path (the venv's ``home``, wherever this machine keeps it)."""
+    venv = STORAGE_INITIALIZER.parents[1].resolve()
+    config = dict(
+        line.split(" = ", 1)
+        for line in (venv / "pyvenv.cfg").read_text().splitlines()
+        if " = " in line
+    )
+    base = Path(config["home"]).parent
+    return {INITIALIZER_IMAGE: venv, str(base): base}
