@@ -25,9 +25,7 @@ import numpy as np
 
 
 class PredictionCache:
-    def __init__(
-        self, size: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
-    ):
+    def __init__(self, size: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic):
         if size < 1 or ttl_seconds <= 0:
             raise ValueError(
                 f"a prediction cache needs size >= 1 and ttl_seconds > 0, not {size} and "
@@ -70,10 +68,8 @@ class PredictionCache:
         self.misses += len(missed)
         if not missed:
             return out
-        if len(missed) == len(keys):
-            fresh = score(cat, num)
-        else:
-            fresh = score(cat[missed], num[missed])
+        picked = slice(None) if len(missed) == len(keys) else missed  # all: no copy
+        fresh = score(cat[picked], num[picked])
         out[missed] = fresh
         expiry = now + self.ttl_seconds
         for i, value in zip(missed, fresh.tolist(), strict=True):

@@ -1,16 +1,17 @@
-"""The serving caches: the prediction cache's keys, TTL and size bound, and both caches on
-``/metrics`` of real servers, with answers identical to uncached ones."""
+"""The prediction cache: its keys, TTL and size bound, and a real predictor with it on whose
+answers are onnxruntime's own, with its counts on ``/metrics``."""
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from mlref import onnx_model
 from mlref.serving.prediction_cache import PredictionCache
+from mlref.serving.predictor import file_version
 from tests.serving.conftest import serving_settings, start_predictor
-from tests.serving.test_servers import business_rows, predict, random_inputs
+from tests.serving.model import build_model
+from tests.serving.test_servers import metric, predict, random_inputs
 
 
 class Scorer:
@@ -89,50 +90,23 @@ def test_a_cache_that_cannot_keep_anything_is_refused(size, ttl):
         PredictionCache(size, ttl)
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """A sample's value on a server's ``/metrics`` (0 when absent)."""
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for found in family.samples:
-            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return 0.0
-
-
-def test_transformer_counts_kept_entity_rows_on_metrics(stack):
-    url = stack.transformer_url
-
-    def counts() -> list[float]:
-        return [
-            metric(url, f"mlref_feature_cache_{kind}_total", entity=entity)
-            for kind in ("hits", "misses")
-            for entity in ("user_id", "ad_id")
-        ]
-
-    before = counts()
-    rows = business_rows(1, seed=5)
-    rows[0].update(user_id=7_777_001, ad_id=7_777_002)  # never looked up before
-    for _ in range(3):
-        assert predict(url, "ctr", {"instances": rows}).status_code == 200
-    after = counts()
-    # Read once from the store, then twice from the kept rows, for each entity.
-    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2, 1, 1]
-    assert metric(url, "mlref_feature_cache_age_seconds") > 0
-
-
-def test_prediction_cache_keeps_answers_and_counts_on_metrics(stack, tmp_path):
+def test_prediction_cache_keeps_answers_and_counts_on_metrics(tmp_path):
     settings = serving_settings(
         tmp_path, prediction_cache_size=8, prediction_cache_ttl_seconds=3600
     )
-    cached = start_predictor(settings, stack.model_path, tmp_path)
+    model_path = build_model(tmp_path / "model.onnx", settings)
+    model = onnx_model.load(model_path)
+    cached = start_predictor(settings, model_path, tmp_path)
     try:
         url = f"http://127.0.0.1:{cached.port}"
         cat, num = random_inputs(12, seed=3)
         batches = [range(0, 6), range(3, 9), [0], range(0, 12), [11, 11, 5]]
         for rows in batches:
+            rows = list(rows)
             body = {"instances": [{"cat": cat[i].tolist(), "num": num[i].tolist()} for i in rows]}
-            on = predict(url, "ctr", body).json()["predictions"]
-            off = predict(stack.predictor_url, "ctr", body).json()["predictions"]
-            assert on == off
+            answer = predict(url, "ctr", body).json()
+            assert answer["model_version"] == file_version(model_path)
+            assert answer["predictions"] == model.predict(cat[rows], num[rows]).tolist()
         hits = metric(url, "mlref_prediction_cache_hits_total")
         misses = metric(url, "mlref_prediction_cache_misses_total")
         # Keeping 8: 0-5 scored; 3-5 hit, 6-8 scored (0 out); 0 scored (1 out); of 0-11,
