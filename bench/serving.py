@@ -57,13 +57,12 @@ def wrk(
     body: dict,
     connections: int = CONCURRENCY,
     seconds: int = DURATION,
-    script: str = "",
+    lua: str = "",
 ) -> dict:
     """req/s, p50 and p99 (ms) and errors of a bounded wrk run posting ``body`` (or running
-    the Lua ``script``)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
-        file.write(script or LUA.format(json.dumps(body)))
-    script = file
+    the Lua script ``lua``)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua or LUA.format(json.dumps(body)))
     argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
     done = subprocess.run(
         [*argv, "-s", script.name, url],
@@ -194,7 +193,7 @@ def wrk_bodies(url: str, bodies: list[dict], seconds: int = DURATION) -> dict:
         "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
     )
     try:
-        return wrk(url, {}, seconds=seconds, script=script)
+        return wrk(url, {}, seconds=seconds, lua=script)
     finally:
         Path(lines.name).unlink()
 
