@@ -1,6 +1,8 @@
-"""Serving benchmark: in-process floor, predictor vs a plain KServe ModelServer, full path.
+"""Serving benchmark: in-process floor, predictor vs a plain KServe ModelServer, full path,
+caches on and off.
 
-Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get install -y wrk``).
+Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get install -y wrk``);
+``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off.
 Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
 printed next to the one it is compared with, measured in the same run. wrk, the servers and
 anything else running share the machine's cores: the ratios matter, not the bare rates.
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +45,24 @@ from tests.serving.test_servers import N_CAT, N_NUM, business_rows, flat  # noqa
 DURATION = 6
 CONCURRENCY = 8
 ROUNDS = 4  # predictor and baseline alternate; the median round of each is reported
+CACHE_TRAFFIC_ROWS = 60_000  # three generated days: a round's slice is more than it sends
+FEATURE_CACHE_ROWS = 100_000  # the setting's default
+PREDICTION_CACHE_SIZE = 100_000
 # A level-1 long bracket: the JSON holds "]]" (nested lists), which would end a plain [[...]].
 LUA = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [=[{}]=]\n'
 
 
-def wrk(url: str, body: dict, connections: int = CONCURRENCY, seconds: int = DURATION) -> dict:
-    """req/s, p50 and p99 (ms) and errors of a bounded wrk run posting ``body``."""
+def wrk(
+    url: str,
+    body: dict,
+    connections: int = CONCURRENCY,
+    seconds: int = DURATION,
+    lua: str = "",
+) -> dict:
+    """req/s, p50 and p99 (ms) and errors of a bounded wrk run posting ``body`` (or running
+    the Lua script ``lua``)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(LUA.format(json.dumps(body)))
+        script.write(lua or LUA.format(json.dumps(body)))
     argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency"]
     done = subprocess.run(
         [*argv, "-s", script.name, url],
@@ -150,16 +163,137 @@ def line(label: str, ours: dict, theirs: dict | float, unit: str = "req/s") -> s
     return text + f"  errors {ours['errors']}"
 
 
+def with_serving(settings, **changes):
+    return settings.model_copy(update={"serving": settings.serving.model_copy(update=changes)})
+
+
+def generated_requests(settings, n: int) -> list[dict]:
+    """``n`` single-row requests as the generator's world makes them: Zipf-like popularity
+    of users and ads, the day's mix of devices, sites, positions and hours (days 0, 1...)."""
+    from mlref.data.generate import day_chunk, day_date
+    from mlref.data.world import World
+
+    world, per_day, frames = World.from_settings(settings), settings.data.rows_per_day, []
+    for day in range(-(-n // per_day)):
+        rows = min(per_day, n - day * per_day)
+        frames.append(day_chunk(settings, world, day, day_date(settings, day), [], 0, rows))
+    frame = pd.concat([f.to_pandas() for f in frames], ignore_index=True)
+    frame = frame.drop(columns=["event_timestamp", "clicked"])
+    return [{"instances": [row]} for row in frame.to_dict("records")]
+
+
+def wrk_bodies(url: str, bodies: list[dict], seconds: int = DURATION) -> dict:
+    """:func:`wrk` posting ``bodies`` in turn (one Lua state: one sequence over connections)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as lines:
+        lines.write("\n".join(json.dumps(body) for body in bodies) + "\n")
+    script = (
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'bodies = {{}}\nfor line in io.lines("{lines.name}") do bodies[#bodies + 1] = line end\n'
+        "i = 0\nrequest = function()\n  i = i % #bodies + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+    )
+    try:
+        return wrk(url, {}, seconds=seconds, lua=script)
+    finally:
+        Path(lines.name).unlink()
+
+
+def scraped(url: str, name: str) -> float:
+    """The sum of a metric's samples on ``url``'s /metrics (all label values)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def caches(root: Path, settings, model_path: Path) -> list[str]:
+    """Full path on generated traffic with each cache on and off: throughput, p99 and hit
+    rates, every configuration against both caches off in the same run.
+
+    All four configurations serve at once (a predictor and a transformer each, so no cache
+    sees another's traffic) and take turns, ``ROUNDS`` times, each round on the next slice of
+    the traffic, so that a cache never sees a request replayed from an earlier round.
+    """
+    traffic = generated_requests(settings, CACHE_TRAFFIC_ROWS)
+    configs = {
+        "no cache": (0, 0),
+        "entity rows kept": (FEATURE_CACHE_ROWS, 0),
+        "prediction cache": (0, PREDICTION_CACHE_SIZE),
+        "both caches": (FEATURE_CACHE_ROWS, PREDICTION_CACHE_SIZE),
+    }
+    predictors, transformers = {}, {}
+    try:
+        for label, (rows, size) in configs.items():
+            predictors[label] = start_predictor(
+                with_serving(settings, prediction_cache_size=size), model_path, root
+            )
+            transformers[label] = start_transformer(
+                with_serving(
+                    settings,
+                    feature_cache_rows=rows,
+                    log_spool_dir=str(root / f"spool-{len(transformers)}"),
+                ),
+                f"http://127.0.0.1:{predictors[label].port}",
+                root,
+            )
+        runs = {label: [] for label in configs}
+        part = len(traffic) // ROUNDS
+        for round_ in range(ROUNDS):
+            bodies = traffic[round_ * part : (round_ + 1) * part]
+            for label, server in transformers.items():
+                url = f"http://127.0.0.1:{server.port}/v1/models/ctr:predict"
+                runs[label].append(wrk_bodies(url, bodies))
+        sent = max(r["rps"] for found in runs.values() for r in found) * DURATION
+        rates = {}
+        for label in configs:
+            found = []
+            for server, name in (
+                (transformers[label], "feature"),
+                (predictors[label], "prediction"),
+            ):
+                url = f"http://127.0.0.1:{server.port}"
+                hits = scraped(url, f"mlref_{name}_cache_hits_total")
+                misses = scraped(url, f"mlref_{name}_cache_misses_total")
+                found.append(hits / (hits + misses) if hits + misses else 0.0)
+            rates[label] = found
+    finally:
+        for server in [*transformers.values(), *predictors.values()]:
+            server.stop()
+    results = {label: median_round(found) for label, found in runs.items()}
+    off = results["no cache"]
+    report = [
+        f"caches, full path single row c={CONCURRENCY}, generated traffic (median of {ROUNDS}"
+        f" rounds of {part:,} requests" + (", replayed: more were sent)" if sent > part else ")"),
+        f"  {'':18s} {'req/s':>8s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
+        f"{'entity hits':>11s} {'score hits':>10s} errors",
+    ]
+    for label, result in results.items():
+        entity, score = rates[label]
+        report.append(
+            f"  {label:18s} {result['rps']:8,.0f} {result['rps'] / off['rps']:6.2f} "
+            f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f} "
+            f"{entity:11.1%} {score:10.2%} {result['errors']}"
+        )
+    return report
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     root = Path(tempfile.mkdtemp(prefix="mlref-bench-"))
-    settings = serving_settings(root, log_flush_seconds=2.0)
-    settings = settings.model_copy(
-        update={"serving": settings.serving.model_copy(update={"max_batch": 1024})}
-    )
+    settings = with_serving(serving_settings(root, log_flush_seconds=2.0), max_batch=1024)
     fp32_path, model_path = production_model(root, settings)
-    build_features(settings, range(1, 2001), range(1, 201))
+    world = settings.data
+    build_features(settings, range(1, world.n_users + 1), range(1, world.n_ads + 1))
+    if sys.argv[1:2] == ["caches"]:
+        print("\n".join(caches(root, settings, model_path)))
+        shutil.rmtree(root, ignore_errors=True)
+        return
     rows = business_rows(256, seed=1)
     report = []
 
@@ -237,6 +371,7 @@ def main() -> None:
         f" lookup+transform {1e6 / path_rows - 1e6 / model_rows:.2f} us,"
         f" served {1e6 / served['rps']:.2f} us (2 requests in flight on 2 cores)"
     )
+    report.extend(caches(root, settings, model_path))
     print("\n".join(report))
     shutil.rmtree(root, ignore_errors=True)
 

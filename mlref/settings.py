@@ -302,6 +302,21 @@ class ServingSettings(Section):
         120.0, gt=0, description="How long the transformer waits at start for its predictors."
     )
     model_uri: str = Field("", description="Model to serve; empty: models:/<model_name>@champion.")
+    feature_cache_rows: int = Field(
+        100_000,
+        ge=0,
+        description="Entity rows per feature view the transformer keeps between "
+        "materializations; 0: every request reads the online store.",
+    )
+    prediction_cache_size: int = Field(
+        0,
+        ge=0,
+        description="Scores the predictor keeps, by model version and exact inputs (the least "
+        "recently used dropped first); 0: no prediction cache.",
+    )
+    prediction_cache_ttl_seconds: float = Field(
+        60.0, gt=0, description="How long a cached score is served after it was computed."
+    )
 
     @model_validator(mode="after")
     def _sink_has_url(self) -> ServingSettings:

@@ -13,7 +13,11 @@ from bisect import bisect_left
 
 import numpy as np
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -120,3 +124,68 @@ LOG_WRITER_ERRORS = Counter(
     "mlref_inference_log_writer_errors",
     "Unexpected errors the inference-log writer survived (or restarts of its thread).",
 )
+
+
+class Watched:
+    """A collector over an object that keeps its own counts as plain numbers.
+
+    Caches count on their hot path with integer additions; this turns their counts into
+    metric families only when ``/metrics`` is scraped. ``families(source)`` yields them; a
+    server watches one source per collector (the last one given).
+    """
+
+    def __init__(self, families):
+        self.families = families
+        self.source = None
+        REGISTRY.register(self)
+
+    def watch(self, source) -> None:
+        self.source = source
+
+    def collect(self):
+        if self.source is not None:
+            yield from self.families(self.source)
+
+
+def _feature_cache(lookup):
+    stats = lookup.cache_stats()
+    for kind in ("hits", "misses"):
+        family = CounterMetricFamily(
+            f"mlref_feature_cache_{kind}",
+            f"Entity ids the transformer's online lookup answered from the rows it keeps "
+            f"between materializations (hits) or read from the online store (misses): {kind}.",
+            labels=["entity"],
+        )
+        for entity, count in getattr(stats, kind).items():
+            family.add_metric([entity], count)
+        yield family
+    yield GaugeMetricFamily(
+        "mlref_feature_cache_age_seconds",
+        "Seconds since the kept entity rows were last dropped for a new materialization.",
+        value=stats.age_seconds,
+    )
+
+
+def _prediction_cache(cache):
+    for kind, count in (("hits", cache.hits), ("misses", cache.misses)):
+        yield CounterMetricFamily(
+            f"mlref_prediction_cache_{kind}",
+            f"Rows the predictor answered from its prediction cache (hits) or scored: {kind}.",
+            value=count,
+        )
+    evictions = CounterMetricFamily(
+        "mlref_prediction_cache_evictions",
+        "Cached scores dropped: past their TTL (expired) or the least recently used past the "
+        "size bound (size).",
+        labels=["reason"],
+    )
+    evictions.add_metric(["expired"], cache.expired)
+    evictions.add_metric(["size"], cache.evicted)
+    yield evictions
+    yield GaugeMetricFamily(
+        "mlref_prediction_cache_rows", "Scores held in the prediction cache.", value=len(cache)
+    )
+
+
+FEATURE_CACHE = Watched(_feature_cache)
+PREDICTION_CACHE = Watched(_prediction_cache)

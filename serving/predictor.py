@@ -22,6 +22,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlref import onnx_model
 from mlref.serving import metrics, v2
+from mlref.serving.prediction_cache import PredictionCache
 from mlref.serving.requests import (
     MODEL_CHANGED,
     V2_INPUTS,
@@ -109,6 +110,13 @@ class OnnxPredictor(kserve.Model):
         self.inference_seconds = stage("predictor", "inference", self.version, self.variant)
         self.scores = metrics.SCORES.labels("predictor", self.version, self.variant)
         self.fingerprint = self.model.spec.fingerprint
+        serving = self.settings.serving
+        self.cache = None
+        if serving.prediction_cache_size:
+            self.cache = PredictionCache(
+                serving.prediction_cache_size, serving.prediction_cache_ttl_seconds
+            )
+            metrics.PREDICTION_CACHE.watch(self.cache)
         self.headers = {
             **label_headers(self.version, self.variant),
             v2.SPEC_HEADER: self.fingerprint,
@@ -176,6 +184,15 @@ class OnnxPredictor(kserve.Model):
                 f"in [0, {self.sizes[j]}): build inputs with this model's feature spec",
                 field=onnx_model.INPUT_CAT,
             )
+        if self.cache is None:
+            probability = self._infer(cat, num)
+        else:
+            probability = self.cache.scores(self.version, cat, num, self._infer)
+        self.scores.observe(probability)
+        return probability
+
+    def _infer(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """onnxruntime's scores, finite (else a 500 naming the model, never cached)."""
         start = time.perf_counter()
         probability = self.model.predict(cat, num)
         self.inference_seconds.observe(time.perf_counter() - start)
@@ -187,7 +204,6 @@ class OnnxPredictor(kserve.Model):
                 status=500,
                 code="non_finite_output",
             )
-        self.scores.observe(probability)
         return probability
 
     def get_input_types(self) -> list[dict]:

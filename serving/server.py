@@ -328,7 +328,7 @@ def run_transformer(
     model = CtrTransformer(
         settings.model_name,
         settings,
-        OnlineFeatureLookup(settings),
+        OnlineFeatureLookup(settings, cache_rows=settings.serving.feature_cache_rows),
         predictor_url,
         inference_log,
         host_header,

@@ -116,6 +116,8 @@ class CtrTransformer(kserve.Model):
         super().__init__(name, return_response_headers=True)
         self.settings = settings
         self.lookup = lookup
+        if hasattr(lookup, "cache_stats"):  # the online store's lookup counts its kept rows
+            metrics.FEATURE_CACHE.watch(lookup)
         self.log = inference_log
         serving = settings.serving
         self.client = PredictorClient(

@@ -206,22 +206,35 @@ class OnlineFeatureLookup:
     ``refresh_seconds``. At most ``cache_rows`` entities per view are kept (then it starts
     over); with 0, every lookup reads the store. Not thread-safe: serving calls it from its
     event loop only.
+
+    What keeping rows saves is counted (:meth:`cache_stats`): per entity key, the ids
+    answered from kept rows (hits) and those read from the store (misses), and the age of
+    the kept rows, which starts again at 0 when a new materialization is seen. ``clock``
+    (monotonic seconds) times both the refreshes and that age.
     """
 
     def __init__(
-        self, settings: Settings, refresh_seconds: float = 60.0, cache_rows: int = 100_000
+        self,
+        settings: Settings,
+        refresh_seconds: float = 60.0,
+        cache_rows: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._store = open_store(settings)
         self._config = self._store.config
         self._provider = get_provider(self._config)
         self._refresh_seconds = refresh_seconds
         self._cache_rows = cache_rows
+        self._clock = clock
         self._views: list[_ViewRows] = []
         self._loaded_at = -np.inf
+        self._rows_since: float | None = None  # when the views' rows were last dropped
+        self._hits = {table.key: 0 for table in TABLES}
+        self._misses = {table.key: 0 for table in TABLES}
 
     def _views_now(self) -> list[_ViewRows]:
         """Each view with the rows read from it, dropped once its registry entry changed."""
-        if time.monotonic() - self._loaded_at > self._refresh_seconds:
+        if self._clock() - self._loaded_at > self._refresh_seconds:
             self._store.refresh_registry()
             views = [self._store.get_feature_view(table.name) for table in TABLES]
             if [rows.view for rows in self._views] != views:
@@ -229,17 +242,27 @@ class OnlineFeatureLookup:
                     _ViewRows(view, table.key, table.columns, self._cache_rows)
                     for view, table in zip(views, TABLES, strict=True)
                 ]
-            self._loaded_at = time.monotonic()
+                self._rows_since = self._clock()
+            self._loaded_at = self._clock()
         return self._views
+
+    def cache_stats(self) -> FeatureCacheStats:
+        """Hits and misses so far (per entity key) and the kept rows' age in seconds."""
+        since = self._rows_since
+        return FeatureCacheStats(
+            dict(self._hits), dict(self._misses), 0.0 if since is None else self._clock() - since
+        )
 
     def lookup(self, user_ids: Sequence[int], ad_ids: Sequence[int]) -> pd.DataFrame:
         """Stats for each (user, ad) pair, in input order; NaN where an entity is unknown."""
         if len(user_ids) != len(ad_ids):
             raise ValueError(f"{len(user_ids)} user ids but {len(ad_ids)} ad ids")
-        parts = [
-            rows.values_for(np.asarray(ids, dtype=np.int64).tolist(), self._read)
-            for rows, ids in zip(self._views_now(), (user_ids, ad_ids), strict=True)
-        ]
+        parts = []
+        for rows, ids in zip(self._views_now(), (user_ids, ad_ids), strict=True):
+            found, read = rows.values_for(np.asarray(ids, dtype=np.int64).tolist(), self._read)
+            parts.append(found)
+            self._misses[rows.key] += read
+            self._hits[rows.key] += len(ids) - read
         return pd.DataFrame(np.hstack(parts), columns=list(STAT_COLUMNS))
 
     def _read(self, rows: _ViewRows, ids: list[int]) -> np.ndarray:
@@ -258,6 +281,15 @@ class OnlineFeatureLookup:
         return out
 
 
+@dataclass(frozen=True)
+class FeatureCacheStats:
+    """What :class:`OnlineFeatureLookup`'s kept rows saved: counts per entity key."""
+
+    hits: dict[str, int]
+    misses: dict[str, int]
+    age_seconds: float
+
+
 class _ViewRows:
     """A view as the registry last described it, and the rows read from it since, by id."""
 
@@ -273,8 +305,9 @@ class _ViewRows:
 
     def values_for(
         self, ids: list[int], read: Callable[[_ViewRows, list[int]], np.ndarray]
-    ) -> np.ndarray:
-        """Rows for ``ids``, in order; ``read`` is asked only for ids not seen yet."""
+    ) -> tuple[np.ndarray, int]:
+        """Rows for ``ids``, in order, and how many distinct ids were read: ``read`` is asked
+        only for ids not seen yet."""
         index = self.index
         new = [i for i in dict.fromkeys(ids) if i not in index]
         if new:
@@ -288,7 +321,7 @@ class _ViewRows:
         found = self.values[[index[i] for i in ids]]
         if not self.limit:
             index.clear()
-        return found
+        return found, len(new)
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,36 @@ def test_rows_kept_between_materializations_equal_store_reads(applied: Settings)
     assert np.isnan(after.loc[0, "user_impressions_7d"])  # user 3 is now stale
 
 
+def test_kept_rows_count_hits_and_misses_and_age_from_the_last_materialization(
+    applied: Settings,
+):
+    store.materialize(applied, _stamp("2026-01-05").to_pydatetime())
+    now = [100.0]
+    lookup = store.OnlineFeatureLookup(applied, refresh_seconds=0, clock=lambda: now[0])
+    assert lookup.cache_stats().age_seconds == 0.0  # nothing kept yet
+    lookup.lookup([3, 1, 3], [10, 10, 10])  # users 3, 1 read; ad 10 read once
+    now[0] = 130.0
+    lookup.lookup([1, 999], [11, 10])  # user 999 and ad 11 read; 1 and 10 kept (unknown too)
+    lookup.lookup([999], [11])
+    stats = lookup.cache_stats()
+    assert stats.misses == {"user_id": 3, "ad_id": 2}
+    assert stats.hits == {"user_id": 3, "ad_id": 4}
+    assert stats.age_seconds == 30.0
+
+    store.materialize(applied, _stamp("2026-01-10").to_pydatetime())  # seen at the next lookup
+    now[0] = 150.0
+    lookup.lookup([1], [10])
+    now[0] = 155.0
+    stats = lookup.cache_stats()
+    assert stats.age_seconds == 5.0
+    assert stats.misses == {"user_id": 4, "ad_id": 3}  # kept rows dropped: read again
+    assert stats.hits == {"user_id": 3, "ad_id": 4}
+    uncached = store.OnlineFeatureLookup(applied, cache_rows=0)
+    uncached.lookup([1, 1], [10, 10])
+    uncached.lookup([1], [10])
+    assert uncached.cache_stats().hits == {"user_id": 1, "ad_id": 1}  # the duplicate in a call
+
+
 def test_cluster_config_uses_redis_and_the_offline_uri(
     settings: Settings, redis_server: str, tmp_path: Path
 ):

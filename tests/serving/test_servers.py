@@ -18,6 +18,7 @@ from kserve import (
     InferRequest,
     RESTConfig,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlref import onnx_model, schema
 from mlref.features.transform import build_spec, fill_defaults, transform
@@ -392,3 +393,33 @@ def test_bounded_load_has_no_errors(stack):
 
     errors, ok = asyncio.run(run())
     assert (errors, ok) == (0, workers * each)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """A sample's value on a server's ``/metrics`` (0 when absent)."""
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0
+
+
+def test_transformer_counts_kept_entity_rows_on_metrics(stack):
+    url = stack.transformer_url
+
+    def counts() -> list[float]:
+        return [
+            metric(url, f"mlref_feature_cache_{kind}_total", entity=entity)
+            for kind in ("hits", "misses")
+            for entity in ("user_id", "ad_id")
+        ]
+
+    before = counts()
+    rows = business_rows(1, seed=5)
+    rows[0].update(user_id=7_777_001, ad_id=7_777_002)  # never looked up before
+    for _ in range(3):
+        assert predict(url, "ctr", {"instances": rows}).status_code == 200
+    after = counts()
+    # Read once from the store, then twice from the kept rows, for each entity.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 2, 1, 1]
+    assert metric(url, "mlref_feature_cache_age_seconds") > 0
