@@ -77,7 +77,7 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
 
 
 def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, tmp_path):
-    sets = make_sets(spec, train_rows=40_000, eval_rows=20_000, seed=11)
+    sets = make_sets(spec, train_rows=20_000, eval_rows=20_000, seed=11)
     result = train(sets, spec, _settings(negative_rate=RATE))
     labels = sets.train["clicked"].to_numpy()
     kept = int(labels.sum()) + RATE * int((labels == 0).sum())
@@ -102,7 +102,7 @@ def test_streamed_shards_sample_per_shard_and_reproducibly(spec: FeatureSpec, tm
     days = {"train": range(1, 5), "val": [5], "test": [6]}
     for split, numbers in days.items():
         for n in numbers:
-            writer.write(split, f"2026-01-{n:02d}", make_frame(1_500, n, spec, f"2026-01-{n:02d}"))
+            writer.write(split, f"2026-01-{n:02d}", make_frame(1_000, n, spec, f"2026-01-{n:02d}"))
     writer.close()
     stored = shards.ShardSet(str(tmp_path / "sets"))
     settings = _settings(epochs=2, negative_rate=0.5, host_memory_bytes=1, shuffle_buffer_shards=2)
