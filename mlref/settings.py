@@ -206,6 +206,22 @@ class TrainSettings(Section):
         description="A TrainJob's activeDeadlineSeconds, and how long the step awaits it.",
     )
     trainjob_poll_s: float = Field(5.0, gt=0, description="How often the step reads the TrainJob.")
+    negative_rate: float = Field(
+        1.0,
+        description="Share w of negative rows training reads (all positives are kept), drawn "
+        "from the seed; the exported model adds log(w) to its logit, so its probabilities are "
+        "CTRs at the true base rate. 1: every row.",
+    )
+
+    @model_validator(mode="after")
+    def _negative_rate_in_range(self) -> TrainSettings:
+        if not 0 < self.negative_rate <= 1:
+            raise ValueError(
+                f"train.negative_rate is {self.negative_rate}, outside (0, 1]: set "
+                "MLREF_TRAIN__NEGATIVE_RATE to the share of negatives to train on, e.g. 0.1, "
+                "or 1 to train on all of them"
+            )
+        return self
 
 
 class ParitySettings(Section):

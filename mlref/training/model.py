@@ -40,7 +40,8 @@ class CrossLayer(nn.Module):
 
 
 class CTRModel(nn.Module):
-    """Click model over ``transform`` output; ``forward`` gives probabilities, ``logits`` trains.
+    """Click model over ``transform`` output; ``forward`` gives probabilities (corrected for
+    negative downsampling), ``logits`` trains.
 
     Class imbalance: the output bias starts at the base-rate logit ``log(p / (1 - p))`` instead
     of reweighting positives. Reweighting (pos_weight, oversampling) shifts every prediction
@@ -89,6 +90,10 @@ class CTRModel(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
         nn.init.constant_(self.head.bias, math.log(base_rate / (1 - base_rate)))
+        # Trained on a share w of the negatives, the model's odds are 1/w times the true ones:
+        # p' = p / (p + (1 - p) / w) is the logit plus log(w). A plain attribute, not a buffer:
+        # it belongs to this run's sampling, not to weights another run might load.
+        self.logit_shift = math.log(settings.negative_rate)
 
     def logits(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         # Any index outside an embedding (a caller bypassing transform, a corrupt request)
@@ -103,4 +108,7 @@ class CTRModel(nn.Module):
         return self.head(self.mlp(x)).squeeze(-1)
 
     def forward(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(cat, num))
+        logits = self.logits(cat, num)
+        if self.logit_shift:  # in the exported graph too: every consumer reads true CTRs
+            logits = logits + self.logit_shift
+        return torch.sigmoid(logits)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -73,6 +73,17 @@ def encode(frame: pd.DataFrame, spec: FeatureSpec) -> Tensors:
     return Tensors(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(labels))
 
 
+def sample_negatives(split: Tensors, rate: float, seed: int | Sequence[int]) -> Tensors:
+    """Every positive and a share ``rate`` of the negatives, drawn from ``seed`` (the same
+    seed, the same rows). :class:`CTRModel` undoes the shift in odds this makes."""
+    if rate >= 1:
+        return split
+    labels = split.labels.numpy()
+    keep = (labels > 0.5) | (np.random.default_rng(seed).random(len(labels)) < rate)
+    index = torch.from_numpy(np.flatnonzero(keep))
+    return Tensors(split.cat[index], split.num[index], split.labels[index])
+
+
 @dataclass(frozen=True)
 class EpochRecord:
     epoch: int
@@ -80,6 +91,7 @@ class EpochRecord:
     val_logloss: float
     val_auc: float
     samples_per_s: float
+    samples: int  # training rows read in the epoch, all ranks
 
 
 @dataclass
@@ -95,6 +107,11 @@ class TrainResult:
     recipe: Recipe
     resident: bool
     metrics: dict[str, SplitMetrics] = field(default_factory=dict)
+
+    @property
+    def samples_processed(self) -> int:
+        """Training rows read over all epochs: the cost negative downsampling cuts."""
+        return sum(record.samples for record in self.history)
 
     @property
     def samples_per_s(self) -> float:
@@ -239,11 +256,23 @@ class _Resident:
 class _Streamed:
     """A split read shard by shard from its :class:`ShardSet`, a few shards ahead."""
 
-    def __init__(self, sets: ShardSet, name: str, spec: FeatureSpec, prefetch: int):
+    def __init__(
+        self,
+        sets: ShardSet,
+        name: str,
+        spec: FeatureSpec,
+        prefetch: int,
+        negative_rate: float = 1.0,
+        seed: int = 0,
+    ):
         self.shards = sets.shards(name)
-        self.rows = sum(shard.rows for shard in self.shards)
+        # Known exactly once read when negatives are sampled: input_stats, the first pass, counts.
+        self.shard_rows = [shard.rows for shard in self.shards]
+        self.rows = sum(self.shard_rows)
         self.prefetch = prefetch
-        self.load = lambda i: encode(sets.read(self.shards[i]), spec)
+        self.load = lambda i: sample_negatives(
+            encode(sets.read(self.shards[i]), spec), negative_rate, [seed, i]
+        )
 
     def chunks(self) -> Iterator[Tensors]:
         return iter(Prefetched(self.load, range(len(self.shards)), self.prefetch))
@@ -251,13 +280,15 @@ class _Streamed:
     def input_stats(self) -> tuple[np.ndarray, np.ndarray, float]:
         """As :meth:`_Resident.input_stats`, in one pass (Chan et al.'s pairwise update)."""
         count, mean, m2, positives = 0, 0.0, 0.0, 0.0
-        for chunk in self.chunks():
+        for i, chunk in enumerate(self.chunks()):
+            self.shard_rows[i] = len(chunk)
             num = chunk.num.double()
             n, chunk_mean = len(num), num.mean(0)
             delta = chunk_mean - mean
             m2 = m2 + ((num - chunk_mean) ** 2).sum(0) + delta**2 * count * n / (count + n)
             mean, count = mean + delta * n / (count + n), count + n
             positives += float(chunk.labels.double().sum())
+        self.rows = count
         return mean.numpy(), (m2 / (count - 1)).sqrt().numpy(), positives / count
 
     def scores(self, model: CTRModel) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +305,7 @@ class _Streamed:
 
         return ShardBatches(
             load,
-            [shard.rows for shard in self.shards],
+            self.shard_rows,
             plan.batch_size,
             device,
             settings.seed,
@@ -290,15 +321,38 @@ def resident_bytes(sets: ShardSet, spec: FeatureSpec) -> int:
 
 
 def _splits(
-    sets: TrainingSets | ShardSet, spec: FeatureSpec, settings: TrainSettings, sharers: int = 1
+    sets: TrainingSets | ShardSet,
+    spec: FeatureSpec,
+    settings: TrainSettings,
+    sharers: int = 1,
+    seed: int = 0,
 ) -> dict[str, _Resident | _Streamed]:
     """Each split resident when the whole set fits ``host_memory_bytes`` (shared by
-    ``sharers`` processes on the host), else streamed."""
+    ``sharers`` processes on the host), else streamed. The train split keeps a share
+    ``negative_rate`` of its negatives, drawn from ``seed`` (per shard when streamed)."""
+    rate = settings.negative_rate
     if isinstance(sets, ShardSet):
         if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes) // sharers:
-            return {name: _Streamed(sets, name, spec, settings.prefetch_shards) for name in SPLITS}
+            return {
+                name: _Streamed(
+                    sets,
+                    name,
+                    spec,
+                    settings.prefetch_shards,
+                    rate if name == "train" else 1.0,
+                    seed,
+                )
+                for name in SPLITS
+            }
         sets = TrainingSets(**{name: sets.frame(name) for name in SPLITS})
-    return {name: _Resident(encode(getattr(sets, name), spec)) for name in SPLITS}
+    return {
+        name: _Resident(
+            sample_negatives(encode(getattr(sets, name), spec), rate, seed)
+            if name == "train"
+            else encode(getattr(sets, name), spec)
+        )
+        for name in SPLITS
+    }
 
 
 def _scores(
@@ -342,19 +396,24 @@ def train(
         if not isinstance(sets, ShardSet):
             raise TypeError("distributed training reads a ShardSet (each rank its own rows)")
         sets = sets.for_rank(ranks.rank, ranks.world)
-    data = _splits(sets, spec, settings, ranks.local_world if ranks else 1)
-    train_set = data["train"]
-    plan = recipe(settings, device, _rows(data, ranks)["train"])
-    rank_plan, rank_settings = plan, settings
-    if ranks is not None:  # the global batch split over the ranks; each rank its own shuffle
-        rank_plan = replace(plan, batch_size=math.ceil(plan.batch_size / ranks.world))
+    rank_settings = settings  # each rank its own shuffle and its own sample of negatives
+    if ranks is not None:
         rank_settings = settings.model_copy(update={"seed": settings.seed + ranks.rank})
+    data = _splits(sets, spec, settings, ranks.local_world if ranks else 1, rank_settings.seed)
+    train_set = data["train"]
+    _rows(data, ranks)  # every split has rows on every rank
     torch.manual_seed(settings.seed)
     with _deterministic(device.type == "cpu"), precision_scope(device, settings.precision) as amp:
-        num_mean, num_std, base_rate = train_set.input_stats()
+        num_mean, num_std, base_rate = train_set.input_stats()  # counts sampled rows too
+        train_rows = train_set.rows
         if ranks is not None:
             parts = ranks.gather((train_set.rows, num_mean, num_std, base_rate))
             num_mean, num_std, base_rate = combine_stats(parts)
+            train_rows = sum(part[0] for part in parts)
+        plan = recipe(settings, device, train_rows)
+        rank_plan = plan  # with ranks, the global batch split over them
+        if ranks is not None:
+            rank_plan = replace(plan, batch_size=math.ceil(plan.batch_size / ranks.world))
         model = CTRModel(
             spec, settings, num_mean=num_mean, num_std=num_std, base_rate=base_rate
         ).to(device)
@@ -468,6 +527,7 @@ def _fit(
                 val_logloss=scores.logloss,
                 val_auc=scores.auc,
                 samples_per_s=rows / seconds,
+                samples=rows,
             )
             history.append(record)
             console.print(

@@ -103,6 +103,7 @@ def fit(
             "device": result.device,
             "precision": result.precision,
             "samples_per_s": result.samples_per_s,
+            "samples_processed": result.samples_processed,
         },
     )
     return flat
