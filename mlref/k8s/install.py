@@ -69,7 +69,8 @@ class Identity:
 
 IDENTITIES = (
     # Pipeline steps (and the features CronJob): curated data, Feast's offline data and
-    # registry, models and batch predictions.
+    # registry, models, batch predictions, and what the training step stages for a TrainJob's
+    # nodes (which run with this Secret too).
     Identity(
         "pipeline",
         OBJECT_STORE_SECRET,
@@ -80,6 +81,7 @@ IDENTITIES = (
             "models/",
             "predictions/",
             "staging/",
+            "trainjobs/",
         ),
     ),
     # The InferenceService (transformer; KServe's storage initializer reads only) and the

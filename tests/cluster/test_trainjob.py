@@ -27,6 +27,7 @@ from mlref.training.export import export_onnx
 from mlref.training.shards import ShardSet, ShardWriter
 from mlref.training.trainjob_client import TrainJobFailed
 from mlref.training.workflow import fit
+from tests.cluster.network import service_map
 from tests.cluster.pods import installed
 from tests.cluster.trainer_api import TrainerApi
 from tests.conftest import S3Server
@@ -67,7 +68,11 @@ def trainer(
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     s3_server.create_bucket(BUCKET)
-    api = TrainerApi(tmp_path / "pods", installed(trainer_chart()))
+    objects = trainer_chart()
+    cluster = installed(
+        objects, service_map(objects, {"seaweedfs": s3_server.endpoint}), store=s3_server
+    )
+    api = TrainerApi(tmp_path / "pods", cluster)
     yield api
     api.close()
 
