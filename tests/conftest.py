@@ -39,7 +39,7 @@ def postgres_server() -> Iterator[str]:
 
     import psycopg2
 
-    from tests.servers import Server, find_binary, free_port, require
+    from tests.servers import Server, find_binary, require, start_on_free_port
 
     bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     initdb = find_binary("initdb", "postgresql", bin_dirs)
@@ -68,31 +68,36 @@ def postgres_server() -> Iterator[str]:
     if init.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
-    port = free_port()
-    server = Server(
-        [
-            *as_user,
-            str(Path(initdb).with_name("postgres")),
-            *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
-            *("-c", "fsync=off", "-c", "full_page_writes=off"),
-        ],
-        port,
-        base / "postgres.log",
-    )
 
-    def connect(dbname: str):
+    def connect(port: int, dbname: str):
         return psycopg2.connect(host="127.0.0.1", port=port, user="mlref", dbname=dbname)
 
-    def accepts_connections() -> bool:
+    def accepts_connections(port: int) -> bool:
         try:
-            connect("postgres").close()
+            connect(port, "postgres").close()
         except psycopg2.OperationalError:
             return False
         return True
 
+    def start(port: int) -> Server:
+        server = Server(
+            [
+                *as_user,
+                str(Path(initdb).with_name("postgres")),
+                *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
+                *("-c", "fsync=off", "-c", "full_page_writes=off"),
+            ],
+            port,
+            base / "postgres.log",
+        )
+        server.wait_ready(check=lambda: accepts_connections(port))
+        return server
+
+    server = None
     try:
-        server.wait_ready(check=accepts_connections)
-        admin = connect("postgres")
+        server = start_on_free_port(start)
+        port = server.port
+        admin = connect(port, "postgres")
         admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
         admin.cursor().execute("CREATE DATABASE mlref")
         admin.close()
@@ -103,8 +108,10 @@ def postgres_server() -> Iterator[str]:
         pid_file = data / "postmaster.pid"
         if pid_file.is_file():
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
-            server.process.wait(timeout=30)
-        server.stop()
+            if server is not None:
+                server.process.wait(timeout=30)
+        if server is not None:
+            server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -113,30 +120,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway Redis on 127.0.0.1 without persistence; yields its ``host:port``."""
     import redis
 
-    from tests.servers import Server, find_binary, free_port, real_clock_env
+    from tests.servers import Server, find_binary, real_clock_env, start_on_free_port
 
     binary = find_binary("redis-server", "redis-server")
     base = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    server = Server(
-        [
-            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        port,
-        base / "redis.log",
-        env=real_clock_env(),
-    )
 
-    def answers() -> bool:
+    def answers(port: int) -> bool:
         try:
             return bool(redis.Redis(host="127.0.0.1", port=port).ping())
         except redis.ConnectionError:
             return False
 
+    def start(port: int) -> Server:
+        server = Server(
+            [
+                *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            port,
+            base / "redis.log",
+            env=real_clock_env(),
+        )
+        server.wait_ready(check=lambda: answers(port))
+        return server
+
+    server = start_on_free_port(start)
     try:
-        server.wait_ready(check=answers)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{server.port}"
     finally:
         server.stop()
 
@@ -207,22 +217,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     import importlib.util
     import sys
 
-    from tests.servers import Server, free_port, require
+    from tests.servers import Server, require, start_on_free_port
 
     require(
         importlib.util.find_spec("moto") is not None,
         "moto is not installed: `pip install 'moto[server]'` (in the dev extras)",
     )
     base = tmp_path_factory.mktemp("s3")
-    port = free_port()
-    server = Server(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        port,
-        base / "moto.log",
-    )
-    try:
+
+    def start(port: int) -> Server:
+        server = Server(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            port,
+            base / "moto.log",
+        )
         server.wait_ready(timeout=60)
-        yield S3Server(endpoint=f"http://127.0.0.1:{port}")
+        return server
+
+    server = start_on_free_port(start)
+    try:
+        yield S3Server(endpoint=f"http://127.0.0.1:{server.port}")
     finally:
         server.stop()
 
@@ -238,17 +252,20 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus Pushgateway on 127.0.0.1; yields its URL."""
-    from tests.servers import Server, find_binary, free_port
+    from tests.servers import Server, find_binary, start_on_free_port
 
     binary = find_binary("prometheus-pushgateway", "prometheus-pushgateway")
-    port = free_port()
     base = tmp_path_factory.mktemp("pushgateway")
-    server = Server(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], port, base / "pushgateway.log"
-    )
-    try:
+
+    def start(port: int) -> Server:
+        argv = [binary, f"--web.listen-address=127.0.0.1:{port}"]
+        server = Server(argv, port, base / "pushgateway.log")
         server.wait_ready()
-        yield f"http://127.0.0.1:{port}"
+        return server
+
+    server = start_on_free_port(start)
+    try:
+        yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
 
