@@ -36,9 +36,9 @@ def taken() -> Iterator[int]:
 
 def test_a_handed_out_port_is_refused_to_others_and_served_by_its_server(tmp_path):
     port = free_port()
-    with socket.socket() as other:  # what another test run's free_port tries
-        with pytest.raises(OSError, match="in use"):
-            other.bind(("127.0.0.1", port))
+    # what another test run's free_port tries
+    with socket.socket() as other, pytest.raises(OSError, match="in use"):
+        other.bind(("127.0.0.1", port))
     assert free_port() != port
     for _ in range(2):  # the server gets the port, and gets it again after a restart
         server = http_server(port, tmp_path)
@@ -62,6 +62,6 @@ def test_a_start_on_a_taken_port_is_retried_on_a_new_one(taken, tmp_path, monkey
 def test_retries_are_bounded_and_say_the_port_was_taken(taken, tmp_path, monkeypatch):
     tried = []
     monkeypatch.setattr(servers, "free_port", lambda: tried.append(taken) or taken)
-    with pytest.raises(PortTaken, match="(?i)address already in use"):
+    with pytest.raises(PortTaken, match=r"(?i)address already in use"):
         start_on_free_port(lambda port: http_server(port, tmp_path), attempts=2)
     assert len(tried) == 2
