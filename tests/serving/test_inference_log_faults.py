@@ -66,11 +66,11 @@ def test_sink_down_under_load_past_the_memory_bound_then_back_every_row_once(
 ):
     uri, port, s3 = s3_behind_proxy
     proxy = start_proxy(port, int(s3.endpoint.rsplit(":", 1)[1]), tmp_path)
-    memory_rows, record_rows = 4_000, 20
+    memory_rows, record_rows = 1_000, 20
     spool = Spool(tmp_path / "spool", max_rows=10**7)
     writer = InferenceLog(
         StorageSink(uri),
-        flush_rows=1_000,
+        flush_rows=250,
         flush_seconds=0.2,
         spool=spool,
         memory_rows=memory_rows,
