@@ -39,7 +39,7 @@ def postgres_server() -> Iterator[str]:
 
     import psycopg2
 
-    from tests.servers import Server, find_binary, require, start_on_free_port
+    from tests.servers import find_binary, require, serve
 
     bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     initdb = find_binary("initdb", "postgresql", bin_dirs)
@@ -79,23 +79,18 @@ def postgres_server() -> Iterator[str]:
             return False
         return True
 
-    def start(port: int) -> Server:
-        server = Server(
-            [
+    server = None
+    try:
+        server = serve(
+            lambda port: [
                 *as_user,
                 str(Path(initdb).with_name("postgres")),
                 *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
                 *("-c", "fsync=off", "-c", "full_page_writes=off"),
             ],
-            port,
-            base / "postgres.log",
+            lambda _: base / "postgres.log",
+            ready=accepts_connections,
         )
-        server.wait_ready(check=lambda: accepts_connections(port))
-        return server
-
-    server = None
-    try:
-        server = start_on_free_port(start)
         port = server.port
         admin = connect(port, "postgres")
         admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
@@ -120,7 +115,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway Redis on 127.0.0.1 without persistence; yields its ``host:port``."""
     import redis
 
-    from tests.servers import Server, find_binary, real_clock_env, start_on_free_port
+    from tests.servers import find_binary, real_clock_env, serve
 
     binary = find_binary("redis-server", "redis-server")
     base = tmp_path_factory.mktemp("redis")
@@ -131,20 +126,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except redis.ConnectionError:
             return False
 
-    def start(port: int) -> Server:
-        server = Server(
-            [
-                *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            port,
-            base / "redis.log",
-            env=real_clock_env(),
-        )
-        server.wait_ready(check=lambda: answers(port))
-        return server
-
-    server = start_on_free_port(start)
+    server = serve(
+        lambda port: [
+            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        lambda _: base / "redis.log",
+        env=real_clock_env(),
+        ready=answers,
+    )
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
@@ -217,24 +207,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     import importlib.util
     import sys
 
-    from tests.servers import Server, require, start_on_free_port
+    from tests.servers import require, serve
 
     require(
         importlib.util.find_spec("moto") is not None,
         "moto is not installed: `pip install 'moto[server]'` (in the dev extras)",
     )
     base = tmp_path_factory.mktemp("s3")
-
-    def start(port: int) -> Server:
-        server = Server(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            port,
-            base / "moto.log",
-        )
-        server.wait_ready(timeout=60)
-        return server
-
-    server = start_on_free_port(start)
+    server = serve(
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        lambda _: base / "moto.log",
+        timeout=60,
+    )
     try:
         yield S3Server(endpoint=f"http://127.0.0.1:{server.port}")
     finally:
@@ -252,18 +236,15 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus Pushgateway on 127.0.0.1; yields its URL."""
-    from tests.servers import Server, find_binary, start_on_free_port
+    from tests.servers import find_binary, serve
 
     binary = find_binary("prometheus-pushgateway", "prometheus-pushgateway")
     base = tmp_path_factory.mktemp("pushgateway")
 
-    def start(port: int) -> Server:
-        argv = [binary, f"--web.listen-address=127.0.0.1:{port}"]
-        server = Server(argv, port, base / "pushgateway.log")
-        server.wait_ready()
-        return server
-
-    server = start_on_free_port(start)
+    server = serve(
+        lambda port: [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        lambda _: base / "pushgateway.log",
+    )
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:

@@ -96,6 +96,26 @@ def start_on_free_port(start: Callable[[int], Server], attempts: int = 3) -> Ser
     raise ValueError(f"attempts must be at least 1, not {attempts}")
 
 
+def serve(
+    argv: Callable[[int], Sequence[str]],
+    log: Callable[[int], Path],
+    *,
+    env: dict | None = None,
+    timeout: float = 30.0,
+    ready: Callable[[int], bool] | None = None,
+    port: int = 0,
+) -> Server:
+    """The server ``argv(port)`` started and ready (listening, and ``ready(port)`` true), its
+    output in ``log(port)``; on ``port``, else on a free one (:func:`start_on_free_port`)."""
+
+    def start(port: int) -> Server:
+        server = Server(argv(port), port, log(port), env=env)
+        server.wait_ready(timeout, None if ready is None else lambda: ready(port))
+        return server
+
+    return start(port) if port else start_on_free_port(start)
+
+
 @contextmanager
 def refused_port() -> Iterator[int]:
     """A port where every connection is refused: bound by this process but not listening,

@@ -18,7 +18,7 @@ from mlref.canary.sources import LocalSource, PrometheusSource
 from tests.canary import models
 from tests.canary.e2e import Traffic, start_candidate
 from tests.canary.test_e2e import stable  # noqa: F401  (module fixture)
-from tests.servers import Server, find_binary, start_on_free_port, wait_until
+from tests.servers import Server, find_binary, serve, wait_until
 
 pytestmark = pytest.mark.slow
 SCRAPE_SECONDS = 1
@@ -39,21 +39,17 @@ def start_prometheus(targets: list[str], base: Path) -> Server:
         except httpx.HTTPError:
             return False
 
-    def launch(port: int) -> Server:
-        server = Server(
-            [
-                binary,
-                f"--config.file={base / 'prometheus.yml'}",
-                f"--storage.tsdb.path={base / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            port,
-            base / "prometheus.log",
-        )
-        server.wait_ready(timeout=60, check=lambda: ready(port))
-        return server
-
-    return start_on_free_port(launch)
+    return serve(
+        lambda port: [
+            binary,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        lambda _: base / "prometheus.log",
+        timeout=60,
+        ready=ready,
+    )
 
 
 @pytest.fixture

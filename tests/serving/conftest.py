@@ -24,11 +24,12 @@ from mlref.serving.predictor import file_version
 from mlref.serving.server import settings_env
 from mlref.settings import ServingSettings, Settings
 from tests.features import events, write_curated
-from tests.servers import Server, start_on_free_port
+from tests.servers import Server, serve
 from tests.serving.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 PREDICT_DELAY = REPO / "tests" / "predict_delay"
+CLI = (sys.executable, "-m", "mlref.cli", "serve")  # the production command line
 KNOWN_USERS = range(1, 41)
 KNOWN_ADS = range(1, 16)
 
@@ -86,54 +87,47 @@ def start_predictor(
     extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
     if delay_ms:
         extra.update(predict_delay_env(delay_ms))
-    env = config_env(settings, **extra)
-
-    def start(port: int) -> Server:
-        argv = [sys.executable, "-m", "mlref.cli", "serve", "predictor"]
-        argv += ["--model", str(model_path), "--port", str(port), *extra_args]
-        server = Server(argv, port, logs / f"predictor-{port}.log", env=env)
-        server.wait_ready(check=lambda: model_ready(port, settings.model_name))
-        return server
-
-    return start(port) if port else start_on_free_port(start)
+    model = ("--model", str(model_path))
+    return serve(
+        lambda port: [*CLI, "predictor", *model, "--port", str(port), *extra_args],
+        lambda port: logs / f"predictor-{port}.log",
+        env=config_env(settings, **extra),
+        ready=lambda port: model_ready(port, settings.model_name),
+        port=port,
+    )
 
 
 def start_transformer(settings: Settings, predictor_url: str, logs: Path) -> Server:
     """The transformer calling ``predictor_url``: one predictor, or a split over several."""
-
-    def start(port: int) -> Server:
-        argv = [sys.executable, "-m", "mlref.cli", "serve", "transformer"]
-        argv += ["--port", str(port), "--predictor-host", predictor_url]
-        server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
-        server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.model_name))
-        return server
-
-    return start_on_free_port(start)
+    return serve(
+        lambda port: [*CLI, "transformer", "--port", str(port), "--predictor-host", predictor_url],
+        lambda port: logs / f"transformer-{port}.log",
+        env=config_env(settings),
+        timeout=60,
+        ready=lambda port: model_ready(port, settings.model_name),
+    )
 
 
 def start_split(settings: Settings, stable_url: str, candidate_url: str, logs: Path) -> Server:
     """The local split proxy over two predictors, following the canary patch's share."""
-
-    def start(port: int) -> Server:
-        argv = [sys.executable, "-m", "mlref.canary.proxy", "--port", str(port)]
-        argv += ["--stable", stable_url, "--candidate", candidate_url]
-        server = Server(argv, port, logs / f"split-{port}.log", env=config_env(settings))
-        server.wait_ready(timeout=30)
-        return server
-
-    return start_on_free_port(start)
+    return serve(
+        lambda port: [
+            *(sys.executable, "-m", "mlref.canary.proxy", "--port", str(port)),
+            *("--stable", stable_url, "--candidate", candidate_url),
+        ],
+        lambda port: logs / f"split-{port}.log",
+        env=config_env(settings),
+    )
 
 
 def start_log_sink(settings: Settings, logs: Path) -> Server:
     """``mlref serve log-sink``, storing under ``settings.inference_log_uri``."""
-
-    def start(port: int) -> Server:
-        argv = [sys.executable, "-m", "mlref.cli", "serve", "log-sink", "--port", str(port)]
-        server = Server(argv, port, logs / f"log-sink-{port}.log", env=config_env(settings))
-        server.wait_ready(timeout=60)
-        return server
-
-    return start_on_free_port(start)
+    return serve(
+        lambda port: [*CLI, "log-sink", "--port", str(port)],
+        lambda port: logs / f"log-sink-{port}.log",
+        env=config_env(settings),
+        timeout=60,
+    )
 
 
 def model_ready(port: int, name: str) -> bool:
