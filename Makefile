@@ -37,15 +37,22 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 
-# Tests that read the wall clock (windows ending "this hour", rows "in the future") run with
-# it set to 00:05 and to 23:55 UTC (tests/at-utc.sh, libfaketime) instead of the current time:
-# one run more of these only, not of the suite. The others pass every clock they use.
-CLOCK_TESTS := tests/cluster/test_cluster_loop.py tests/data/test_ingest.py
+# Tests that read the wall clock (windows ending "this hour") run with it set to 00:05 and to
+# 23:55 UTC (tests/at-utc.sh, libfaketime) instead of the current time: one run more of these
+# only, not of the suite. The others pass every clock they use (ingestion, for one, is given
+# its `now`). The two clock runs go side by side, each with its own servers, ports and temp
+# dirs; their output is printed when both are done.
+CLOCK_TESTS := tests/cluster/test_cluster_loop.py
+CLOCKS := 00:05 23:55
 
 test: lint tools
 	$(BIN)/pytest $(addprefix --ignore=,$(CLOCK_TESTS))
-	tests/at-utc.sh 00:05 $(BIN)/pytest $(CLOCK_TESTS)
-	tests/at-utc.sh 23:55 $(BIN)/pytest $(CLOCK_TESTS)
+	@pids=""; for clock in $(CLOCKS); do \
+	  tests/at-utc.sh $$clock $(BIN)/pytest -p no:cacheprovider $(CLOCK_TESTS) \
+	    >$(VENV)/clock-$$clock.log 2>&1 & pids="$$pids $$!"; \
+	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	for clock in $(CLOCKS); do echo "== clock $$clock UTC"; cat $(VENV)/clock-$$clock.log; done; \
+	exit $$status
 
 bench: install
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -39,7 +39,7 @@ def postgres_server() -> Iterator[str]:
 
     import psycopg2
 
-    from tests.servers import Server, find_binary, free_port, require
+    from tests.servers import find_binary, require, serve
 
     bin_dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     initdb = find_binary("initdb", "postgresql", bin_dirs)
@@ -68,31 +68,31 @@ def postgres_server() -> Iterator[str]:
     if init.returncode != 0:
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
-    port = free_port()
-    server = Server(
-        [
-            *as_user,
-            str(Path(initdb).with_name("postgres")),
-            *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
-            *("-c", "fsync=off", "-c", "full_page_writes=off"),
-        ],
-        port,
-        base / "postgres.log",
-    )
 
-    def connect(dbname: str):
+    def connect(port: int, dbname: str):
         return psycopg2.connect(host="127.0.0.1", port=port, user="mlref", dbname=dbname)
 
-    def accepts_connections() -> bool:
+    def accepts_connections(port: int) -> bool:
         try:
-            connect("postgres").close()
+            connect(port, "postgres").close()
         except psycopg2.OperationalError:
             return False
         return True
 
+    server = None
     try:
-        server.wait_ready(check=accepts_connections)
-        admin = connect("postgres")
+        server = serve(
+            lambda port: [
+                *as_user,
+                str(Path(initdb).with_name("postgres")),
+                *("-D", str(data), "-k", str(base), "-p", str(port), "-h", "127.0.0.1"),
+                *("-c", "fsync=off", "-c", "full_page_writes=off"),
+            ],
+            lambda _: base / "postgres.log",
+            ready=accepts_connections,
+        )
+        port = server.port
+        admin = connect(port, "postgres")
         admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
         admin.cursor().execute("CREATE DATABASE mlref")
         admin.close()
@@ -103,8 +103,10 @@ def postgres_server() -> Iterator[str]:
         pid_file = data / "postmaster.pid"
         if pid_file.is_file():
             os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
-            server.process.wait(timeout=30)
-        server.stop()
+            if server is not None:
+                server.process.wait(timeout=30)
+        if server is not None:
+            server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -113,30 +115,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway Redis on 127.0.0.1 without persistence; yields its ``host:port``."""
     import redis
 
-    from tests.servers import Server, find_binary, free_port, real_clock_env
+    from tests.servers import find_binary, real_clock_env, serve
 
     binary = find_binary("redis-server", "redis-server")
     base = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    server = Server(
-        [
-            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        port,
-        base / "redis.log",
-        env=real_clock_env(),
-    )
 
-    def answers() -> bool:
+    def answers(port: int) -> bool:
         try:
             return bool(redis.Redis(host="127.0.0.1", port=port).ping())
         except redis.ConnectionError:
             return False
 
+    server = serve(
+        lambda port: [
+            *(binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(base)),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        lambda _: base / "redis.log",
+        env=real_clock_env(),
+        ready=answers,
+    )
     try:
-        server.wait_ready(check=answers)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{server.port}"
     finally:
         server.stop()
 
@@ -209,33 +209,35 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 REST endpoint on 127.0.0.1: moto's server mode.
+    """A real S3 REST endpoint on 127.0.0.1: moto's server mode, checking credentials
+    (``tests/s3_store.py``).
 
-    moto is pure Python from PyPI (MinIO is on neither PyPI nor Debian), so CI and a user's
-    machine get it with the dev extras; boto3, s3fs, pyarrow, Feast, MLflow and KServe's
-    storage initializer all talk to it over HTTP exactly as they talk to MinIO or AWS.
+    moto is pure Python from PyPI (SeaweedFS is on neither PyPI nor Debian), so CI and a
+    user's machine get it with the dev extras; boto3, s3fs, pyarrow, Feast, MLflow and KServe's
+    storage initializer all talk to it over HTTP exactly as they talk to SeaweedFS or AWS.
     """
     import importlib.util
     import sys
 
-    from tests.servers import Server, free_port, require
+    from tests.servers import require, serve
 
     require(
         importlib.util.find_spec("moto") is not None,
         "moto is not installed: `pip install 'moto[server]'` (in the dev extras)",
     )
     base = tmp_path_factory.mktemp("s3")
-    port = free_port()
-    store = S3Server(endpoint=f"http://127.0.0.1:{port}")
     launcher = Path(__file__).parent / "s3_store.py"  # credentials checked, as in a real store
-    server = Server(
-        [sys.executable, str(launcher), "127.0.0.1", str(port), store.access_key, store.secret_key],
-        port,
-        base / "moto.log",
+    keys = S3Server(endpoint="")
+    server = serve(
+        lambda port: [
+            *(sys.executable, str(launcher), "127.0.0.1", str(port)),
+            *(keys.access_key, keys.secret_key),
+        ],
+        lambda _: base / "moto.log",
+        timeout=60,
     )
     try:
-        server.wait_ready(timeout=60)
-        yield store
+        yield S3Server(endpoint=f"http://127.0.0.1:{server.port}")
     finally:
         server.stop()
 
@@ -251,17 +253,17 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus Pushgateway on 127.0.0.1; yields its URL."""
-    from tests.servers import Server, find_binary, free_port
+    from tests.servers import find_binary, serve
 
     binary = find_binary("prometheus-pushgateway", "prometheus-pushgateway")
-    port = free_port()
     base = tmp_path_factory.mktemp("pushgateway")
-    server = Server(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"], port, base / "pushgateway.log"
+
+    server = serve(
+        lambda port: [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        lambda _: base / "pushgateway.log",
     )
     try:
-        server.wait_ready()
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
 

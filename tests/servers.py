@@ -7,6 +7,7 @@ it fails instead, so CI never passes by skipping.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 STRICT = os.environ.get("MLREF_STRICT_TESTS") == "1"
+# How servers report a port already in use (EADDRINUSE's text, in C, Go and Python programs).
+ADDRESS_IN_USE = re.compile(r"address already in use|eaddrinuse", re.IGNORECASE)
 
 
 def require(condition: bool, reason: str) -> None:
@@ -42,28 +45,75 @@ def find_binary(name: str, package: str, extra_dirs: Sequence[str] = ()) -> str:
 
 
 # Ports handed to servers come from below the kernel's ephemeral range (32768-60999 on Linux),
-# so that no outgoing connection can take one between the hand-out and the server's bind, and
-# no port is handed out twice in one run. The start depends on the PID so that test runs side
-# by side on one machine start far apart.
+# so that no outgoing connection can take one, and no port is handed out twice in one run.
+# The start depends on the PID so that test runs side by side on one machine start far apart.
 PORTS = range(20_000, 32_768)
-_handed_out: set[int] = set()
+_held: dict[int, socket.socket] = {}
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing holds now and this run has not handed out before."""
+    """A port on 127.0.0.1 that this process holds for a server until the run ends.
+
+    The port is bound here, without listening, and the socket kept open; SO_REUSEADDR is set
+    on it after the bind. A server given the port binds it with SO_REUSEADDR (uvicorn, gRPC,
+    nginx, Redis, PostgreSQL, Prometheus and Werkzeug all do) and listens, which Linux allows
+    next to a bound socket that does not listen; anything else that binds the port, such as
+    the same probe in another test run, is refused. So no other program can take the port
+    between this hand-out and the server's start, however long that is, and a server that
+    stops and starts again gets it back.
+    """
     start = os.getpid() * 211 % len(PORTS)
     for i in range(len(PORTS)):
         port = PORTS[(start + i) % len(PORTS)]
-        if port in _handed_out:
+        if port in _held:
             continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))  # without SO_REUSEADDR: refused while anyone holds it
+        except OSError:
+            sock.close()
+            continue
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _held[port] = sock
         return port
     raise RuntimeError(f"no free port left in {PORTS.start}-{PORTS.stop - 1}")
+
+
+class PortTaken(RuntimeError):
+    """The server exited before listening because its port was in use."""
+
+
+def start_on_free_port(start: Callable[[int], Server], attempts: int = 3) -> Server:
+    """``start(port)`` (which starts a server and waits until it is ready) on a port from
+    :func:`free_port`; when the server finds the port taken after all (by a program that
+    binds with SO_REUSEADDR and listens first), again on a new port, ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise ValueError(f"attempts must be at least 1, not {attempts}")
+
+
+def serve(
+    argv: Callable[[int], Sequence[str]],
+    log: Callable[[int], Path],
+    *,
+    env: dict | None = None,
+    timeout: float = 30.0,
+    ready: Callable[[int], bool] | None = None,
+    port: int = 0,
+) -> Server:
+    """The server ``argv(port)`` started and ready (listening, and ``ready(port)`` true), its
+    output in ``log(port)``; on ``port``, else on a free one (:func:`start_on_free_port`)."""
+
+    def start(port: int) -> Server:
+        server = Server(argv(port), port, log(port), env=env)
+        server.wait_ready(timeout, None if ready is None else lambda: ready(port))
+        return server
+
+    return start(port) if port else start_on_free_port(start)
 
 
 @contextmanager
@@ -95,16 +145,69 @@ def real_clock_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's state column
+
+
+def listening_sockets(port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port`` (any address), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a wrapper such as runuser, or nginx's master, may be the
+    one started while another process holds the socket)."""
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        tree.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                queue += [int(child) for child in children.read_text().split()]
+            except OSError:
+                continue
+    return tree
+
+
+def holds_socket(pid: int, inodes: set[str]) -> bool:
+    """Whether a process of ``pid``'s tree has one of the socket ``inodes`` open."""
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for member in process_tree(pid):
+        try:
+            fds = list(Path(f"/proc/{member}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until ``process`` (or a process it started) listens on ``port``: a listener of some
+    other program there does not count, so a server that found its port taken is never
+    taken for ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode} before listening")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        inodes = listening_sockets(port)
+        if inodes and holds_socket(process.pid, inodes):
+            return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+    raise TimeoutError(f"the server did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
 class Server:
@@ -123,6 +226,8 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 30.0, check: Callable[[], bool] | None = None) -> None:
+        """Until the port answers (and ``check`` passes); else stop the server and raise with
+        its log: :class:`PortTaken` when it exited because its port was in use."""
         try:
             wait_for_port(self.port, self.process, timeout)
             deadline = time.monotonic() + timeout
@@ -132,7 +237,10 @@ class Server:
                 time.sleep(0.1)
         except Exception as exc:
             self.stop()
-            raise RuntimeError(f"{exc}; log:\n{self.log.read_text()[-2000:]}") from exc
+            log = self.log.read_text(errors="replace")
+            taken = self.process.returncode is not None and ADDRESS_IN_USE.search(log)
+            error = PortTaken if taken else RuntimeError
+            raise error(f"{exc}; log:\n{log[-2000:]}") from exc
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -75,10 +75,13 @@ def warm_up(url: str, model: Path, requests: int = 50) -> None:
             client.post(f"{url}/v2/models/ctr/infer", json=body)  # NaN models answer 500
 
 
-def start_candidate(settings: Settings, stable_url: str, candidate: Path, logs: Path) -> Serving:
-    predictor = start_predictor(settings, candidate, logs, variant="canary")
+def start_candidate(
+    settings: Settings, stable_url: str, candidate: Path, logs: Path, delay_ms: float = 0.0
+) -> Serving:
+    """The candidate's predictor (each model run ``delay_ms`` late), warm, behind the split."""
+    predictor = start_predictor(settings, candidate, logs, variant="canary", delay_ms=delay_ms)
     candidate_url = f"http://127.0.0.1:{predictor.port}"
-    warm_up(candidate_url, candidate)
+    warm_up(candidate_url, candidate, 5 if delay_ms else 50)  # a delayed one is slow anyway
     started = [predictor]
     try:
         split = start_split(settings, stable_url, candidate_url, logs)

@@ -32,7 +32,7 @@ from mlref.settings import Settings
 from tests.canary.e2e import warm_up
 from tests.canary.fake_kube import RecordedCustomObjectsApi, canary_statuses
 from tests.servers import Server, find_binary, free_port
-from tests.serving.conftest import REPO, config_env, model_ready
+from tests.serving.conftest import REPO, config_env, model_ready, predict_delay_env
 
 MLREF = str(Path(sys.executable).with_name("mlref"))  # the container's `mlref` command
 WARM_UP = 50  # requests each new revision gets straight away, before any traffic
@@ -186,16 +186,25 @@ def revision_key(predictor: dict) -> tuple[str, str]:
 class PlatformStandIn(RecordedCustomObjectsApi):
     """The API server plus what the platform does with an applied patch: predictor pods
     started with the argv and env of the applied spec (one per model and variant, kept once
-    started), and nginx rerouted over them by :meth:`reconcile`."""
+    started), and nginx rerouted over them by :meth:`reconcile`. ``delays`` (storageUri ->
+    ms) makes the pods serving those models that much slower per model run (a slow node's
+    worth of latency, known exactly: tests/predict_delay)."""
 
     def __init__(
-        self, isvc: dict, runtimes: list[dict], settings: Settings, root: Path, nginx: Nginx
+        self,
+        isvc: dict,
+        runtimes: list[dict],
+        settings: Settings,
+        root: Path,
+        nginx: Nginx,
+        delays: dict[str, float] | None = None,
     ):
         super().__init__(copy.deepcopy(isvc), ready_after=0)
         self.runtimes = runtimes
         self.settings = settings
         self.root = root
         self.nginx = nginx
+        self.delays = delays or {}
         self.pods: dict[tuple[str, str], Server] = {}  # (storageUri, variant) -> pod
         self.generation = 0
 
@@ -220,7 +229,10 @@ class PlatformStandIn(RecordedCustomObjectsApi):
         argv = local_argv(
             started.argv, model_dir=str(models), host="127.0.0.1", http_port=str(port)
         )
-        self.pods[key] = start_pod(self.settings, argv, started.literal_env(), pod, port)
+        env = started.literal_env()
+        if key[0] in self.delays:
+            env.update(predict_delay_env(self.delays[key[0]]))
+        self.pods[key] = start_pod(self.settings, argv, env, pod, port)
         warm_up(f"http://127.0.0.1:{port}", Path(key[0]), WARM_UP)
         return key
 
@@ -246,8 +258,8 @@ class KnativeStandIn(PlatformStandIn):
     ``lastRolledoutRevision`` the remainder; no canaryTrafficPercent: the latest takes all and
     becomes rolled out)."""
 
-    def __init__(self, isvc, runtimes, settings, root, nginx):
-        super().__init__(isvc, runtimes, settings, root, nginx)
+    def __init__(self, isvc, runtimes, settings, root, nginx, delays=None):
+        super().__init__(isvc, runtimes, settings, root, nginx, delays)
         self.rolled_out = self.start_predictor(self.isvc)
         nginx.route({self.pods[self.rolled_out].port: 100})
 
@@ -269,8 +281,8 @@ class StandardStandIn(PlatformStandIn):
     nginx configured from that route alone: its host gets the weighted backends, each Service
     resolved to its pod; any other host gets 404."""
 
-    def __init__(self, isvc, runtimes, settings, root, nginx):
-        super().__init__(isvc, runtimes, settings, root, nginx)
+    def __init__(self, isvc, runtimes, settings, root, nginx, delays=None):
+        super().__init__(isvc, runtimes, settings, root, nginx, delays)
         self.services: dict[str, tuple[str, str]] = {}
         self.route: dict = {}
         self.reconcile(self.isvc)

@@ -18,7 +18,7 @@ from mlref.canary.sources import LocalSource, PrometheusSource
 from tests.canary import models
 from tests.canary.e2e import Traffic, start_candidate
 from tests.canary.test_e2e import stable  # noqa: F401  (module fixture)
-from tests.servers import Server, find_binary, free_port, wait_until
+from tests.servers import Server, find_binary, serve, wait_until
 
 pytestmark = pytest.mark.slow
 SCRAPE_SECONDS = 1
@@ -32,26 +32,24 @@ def start_prometheus(targets: list[str], base: Path) -> Server:
         "scrape_configs": [{"job_name": "predictors", "static_configs": [{"targets": targets}]}],
     }
     (base / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = Server(
-        [
-            binary,
-            f"--config.file={base / 'prometheus.yml'}",
-            f"--storage.tsdb.path={base / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        port,
-        base / "prometheus.log",
-    )
 
-    def ready() -> bool:
+    def ready(port: int) -> bool:
         try:
             return httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200
         except httpx.HTTPError:
             return False
 
-    server.wait_ready(timeout=60, check=ready)
-    return server
+    return serve(
+        lambda port: [
+            binary,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        lambda _: base / "prometheus.log",
+        timeout=60,
+        ready=ready,
+    )
 
 
 @pytest.fixture

@@ -9,11 +9,12 @@ from mlref.data.generate import generate
 from mlref.data.ingest import ingest
 from mlref.features.compute import TABLES, compute_tables, table_uri
 from mlref.settings import EngineSettings, Settings
+from tests.monitoring.conftest import day_window
 
 
 def test_spark_computes_the_local_engines_snapshots(settings: Settings, spark) -> None:
     generate(settings)
-    ingest(str(settings.raw_dir), settings)
+    ingest(str(settings.raw_dir), settings, now=day_window(settings, settings.data.days)[1])
     local = compute_tables(settings)
     expected = {t.name: pd.read_parquet(table_uri(settings, t)) for t in TABLES}
 

@@ -7,6 +7,7 @@ servers are started through the production CLI with the test's settings as a con
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,10 +24,12 @@ from mlref.serving.predictor import file_version
 from mlref.serving.server import settings_env
 from mlref.settings import ServingSettings, Settings
 from tests.features import events, write_curated
-from tests.servers import Server, free_port
+from tests.servers import Server, serve
 from tests.serving.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
+PREDICT_DELAY = REPO / "tests" / "predict_delay"
+CLI = (sys.executable, "-m", "mlref.cli", "serve")  # the production command line
 KNOWN_USERS = range(1, 41)
 KNOWN_ADS = range(1, 16)
 
@@ -58,7 +61,16 @@ def build_features(settings: Settings, user_ids, ad_ids, seed: int = 0) -> None:
 
 def config_env(settings: Settings, **extra: str) -> dict:
     """The environment a server needs to see exactly ``settings``, with this repo importable."""
-    return settings_env(settings, PYTHONPATH=str(REPO), **extra)
+    return settings_env(settings, **{"PYTHONPATH": str(REPO), **extra})
+
+
+def predict_delay_env(delay_ms: float) -> dict[str, str]:
+    """What makes a predictor process score every request ``delay_ms`` late
+    (tests/predict_delay): a slow model whose added latency is known exactly."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(PREDICT_DELAY)]),
+        "MLREF_TEST_PREDICT_DELAY_MS": str(delay_ms),
+    }
 
 
 def start_predictor(
@@ -68,43 +80,54 @@ def start_predictor(
     variant: str = "",
     port: int = 0,
     *extra_args: str,
+    delay_ms: float = 0.0,
 ) -> Server:
-    port = port or free_port()
-    argv = [sys.executable, "-m", "mlref.cli", "serve", "predictor"]
-    argv += ["--model", str(model_path), "--port", str(port), *extra_args]
+    """``mlref serve predictor`` for ``model_path`` on ``port`` (default: a free one); with
+    ``delay_ms`` each model run takes that much longer (:func:`predict_delay_env`)."""
     extra = {"MLREF_SERVING__VARIANT": variant} if variant else {}
-    server = Server(argv, port, logs / f"predictor-{port}.log", env=config_env(settings, **extra))
-    server.wait_ready(check=lambda: model_ready(port, settings.model_name))
-    return server
+    if delay_ms:
+        extra.update(predict_delay_env(delay_ms))
+    model = ("--model", str(model_path))
+    return serve(
+        lambda port: [*CLI, "predictor", *model, "--port", str(port), *extra_args],
+        lambda port: logs / f"predictor-{port}.log",
+        env=config_env(settings, **extra),
+        ready=lambda port: model_ready(port, settings.model_name),
+        port=port,
+    )
 
 
 def start_transformer(settings: Settings, predictor_url: str, logs: Path) -> Server:
     """The transformer calling ``predictor_url``: one predictor, or a split over several."""
-    port = free_port()
-    argv = [sys.executable, "-m", "mlref.cli", "serve", "transformer"]
-    argv += ["--port", str(port), "--predictor-host", predictor_url]
-    server = Server(argv, port, logs / f"transformer-{port}.log", env=config_env(settings))
-    server.wait_ready(timeout=60, check=lambda: model_ready(port, settings.model_name))
-    return server
+    return serve(
+        lambda port: [*CLI, "transformer", "--port", str(port), "--predictor-host", predictor_url],
+        lambda port: logs / f"transformer-{port}.log",
+        env=config_env(settings),
+        timeout=60,
+        ready=lambda port: model_ready(port, settings.model_name),
+    )
 
 
 def start_split(settings: Settings, stable_url: str, candidate_url: str, logs: Path) -> Server:
     """The local split proxy over two predictors, following the canary patch's share."""
-    port = free_port()
-    argv = [sys.executable, "-m", "mlref.canary.proxy", "--port", str(port)]
-    argv += ["--stable", stable_url, "--candidate", candidate_url]
-    server = Server(argv, port, logs / f"split-{port}.log", env=config_env(settings))
-    server.wait_ready(timeout=30)
-    return server
+    return serve(
+        lambda port: [
+            *(sys.executable, "-m", "mlref.canary.proxy", "--port", str(port)),
+            *("--stable", stable_url, "--candidate", candidate_url),
+        ],
+        lambda port: logs / f"split-{port}.log",
+        env=config_env(settings),
+    )
 
 
 def start_log_sink(settings: Settings, logs: Path) -> Server:
     """``mlref serve log-sink``, storing under ``settings.inference_log_uri``."""
-    port = free_port()
-    argv = [sys.executable, "-m", "mlref.cli", "serve", "log-sink", "--port", str(port)]
-    server = Server(argv, port, logs / f"log-sink-{port}.log", env=config_env(settings))
-    server.wait_ready(timeout=60)
-    return server
+    return serve(
+        lambda port: [*CLI, "log-sink", "--port", str(port)],
+        lambda port: logs / f"log-sink-{port}.log",
+        env=config_env(settings),
+        timeout=60,
+    )
 
 
 def model_ready(port: int, name: str) -> bool:

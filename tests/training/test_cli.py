@@ -12,6 +12,7 @@ from mlref.data.ingest import ingest
 from mlref.features.store import compute_and_materialize
 from mlref.settings import Settings, get_settings
 from mlref.training import registry
+from tests.monitoring.conftest import day_window
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def test_train_run_registers_a_champion(cli_env: Settings, monkeypatch):
     get_settings.cache_clear()
     settings = get_settings()
     generate(settings)
-    ingest(str(settings.raw_dir), settings)
+    ingest(str(settings.raw_dir), settings, now=day_window(settings, settings.data.days)[1])
     compute_and_materialize(settings)
 
     result = CliRunner().invoke(app, ["train", "run", "--epochs", "1"])
