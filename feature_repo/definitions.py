@@ -14,7 +14,14 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Float64, Int64
 
-from mlref.features.compute import CREATED, TABLES, TIMESTAMP, EntityTable, table_uri
+from mlref.features.compute import (
+    CREATED,
+    TABLES,
+    TIMESTAMP,
+    EntityTable,
+    table_uri,
+    table_view,
+)
 from mlref.settings import Settings, get_settings
 
 # A snapshot summarizes the days before it and is replaced by the next day's: older rows are
@@ -27,11 +34,12 @@ def _source(settings: Settings, table: EntityTable) -> FileSource | SparkSource:
     """The snapshot Parquet as the offline store of ``engine.data`` reads it."""
     path = table_uri(settings, table)
     if settings.engine.data == "spark":
-        # Spark reads object storage through Hadoop's S3A connector, which names it s3a://.
+        # The view of the step's Spark session over the Parquet at ``path``, which the store
+        # registers (mlref.features.store.checked_store): Spark's own Parquet source would
+        # need Hadoop's S3A connector on object storage.
         return SparkSource(
             name=f"{table.name}_source",
-            path=f"s3a://{path.removeprefix('s3://')}" if path.startswith("s3://") else path,
-            file_format="parquet",
+            table=table_view(table),
             timestamp_field=TIMESTAMP,
             created_timestamp_column=CREATED,
         )

@@ -2,8 +2,9 @@
 
 Spark reads and writes nothing itself here: executors open files through fsspec and pyarrow,
 like the local engine, so object storage needs no Hadoop S3 connector, and Spark only
-schedules, retries and shuffles. Its Python workers run ``engine.spark_python``, else
-$PYSPARK_PYTHON, else this interpreter, so that they import the same mlref and libraries.
+schedules, retries and shuffles (Spark SQL reads Parquet as a view, :func:`parquet_view`).
+Its Python workers run ``engine.spark_python``, else $PYSPARK_PYTHON, else this interpreter,
+so that they import the same mlref and libraries.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mlref import storage
 from mlref.platform import platform_for
 from mlref.settings import Settings
 
@@ -90,3 +93,27 @@ def spark_schema(schema: pa.Schema):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(schema)
+
+
+def parquet_view(spark: SparkSession, uri: str, name: str) -> None:
+    """Register the Parquet file ``uri`` as the temporary view ``name`` of ``spark``, its rows
+    read by the executors through fsspec and pyarrow, a row group per task: Spark SQL
+    (Feast's Spark offline store and compute engine) then reads object storage as the data
+    steps do, without Hadoop's S3 connector. The footer is read now, the rows by each query."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        footer = pq.ParquetFile(f)
+        schema, groups = footer.schema_arrow, footer.num_row_groups
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        fs, path = storage.filesystem(uri)
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            for batch in batches:
+                for group in batch.column(0).to_pylist():
+                    yield from parquet.read_row_group(group).to_batches()
+
+    frame = tasks(spark, groups).mapInArrow(read, spark_schema(schema))
+    frame.createOrReplaceTempView(name)

@@ -41,6 +41,11 @@ def table_uri(settings: Settings, table: EntityTable) -> str:
     return f"{settings.feature_store_uri}/{table.name}.parquet"
 
 
+def table_view(table: EntityTable) -> str:
+    """The Spark SQL view over a snapshot table (``engine.data=spark``; its ``SparkSource``)."""
+    return f"{table.name}_snapshots"
+
+
 def entity_day_counts(settings: Settings) -> dict[str, pd.DataFrame]:
     """:func:`daily_counts` of the curated log, on the engine ``engine.data`` names."""
     if settings.engine.data == "spark":

@@ -27,7 +27,14 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
 from mlref import spark as sparks
-from mlref.features.compute import TABLES, ComputeResult, EntityTable, compute_tables, table_uri
+from mlref.features.compute import (
+    TABLES,
+    ComputeResult,
+    EntityTable,
+    compute_tables,
+    table_uri,
+    table_view,
+)
 from mlref.features.transform import STAT_COLUMNS
 from mlref.schema import TIMESTAMP
 from mlref.settings import Settings
@@ -79,7 +86,9 @@ def checked_store(settings: Settings) -> FeatureStore:
     """:func:`open_store`, its views registered for ``engine.data``'s offline store (Feast's
     Spark store reads ``SparkSource``s only, its file store ``FileSource``s only). On Spark,
     the step's session is started first: Feast's Spark store and engine take the active
-    session, so it runs ``engine.spark_master`` with the project's workers."""
+    session, so it runs ``engine.spark_master`` with the project's workers; and the snapshot
+    tables are registered in it as the views the ``SparkSource``s name, read by the executors
+    through fsspec (:func:`mlref.spark.parquet_view`), on local disk or object storage."""
     store = open_store(settings)
     wanted = SparkSource if settings.engine.data == "spark" else FileSource
     for table in TABLES:
@@ -91,7 +100,9 @@ def checked_store(settings: Settings) -> FeatureStore:
                 "features build` with the same engine.data first"
             )
     if settings.engine.data == "spark":
-        sparks.session(settings)
+        spark = sparks.session(settings)
+        for table in TABLES:
+            sparks.parquet_view(spark, table_uri(settings, table), table_view(table))
     return store
 
 

@@ -2,10 +2,13 @@
 
 The chart is installed with ``spark.enabled`` (kind values), the training pipeline is compiled
 and submitted from the laptop with ``MLREF_ENGINE__DATA=spark`` (to the Kubeflow API
-stand-in), and the submitted run's Spark steps (ingest, then features) run as their pods
+stand-in), and the submitted run's Spark steps (ingest, features, then the training set) run
+as their pods
 (:mod:`tests.cluster.kfp_pods`): settings from the pipelines' ConfigMap, their pod's name,
 namespace and IP from the downward API, raw logs, curated parts and Feast's data on the S3
-server through fsspec, the online store in Redis. Each step's process is the Spark driver;
+server through fsspec (the snapshot Parquet too, which Feast's Spark offline store and compute
+engine read as a view of the step's session), the online store in Redis, the training set's
+shards uploaded as the step's artifact. Each step's process is the Spark driver;
 its executors run inside the pod (``local[2]``, set for the run as ``mlref pipeline submit
 --set engine.spark_master=local[2]`` does): no Kubernetes API server creates executor pods
 here (docs/cluster.md, section 8).
@@ -36,8 +39,8 @@ from tests.servers import require
 
 BUCKET = "mlref"  # values.yaml objectStore.bucket
 PIPELINE_ROOT = "s3://kubeflow-pipelines/pipeline-root"
-SPARK_STEPS = ("ingest-op", "features-op")
-DAYS, ROWS_PER_DAY = 2, 1_500
+SPARK_STEPS = ("ingest-op", "features-op", "training-set-op")
+DAYS, ROWS_PER_DAY = 3, 1_000  # three days: the training set splits train, val, test
 
 
 def spark_steps_only(spec: dict) -> dict:
@@ -129,3 +132,8 @@ def test_a_spark_run_runs_its_spark_steps_as_pods_on_the_object_store(
     features = run.tasks["features-op"].parameters
     assert features["users"] > 0 and features["ads"] > 0
     assert store.exists(f"{BUCKET}/features/user_stats.parquet")
+    # The point-in-time join on Spark read the snapshots and curated rows from the S3 server.
+    sets = run.tasks["training-set-op"]
+    assert sets.parameters["train_rows"] > 0
+    manifest = json.loads(store.cat(f"{sets.artifacts['sets']['uri']}/manifest.json"))
+    assert manifest["rows"]["train"] == sets.parameters["train_rows"]
