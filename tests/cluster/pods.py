@@ -40,6 +40,7 @@ import functools
 import importlib.metadata
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -310,7 +311,7 @@ def installed(
     test makes for itself. ``store`` (the test S3 server), as the installed SeaweedFS does,
     knows exactly the identities of the install's store config, each allowed only its
     prefixes (:mod:`tests.cluster.store_identities`), and refuses every other key."""
-    objects = [*kind_objects(REPO, namespace, pipelines_namespace), *chart]
+    objects = [*kind_objects(REPO, namespace, pipelines_namespace, token=install_token()), *chart]
     cluster = Cluster(objects=objects, services=dict(services or {}), namespace=namespace)
     if store is not None:
         add_store_identities(store, cluster)
@@ -318,6 +319,18 @@ def installed(
     if "MLREF_IMAGE" in settings:  # the project image, as this install names it
         cluster.image_repository = settings["MLREF_IMAGE"].rsplit(":", 1)[0]
     return cluster
+
+
+# One install per test session: every ``installed()`` call is the same cluster, so its
+# generated passwords and keys are the same in each (a server started from one call's Secrets,
+# MLflow's, keeps working after another call adds the store's users).
+INSTALL_SEED = os.urandom(16)
+
+
+def install_token():
+    """kind_objects' token generator, the same sequence of values in every call."""
+    draw = random.Random(INSTALL_SEED)
+    return lambda n: draw.randbytes(n).hex()
 
 
 @functools.cache
