@@ -154,6 +154,30 @@ def image_mounts() -> dict[str, Path]:
     return mounts
 
 
+def image_accounts(dockerfile: Path = REPO / "Dockerfile") -> tuple[str, str]:
+    """The passwd and group lines the Dockerfile's ``useradd``/``groupadd`` write."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    user = re.search(r"useradd --uid (\d+) --gid (\d+) .*?--home-dir (\S+) (\w+)", text)
+    group = re.search(r"groupadd --gid (\d+) (\w+)", text)
+    if not user or not group:
+        raise LookupError(f"{dockerfile}: no `useradd --uid` / `groupadd --gid` to emulate")
+    uid, gid, home, name = user.groups()
+    return f"{name}:x:{uid}:{gid}::{home}:/usr/sbin/nologin\n", f"{group[2]}:x:{group[1]}:\n"
+
+
+def image_passwd(pod_dir: Path) -> Path:
+    """This machine's /etc/passwd plus the image's user, as a file of the pod."""
+    path = pod_dir / "passwd"
+    path.write_text(Path("/etc/passwd").read_text() + image_accounts()[0])
+    return path
+
+
+def image_group(pod_dir: Path) -> Path:
+    path = pod_dir / "group"
+    path.write_text(Path("/etc/group").read_text() + image_accounts()[1])
+    return path
+
+
 @functools.cache
 def image_user(dockerfile: Path = REPO / "Dockerfile") -> tuple[int, int]:
     """The numeric ``USER uid:gid`` of the Dockerfile's final stage (root if none)."""
@@ -366,11 +390,14 @@ def start_in_sandbox(
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
+    image_is_project = image is None
     image = image_mounts() if image is None else image
     user = image_user() if user is None else user
     if os.geteuid() == 0:  # a writable volume belongs to the pod's user, as the kubelet's
         for source in volumes.values():
             chown_tree(source, user)
+    if image_is_project:  # the image's own accounts: its user resolves (Java's user.home)
+        image = {**image, "/etc/passwd": image_passwd(pod_dir), "/etc/group": image_group(pod_dir)}
     spec = {
         "root": str(root),
         "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},

@@ -71,6 +71,11 @@ def build(host_dir: str | None, new_dir: str, volumes: dict[str, str | None], to
                 bind(entry.path, target, read_only=True)
     for head, below in heads.items():
         target = os.path.join(new_dir, head)
+        source = below.get("")
+        if source is not None and os.path.isfile(source):  # a file of the image (/etc/passwd)
+            open(target, "w").close()
+            bind(source, target, read_only=True)
+            continue
         os.mkdir(target)
         if "" in below and below[""] is None:  # hidden: nothing of the host's below
             below.pop("")
