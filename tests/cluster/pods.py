@@ -209,9 +209,12 @@ def hidden_paths(volumes: Mapping[str, Path]) -> list[str]:
     found = git_dir()
     # The image's /tmp is empty: this machine's is never seen.
     paths = {"/tmp", str(REPO), str(Path.home()), *([found] if found else [])}
+    # A path under another hidden one is hidden with it (kept, it would show as an empty
+    # directory: a clone's .git inside its checkout).
+    outermost = {p for p in paths if not any(p != q and Path(p).is_relative_to(q) for q in paths)}
     return sorted(
         path
-        for path in paths
+        for path in outermost
         if path != "/" and not any(Path(path).is_relative_to(v) for v in volumes)
     )
 
