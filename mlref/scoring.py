@@ -13,7 +13,7 @@ import pandas as pd
 
 from mlref import onnx_model
 from mlref.features.transform import REQUEST_COLUMNS, fill_defaults, transform
-from mlref.schema import EXPERIMENT_COLUMNS, LABEL, TIMESTAMP
+from mlref.schema import LABEL, TIMESTAMP
 
 
 def score_rows(
@@ -35,10 +35,6 @@ def score_rows(
             "probability": model.predict(cat, num),
             "model_version": model_version,
             "variant": variant,
-            # Scored outside any user-level experiment: the log's experiment columns are null.
-            **{
-                name: pd.Series(None, index=rows.index, dtype=object) for name in EXPERIMENT_COLUMNS
-            },
         }
     )
     if LABEL in rows:

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from mlref.schema import NULLABLE_COLUMNS
+from mlref.schema import EXPERIMENT_COLUMNS, LOG_SCHEMA, NULLABLE_COLUMNS
 from mlref.settings import MODELS_SCHEME, Settings
 from mlref.training.reference import META_FILE, REFERENCE_DIR, ROWS_FILE
 
@@ -68,6 +68,9 @@ def read_reference(path: Path) -> Reference:
         )
     meta = json.loads((folder / META_FILE).read_text())
     rows = pd.read_parquet(folder / ROWS_FILE)
-    # A nullable field added after the model was trained: unknown in its reference.
-    missing = {name: None for name in NULLABLE_COLUMNS if name not in rows}
-    return Reference(rows.assign(**missing), meta)
+    # A nullable field added after the model was trained: unknown in its reference; and the
+    # experiment columns, null outside a user-level experiment (offline scoring is outside).
+    optional = (*NULLABLE_COLUMNS, *EXPERIMENT_COLUMNS)
+    rows = rows.assign(**{name: None for name in optional if name not in rows})
+    logged = [name for name in LOG_SCHEMA.names if name in rows]
+    return Reference(rows[[*logged, *(c for c in rows if c not in logged)]], meta)
