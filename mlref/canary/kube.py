@@ -13,6 +13,7 @@ from typing import Any
 
 from mlref.canary.state import CANDIDATE_ANNOTATION, STABLE_ANNOTATION, VERSION_ANNOTATION
 from mlref.k8s.checks import DEPLOYMENT_MODE, STANDARD_MODES
+from mlref.k8s.client import api_client
 from mlref.settings import Settings
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -27,18 +28,7 @@ class KubeError(RuntimeError):
 
 def connect() -> Any:
     """A CustomObjectsApi whose patches are server-side applies, from in-cluster or kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise KubeError(
-                f"no cluster: {exc}; set KUBECONFIG (or run in a pod with a service account)"
-            ) from None
-    return apply_api(client.ApiClient())
+    return apply_api(api_client(KubeError))
 
 
 def apply_api(api_client: Any) -> Any:

@@ -32,6 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlref import storage
 from mlref.console import console
+from mlref.k8s.client import api_client
 from mlref.k8s.install import OBJECT_STORE_KEYS, OBJECT_STORE_SECRET
 from mlref.settings import Settings
 from mlref.training import trainjob
@@ -52,18 +53,9 @@ class TrainJobFailed(RuntimeError):
 
 def connect() -> tuple[Any, Any]:
     """CustomObjectsApi and CoreV1Api from the pod's service account, else the kubeconfig."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as exc:
-            raise RuntimeError(
-                f"no cluster: {exc}; set KUBECONFIG (or run in a pod with a service account)"
-            ) from None
-    api = client.ApiClient()
+    api = api_client()
     return client.CustomObjectsApi(api), client.CoreV1Api(api)
 
 
