@@ -95,11 +95,9 @@ class Check:
     values: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Analysis:
-    """All checks and the decision they add up to."""
+class CheckedMixin:
+    """Lookups over a result's ``checks`` (canary analysis, experiment report)."""
 
-    action: Action
     checks: tuple[Check, ...]
 
     @property
@@ -108,6 +106,14 @@ class Analysis:
 
     def check(self, name: str) -> Check:
         return next(c for c in self.checks if c.name == name)
+
+
+@dataclass(frozen=True)
+class Analysis(CheckedMixin):
+    """All checks and the decision they add up to."""
+
+    action: Action
+    checks: tuple[Check, ...]
 
     def lines(self) -> list[str]:
         return [f"{c.verdict.upper():<5} {c.name}: {c.summary}" for c in self.checks]

@@ -20,6 +20,7 @@ from scipy.stats import chisquare
 
 from mlref.canary.analysis import (
     Check,
+    CheckedMixin,
     Outcomes,
     calibration_check,
     error_check,
@@ -179,7 +180,7 @@ def plan(
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(CheckedMixin):
     experiment: Experiment
     effect: stats.Effect
     users: dict[str, int]
@@ -187,13 +188,6 @@ class Report:
     checks: tuple[Check, ...]
     warnings: tuple[str, ...] = ()
     bootstrap: tuple[float, float, float] | None = None
-
-    @property
-    def failed(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.verdict == "fail")
-
-    def check(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
 
     def lines(self) -> list[str]:
         e, name = self.effect, self.experiment.name
