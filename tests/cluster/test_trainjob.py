@@ -94,6 +94,11 @@ def _settings(**train) -> Settings:
     )
 
 
+def _staged(store: S3Server) -> int:
+    """Objects left under the staging prefix (the bucket is shared with other tests)."""
+    return store.client().list_objects_v2(Bucket=BUCKET, Prefix="trainjobs/")["KeyCount"]
+
+
 def _launch(settings: Settings, trainer: TrainerApi):
     return partial(platform_for(settings).train_ranks, apis=(trainer, trainer))
 
@@ -126,7 +131,7 @@ def test_the_step_trains_as_a_trainjob_and_takes_rank_0s_model(
     assert report["metrics"]["test"]["rows"] == sum(TRAIN["test"])
     model = torch.load(out / "model.pt", weights_only=False)
     assert export_onnx(model, spec, tmp_path / "model.onnx").stat().st_size > 0
-    assert s3_server.client().list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    assert _staged(s3_server) == 0
 
 
 def test_a_failing_rank_fails_the_step_with_its_error_from_the_trainjob(
@@ -144,7 +149,7 @@ def test_a_failing_rank_fails_the_step_with_its_error_from_the_trainjob(
     assert re.search(r"pod mlref-train-\w+-node-0-1: rank 1 \(node 1\): ArrowInvalid", message)
     assert "delete" not in trainer.calls  # kept for kubectl logs
     assert not (tmp_path / "model" / "model.pt").exists()
-    assert s3_server.client().list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0  # nor staged
+    assert _staged(s3_server) == 0  # nor staged
 
 
 def _empty_set(path: Path) -> Path:
