@@ -200,6 +200,7 @@ class CtrTransformer(kserve.Model):
         probability = np.empty(len(payload), np.float32)
         defaulted: list = [None] * len(payload)
         for arm, (scores, names, _, _) in zip(arms, answers, strict=True):
+            metrics.EXPERIMENT_ROWS.labels(name, arm).inc(len(rows[arm]))
             probability[rows[arm]] = scores
             for i, value in zip(rows[arm].tolist(), names, strict=True):
                 defaulted[i] = value
@@ -219,6 +220,7 @@ class CtrTransformer(kserve.Model):
         """Score ``batches`` in one predictor call; ``route`` (experiment, variant) names the
         variant's model to the route and the log."""
         joined = BusinessBatch.join(batches)
+        metrics.BATCH_ROWS.labels("transformer").observe(len(joined))
         headers = {}
         if route is not None:
             headers[self.settings.experiment.route_header] = ROUTE_TAGS[route[1]]
