@@ -16,9 +16,16 @@ from mlref.settings import ParitySettings, Settings, TrainSettings
 from mlref.training import registry, warm_start
 from mlref.training.model import CTRModel, Parent
 from mlref.training.shards import ShardSet, ShardWriter
-from mlref.training.tracking import client
+from mlref.training.tracking import client, tracking_run
 from mlref.training.train import TrainingSets, TrainResult, encode, predict, train
-from mlref.training.workflow import MODEL_FILE, REPORT_FILE, export_and_gate, fit, register
+from mlref.training.workflow import (
+    INT8_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    export_and_gate,
+    fit,
+    register,
+)
 
 from .conftest import make_frame
 
@@ -200,3 +207,19 @@ def test_the_parent_is_the_champion_runs_model_bit_for_bit(champion: Settings) -
     assert parent.state.keys() == model.state_dict().keys()
     for name, tensor in model.state_dict().items():
         assert torch.equal(parent.state[name], tensor), name
+
+
+def test_a_champion_registered_without_weights_is_refused_naming_the_fix(
+    champion: Settings, tmp_path: Path
+) -> None:
+    settings = champion.model_copy(update={"work_dir": tmp_path / ".mlref"})
+    onnx_file = champion.work_dir.parent / "onnx" / INT8_FILE
+    with tracking_run(settings, "train") as run:
+        version = registry.register_onnx(settings, run.info.run_id, onnx_file)
+    registry.promote(settings, version.version, lambda path: {"auc": 0.5, "logloss": 1.0})
+    with pytest.raises(warm_start.IncompatibleParent) as refused:
+        warm_start.resolve(
+            _with(settings, train={"init": "champion"}), build_spec(settings.features)
+        )
+    assert f"its run {run.info.run_id} logged no weights/" in str(refused.value)
+    assert "MLREF_TRAIN__INIT=scratch" in str(refused.value)
