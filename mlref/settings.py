@@ -212,6 +212,23 @@ class TrainSettings(Section):
         "from the seed; the exported model adds log(w) to its logit, so its probabilities are "
         "CTRs at the true base rate. 1: every row.",
     )
+    init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="What training starts from: random weights on every training day "
+        "(scratch), or the registry champion's weights on the last window_days (champion, "
+        "a warm start; needs the champion's feature spec and architecture).",
+    )
+    window_days: int = Field(
+        0,
+        ge=0,
+        description="Training days a warm start reads, the most recent before validation; "
+        "0: all of them. A full retrain always reads every training day.",
+    )
+    incompatible_parent: Literal["refuse", "scratch"] = Field(
+        "refuse",
+        description="A warm start whose champion has another feature spec or architecture: "
+        "fail naming the difference (refuse), or train from scratch and record why (scratch).",
+    )
 
     @model_validator(mode="after")
     def _negative_rate_in_range(self) -> TrainSettings:
@@ -456,6 +473,11 @@ class DriftSettings(Section):
         0.05, gt=0, lt=1, description="Significance of that rise (one-sided z-test)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
+    retrain_init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="train.init of the retrainings the trigger submits: a full retrain, or a "
+        "warm start from the champion on train.window_days.",
+    )
     label_maturity_hours: float = Field(
         1.0,
         ge=0,
