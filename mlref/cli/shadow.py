@@ -14,11 +14,13 @@ app = typer.Typer(no_args_is_help=True)
 @contextmanager
 def _one_line_errors():
     """Expected failures end the command with their one line and exit code 1."""
+    from mlref.canary.kube import KubeError
+    from mlref.canary.sources import SourceError
     from mlref.shadow.control import ShadowError
 
     try:
         yield
-    except (ShadowError, ValueError) as exc:
+    except (ShadowError, KubeError, SourceError, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

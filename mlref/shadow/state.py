@@ -16,6 +16,7 @@ import yaml
 from mlref.schema import SHADOW_VARIANT
 
 SHADOW = SHADOW_VARIANT  # the label of the shadow's predictor, metrics and log rows
+STATE_KEY = "shadow.yaml"  # the file's name, and its key in the cluster's ConfigMap
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,12 @@ def write_shadow(path: Path, shadow: Shadow) -> Path:
     return path
 
 
-def read_shadow(path: Path) -> Shadow | None:
-    """The shadow in ``path``, or None when none was ever started."""
-    if not path.is_file():
-        return None
-    document = yaml.safe_load(path.read_text()) or {}
+def from_yaml(text: str) -> Shadow:
+    document = yaml.safe_load(text) or {}
     known = set(Shadow.__dataclass_fields__)
     return Shadow(**{k: v for k, v in document.items() if k in known})
+
+
+def read_shadow(path: Path) -> Shadow | None:
+    """The shadow in ``path``, or None when none was ever started."""
+    return from_yaml(path.read_text()) if path.is_file() else None
