@@ -29,7 +29,7 @@ from mlref.serving.predictor_client import PredictorClient, SpecRefused
 from mlref.serving.records import log_record
 from mlref.serving.requests import BusinessBatch
 from mlref.settings import Settings
-from mlref.shadow.state import SHADOW, Shadow, read_shadow
+from mlref.shadow.state import SHADOW, read_shadow
 
 log = logging.getLogger(__name__)
 # fingerprint -> (the spec's inputs maker, (cat, num, filled, missing)): the inputs the live
@@ -39,6 +39,29 @@ Built = dict[str, tuple]
 
 def _inputs(built: Built):
     return ((fp, made[0], made[1]) for fp, (_, made) in built.items())
+
+
+def _by_specs(items: list[tuple]) -> list[list[tuple]]:
+    """Consecutive queued batches built for the same feature specs, grouped."""
+    groups: list[list[tuple]] = []
+    for item in items:
+        if groups and groups[-1][0][2].keys() == item[2].keys():
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _join(group: list[tuple]) -> tuple[BusinessBatch, np.ndarray, Built]:
+    """One batch of a group's rows, in order, with their stats and inputs."""
+    if len(group) == 1:
+        return group[0]
+    built = {
+        fp: (maker, tuple(np.concatenate([item[2][fp][1][k] for item in group]) for k in range(4)))
+        for fp, (maker, _) in group[0][2].items()
+    }
+    batch = BusinessBatch.join([item[0] for item in group])
+    return batch, np.concatenate([item[1] for item in group]), built
 
 
 class ShadowMirror:
@@ -65,11 +88,9 @@ class ShadowMirror:
         self.own = None  # the shadow's inputs maker once it refused the live ones
         self.max_queue = shadow.queue_batches
         self.workers = shadow.concurrency
+        self.max_rows = settings.serving.max_batch
         self.queue: asyncio.Queue | None = None
         self.tasks: list[asyncio.Task] = []
-
-    def running(self) -> Shadow | None:
-        return self.state.current()
 
     def offer(self, batch: BusinessBatch, stats: np.ndarray, built: Built) -> None:
         """Queue ``batch`` for the shadow if one runs; never waits, never raises."""
@@ -85,16 +106,26 @@ class ShadowMirror:
             metrics.SHADOW_DROPPED.labels("queue_full").inc(len(batch))
 
     async def _work(self) -> None:
+        """Take what waits (up to ``max_rows`` rows), one shadow call per feature-spec set:
+        when the shadow falls behind, its calls grow instead of multiplying."""
         while True:
-            batch, stats, built = await self.queue.get()
+            items = [await self.queue.get()]
+            rows = len(items[0][0])
+            while rows < self.max_rows and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                rows += len(items[-1][0])
             try:
-                await self._mirror(batch, stats, built)
-            except Exception as exc:  # a shadow's failure is counted, never raised
-                reason = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
-                metrics.SHADOW_DROPPED.labels(reason).inc(len(batch))
-                log.debug("shadow call dropped (%s): %r", reason, exc)
+                for group in _by_specs(items):
+                    batch, stats, built = _join(group)
+                    try:
+                        await self._mirror(batch, stats, built)
+                    except Exception as exc:  # a shadow's failure is counted, never raised
+                        reason = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
+                        metrics.SHADOW_DROPPED.labels(reason).inc(len(batch))
+                        log.debug("shadow call dropped (%s): %r", reason, exc)
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
 
     async def _mirror(self, batch: BusinessBatch, stats: np.ndarray, built: Built) -> None:
         if self.own is not None:
