@@ -227,8 +227,14 @@ def latency_samples(
     return parse_metrics(response.text)
 
 
-def report(settings: Settings, with_latency: bool = True, metrics_url: str = "") -> ShadowReport:
-    """The last shadow's comparison with live over its run, labels joined where they arrived."""
+def report(
+    settings: Settings,
+    with_latency: bool = True,
+    metrics_url: str = "",
+    samples: Mapping[SeriesKey, float] | None = None,
+) -> ShadowReport:
+    """The last shadow's comparison with live over its run, labels joined where they arrived;
+    ``samples``: latency buckets already read (:func:`latency_samples`)."""
     shadow = current(settings)
     since, until = _parse_iso(shadow.started_at), _parse_iso(shadow.stopped_at)
     log = read_inference_log(settings, since, until, shadow=True)
@@ -237,7 +243,8 @@ def report(settings: Settings, with_latency: bool = True, metrics_url: str = "")
     note = ""
     if with_latency:
         try:
-            samples = latency_samples(settings, shadow, metrics_url)
+            if samples is None:
+                samples = latency_samples(settings, shadow, metrics_url)
             comparison = Comparison(
                 **{
                     **comparison.__dict__,
