@@ -429,6 +429,39 @@ class ExperimentSettings(Section):
     )
 
 
+class ShadowSettings(Section):
+    """Shadow deployment: a second model scores every request off the response path."""
+
+    port: int = Field(8088, description="Local mode: the shadow predictor's port.")
+    predictor_url: str = Field(
+        "",
+        description="The shadow predictor the transformer mirrors requests to (in a cluster the "
+        "shadow InferenceService's predictor); empty: http://<serving.host>:<shadow.port>.",
+    )
+    inference_service: str = Field(
+        "ctr-shadow", description="Cluster mode: the InferenceService serving the shadow model."
+    )
+    state_file: str = Field(
+        "",
+        description="Whether a shadow runs, and which model (written by `mlref shadow start`; in "
+        "a cluster a ConfigMap mounted into the transformer); empty: <canary_dir>/shadow.yaml.",
+    )
+    timeout_seconds: float = Field(
+        1.0, gt=0, description="A shadow call still unanswered after this is dropped."
+    )
+    queue_batches: int = Field(
+        64, ge=1, description="Batches waiting for the shadow; more are dropped, not queued."
+    )
+    concurrency: int = Field(4, ge=1, description="Shadow calls in flight at once.")
+    decision_top_percent: float = Field(
+        10.0,
+        gt=0,
+        lt=100,
+        description="The ranking decision `mlref shadow report` compares: a request is chosen "
+        "when its score is in the top this-% of its model's scores over the compared requests.",
+    )
+
+
 class DriftSettings(Section):
     """The drift job: what counts as drift, what as broken data, and how often to retrain."""
 
@@ -600,6 +633,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     canary: CanarySettings = CanarySettings()
     experiment: ExperimentSettings = ExperimentSettings()
+    shadow: ShadowSettings = ShadowSettings()
     drift: DriftSettings = DriftSettings()
     demo: DemoSettings = DemoSettings()
     pipeline: PipelineSettings = PipelineSettings()
@@ -715,6 +749,15 @@ class Settings(BaseSettings):
     @property
     def canary_dir(self) -> Path:
         return self.work_dir / "canary"
+
+    @property
+    def shadow_state_path(self) -> Path:
+        named = self.shadow.state_file
+        return Path(named) if named else self.canary_dir / "shadow.yaml"
+
+    @property
+    def shadow_url(self) -> str:
+        return self.shadow.predictor_url or f"http://{self.serving.host}:{self.shadow.port}"
 
     @property
     def drift_dir(self) -> Path:

@@ -137,6 +137,23 @@ LOG_WRITER_ERRORS = Counter(
     "mlref_inference_log_writer_errors",
     "Unexpected errors the inference-log writer survived (or restarts of its thread).",
 )
+# The shadow: what the transformer mirrored to it, off the response path.
+SHADOW_SCORED = Counter(
+    "mlref_shadow_scored_rows",
+    "Rows the shadow model scored, logged with variant=shadow.",
+)
+SHADOW_DROPPED = Counter(
+    "mlref_shadow_dropped_rows",
+    "Rows not scored by the shadow, never retried: queue_full (the shadow is behind), timeout, "
+    "error (down or refusing), invalid_score (NaN or outside 0..1).",
+    ["reason"],
+)
+SHADOW_SECONDS = Histogram(
+    "mlref_shadow_seconds",
+    "Latency of the transformer's calls to the shadow predictor, answered ones.",
+    ["model_version"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 class Watched:
