@@ -148,6 +148,8 @@ SHADOW_DROPPED = Counter(
     "error (down or refusing), invalid_score (NaN or outside 0..1).",
     ["reason"],
 )
+for _reason in ("queue_full", "timeout", "error", "invalid_score"):
+    SHADOW_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 SHADOW_SECONDS = Histogram(
     "mlref_shadow_seconds",
     "Latency of the transformer's calls to the shadow predictor, answered ones.",

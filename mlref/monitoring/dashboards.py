@@ -278,7 +278,61 @@ EXPERIMENT = Board(
     ),
 )
 
-BOARDS = (SERVING, DRIFT, CANARY, EXPERIMENT)
+TRANSFORMER = 'server="transformer"'
+SHADOW = Board(
+    "mlref-shadow",
+    "mlref / shadow",
+    "The transformer's mirror to the shadow model, off the response path: what it scored and "
+    "dropped, and how it compares with the live model on the same requests. Logloss, AUC and "
+    "the ranking decisions come from `mlref shadow report` once clicks have arrived.",
+    (
+        Panel(
+            "Mirrored rows: scored, and dropped by reason",
+            (
+                (f"sum(rate(mlref_shadow_scored_rows_total{WINDOW}))", "scored"),
+                (rate("mlref_shadow_dropped_rows_total", "reason"), "dropped: {{reason}}"),
+            ),
+            "rowsps",
+        ),
+        Panel(
+            "Share of live rows the shadow scored",
+            (
+                (
+                    f"sum(rate(mlref_shadow_scored_rows_total{WINDOW})) / "
+                    f"sum(rate(mlref_batch_rows_sum{{{TRANSFORMER}}}{WINDOW}))",
+                    "scored",
+                ),
+            ),
+            "percentunit",
+        ),
+        Panel(
+            "p99: shadow call against live inference",
+            (
+                (
+                    quantile(0.99, "mlref_shadow_seconds", "model_version"),
+                    "shadow v{{model_version}}",
+                ),
+                (
+                    quantile(
+                        0.99,
+                        "mlref_stage_seconds",
+                        "model_version",
+                        f'{TRANSFORMER},stage="inference"',
+                    ),
+                    "live v{{model_version}}",
+                ),
+            ),
+            "s",
+        ),
+        Panel(
+            "Mean score: shadow against live",
+            ((mean("mlref_prediction_score", "variant", TRANSFORMER), "{{variant}}"),),
+            "percentunit",
+        ),
+    ),
+)
+
+BOARDS = (SERVING, DRIFT, CANARY, EXPERIMENT, SHADOW)
 
 
 def build(board: Board) -> dict:

@@ -1,7 +1,7 @@
 """The chart's Grafana dashboards: built from one module, shipped as sidecar ConfigMaps, and
 no panel dead on arrival: every query, run by a real Prometheus scraping real servers (two
-predictors behind the split, the transformer with an experiment running, the Pushgateway with
-a drift check's gauges), parses and returns series."""
+predictors behind the split, the transformer with an experiment running and a shadow
+mirrored, the Pushgateway with a drift check's gauges), parses and returns series."""
 
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ from mlref.monitoring.dashboards import (
 )
 from mlref.monitoring.drift import ColumnDrift, DriftResult
 from mlref.monitoring.push import push_gauges
-from mlref.settings import ExperimentSettings
+from mlref.settings import ExperimentSettings, ShadowSettings
+from mlref.shadow import control as shadow_control
 from tests.canary import models
 from tests.canary.e2e import start_candidate
-from tests.servers import scraped_since, start_prometheus, wait_until
+from tests.servers import free_port, scraped_since, start_prometheus, wait_until
 from tests.serving.conftest import (
     KNOWN_ADS,
     KNOWN_USERS,
@@ -88,9 +89,15 @@ def rows(count: int, seed: int, users=KNOWN_USERS) -> list[dict]:
 
 @pytest.mark.slow
 def test_every_panel_returns_series_from_a_real_prometheus(tmp_path: Path, pushgateway: str):
+    shadow_port = free_port()
     settings = serving_settings(
         tmp_path, log_flush_seconds=0.3, prediction_cache_size=1_000
-    ).model_copy(update={"experiment": ExperimentSettings(name="ranker", percent=50)})
+    ).model_copy(
+        update={
+            "experiment": ExperimentSettings(name="ranker", percent=50),
+            "shadow": ShadowSettings(port=shadow_port),
+        }
+    )
     build_features(settings, KNOWN_USERS, KNOWN_ADS)
     stable = models.stable_model(tmp_path / "stable.onnx", settings)
     candidate = models.shifted_bias(stable, tmp_path / "candidate" / "model.onnx", 0.5)
@@ -98,8 +105,11 @@ def test_every_panel_returns_series_from_a_real_prometheus(tmp_path: Path, pushg
     control.start(settings, users=40)
     push_gauges(pushgateway, check_result())
 
+    shadow = start_predictor(settings, candidate, tmp_path, "shadow", shadow_port)
+    shadow_control.start(settings, str(candidate), str(stable))
     predictor = start_predictor(settings, stable, tmp_path, "stable")
     serving = start_candidate(settings, f"http://127.0.0.1:{predictor.port}", candidate, tmp_path)
+    serving.servers.append(shadow)
     scraped = (f"http://127.0.0.1:{predictor.port}", serving.candidate_url, serving.transformer_url)
     try:
         prometheus = start_prometheus(

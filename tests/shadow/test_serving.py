@@ -25,6 +25,7 @@ from mlref.serving.requests import VARIANT_HEADER
 from mlref.settings import ShadowSettings
 from mlref.shadow import control
 from mlref.shadow.report import report
+from tests.canary.e2e import warm_up
 from tests.servers import free_port, wait_until
 from tests.serving.conftest import (
     build_features,
@@ -37,7 +38,9 @@ from tests.serving.test_servers import business_rows
 
 pytestmark = pytest.mark.slow
 ROWS = 24
-TIMEOUT_S = 0.3
+# Long enough that a warm shadow on a loaded machine answers in time; the slow one, 10x
+# longer, never does.
+TIMEOUT_S = 2.0
 SLOW_MS = 10 * TIMEOUT_S * 1000  # 10x the shadow's timeout: every call times out
 
 
@@ -102,6 +105,7 @@ def test_shadow_never_changes_an_answer_and_every_row_is_counted(tmp_path: Path)
         assert shadow_counts(metrics_url) == {}  # no shadow running: nothing mirrored
 
         shadow = start_predictor(settings, shadow_model, tmp_path, "shadow", port)
+        warm_up(f"http://127.0.0.1:{port}", shadow_model)  # its first calls are slow
         control.start(settings, str(shadow_model), str(live_model))
         probe = {**rows[0], "request_id": "probe"}
 
@@ -122,6 +126,7 @@ def test_shadow_never_changes_an_answer_and_every_row_is_counted(tmp_path: Path)
         after(before, ("error",))
 
         shadow = start_predictor(settings, nan_model, tmp_path, "shadow", port)
+        warm_up(f"http://127.0.0.1:{port}", nan_model)
         before = shadow_counts(metrics_url)
         assert answers("nan") == baseline
         after(before, ("error", "invalid_score"))
