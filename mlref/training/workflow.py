@@ -137,7 +137,7 @@ def register(
 
     def evaluate(path: Path) -> dict[str, float]:
         model = onnx_model.load(path)
-        cat, num = transform(test, model.spec)
+        cat, num = transform(test, model.spec, logged_position=True)  # where clicks happened
         probability = model.predict(cat, num)
         labels = test["clicked"].to_numpy()
         return {"auc": auc(labels, probability), "logloss": logloss(labels, probability)}
@@ -148,6 +148,7 @@ def register(
                 **settings.train.model_dump(),
                 "device": train_report["device"],
                 "best_epoch": train_report["best_epoch"],
+                "reference_position": settings.features.reference_position,
             },
             metrics={**train_report["metrics"], "parity": parity_scalars(parity)},
             artifacts=[
