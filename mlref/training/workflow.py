@@ -26,6 +26,7 @@ from mlref.training.ranks import Ranks
 from mlref.training.registry import PromotionDecision
 from mlref.training.shards import ShardSet
 from mlref.training.train import encode, train
+from mlref.training.windows import TrainingWindow, describe, require_out_of_sample
 
 MODEL_FILE = "model.pt"
 FP32_FILE = "model.fp32.onnx"
@@ -112,15 +113,22 @@ def fit(
 def export_and_gate(
     settings: Settings, model_dir: Path, sets_dir: Path, out_dir: Path
 ) -> ParityReport:
-    """Export fp32 ONNX, quantize to int8 and compare all three on the test split."""
+    """Export fp32 ONNX, quantize to int8 and compare all three on the test split (days
+    outside the training window, which the report names)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    days = json.loads((sets_dir / REPORT_FILE).read_text())["days"]
+    windows = {"the model": TrainingWindow.of_splits(days)}
+    require_out_of_sample(days["test"], windows, "the parity gate", every=True)
     spec = build_spec(settings.features)
     model = torch.load(model_dir / MODEL_FILE, weights_only=False)
     fp32 = export_onnx(model, spec, out_dir / FP32_FILE)
     int8 = quantize_int8(fp32, out_dir / INT8_FILE)
     test = encode(ShardSet(str(sets_dir)).frame("test"), spec)  # the test days only
     report = check_parity(model, fp32, int8, test.cat, test.num, test.labels, settings.parity)
-    _write_json(out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons)})
+    compared = {"compared_on": days["test"], "training_window": describe(windows)}
+    _write_json(
+        out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons), **compared}
+    )
     if not report.passed:
         raise GateFailed("int8 model failed the parity gate: " + "; ".join(report.reasons))
     return report
@@ -160,13 +168,16 @@ def register(
             data_version=data_report["data_version"],
             feature_version=data_report["feature_version"],
         )
-        version = registry.register_onnx(settings, run.info.run_id, export_dir / INT8_FILE)
+        window = TrainingWindow.of_splits(data_report["days"])
+        version = registry.register_onnx(
+            settings, run.info.run_id, export_dir / INT8_FILE, window=window
+        )
         with tempfile.TemporaryDirectory() as scratch:  # inputs may be read-only artifacts
             drift_reference = reference.save_reference(
                 settings, test, export_dir / INT8_FILE, Path(scratch), str(version.version)
             )
             reference.log_reference(drift_reference)
-    return registry.promote(settings, version.version, evaluate)
+    return registry.promote(settings, version.version, evaluate, data_report["days"]["test"])
 
 
 def parity_scalars(parity: dict) -> dict[str, float]:
