@@ -60,11 +60,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "data")
         spec = build_spec(settings.features)
-        days = {name: frame["event_timestamp"].dt.date for name, frame in vars(sets).items()}
-        print(
-            f"train days {days['train'].min()} .. {days['train'].max()} (both models), "
-            f"test day {days['test'].min()} (out of sample for both)"
-        )
         test = encode(sets.test, spec)
         base = TrainSettings(epochs=args.epochs, device="cpu")
         runs = {}

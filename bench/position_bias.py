@@ -46,11 +46,6 @@ def main() -> None:
         settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "data")
         features = settings.features.model_copy(update={"reference_position": args.reference})
         spec = build_spec(features)
-        days = {name: frame["event_timestamp"].dt.date for name, frame in vars(sets).items()}
-        print(
-            f"train days {days['train'].min()} .. {days['train'].max()}, test day "
-            f"{days['test'].min()} (out of sample); reference slot {args.reference}"
-        )
         model = train(sets, spec, TrainSettings(epochs=args.epochs, device="cpu")).model
         relevance = World.from_settings(settings).relevance(sets.test)
         labels = sets.test["clicked"].to_numpy()

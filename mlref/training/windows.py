@@ -93,3 +93,13 @@ def require_out_of_sample(
             "window (generate or ingest later days), or train on a window that ends before them"
         )
     return outside
+
+
+def compared_on(
+    splits: Mapping[str, Iterable[str]], models: Iterable[str] = ("every model",)
+) -> str:
+    """A line for benchmarks whose ``models`` all trained on one training set's splits: the
+    window and the test days they are compared on, which must lie outside it (or it refuses)."""
+    windows = {name: TrainingWindow.of_splits(splits) for name in models}
+    test = require_out_of_sample(splits["test"], windows, "this comparison", every=True)
+    return f"{describe(windows)}; compared on test day(s) {', '.join(test)}, out of sample"

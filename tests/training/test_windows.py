@@ -7,6 +7,7 @@ import pytest
 from mlref.training.windows import (
     InSampleComparison,
     TrainingWindow,
+    compared_on,
     out_of_sample,
     require_out_of_sample,
 )
@@ -42,3 +43,13 @@ def test_a_comparison_given_only_in_sample_days_refuses_naming_the_windows():
         require_out_of_sample(DAYS[:2], {"v1": V1, "v2": V2}, "the report")
     with pytest.raises(InSampleComparison, match="the gate: some days"):
         require_out_of_sample(DAYS, {"v1": V1, "v2": V2}, "the gate", every=True)
+
+
+def test_a_benchmark_line_names_the_window_and_refuses_a_test_day_inside_it():
+    splits = {"train": ["2026-01-02", "2026-01-03"], "val": ["2026-01-04"], "test": ["2026-01-05"]}
+    assert compared_on(splits, ("full", "w=0.1")) == (
+        "full trained on 2026-01-02..2026-01-04; w=0.1 trained on 2026-01-02..2026-01-04; "
+        "compared on test day(s) 2026-01-05, out of sample"
+    )
+    with pytest.raises(InSampleComparison, match="this comparison"):
+        compared_on({**splits, "test": ["2026-01-03"]})
