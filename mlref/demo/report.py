@@ -70,6 +70,7 @@ class LoopRecord:
     steps: list[Step] = field(default_factory=list)
     drift: list[DriftPoint] = field(default_factory=list)
     canary: list[CanaryPoint] = field(default_factory=list)
+    shadow: list[str] = field(default_factory=list)  # the shadow report's lines
     quality: Quality = field(default_factory=Quality)
     links: dict[str, Path] = field(default_factory=dict)
 
@@ -145,7 +146,8 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def write_report(record: LoopRecord, path: Path) -> Path:
-    """A self-contained HTML page: timeline, drift, canary and model quality, with plots."""
+    """A self-contained HTML page: timeline, drift, shadow, canary and model quality, with
+    plots."""
     sections = [
         "<h2>Timeline</h2>",
         _table(
@@ -170,6 +172,9 @@ def write_report(record: LoopRecord, path: Path) -> Path:
                 ],
             ),
         ]
+    if record.shadow:
+        text = html.escape("\n".join(record.shadow))
+        sections += ["<h2>Shadow before the canary</h2>", f"<pre>{text}</pre>"]
     if record.canary:
         sections += [
             *_plotted("Canary rollout", canary_figure(record.canary)),

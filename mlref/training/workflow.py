@@ -9,22 +9,23 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import mlflow
 import torch
 
 from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
 from mlref.settings import Settings
-from mlref.training import dataset, plots, reference, registry, tracking, trainjob
+from mlref.training import dataset, plots, reference, registry, tracking, trainjob, warm_start
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
 from mlref.training.ranks import Ranks
 from mlref.training.registry import PromotionDecision
-from mlref.training.shards import ShardSet
+from mlref.training.shards import SPLITS, ShardSet
 from mlref.training.train import encode, train
 from mlref.training.windows import TrainingWindow, describe, require_out_of_sample
 
@@ -87,7 +88,14 @@ def fit(
             launch(Path(sets_dir), out_dir)
         return tracking.flatten_metrics(json.loads((out_dir / REPORT_FILE).read_text())["metrics"])
     spec = build_spec(settings.features)
-    result = train(ShardSet(str(sets_dir)), spec, settings.train, ranks)
+    init, parent = warm_start.resolve(settings, spec)  # refuses before anything is written
+    sets = ShardSet(str(sets_dir))
+    if parent is not None and settings.train.window_days:
+        sets = sets.recent("train", settings.train.window_days)
+    init = replace(init, train_days=tuple(sets.days("train")))
+    days = init.train_days
+    console.print(f"{init.reason}; training on {len(days)} day(s), {days[0]} .. {days[-1]}")
+    result = train(sets, spec, settings.train, ranks, parent)
     flat = tracking.flatten_metrics(result.metric_table())
     if ranks is not None and not ranks.main:
         return flat
@@ -105,6 +113,8 @@ def fit(
             "precision": result.precision,
             "samples_per_s": result.samples_per_s,
             "samples_processed": result.samples_processed,
+            "init": asdict(init),
+            "checkpoint": warm_start.checkpoint(spec, settings.train),
         },
     )
     return flat
@@ -116,7 +126,7 @@ def export_and_gate(
     """Export fp32 ONNX, quantize to int8 and compare all three on the test split (days
     outside the training window, which the report names)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    days = json.loads((sets_dir / REPORT_FILE).read_text())["days"]
+    days = split_days(sets_dir)
     windows = {"the model": TrainingWindow.of_splits(days)}
     require_out_of_sample(days["test"], windows, "the parity gate", every=True)
     spec = build_spec(settings.features)
@@ -150,10 +160,12 @@ def register(
         labels = test["clicked"].to_numpy()
         return {"auc": auc(labels, probability), "logloss": logloss(labels, probability)}
 
+    init = warm_start.from_report(train_report)
     with tracking.tracking_run(settings, run_name="train") as run:
         tracking.log_training(
             params={
                 **settings.train.model_dump(),
+                **init.params(),
                 "device": train_report["device"],
                 "best_epoch": train_report["best_epoch"],
                 "reference_position": settings.features.reference_position,
@@ -168,16 +180,51 @@ def register(
             data_version=data_report["data_version"],
             feature_version=data_report["feature_version"],
         )
-        window = TrainingWindow.of_splits(data_report["days"])
+        mlflow.set_tags(init.tags())
+        model = torch.load(model_dir / MODEL_FILE, weights_only=False)
+        warm_start.log_weights(model, train_report["checkpoint"])
+        window = _training_window(settings, split_days(sets_dir), init)
         version = registry.register_onnx(
             settings, run.info.run_id, export_dir / INT8_FILE, window=window
         )
+        if init.parent_version:  # lineage in the registry too
+            tracking.client(settings).set_model_version_tag(
+                settings.model_name,
+                str(version.version),
+                warm_start.PARENT_VERSION_TAG,
+                init.parent_version,
+            )
         with tempfile.TemporaryDirectory() as scratch:  # inputs may be read-only artifacts
             drift_reference = reference.save_reference(
                 settings, test, export_dir / INT8_FILE, Path(scratch), str(version.version)
             )
             reference.log_reference(drift_reference)
-    return registry.promote(settings, version.version, evaluate, data_report["days"]["test"])
+    return registry.promote(settings, version.version, evaluate, split_days(sets_dir)["test"])
+
+
+def split_days(sets_dir: Path) -> dict[str, list[str]]:
+    """The days of each split of the training set under ``sets_dir``."""
+    sets = ShardSet(str(sets_dir))
+    return {split: sets.days(split) for split in SPLITS}
+
+
+def _training_window(
+    settings: Settings, days: dict[str, list[str]], init: warm_start.Init
+) -> TrainingWindow:
+    """The days the model learned from: the train days it read (a warm start's recent window)
+    and the validation days, and, when warm-started, every day its parent learned from."""
+    train_days = list(init.train_days) or days["train"]
+    own = TrainingWindow.of_splits({"train": train_days, "val": days.get("val", [])})
+    if not init.parent_version:
+        return own
+    parent = registry.training_window(
+        tracking.client(settings).get_model_version(settings.model_name, init.parent_version)
+    )
+    return (
+        own
+        if parent is None
+        else TrainingWindow.of_days([*vars(own).values(), *vars(parent).values()])
+    )
 
 
 def parity_scalars(parity: dict) -> dict[str, float]:
