@@ -30,6 +30,10 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mlref.training.windows import compared_on  # noqa: E402
+
 STAGES = ("ingest", "features", "training set", "training")
 GIB = 1 << 30
 
@@ -203,7 +207,9 @@ def main() -> None:
                 training_report(work, "model"),
                 training_report(work, "model-resident"),
             )
+            split_days = json.loads((work / "sets" / "report.json").read_text())["days"]
             print(
+                f"\n{compared_on(split_days, ('resident', 'streamed'))}"
                 f"\ntraining on {days} x {rows:,}: resident {run.cell()}, "
                 f"{resident['samples_per_s']:,.0f} samples/s, test AUC "
                 f"{resident['metrics']['test']['auc']:.4f}, logloss "

@@ -55,21 +55,31 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1, help="share of negatives kept")
     parser.add_argument("--epochs", type=int, default=TrainSettings().epochs)
     parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument(
+        "--same-steps",
+        action="store_true",
+        help="also train at w with the batch shrunk by the rows ratio: as many optimizer steps "
+        "per epoch as the full run",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.cpu_threads)
     with tempfile.TemporaryDirectory() as tmp:
         settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "data")
         spec = build_spec(settings.features)
-        days = {name: frame["event_timestamp"].dt.date for name, frame in vars(sets).items()}
-        print(
-            f"train days {days['train'].min()} .. {days['train'].max()} (both models), "
-            f"test day {days['test'].min()} (out of sample for both)"
-        )
         test = encode(sets.test, spec)
         base = TrainSettings(epochs=args.epochs, device="cpu")
         runs = {}
-        for name, rate in (("full", 1.0), (f"w={args.rate:g}", args.rate)):
-            result = train(sets, spec, base.model_copy(update={"negative_rate": rate}))
+        kept = sets.train["clicked"].mean() * (1 - args.rate) + args.rate  # rows ratio at w
+        small_batch = max(1, round(base.batch_size * kept))
+        variants = [
+            ("full", 1.0, base.batch_size),
+            (f"w={args.rate:g}", args.rate, base.batch_size),
+        ]
+        if args.same_steps:
+            variants.append((f"w={args.rate:g} batch {small_batch}", args.rate, small_batch))
+        for name, rate, batch in variants:
+            update = {"negative_rate": rate, "batch_size": batch}
+            result = train(sets, spec, base.model_copy(update=update))
             out = Path(tmp) / name
             runs[name] = (result, *served(result, spec, test, settings.parity, out))
             _, test_auc, calibration, gate = runs[name]
@@ -79,14 +89,16 @@ def main() -> None:
                 f"{training_seconds(result):.1f} s training; int8 test AUC {test_auc:.4f}, "
                 f"calibration {calibration:.3f}, parity {'PASS' if gate.passed else gate.reasons}"
             )
-        (full, full_auc, full_cal, _), (sampled, sampled_auc, sampled_cal, _) = runs.values()
-        per_epoch = sampled.history[0].samples / full.history[0].samples
-        print(
-            f"w={args.rate:g} / full: samples per epoch {per_epoch:.3f}x, samples processed "
-            f"{sampled.samples_processed / full.samples_processed:.3f}x, training time "
-            f"{training_seconds(sampled) / training_seconds(full):.3f}x; test AUC difference "
-            f"{sampled_auc - full_auc:+.4f}; calibration {sampled_cal:.3f} (full {full_cal:.3f})"
-        )
+        full, full_auc, full_cal, _ = runs.pop("full")
+        for name, (sampled, sampled_auc, sampled_cal, _) in runs.items():
+            per_epoch = sampled.history[0].samples / full.history[0].samples
+            print(
+                f"{name} / full: samples per epoch {per_epoch:.3f}x, samples processed "
+                f"{sampled.samples_processed / full.samples_processed:.3f}x, training time "
+                f"{training_seconds(sampled) / training_seconds(full):.3f}x; test AUC "
+                f"difference {sampled_auc - full_auc:+.4f}; calibration {sampled_cal:.3f} "
+                f"(full {full_cal:.3f})"
+            )
 
 
 if __name__ == "__main__":

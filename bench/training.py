@@ -65,6 +65,7 @@ from mlref.training.train import (  # noqa: E402
     step,
     train,
 )
+from mlref.training.windows import compared_on  # noqa: E402
 
 ROUNDS = 11  # alternating rounds per batch size; the median of each model is reported
 SECONDS_PER_ROUND = 0.3
@@ -138,9 +139,17 @@ def data(rows_per_day: int, days: int, work: Path) -> tuple[Settings, TrainingSe
     sets = training_sets(settings)
     print(
         f"data: train {len(sets.train):,} / val {len(sets.val):,} / test {len(sets.test):,} "
-        f"rows, CTR {sets.train['clicked'].mean():.4f}"
+        f"rows, CTR {sets.train['clicked'].mean():.4f}; {compared_on(split_days(sets))}"
     )
     return settings, sets
+
+
+def split_days(sets: TrainingSets) -> dict[str, list[str]]:
+    """The ISO days of each split."""
+    return {
+        name: sorted({day.isoformat() for day in frame[TIMESTAMP].dt.date})
+        for name, frame in vars(sets).items()
+    }
 
 
 def show(name: str, result: TrainResult) -> None:

@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from mlref.schema import MAX_POSITION
+
 MODELS_SCHEME = "models:/"  # MLflow registry URIs: models:/<name>@<alias>, models:/<name>/<n>
 
 CONFIG_ENV = "MLREF_CONFIG"
@@ -101,6 +103,24 @@ class FeatureSettings(Section):
     offline_uri: str = Field(
         "", description="Registry and offline data root in cluster mode; empty: <root>/features."
     )
+    reference_position: int | None = Field(
+        None,
+        description="Slot every score is given at (1 = top): the model trains on the slot a row "
+        "was shown in and scores as if each ad were in this one, so rankings follow relevance, "
+        "not slot order (docs/position-bias.md). None: score at the request's slot.",
+    )
+
+    @model_validator(mode="after")
+    def _reference_position_in_range(self) -> FeatureSettings:
+        if self.reference_position is not None and not (
+            1 <= self.reference_position <= MAX_POSITION
+        ):
+            raise ValueError(
+                f"features.reference_position is {self.reference_position}, not a slot: set "
+                f"MLREF_FEATURES__REFERENCE_POSITION to 1-{MAX_POSITION} (1 = top), or leave "
+                "it unset to score at each request's slot"
+            )
+        return self
 
 
 class TrainSettings(Section):

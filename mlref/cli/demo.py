@@ -43,14 +43,18 @@ def demo(
     for step in record.steps:
         table.add_row(step.name, f"{step.seconds:.0f}", step.outcome)
     console.print(table)
-    quality = Table(title="AUC per day (offline, same features for every model)")
-    days = list(dict.fromkeys(p.day for p in record.quality))  # in the order scored
+    points = record.quality.points
+    quality = Table(title="AUC per day no model trained on (offline, same features for all)")
+    days = list(dict.fromkeys(p.day for p in points))  # in the order scored
     quality.add_column("model")
+    quality.add_column("trained on")
     for day in days:
         quality.add_column(day)
-    for model in sorted({p.model for p in record.quality}):
-        scores = {p.day: p.auc for p in record.quality if p.model == model}
-        quality.add_row(model, *(f"{scores[d]:.3f}" if d in scores else "-" for d in days))
+    for model, window in record.quality.windows.items():
+        scores = {p.day: p.auc for p in points if p.model == model}
+        quality.add_row(model, window, *(f"{scores[d]:.3f}" if d in scores else "-" for d in days))
     console.print(quality)
+    if record.quality.left_out:
+        console.print("left out, inside a training window: " + ", ".join(record.quality.left_out))
     for name, target in record.links.items():
         console.print(f"{name}: {target}")

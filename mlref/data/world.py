@@ -324,6 +324,12 @@ class World:
         )
         return _sigmoid(self.logit(rows, regime=CONCEPT if concept else BASELINE))
 
+    def relevance(self, frame: pd.DataFrame, *, concept: bool = False) -> np.ndarray:
+        """True click probability of logged rows had each been shown in the top slot: what a
+        ranker should order ads by, free of where the log happened to show them. Real logs
+        never hold it; benchmarks and tests score rankings against it."""
+        return self.click_probability(frame.assign(position=1), concept=concept)
+
     @staticmethod
     def _index(ids: np.ndarray | pd.Series, size: int, name: str) -> np.ndarray:
         index = np.asarray(ids, dtype=np.int64) - 1

@@ -169,30 +169,38 @@ def _wait_ready(child: subprocess.Popen, url: str, log_path: Path) -> None:
     raise DemoError(f"serving not ready after {READY_TIMEOUT_SECONDS:.0f}s; see {log_path}")
 
 
-def score_days(
-    settings: Settings, days: list[int], models: dict[str, str]
-) -> list[report.QualityPoint]:
-    """Each model's AUC on each day, features from the offline store as of each impression."""
+def score_days(settings: Settings, days: list[int], models: dict[str, str]) -> report.Quality:
+    """Each model's AUC on each of ``days`` that no model trained on (features from the
+    offline store as of each impression); the others are named and left out, not scored."""
     from mlref import onnx_model
     from mlref.monitoring.replay import as_served
     from mlref.scoring import score_rows
     from mlref.serving.predictor import resolve
     from mlref.training.metrics import auc
+    from mlref.training.registry import registered_version, training_window
+    from mlref.training.windows import out_of_sample, require_out_of_sample
 
-    loaded = {}
+    loaded, windows = {}, {}
     for name, uri in models.items():
         resolved = resolve(settings, uri)
         loaded[name] = (onnx_model.load(resolved.path), resolved.version)
+        windows[name] = training_window(registered_version(settings, uri))
+    dates = {day_date(settings, day).isoformat(): day for day in days}
+    outside = require_out_of_sample(dates, windows, "the demo's model comparison")
     points = []
-    for day in days:
+    for date in outside:
+        day = dates[date]
         joined = as_served(settings, raw_day(settings, day))
         for name, (model, version) in loaded.items():
             scored = score_rows(joined, model, version, name)
-            label = f"day {day} ({day_date(settings, day).isoformat()})"
+            label = f"day {day} ({date})"
             points.append(
                 report.QualityPoint(label, name, auc(scored["clicked"], scored["probability"]))
             )
-    return points
+    left_out = [f"day {dates[date]} ({date})" for date in out_of_sample(dates, windows)[1]]
+    return report.Quality(
+        points, {name: str(w or "days not recorded") for name, w in windows.items()}, left_out
+    )
 
 
 def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
@@ -298,7 +306,7 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         served = partition_dir(settings.raw_dir, day_date(settings, live_day)).exists()
         days = [baseline, quiet_day, drift_first] + ([live_day] if served else [])
         record.quality = score_days(settings, days, models)
-        out["text"] = ", ".join(f"{p.model} {p.day}: {p.auc:.3f}" for p in record.quality)
+        out["text"] = ", ".join(f"{p.model} {p.day}: {p.auc:.3f}" for p in record.quality.points)
     record.links = _links(settings)
     record.links["mlref report"] = report.write_report(record, demo_dir(settings) / "report.html")
     return record

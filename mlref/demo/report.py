@@ -52,13 +52,26 @@ class QualityPoint:
     auc: float
 
 
+@dataclass(frozen=True)
+class Quality:
+    """Models compared on the days outside every model's training window."""
+
+    points: list[QualityPoint] = field(default_factory=list)
+    windows: dict[str, str] = field(default_factory=dict)  # model -> days it trained on
+    left_out: list[str] = field(default_factory=list)  # days inside a window, not compared
+
+    def __post_init__(self) -> None:
+        if self.points and not self.windows:
+            raise ValueError("a model comparison must say which days each model trained on")
+
+
 @dataclass
 class LoopRecord:
     steps: list[Step] = field(default_factory=list)
     drift: list[DriftPoint] = field(default_factory=list)
     canary: list[CanaryPoint] = field(default_factory=list)
     shadow: list[str] = field(default_factory=list)  # the shadow report's lines
-    quality: list[QualityPoint] = field(default_factory=list)
+    quality: Quality = field(default_factory=Quality)
     links: dict[str, Path] = field(default_factory=dict)
 
 
@@ -112,7 +125,7 @@ def quality_figure(points: list[QualityPoint]) -> Figure:
         rows = {p.day: p.auc for p in points if p.model == model}
         xs = [d for d in days if d in rows]
         axes.plot(xs, [rows[d] for d in xs], marker="o", label=model)
-    axes.set(title="AUC per day", ylabel="AUC")
+    axes.set(title="AUC per out-of-sample day", ylabel="AUC")
     axes.tick_params(axis="x", labelrotation=20)
     axes.legend()
     return figure
@@ -181,8 +194,8 @@ def write_report(record: LoopRecord, path: Path) -> Path:
                 ],
             ),
         ]
-    if record.quality:
-        sections += _plotted("Model quality over time", quality_figure(record.quality))
+    if record.quality.points:
+        sections += _quality_section(record.quality)
     if record.links:
         items = "".join(
             f'<li><a href="{html.escape(str(target))}">{html.escape(name)}</a></li>'
@@ -202,6 +215,27 @@ def write_report(record: LoopRecord, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path
+
+
+def _quality_section(quality: Quality) -> list[str]:
+    """Each model's training window, then AUC on the days outside all of them only."""
+    days = list(dict.fromkeys(p.day for p in quality.points))
+    models = list(quality.windows)
+    auc = {(p.day, p.model): p.auc for p in quality.points}
+    note = (
+        "Compared on days no model trained on. Left out (inside a training window): "
+        + (", ".join(quality.left_out) or "none")
+        + "."
+    )
+    return [
+        *_plotted("Model quality on out-of-sample days", quality_figure(quality.points)),
+        _table(["model", "trained on (train and validation days)"], list(quality.windows.items())),
+        f"<p>{html.escape(note)}</p>",
+        _table(
+            ["day (out of sample)", *models],
+            [[day, *(_fmt(auc.get((day, m))) for m in models)] for day in days],
+        ),
+    ]
 
 
 def _fmt(value: float | None) -> str:

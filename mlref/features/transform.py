@@ -7,6 +7,10 @@ so a model never sees a value at serving time that training could not have produ
 
 Categorical inputs become int64 embedding indices; index 0 is the out-of-vocabulary / missing
 bucket, so an unseen id or category can never crash serving. Unbounded ids are hashed.
+
+Position bias: the slot an ad was shown in changes how often it is seen, not how good it is.
+The model trains on the logged slot; with a reference position in the spec, every score is
+given as if the ad were in that slot (docs/position-bias.md), so rankings follow relevance.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mlref.schema import AD_STATS, REQUEST_COLUMNS, STAT_COLUMNS, USER_STATS  # 
 from mlref.settings import FeatureSettings
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier
+POSITION = "position"  # the request field that holds the ad's slot
 
 
 def smoothed_ctr(clicks: np.ndarray, impressions: np.ndarray, prior: float, strength: float):
@@ -59,13 +64,18 @@ class FeatureSpec:
     categorical: tuple[CategoricalFeature, ...]
     numeric: tuple[str, ...]
     defaults: Mapping[str, float] = field(default_factory=dict)
+    # Scores read the ``position`` input as this slot instead of the row's (None: the row's).
+    reference_position: int | None = None
 
     @property
     def categorical_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.categorical)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        raw = asdict(self)
+        if raw["reference_position"] is None:  # specs without one keep their fingerprint
+            del raw["reference_position"]
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
@@ -76,7 +86,9 @@ class FeatureSpec:
             )
             for c in raw["categorical"]
         )
-        return cls(cats, tuple(raw["numeric"]), dict(raw["defaults"]))
+        return cls(
+            cats, tuple(raw["numeric"]), dict(raw["defaults"]), raw.get("reference_position")
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -93,7 +105,7 @@ def build_spec(settings: FeatureSettings) -> FeatureSpec:
         for field in schema.FIELDS
     )
     defaults = {name: (settings.ctr_prior if "_ctr_" in name else 0.0) for name in STAT_COLUMNS}
-    return FeatureSpec(categorical, STAT_COLUMNS, defaults)
+    return FeatureSpec(categorical, STAT_COLUMNS, defaults, settings.reference_position)
 
 
 def fill_defaults(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,15 +122,32 @@ def fill_defaults(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame,
     return filled, missing
 
 
-def transform(frame: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+def transform(
+    frame: pd.DataFrame, spec: FeatureSpec, *, logged_position: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs for ``frame``: (categorical int64 [N, C], numeric float32 [N, M]).
 
     ``frame`` must hold the request columns and the (already filled) stat columns.
     Counts enter the model as log1p; rates as they are. Normalization lives in the model.
+    Scores are at the spec's reference position (:func:`at_reference_position`); training,
+    and evaluations against the clicks a row got, pass ``logged_position`` to read the slot
+    the row was shown in, where its click happened.
     """
-    cat = np.stack([f.encode(frame[f.name]) for f in spec.categorical], axis=1)
+    cat = np.stack([f.encode(frame[f.name]) for f in spec.categorical], axis=1).astype(np.int64)
     num = numeric_inputs(frame[list(spec.numeric)].to_numpy(dtype=np.float64), spec)
-    return cat.astype(np.int64), num
+    return (cat if logged_position else at_reference_position(cat, spec)), num
+
+
+def at_reference_position(cat: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Encoded inputs ``cat`` with every row's slot set to the spec's reference position (in
+    place; unchanged when the spec has none): the score ranks ads by how often they would be
+    clicked in the same slot, not by where they happened to be shown."""
+    if spec.reference_position is None:
+        return cat
+    column = spec.categorical_names.index(POSITION)
+    reference = spec.categorical[column].encode(np.array([spec.reference_position]))[0]
+    cat[:, column] = reference
+    return cat
 
 
 def numeric_inputs(stats: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -155,6 +184,7 @@ class SmallBatchTransform:
                     memo.clear()
                 memo.update(zip(new, feature.encode(pd.Series(new)).tolist(), strict=True))
             cat[:, j] = [memo[v] for v in values]
+        at_reference_position(cat, self.spec)
         missing = np.isnan(stats)
         filled = np.where(missing, self.defaults, stats)
         return cat, numeric_inputs(filled, self.spec), filled, missing

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from mlref import onnx_model
 from mlref.settings import MODELS_SCHEME, Settings
 from mlref.training.publish import publish, publish_champion
 from mlref.training.tracking import client, using_store
+from mlref.training.windows import WINDOW_TAG, TrainingWindow, describe, require_out_of_sample
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -97,9 +98,11 @@ def register_onnx(
     run_id: str,
     onnx_path: Path,
     input_example: Mapping | None = None,
+    window: TrainingWindow | None = None,
 ) -> ModelVersion:
     """Log ``onnx_path`` with MLflow's ONNX flavor under ``run_id``, register a new version and
-    publish its files where serving fetches them (:mod:`mlref.training.publish`).
+    publish its files where serving fetches them (:mod:`mlref.training.publish`). ``window``,
+    the days it trained on, is kept on the version for every later comparison.
 
     The file must be a servable mlref model (checked with :func:`mlref.onnx_model.load`); it is
     stored self-contained (no external-data side file) because servers copy just that file.
@@ -124,6 +127,8 @@ def register_onnx(
     mlflow_client.set_model_version_tag(
         name, version, SPEC_FINGERPRINT_TAG, served.spec.fingerprint
     )
+    if window is not None:
+        mlflow_client.set_model_version_tag(name, version, WINDOW_TAG, str(window))
     publish(settings, version, onnx_path, run_id)
     return mlflow_client.get_model_version(name, version)
 
@@ -168,20 +173,36 @@ def _compare(
     return True, f"{numbers}: beats the champion"
 
 
-def promote(settings: Settings, version: str | int, evaluate: Evaluate) -> PromotionDecision:
+def training_window(version: ModelVersion) -> TrainingWindow | None:
+    """The days ``version`` trained on, None for a version registered without them."""
+    text = version.tags.get(WINDOW_TAG)
+    return None if text is None else TrainingWindow.parse(text)
+
+
+def promote(
+    settings: Settings, version: str | int, evaluate: Evaluate, test_days: Sequence[str] = ()
+) -> PromotionDecision:
     """Make ``version`` the challenger, and the champion if there is none or it wins.
 
     ``evaluate`` is called with the local ONNX file of the champion and of the challenger, so
-    both are scored by the same code on the same data.
+    both are scored by the same code on the same data: ``test_days``, which must lie outside
+    both models' training windows (a model scored on rows it trained on would look better
+    than it is); the decision's reason names the windows.
     """
     mlflow_client = client(settings)
     name = settings.model_name
     version = str(version)
-    mlflow_client.get_model_version(name, version)  # fails early on an unknown version
+    challenger = mlflow_client.get_model_version(name, version)  # fails on an unknown one
     champion = model_version_of(settings, CHAMPION)
     champion_before = None if champion is None else str(champion.version)
     if champion_before == version:
         return PromotionDecision(version, False, f"version {version} is already the champion")
+    windows = {
+        f"champion v{champion_before}": None if champion is None else training_window(champion),
+        f"challenger v{version}": training_window(challenger),
+    }
+    if champion is not None and test_days:  # refused before anything is written
+        require_out_of_sample(test_days, windows, "the champion gate", every=True)
 
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     if champion is None:
@@ -193,6 +214,8 @@ def promote(settings: Settings, version: str | int, evaluate: Evaluate) -> Promo
         champion_scores = _scores(evaluate, resolve_model(settings, _uri(name, champion_before)))
         challenger_scores = _scores(evaluate, resolve_model(settings, _uri(name, version)))
         passed, reason = _compare(settings, champion_scores, challenger_scores)
+        on = f"test days {', '.join(test_days)}" if test_days else "the caller's test set"
+        reason = f"on {on} ({describe(windows)}): {reason}"
         promoted = passed and settings.registry.rollout == "direct"
         if passed and not promoted:
             reason += "; goes out as a canary before it becomes champion"

@@ -65,10 +65,11 @@ class Tensors:
 
 
 def encode(frame: pd.DataFrame, spec: FeatureSpec) -> Tensors:
-    """Model inputs and labels of one split, through the shared transform."""
+    """Model inputs and labels of one split, through the shared transform, at the slot each
+    row was shown in: its label is the click it got there."""
     if LABEL not in frame:
         raise ValueError(f"training frame has no '{LABEL}' column")
-    cat, num = transform(frame, spec)
+    cat, num = transform(frame, spec, logged_position=True)
     labels = frame[LABEL].to_numpy(dtype=np.float32)
     return Tensors(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(labels))
 

@@ -25,8 +25,9 @@ from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
 from mlref.training.ranks import Ranks
 from mlref.training.registry import PromotionDecision
-from mlref.training.shards import ShardSet
+from mlref.training.shards import SPLITS, ShardSet
 from mlref.training.train import encode, train
+from mlref.training.windows import TrainingWindow, describe, require_out_of_sample
 
 MODEL_FILE = "model.pt"
 FP32_FILE = "model.fp32.onnx"
@@ -122,15 +123,22 @@ def fit(
 def export_and_gate(
     settings: Settings, model_dir: Path, sets_dir: Path, out_dir: Path
 ) -> ParityReport:
-    """Export fp32 ONNX, quantize to int8 and compare all three on the test split."""
+    """Export fp32 ONNX, quantize to int8 and compare all three on the test split (days
+    outside the training window, which the report names)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    days = split_days(sets_dir)
+    windows = {"the model": TrainingWindow.of_splits(days)}
+    require_out_of_sample(days["test"], windows, "the parity gate", every=True)
     spec = build_spec(settings.features)
     model = torch.load(model_dir / MODEL_FILE, weights_only=False)
     fp32 = export_onnx(model, spec, out_dir / FP32_FILE)
     int8 = quantize_int8(fp32, out_dir / INT8_FILE)
     test = encode(ShardSet(str(sets_dir)).frame("test"), spec)  # the test days only
     report = check_parity(model, fp32, int8, test.cat, test.num, test.labels, settings.parity)
-    _write_json(out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons)})
+    compared = {"compared_on": days["test"], "training_window": describe(windows)}
+    _write_json(
+        out_dir / REPORT_FILE, {**report.scalars(), "reasons": list(report.reasons), **compared}
+    )
     if not report.passed:
         raise GateFailed("int8 model failed the parity gate: " + "; ".join(report.reasons))
     return report
@@ -147,7 +155,7 @@ def register(
 
     def evaluate(path: Path) -> dict[str, float]:
         model = onnx_model.load(path)
-        cat, num = transform(test, model.spec)
+        cat, num = transform(test, model.spec, logged_position=True)  # where clicks happened
         probability = model.predict(cat, num)
         labels = test["clicked"].to_numpy()
         return {"auc": auc(labels, probability), "logloss": logloss(labels, probability)}
@@ -160,6 +168,7 @@ def register(
                 **init.params(),
                 "device": train_report["device"],
                 "best_epoch": train_report["best_epoch"],
+                "reference_position": settings.features.reference_position,
             },
             metrics={**train_report["metrics"], "parity": parity_scalars(parity)},
             artifacts=[
@@ -174,7 +183,10 @@ def register(
         mlflow.set_tags(init.tags())
         model = torch.load(model_dir / MODEL_FILE, weights_only=False)
         warm_start.log_weights(model, train_report["checkpoint"])
-        version = registry.register_onnx(settings, run.info.run_id, export_dir / INT8_FILE)
+        window = _training_window(settings, split_days(sets_dir), init)
+        version = registry.register_onnx(
+            settings, run.info.run_id, export_dir / INT8_FILE, window=window
+        )
         if init.parent_version:  # lineage in the registry too
             tracking.client(settings).set_model_version_tag(
                 settings.model_name,
@@ -187,7 +199,32 @@ def register(
                 settings, test, export_dir / INT8_FILE, Path(scratch), str(version.version)
             )
             reference.log_reference(drift_reference)
-    return registry.promote(settings, version.version, evaluate)
+    return registry.promote(settings, version.version, evaluate, split_days(sets_dir)["test"])
+
+
+def split_days(sets_dir: Path) -> dict[str, list[str]]:
+    """The days of each split of the training set under ``sets_dir``."""
+    sets = ShardSet(str(sets_dir))
+    return {split: sets.days(split) for split in SPLITS}
+
+
+def _training_window(
+    settings: Settings, days: dict[str, list[str]], init: warm_start.Init
+) -> TrainingWindow:
+    """The days the model learned from: the train days it read (a warm start's recent window)
+    and the validation days, and, when warm-started, every day its parent learned from."""
+    train_days = list(init.train_days) or days["train"]
+    own = TrainingWindow.of_splits({"train": train_days, "val": days.get("val", [])})
+    if not init.parent_version:
+        return own
+    parent = registry.training_window(
+        tracking.client(settings).get_model_version(settings.model_name, init.parent_version)
+    )
+    return (
+        own
+        if parent is None
+        else TrainingWindow.of_days([*vars(own).values(), *vars(parent).values()])
+    )
 
 
 def parity_scalars(parity: dict) -> dict[str, float]:

@@ -60,9 +60,16 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
     assert stages == [s for s in settings.canary.stages if s < 100]
     assert {p.action for p in record.canary} == {"promote"}
     assert all(p.requests >= settings.canary.min_requests for p in record.canary)
-    auc = {(p.model.split()[0], p.day.split()[1]): p.auc for p in record.quality}
-    live = max(day for _, day in auc)
+    # Only days neither model trained on are compared: v2 retrained on the days before the
+    # live day, so the earlier days are named and left out.
+    auc = {(p.model.split()[0], p.day): p.auc for p in record.quality.points}
+    (live,) = {day for _, day in auc}
     assert auc[("v2", live)] > auc[("v1", live)]  # retrained on drift: better after it
+    windows = list(record.quality.windows.values())
+    date = live.split()[2].strip("()")
+    assert not any(first <= date <= last for first, _, last in (w.partition("..") for w in windows))
+    assert record.quality.left_out
     report = (demo_dir(settings) / "report.html").read_text()
     assert "Drift checks" in report and "Canary rollout" in report and "data:image/png" in report
     assert "Shadow before the canary" in report
+    assert all(window in report for window in windows)

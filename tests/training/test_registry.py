@@ -31,6 +31,7 @@ from mlref.training.tracking import (
     log_training,
     tracking_run,
 )
+from mlref.training.windows import InSampleComparison, TrainingWindow
 
 N_CAT, N_NUM = 8, 12
 RNG = np.random.default_rng(0)
@@ -112,11 +113,11 @@ def evaluate(path: Path) -> dict[str, float]:
     }
 
 
-def register(settings: Settings, weight_scale: float) -> str:
+def register(settings: Settings, weight_scale: float, window: TrainingWindow | None = None) -> str:
     """Train-and-register in miniature: one run, one ONNX version; returns the version."""
     path = tiny_model(settings, settings.artifacts_dir / f"model-{weight_scale}.onnx", weight_scale)
     with tracking_run(settings, f"scale-{weight_scale}") as run:
-        return str(registry.register_onnx(settings, run.info.run_id, path).version)
+        return str(registry.register_onnx(settings, run.info.run_id, path, window=window).version)
 
 
 def aliases(settings: Settings) -> dict[str, str]:
@@ -257,6 +258,39 @@ def test_canary_rollout_keeps_the_champion_until_the_canary_promotes(registry_se
     assert tags[better][registry.DECISION_TAG] == "promoted"
     assert tags[better][registry.REASON_TAG] == "canary promoted: all checks passed"
     assert tags[first][registry.REPLACED_BY_TAG] == better
+
+
+def test_the_gate_compares_on_days_outside_both_windows_and_names_them(
+    registry_settings: Settings,
+):
+    settings = registry_settings
+    name = settings.model_name
+    first = register(settings, 0.3, TrainingWindow("2026-01-01", "2026-01-06"))
+    registry.promote(settings, first, evaluate, ["2026-01-07"])
+    retrained = register(settings, 1.0, TrainingWindow("2026-01-01", "2026-01-12"))
+    assert (
+        client(settings).get_model_version(name, retrained).tags["mlref.training_window"]
+        == "2026-01-01..2026-01-12"
+    )
+
+    # The old champion's test day is inside the retrained model's window: refused, and the
+    # registry is left as it was.
+    with pytest.raises(
+        InSampleComparison,
+        match=r"2026-01-07.*challenger v\d+ trained on "
+        r"2026-01-01\.\.2026-01-12",
+    ):
+        registry.promote(settings, retrained, evaluate, ["2026-01-07"])
+    assert aliases(settings) == {"champion": first, "challenger": first}
+    assert registry.DECISION_TAG not in client(settings).get_model_version(name, retrained).tags
+
+    decision = registry.promote(settings, retrained, evaluate, ["2026-01-13"])
+
+    assert decision.passed
+    assert decision.reason.startswith(
+        f"on test days 2026-01-13 (champion v{first} trained on 2026-01-01..2026-01-06; "
+        f"challenger v{retrained} trained on 2026-01-01..2026-01-12): "
+    )
 
 
 def test_logloss_guard_rejects_a_miscalibrated_challenger(registry_settings: Settings):

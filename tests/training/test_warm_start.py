@@ -103,6 +103,8 @@ def test_a_warm_start_trains_the_window_from_the_champion_and_records_its_parent
     mlflow = client(settings)
     version = mlflow.get_model_version(settings.model_name, decision.version)
     assert version.tags[warm_start.PARENT_VERSION_TAG] == "1"
+    # It read the last 2 train days, but carries what its parent learned from the earlier ones.
+    assert version.tags["mlref.training_window"].startswith(f"{TRAIN_DAYS[0]}..")
     run = mlflow.get_run(version.run_id)
     parent_run = registry.model_version_of(settings, registry.CHAMPION).run_id
     assert run.data.params["init"] == "champion" and run.data.params["window_days"] == "2"
