@@ -145,3 +145,76 @@ def test_the_storage_initializer_fetches_the_model_with_the_env_kserve_builds(
     else:
         assert done.returncode == 0, done.stdout[-3000:]
         assert (models / "model.json").read_text() == "{}"
+
+
+# What each identity may read: its own prefixes and the ones it consumes, nothing else.
+READS = {
+    "pipeline": {"data/raw/", "data/curated/", "features/", "models/"},
+    "serving": {"models/", "inference_log/"},
+    "drift": {"data/raw/", "inference_log/", "labels/"},
+    "mlflow": {"mlflow/"},
+}
+PREFIXES = ("data/raw/", "data/curated/", "features/", "models/", "inference_log/", "labels/")
+
+
+def test_each_identity_reads_only_the_prefixes_it_needs(
+    kind_chart: list[dict], s3_server: S3Server
+) -> None:
+    """Every identity may probe and list the bucket (HeadBucket and GetBucketLocation are a
+    Read of the bucket in SeaweedFS, and its clients call them first), but may read objects
+    only under its prefixes: the serving keys cannot read curated data or features, the drift
+    keys cannot read models."""
+    cluster = store_cluster(kind_chart, s3_server)
+    root = s3_server.client()
+    for prefix in (*PREFIXES, "mlflow/"):
+        root.put_object(Bucket=BUCKET, Key=f"{prefix}probe", Body=b"x")
+    secrets = {
+        "pipeline": ("mlref-object-store", "kubeflow"),
+        "serving": ("mlref-store-serving", "mlref"),
+        "drift": ("mlref-store-drift", "mlref"),
+        "mlflow": ("mlref-store-mlflow", "mlref"),
+    }
+    for who, (secret, namespace) in secrets.items():
+        keys = cluster.lookup("Secret", secret, namespace)
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3_server.endpoint,
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            region_name=s3_server.region,
+        )
+        client.head_bucket(Bucket=BUCKET)
+        client.get_bucket_location(Bucket=BUCKET)
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix="data/curated/")["Contents"]
+        assert [o["Key"] for o in listed] == ["data/curated/probe"]
+        took = {}
+        for prefix in (*PREFIXES, "mlflow/"):
+            try:
+                took[prefix] = client.get_object(Bucket=BUCKET, Key=f"{prefix}probe")["Body"].read()
+            except ClientError as exc:
+                took[prefix] = exc.response["Error"]["Code"]
+        assert took == {
+            p: b"x" if p in READS[who] else "AccessDenied" for p in (*PREFIXES, "mlflow/")
+        }, who
+
+
+def test_the_test_store_matches_grants_as_seaweedfs_does() -> None:
+    """The test server's reading of a grant, case by case as SeaweedFS 4.34's
+    ``Identity.CanDo`` reads it (weed/s3api/auth_credentials.go)."""
+    from tests.s3_store import can_do, route_action
+
+    assert can_do(["Read:mlref"], "Read", "mlref", "data/curated/x")  # the bucket: every key
+    assert not can_do(["Read:mlref/models/"], "Read", "mlref", "models/x")  # no wildcard
+    assert can_do(["Read:mlref/models/*"], "Read", "mlref", "models/ctr/1/model.onnx")
+    assert not can_do(["Read:mlref/models/*"], "Read", "mlref", "")  # HeadBucket
+    assert can_do(["Read:mlre?"], "Read", "mlref", "")
+    assert not can_do(["Read:mlre?"], "Read", "mlref", "models/x")
+    assert can_do(["List:mlref"], "List", "mlref", "labels/")
+    assert can_do(["Admin:mlref"], "Write", "mlref", "x")
+    assert not can_do(["Admin:mlref"], "Write", "other", "x")
+    assert not can_do(["Write:mlref/labels/*"], "Read", "mlref", "labels/x")  # write only
+    assert route_action("HEAD", False, {}) == "Read"  # HeadBucket
+    assert route_action("GET", False, {"location": ""}) == "Read"
+    assert route_action("GET", False, {"list-type": "2", "prefix": "models/"}) == "List"
+    assert route_action("POST", True, {"uploads": ""}) == "Write"
+    assert route_action("GET", True, {}) == "Read"
