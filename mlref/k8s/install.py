@@ -62,16 +62,18 @@ class Identity:
           ``Read`` of the bucket itself (s3api_server.go), which s3fs and KServe's storage
           initializer call before they read or write; ``?`` matches one character, so this
           grant matches ``Read:bucket`` and no key under it.
-        - ``Read:bucket/prefix*``: object reads (GetObject, HeadObject) of the identity's
-          own prefixes only, and ``Write:bucket/prefix*`` (PutObject, DeleteObject(s),
-          multipart) of the ones it writes.
+        - ``Read:bucket/prefix*`` (the prefix without its last ``/``: s3fs heads the
+          folder's own key, ``data/raw``, before it lists under it): object reads
+          (GetObject, HeadObject) of the identity's own prefixes only, and
+          ``Write:bucket/prefix/*`` (PutObject, DeleteObject(s), multipart) of the ones it
+          writes.
         """
         if self.admin:
             return [f"Admin:{bucket}"]
         return [
             f"List:{bucket}",
             f"Read:{bucket[:-1]}?",
-            *(f"Read:{bucket}/{prefix}*" for prefix in (*self.write, *self.read)),
+            *(f"Read:{bucket}/{prefix.rstrip('/')}*" for prefix in (*self.write, *self.read)),
             *(f"Write:{bucket}/{prefix}*" for prefix in self.write),
         ]
 
