@@ -96,9 +96,15 @@ IDENTITIES = (
         ),
         read=("data/raw/",),
     ),
-    # The InferenceService (the transformer, and KServe's storage initializer, which reads
-    # the served model) and the log sink: the inference log.
-    Identity("serving", "mlref-store-serving", write=("inference_log/",), read=("models/",)),
+    # The InferenceService (KServe's storage initializer reads the served model; the
+    # transformer, Feast's registry for its online lookups) and the log sink: the inference
+    # log.
+    Identity(
+        "serving",
+        "mlref-store-serving",
+        write=("inference_log/",),
+        read=("models/", "features/registry.db"),
+    ),
     # The label and drift CronJobs: they read the raw click logs and the inference log, and
     # write labels (decisions stay on the job's own volume).
     Identity(

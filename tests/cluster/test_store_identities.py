@@ -150,7 +150,7 @@ def test_the_storage_initializer_fetches_the_model_with_the_env_kserve_builds(
 # What each identity may read: its own prefixes and the ones it consumes, nothing else.
 READS = {
     "pipeline": {"data/raw/", "data/curated/", "features/", "models/"},
-    "serving": {"models/", "inference_log/"},
+    "serving": {"models/", "inference_log/"},  # and Feast's registry (below)
     "drift": {"data/raw/", "inference_log/", "labels/"},
     "mlflow": {"mlflow/"},
 }
@@ -218,3 +218,37 @@ def test_the_test_store_matches_grants_as_seaweedfs_does() -> None:
     assert route_action("GET", False, {"list-type": "2", "prefix": "models/"}) == "List"
     assert route_action("POST", True, {"uploads": ""}) == "Write"
     assert route_action("GET", True, {}) == "Read"
+
+
+def test_the_transformer_reads_feasts_registry_and_no_other_feature_data(
+    kind_chart: list[dict], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transformer's online lookups open Feast's registry, ``features/registry.db``, on
+    the store (Feast's ``S3RegistryStore``: HeadBucket, then the object) with the serving
+    keys; the offline feature data beside it stays closed to them, and the drift keys read
+    neither."""
+    from feast.infra.registry.s3 import S3RegistryStore
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from feast.repo_config import RegistryConfig
+
+    cluster = store_cluster(kind_chart, s3_server)
+    registry = RegistryProto(version_id="probe")
+    root = s3_server.client()
+    root.put_object(Bucket=BUCKET, Key="features/registry.db", Body=registry.SerializeToString())
+    root.put_object(Bucket=BUCKET, Key="features/user_stats.parquet", Body=b"x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    config = RegistryConfig(path=f"s3://{BUCKET}/features/registry.db")
+    for secret, readable in (("mlref-store-serving", True), ("mlref-store-drift", False)):
+        keys = cluster.lookup("Secret", secret, "mlref")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, keys[name])
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the first keys it read
+        store = S3RegistryStore(config, Path("."))
+        if readable:
+            assert store.get_registry_proto().version_id == "probe"
+            with pytest.raises(ClientError, match="AccessDenied"):
+                store.s3_client.Object(BUCKET, "features/user_stats.parquet").get()
+        else:
+            with pytest.raises(FileNotFoundError):
+                store.get_registry_proto()
