@@ -158,7 +158,7 @@ def access_key_of(environ: dict) -> str:
 
 def authorize(environ: dict) -> str:
     """Why SeaweedFS 4.34 would refuse this signed request ("" when it would not), from the
-    signer's grants: ``authRequestWithAuthType`` (auth_credentials.go lines 1507-1611).
+    signer's grants: ``authRequestWithAuthType`` (auth_credentials.go lines 1507-1607).
 
     A list's ``prefix`` (or, for another bucket call, a ``prefix`` parameter) stands in for
     the key; DeleteObjects needs ``Write`` on every key of its body
