@@ -2,7 +2,8 @@
 caches on and off.
 
 Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get install -y wrk``);
-``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off.
+``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off;
+``python bench/serving.py shadow`` only the cost of a shadow model on the live path.
 Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
 printed next to the one it is compared with, measured in the same run. wrk, the servers and
 anything else running share the machine's cores: the ratios matter, not the bare rates.
@@ -282,6 +283,79 @@ def caches(root: Path, settings, model_path: Path) -> list[str]:
     return report
 
 
+SHADOW_SLOW_MS = 20.0  # a shadow ten times slower than this model's ~2 ms at c=8
+
+
+def shadow(root: Path, settings, model_path: Path) -> list[str]:
+    """Full path single rows at c=8 with no shadow, a shadow scoring every request, and a
+    slow one (``SHADOW_SLOW_MS`` per call, past its timeout when calls queue): throughput
+    and p99 of the live answers, each against no shadow in the same run, ``ROUNDS`` turns.
+    Each transformer reads its own shadow state file; the shadows serve the same model."""
+    from mlref.settings import ShadowSettings
+    from mlref.shadow.state import Shadow, write_shadow
+
+    rows = business_rows(256, seed=1)
+    bodies = [{"instances": [row]} for row in rows]
+    state = write_shadow(root / "shadow-running.yaml", Shadow(str(model_path), started_at="now"))
+    live = start_predictor(settings, model_path, root)
+    servers, transformers = [live], {}
+    try:
+        shadows = {
+            "shadow": start_predictor(settings, model_path, root, "shadow"),
+            "slow shadow": start_predictor(
+                settings, model_path, root, "shadow", delay_ms=SHADOW_SLOW_MS
+            ),
+        }
+        servers += shadows.values()
+        for label in ("no shadow", *shadows):
+            mirrored = label in shadows
+            port = shadows[label].port if mirrored else free_port()
+            config = settings.model_copy(
+                update={
+                    "shadow": ShadowSettings(
+                        port=port,
+                        state_file=str(state if mirrored else root / "no-shadow.yaml"),
+                        timeout_seconds=0.25,
+                    ),
+                    "serving": settings.serving.model_copy(
+                        update={"log_spool_dir": str(root / f"spool-shadow-{len(transformers)}")}
+                    ),
+                }
+            )
+            transformers[label] = start_transformer(config, f"http://127.0.0.1:{live.port}", root)
+        servers = [*transformers.values(), *servers]
+        runs = {label: [] for label in transformers}
+        for _ in range(ROUNDS):
+            for label, server in transformers.items():
+                url = f"http://127.0.0.1:{server.port}/v1/models/ctr:predict"
+                runs[label].append(wrk_bodies(url, bodies))
+        drops = {
+            label: (
+                scraped(f"http://127.0.0.1:{server.port}", "mlref_shadow_scored_rows_total"),
+                scraped(f"http://127.0.0.1:{server.port}", "mlref_shadow_dropped_rows_total"),
+            )
+            for label, server in transformers.items()
+        }
+    finally:
+        for server in servers:
+            server.stop()
+    results = {label: median_round(found) for label, found in runs.items()}
+    off = results["no shadow"]
+    report = [
+        f"shadow, full path single row c={CONCURRENCY} (median of {ROUNDS} rounds)",
+        f"  {'':14s} {'req/s':>8s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
+        f"{'shadow scored':>13s} {'dropped':>8s} errors",
+    ]
+    for label, result in results.items():
+        scored, dropped = drops[label]
+        report.append(
+            f"  {label:14s} {result['rps']:8,.0f} {result['rps'] / off['rps']:6.2f} "
+            f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f} "
+            f"{scored:13,.0f} {dropped:8,.0f} {result['errors']}"
+        )
+    return report
+
+
 def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -292,6 +366,10 @@ def main() -> None:
     build_features(settings, range(1, world.n_users + 1), range(1, world.n_ads + 1))
     if sys.argv[1:2] == ["caches"]:
         print("\n".join(caches(root, settings, model_path)))
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    if sys.argv[1:2] == ["shadow"]:
+        print("\n".join(shadow(root, settings, model_path)))
         shutil.rmtree(root, ignore_errors=True)
         return
     rows = business_rows(256, seed=1)
@@ -372,6 +450,7 @@ def main() -> None:
         f" served {1e6 / served['rps']:.2f} us (2 requests in flight on 2 cores)"
     )
     report.extend(caches(root, settings, model_path))
+    report.extend(shadow(root, settings, model_path))
     print("\n".join(report))
     shutil.rmtree(root, ignore_errors=True)
 

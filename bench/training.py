@@ -26,6 +26,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from itertools import chain, islice, repeat
 from pathlib import Path
 
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlref import onnx_model  # noqa: E402
-from mlref.data.generate import generate  # noqa: E402
+from mlref.data.generate import ScenarioWindow, generate  # noqa: E402
 from mlref.features.compute import TABLES, snapshots  # noqa: E402
 from mlref.features.transform import (  # noqa: E402
     REQUEST_COLUMNS,
@@ -70,9 +71,10 @@ SECONDS_PER_ROUND = 0.3
 MAX_BATCHES = 100  # distinct batches cycled through, bounding each round's input set
 
 
-def training_sets(settings: Settings) -> TrainingSets:
-    """Generated impressions joined with the user/ad snapshots valid at each impression."""
-    result = generate(settings, out_dir=settings.raw_dir)
+def training_sets(settings: Settings, scenarios: Sequence[ScenarioWindow] = ()) -> TrainingSets:
+    """Generated impressions (under ``scenarios``' drift) joined with the user/ad snapshots
+    valid at each impression."""
+    result = generate(settings, scenarios=scenarios, out_dir=settings.raw_dir)
     log = pd.concat(pd.read_parquet(path) for path in result.paths)
     log["day"] = log[TIMESTAMP].dt.floor("D")
     for table in TABLES:

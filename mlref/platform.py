@@ -29,6 +29,7 @@ from mlref.settings import Settings
 if TYPE_CHECKING:
     from mlref.canary.sources import MetricSource
     from mlref.canary.state import CanaryState
+    from mlref.shadow.state import Shadow
 
 
 class Platform(ABC):
@@ -58,6 +59,15 @@ class Platform(ABC):
         self, state: CanaryState, out: Path | None = None, api: Any = None
     ) -> tuple[Path, list[str]]:
         """Put ``state`` in force; returns where its patch was written and the live split."""
+
+    @abstractmethod
+    def apply_shadow(self, shadow: Shadow, apis: Any = None) -> list[str]:
+        """Put the shadow's state in force where the transformer reads it; returns what was
+        applied (lines)."""
+
+    @abstractmethod
+    def shadow_state(self, apis: Any = None) -> Shadow | None:
+        """The last shadow started, as the transformer sees it; None if none ever was."""
 
     @abstractmethod
     def live_split(self, api: Any = None) -> list[str]:
@@ -99,6 +109,18 @@ class LocalPlatform(Platform):
         from mlref.canary.state import write_state
 
         return write_state(self.settings, state, out), []
+
+    def apply_shadow(self, shadow: Shadow, apis: Any = None) -> list[str]:
+        """The local transformer watches the state file."""
+        from mlref.shadow.state import write_shadow
+
+        path = write_shadow(self.settings.shadow_state_path, shadow)
+        return [f"wrote {path}"]
+
+    def shadow_state(self, apis: Any = None) -> Shadow | None:
+        from mlref.shadow.state import read_shadow
+
+        return read_shadow(self.settings.shadow_state_path)
 
     def live_split(self, api: Any = None) -> list[str]:
         return []  # the state file is all there is: local serving follows it
@@ -155,6 +177,18 @@ class ClusterPlatform(Platform):
         kube.apply_patch(api, settings, to_patch(settings, state, stable), live)
         ready = kube.wait_ready(api, settings)
         return path, kube.traffic_split(ready, standard_mode(settings))
+
+    def apply_shadow(self, shadow: Shadow, apis: Any = None) -> list[str]:
+        """The shadow InferenceService (when running: its model, then Ready), then the
+        ConfigMap the transformer pods mount (mlref/shadow/kube.py)."""
+        from mlref.shadow import kube
+
+        return kube.apply(self.settings, shadow, apis)
+
+    def shadow_state(self, apis: Any = None) -> Shadow | None:
+        from mlref.shadow import kube
+
+        return kube.read(self.settings, apis[1] if apis else None)
 
     def live_split(self, api: Any = None) -> list[str]:
         from mlref.canary import kube

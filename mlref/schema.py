@@ -191,3 +191,6 @@ LOG_SCHEMA = pa.schema(
     ]
 )
 EXPERIMENT_COLUMNS = ("experiment", "experiment_variant")
+# The variant of rows a shadow model scored: they answered no one, and only the shadow
+# report reads them (readers of the log leave them out by default).
+SHADOW_VARIANT = "shadow"

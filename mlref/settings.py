@@ -212,6 +212,23 @@ class TrainSettings(Section):
         "from the seed; the exported model adds log(w) to its logit, so its probabilities are "
         "CTRs at the true base rate. 1: every row.",
     )
+    init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="What training starts from: random weights on every training day "
+        "(scratch), or the registry champion's weights on the last window_days (champion, "
+        "a warm start; needs the champion's feature spec and architecture).",
+    )
+    window_days: int = Field(
+        0,
+        ge=0,
+        description="Training days a warm start reads, the most recent before validation; "
+        "0: all of them. A full retrain always reads every training day.",
+    )
+    incompatible_parent: Literal["refuse", "scratch"] = Field(
+        "refuse",
+        description="A warm start whose champion has another feature spec or architecture: "
+        "fail naming the difference (refuse), or train from scratch and record why (scratch).",
+    )
 
     @model_validator(mode="after")
     def _negative_rate_in_range(self) -> TrainSettings:
@@ -412,6 +429,39 @@ class ExperimentSettings(Section):
     )
 
 
+class ShadowSettings(Section):
+    """Shadow deployment: a second model scores every request off the response path."""
+
+    port: int = Field(8088, description="Local mode: the shadow predictor's port.")
+    predictor_url: str = Field(
+        "",
+        description="The shadow predictor the transformer mirrors requests to (in a cluster the "
+        "shadow InferenceService's predictor); empty: http://<serving.host>:<shadow.port>.",
+    )
+    inference_service: str = Field(
+        "ctr-shadow", description="Cluster mode: the InferenceService serving the shadow model."
+    )
+    state_file: str = Field(
+        "",
+        description="Whether a shadow runs, and which model (written by `mlref shadow start`; in "
+        "a cluster a ConfigMap mounted into the transformer); empty: <canary_dir>/shadow.yaml.",
+    )
+    timeout_seconds: float = Field(
+        1.0, gt=0, description="A shadow call still unanswered after this is dropped."
+    )
+    queue_batches: int = Field(
+        64, ge=1, description="Batches waiting for the shadow; more are dropped, not queued."
+    )
+    concurrency: int = Field(4, ge=1, description="Shadow calls in flight at once.")
+    decision_top_percent: float = Field(
+        10.0,
+        gt=0,
+        lt=100,
+        description="The ranking decision `mlref shadow report` compares: a request is chosen "
+        "when its score is in the top this-% of its model's scores over the compared requests.",
+    )
+
+
 class DriftSettings(Section):
     """The drift job: what counts as drift, what as broken data, and how often to retrain."""
 
@@ -456,6 +506,11 @@ class DriftSettings(Section):
         0.05, gt=0, lt=1, description="Significance of that rise (one-sided z-test)."
     )
     cooldown_hours: float = Field(24.0, ge=0, description="Minimum time between retrainings.")
+    retrain_init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="train.init of the retrainings the trigger submits: a full retrain, or a "
+        "warm start from the champion on train.window_days.",
+    )
     label_maturity_hours: float = Field(
         1.0,
         ge=0,
@@ -578,6 +633,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     canary: CanarySettings = CanarySettings()
     experiment: ExperimentSettings = ExperimentSettings()
+    shadow: ShadowSettings = ShadowSettings()
     drift: DriftSettings = DriftSettings()
     demo: DemoSettings = DemoSettings()
     pipeline: PipelineSettings = PipelineSettings()
@@ -693,6 +749,15 @@ class Settings(BaseSettings):
     @property
     def canary_dir(self) -> Path:
         return self.work_dir / "canary"
+
+    @property
+    def shadow_state_path(self) -> Path:
+        named = self.shadow.state_file
+        return Path(named) if named else self.canary_dir / "shadow.yaml"
+
+    @property
+    def shadow_url(self) -> str:
+        return self.shadow.predictor_url or f"http://{self.serving.host}:{self.shadow.port}"
 
     @property
     def drift_dir(self) -> Path:

@@ -96,6 +96,17 @@ SCORES = ArrayHistogram(
     ["server", "model_version", "variant"],
     buckets=SCORE_BUCKETS,
 )
+BATCH_ROWS = Histogram(
+    "mlref_batch_rows",
+    "Rows in each predictor call: the transformer coalesces waiting requests into one.",
+    ["server"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+)
+EXPERIMENT_ROWS = Counter(
+    "mlref_experiment_rows",
+    "Rows scored in a user-level experiment, by experiment and arm (A: stable, B: candidate).",
+    ["experiment", "arm"],
+)
 DEFAULTED = Counter(
     "mlref_defaulted_features",
     "Feature values filled with the prior because the online store had none.",
@@ -107,6 +118,8 @@ LOG_DROPPED = Counter(
     "Scored rows the inference log dropped: its memory buffer or its disk spool was full.",
     ["reason"],
 )
+for _reason in ("buffer_full", "spool_full", "spool_failed", "no_spool"):
+    LOG_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 LOG_SPILLED = Gauge(
     "mlref_inference_log_spilled_rows",
     "Scored rows waiting for the inference-log sink, in memory or in the local disk spool.",
@@ -123,6 +136,23 @@ LOG_WRITE_FAILURES = Counter(
 LOG_WRITER_ERRORS = Counter(
     "mlref_inference_log_writer_errors",
     "Unexpected errors the inference-log writer survived (or restarts of its thread).",
+)
+# The shadow: what the transformer mirrored to it, off the response path.
+SHADOW_SCORED = Counter(
+    "mlref_shadow_scored_rows",
+    "Rows the shadow model scored, logged with variant=shadow.",
+)
+SHADOW_DROPPED = Counter(
+    "mlref_shadow_dropped_rows",
+    "Rows not scored by the shadow, never retried: queue_full (the shadow is behind), timeout, "
+    "error (down or refusing), invalid_score (NaN or outside 0..1).",
+    ["reason"],
+)
+SHADOW_SECONDS = Histogram(
+    "mlref_shadow_seconds",
+    "Latency of the transformer's calls to the shadow predictor, answered ones.",
+    ["model_version"],
+    buckets=LATENCY_BUCKETS,
 )
 
 

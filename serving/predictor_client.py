@@ -48,10 +48,19 @@ class PredictorClient:
     """Open Inference Protocol v2 over one keep-alive connection pool.
 
     ``host_header``: the Host to send when the URL is a gateway that routes by host (a
-    Standard-mode canary's HTTPRoute).
+    Standard-mode canary's HTTPRoute). ``resend``: send a call again once when a pooled
+    connection was closed under it (a shadow's calls are dropped instead).
     """
 
-    def __init__(self, base_url: str, model_name: str, timeout: float, host_header: str = ""):
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        timeout: float,
+        host_header: str = "",
+        resend: bool = True,
+    ):
+        self.resend = resend
         self.model_url = f"{base_url.rstrip('/')}/v2/models/{model_name}"
         self.url = f"{self.model_url}/infer"
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -108,7 +117,7 @@ class PredictorClient:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # A pooled connection the other side closed (a proxy reloading, a pod
                 # draining) before answering: scoring has no side effect, send it again once.
-                if attempt:
+                if attempt or not self.resend:
                     raise self.unreachable(exc) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self.unreachable(exc) from exc

@@ -371,14 +371,19 @@ def default_model_uri(settings: Settings) -> str:
 
 
 def serve_local(
-    settings: Settings, model_uri: str, candidate_uri: str | None = None, grpc: bool = False
+    settings: Settings,
+    model_uri: str,
+    candidate_uri: str | None = None,
+    grpc: bool = False,
+    shadow_uri: str | None = None,
 ) -> int:
     """Predictor(s) and transformer as local processes; SIGTERM / SIGINT stops all cleanly.
 
     With ``candidate_uri`` a second predictor serves it as the ``canary`` variant on
     ``canary.candidate_port``, and the transformer calls the local split proxy
     (``mlref.canary.proxy`` on ``canary.proxy_port``), which shares traffic between the two
-    as the canary patch says: the transformer sees one host, as in the cluster.
+    as the canary patch says: the transformer sees one host, as in the cluster. With
+    ``shadow_uri`` a predictor serves it as the ``shadow`` variant on ``shadow.port``.
     """
     serving = settings.serving
     cli = [sys.executable, "-m", "mlref.cli", "serve"]
@@ -399,6 +404,9 @@ def serve_local(
         split += ["--candidate", f"http://{serving.host}:{port}"]
         predictors.append(subprocess.Popen(split, env=server_env()))
         target = f"{serving.host}:{settings.canary.proxy_port}"
+    if shadow_uri:
+        shadow_port = settings.shadow.port
+        predictors.append(predictor(shadow_uri, shadow_port, MLREF_SERVING__VARIANT="shadow"))
     own = ["--port", str(serving.transformer_port), "--predictor-host", target]
     transformer = subprocess.Popen(
         [*cli, "transformer", *common, *own],

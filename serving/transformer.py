@@ -19,6 +19,10 @@ on the event loop (a thread hop per batch costs more than the work, and the GIL 
 nothing to gain); inputs come from the shared :class:`SmallBatchTransform`; per-row
 bookkeeping is vectorized; one keep-alive pool calls the predictor; the inference log
 writes on a background thread.
+
+While a shadow runs (``mlref shadow start``), each scored batch is also handed to
+:class:`~mlref.serving.shadow.ShadowMirror`, which scores it with the shadow model in the
+background and logs those rows as ``variant=shadow``; the answer never waits for it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from mlref.serving.requests import (
     label_headers,
     parse_business,
 )
+from mlref.serving.shadow import ShadowMirror
 from mlref.settings import Settings
 
 # The tags KServe gives the revisions of a Serverless canary (enable-tag-routing): the last
@@ -101,6 +106,10 @@ class SpecInputs:
         return cat, num, filled, missing if self.stat_back is None else missing[:, self.stat_back]
 
 
+def _shadow_inputs(published: str, where: str) -> SpecInputs:
+    return SpecInputs(spec_of(published, where))
+
+
 class CtrTransformer(kserve.Model):
     """Scores business requests: lookup, shared transform, predictor call, inference log."""
 
@@ -133,6 +142,7 @@ class CtrTransformer(kserve.Model):
         self.coalescer = Coalescer(self._score, serving.max_batch)
         self.experiment = Watched(state_path(settings))
         self.routed: dict[tuple[str, str], Coalescer] = {}  # per (experiment, variant)
+        self.shadow = ShadowMirror(settings, name, inference_log, _shadow_inputs)
         self.ready = True
 
     def learn(self, spec: FeatureSpec) -> SpecInputs:
@@ -200,6 +210,7 @@ class CtrTransformer(kserve.Model):
         probability = np.empty(len(payload), np.float32)
         defaulted: list = [None] * len(payload)
         for arm, (scores, names, _, _) in zip(arms, answers, strict=True):
+            metrics.EXPERIMENT_ROWS.labels(name, arm).inc(len(rows[arm]))
             probability[rows[arm]] = scores
             for i, value in zip(rows[arm].tolist(), names, strict=True):
                 defaulted[i] = value
@@ -219,6 +230,7 @@ class CtrTransformer(kserve.Model):
         """Score ``batches`` in one predictor call; ``route`` (experiment, variant) names the
         variant's model to the route and the log."""
         joined = BusinessBatch.join(batches)
+        metrics.BATCH_ROWS.labels("transformer").observe(len(joined))
         headers = {}
         if route is not None:
             headers[self.settings.experiment.route_header] = ROUTE_TAGS[route[1]]
@@ -267,6 +279,7 @@ class CtrTransformer(kserve.Model):
         _, _, filled, missing = built[scored.fingerprint]
         probability = answer.scores
         self._record(joined, scored.spec, filled, missing, probability, timers["scores"], route)
+        self.shadow.offer(joined, stats, {fp: (self.specs[fp], built[fp]) for fp in self.specs})
         defaulted = defaulted_names(missing, STAT_COLUMNS)
         results, offset = [], 0
         for batch in batches:
@@ -292,5 +305,6 @@ class CtrTransformer(kserve.Model):
         )
 
     def stop(self) -> None:
+        self.shadow.stop()
         self.log.close()
         super().stop()

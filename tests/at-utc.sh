@@ -4,8 +4,9 @@
 #   tests/at-utc.sh 00:05 .venv/bin/pytest tests/monitoring
 #
 # libfaketime (Debian: `apt-get install faketime`) is preloaded with a relative offset, so the
-# clock keeps running and every child process (servers, pods) shares the same faked time;
-# monotonic clocks move with it, which keeps sleeps and timeouts working. Without libfaketime
+# clock keeps running and every child process (servers) shares the same faked time (the
+# harness's pods, whose env is the kubelet's, keep this machine's clock unless a test moves the
+# cluster's: Cluster.set_clock in tests/cluster/pods.py); monotonic clocks move with it, which keeps sleeps and timeouts working. Without libfaketime
 # the run is skipped, or fails under MLREF_STRICT_TESTS=1 (CI), as a missing server does.
 set -euo pipefail
 

@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import pytest
+import yaml
 
 STRICT = os.environ.get("MLREF_STRICT_TESTS") == "1"
 # How servers report a port already in use (EADDRINUSE's text, in C, Go and Python programs).
@@ -251,3 +254,56 @@ class Server:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self._out.close()
+
+
+SCRAPE_SECONDS = 1
+
+
+def start_prometheus(targets: list[str], base: Path, honor_labels: Sequence[str] = ()) -> Server:
+    """A real Prometheus scraping ``targets`` (host:port) every SCRAPE_SECONDS; those in
+    ``honor_labels`` (a Pushgateway) keep the job and instance labels they expose."""
+    binary = find_binary("prometheus", "prometheus")
+    config = {
+        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "servers", "static_configs": [{"targets": targets}]},
+            *(
+                [
+                    {
+                        "job_name": "pushed",
+                        "honor_labels": True,
+                        "static_configs": [{"targets": list(honor_labels)}],
+                    }
+                ]
+                if honor_labels
+                else []
+            ),
+        ],
+    }
+    (base / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def ready(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return serve(
+        lambda port: [
+            binary,
+            f"--config.file={base / 'prometheus.yml'}",
+            f"--storage.tsdb.path={base / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        lambda _: base / "prometheus.log",
+        timeout=60,
+        ready=ready,
+    )
+
+
+def scraped_since(prometheus_url: str, moment: float) -> bool:
+    """Whether Prometheus has scraped every target (successfully) after ``moment``."""
+    targets = httpx.get(f"{prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
+    return bool(targets) and all(
+        t["health"] == "up" and pd.Timestamp(t["lastScrape"]).timestamp() > moment for t in targets
+    )

@@ -19,6 +19,7 @@ from mlref.cli import (
     manifests,
     pipeline,
     serve,
+    shadow,
     train,
 )
 
@@ -38,6 +39,7 @@ GROUPS = {
     "serve": (serve, "Serve the champion with KServe: transformer and predictor."),
     "canary": (canary, "Roll a candidate model out on a share of traffic, analyse, decide."),
     "experiment": (experiment, "A/B test a candidate against the champion, by user."),
+    "shadow": (shadow, "Score live traffic with a shadow model too, and compare the two."),
     "drift": (drift, "Compare live traffic with the champion's reference; retrain or alert."),
     "manifests": (manifests, "Render and verify the Kubernetes manifests and Helm chart."),
 }

@@ -69,6 +69,7 @@ def check(
             "decision": result.decision.action,
             "reason": result.decision.reason,
             "action taken": outcome.status + (f" ({outcome.run_id})" if outcome.run_id else ""),
+            "retraining": outcome.init_reason or "-",
             "rows compared": f"{result.compared_rows} of {result.rows}",
             "report": result.report or "-",
             "summary": result.summary,

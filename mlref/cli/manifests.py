@@ -173,3 +173,35 @@ def kind_objects(
     except (RenderError, yaml.YAMLError) as exc:
         raise fail(f"error: {exc}") from None
     typer.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+
+
+@app.command()
+def dashboards(
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; fail if the chart's files differ from the build."
+    ),
+) -> None:
+    """Build the Grafana dashboards into the chart (helm/mlref/dashboards/)."""
+    from mlref.k8s.render import RenderError, repo_root
+    from mlref.monitoring.dashboards import dashboards_dir, rendered, write
+
+    try:
+        root = repo_root()
+    except RenderError as exc:
+        raise fail(f"error: {exc}") from None
+    folder = dashboards_dir(root)
+    if check:
+        built = rendered()
+        held = {path.name: path.read_text() for path in folder.iterdir()}
+        stale = sorted(
+            name for name in built.keys() | held.keys() if built.get(name) != held.get(name)
+        )
+        if stale:
+            raise fail(
+                f"dashboards out of date in {folder}: {', '.join(stale)}; run: mlref manifests "
+                "dashboards"
+            )
+        typer.echo(f"{len(built)} dashboards up to date in {folder}")
+        return
+    for path in write(root):
+        typer.echo(f"wrote {path}")

@@ -37,6 +37,11 @@ def serve(
         "canary state says.",
     ),
     grpc: bool = typer.Option(False, "--with-grpc", help="Also serve gRPC on the predictor."),
+    shadow: str = typer.Option(
+        "",
+        help="Shadow model (file, directory or models:/ URI), served as variant `shadow` on "
+        "shadow.port; the transformer mirrors requests to it while `mlref shadow start` says.",
+    ),
 ) -> None:
     """Start predictor(s) and transformer on settings.serving.host (127.0.0.1) until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
@@ -55,9 +60,12 @@ def serve(
             if candidate
             else ""
         )
+        + (f" + shadow {settings.shadow_url}" if shadow else "")
     )
     raise typer.Exit(
-        serve_local(settings, model or default_model_uri(settings), candidate or None, grpc)
+        serve_local(
+            settings, model or default_model_uri(settings), candidate or None, grpc, shadow or None
+        )
     )
 
 

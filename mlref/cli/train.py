@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from mlref.console import fail, summary
@@ -19,7 +21,8 @@ def run(
     from mlref.platform import platform_for
     from mlref.settings import get_settings
     from mlref.training.dataset import DatasetError
-    from mlref.training.workflow import GateFailed, run_all
+    from mlref.training.warm_start import IncompatibleParent
+    from mlref.training.workflow import REPORT_FILE, GateFailed, run_all
 
     settings = get_settings()
     if epochs:
@@ -28,12 +31,14 @@ def run(
     try:
         launch = platform_for(settings).train_ranks
         decision = run_all(settings, work, start_date, end_date, launch)
-    except (DatasetError, GateFailed) as exc:
+    except (DatasetError, GateFailed, IncompatibleParent) as exc:
         raise fail(f"error: {exc}") from exc
+    init = json.loads((work / "model" / REPORT_FILE).read_text())["init"]
     summary(
         "trained",
         {
             "model version": decision.version,
+            "started from": init["reason"],
             "champion now": decision.version if decision.promoted else decision.champion_before,
             "decision": decision.reason,
             "artifacts": work,

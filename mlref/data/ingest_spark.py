@@ -330,6 +330,7 @@ def _write(decided, sources: list[Source], staging_root: str) -> Counter[str]:
     """Stage 4: each (file, day)'s curated and quarantined part written under
     ``staging_root``; the counts of rows by kind (``curated``, ``quarantine``), by reason
     (``r\\t<reason>``) and kept outside a vocabulary (``u\\t<column>``)."""
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         counts: Counter[str] = Counter()
         parts: dict[tuple[str, str], _Part] = {}

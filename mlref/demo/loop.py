@@ -2,7 +2,8 @@
 
 baseline days -> training pipeline -> serve the champion -> live traffic -> drift check (no
 action) -> drift days arrive -> live traffic -> drift check -> retraining pipeline -> the
-challenger goes out as a canary -> automated analysis promotes or rolls it back -> report.
+challenger shadows the champion for a day (scored, never answering; compared on the same
+requests) -> it goes out as a canary -> automated analysis promotes or rolls it back -> report.
 
 Every step is the same function a user or a cluster job runs; this module only sequences them
 and records what happened (:class:`~mlref.demo.report.LoopRecord`). Progress is kept in
@@ -120,7 +121,7 @@ def model_uri(settings: Settings, version: str) -> str:
 
 
 @contextmanager
-def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str]:
+def serving(settings: Settings, model: str, candidate: str = "", shadow: str = "") -> Iterator[str]:
     """``mlref serve`` in a child process; yields the transformer's predict URL, stops by PID."""
     from mlref.serving.server import settings_env
 
@@ -129,6 +130,8 @@ def serving(settings: Settings, model: str, candidate: str = "") -> Iterator[str
     argv = [sys.executable, "-m", "mlref.cli", "serve", "--model", model]
     if candidate:
         argv += ["--candidate", candidate]
+    if shadow:
+        argv += ["--shadow", shadow]
     log_path = folder / "serving.log"
     serving_ = settings.serving
     base = f"http://{serving_.host}:{serving_.transformer_port}/v1/models/{settings.model_name}"
@@ -227,7 +230,8 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
     baseline = settings.data.days
     quiet_day = baseline + 1  # the first day served: like the training days, no drift
     drift_first, drift_last = quiet_day + 1, quiet_day + demo.drift_days
-    live_day = drift_last + 1  # served during the canary; no model ever trains on it
+    shadow_day = drift_last + 1  # served with the challenger as shadow; no model trains on it
+    live_day = shadow_day + 1  # served during the canary; no model ever trains on it
     window = ScenarioWindow(scenario, drift_first, live_day)
     raw_source = str(settings.raw_dir.resolve())
 
@@ -270,6 +274,14 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         progress.save("challenger", str(challenger.version) if challenger else "")
         progress.save("gate", decision)
     challenger, gate = str(progress["challenger"]), progress["gate"]
+
+    if "shadow" not in progress:
+        if challenger and challenger != champion and gate == "canary":
+            generate(settings, [shadow_day], [window])
+            outcome = _shadow(settings, steps, record, champion, challenger, shadow_day)
+            progress.save("shadow", outcome)
+        else:
+            progress.save("shadow", f"no shadow: the retrained model's offline gate said {gate!r}")
 
     if "rollout" not in progress:
         if challenger and challenger != champion and gate == "canary":
@@ -328,6 +340,42 @@ def _check(
     )
     record.links[f"Evidently report ({label})"] = result.report
     return f"{result.decision.action}: {result.decision.reason} -> {outcome.status}"
+
+
+def _shadow(
+    settings: Settings,
+    steps: Recorder,
+    record: report.LoopRecord,
+    champion: str,
+    challenger: str,
+    day: int,
+) -> str:
+    """Serve the champion with the challenger as its shadow for a day of traffic; compare
+    them on the same requests once the day's labels are stored."""
+    from mlref.shadow import control
+    from mlref.shadow.report import latency_samples
+    from mlref.shadow.report import report as shadow_report
+
+    stable, candidate = model_uri(settings, champion), model_uri(settings, challenger)
+    name = f"shadow: v{challenger} scores day {day} beside v{champion}, answering no one"
+    with steps.step(name) as out:
+        shadow = control.start(settings, candidate, stable)  # before serving: no row missed
+        with serving(settings, stable, shadow=candidate) as url:
+            replayed = _replay_window(settings, url, [day], "shadow")
+            control.stop(settings)
+            samples = latency_samples(settings, shadow)
+        # Serving has stopped, so both models' rows are in the inference log.
+        found = shadow_report(settings, samples=samples)
+        record.shadow = found.lines()
+        c = found.comparison
+        out["text"] = (
+            f"{replayed}; {c.requests:,} requests scored by both: logloss "
+            f"{c.live.logloss:.4f} live / {c.shadow.logloss:.4f} shadow, ranking decision "
+            f"differs on {c.decision_differs:.1%}"
+        )
+    for line in record.shadow:
+        console.print(f"  {line}", highlight=False)
+    return f"{c.requests} requests compared"
 
 
 def _canary(

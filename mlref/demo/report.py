@@ -57,6 +57,7 @@ class LoopRecord:
     steps: list[Step] = field(default_factory=list)
     drift: list[DriftPoint] = field(default_factory=list)
     canary: list[CanaryPoint] = field(default_factory=list)
+    shadow: list[str] = field(default_factory=list)  # the shadow report's lines
     quality: list[QualityPoint] = field(default_factory=list)
     links: dict[str, Path] = field(default_factory=dict)
 
@@ -132,7 +133,8 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
 
 
 def write_report(record: LoopRecord, path: Path) -> Path:
-    """A self-contained HTML page: timeline, drift, canary and model quality, with plots."""
+    """A self-contained HTML page: timeline, drift, shadow, canary and model quality, with
+    plots."""
     sections = [
         "<h2>Timeline</h2>",
         _table(
@@ -157,6 +159,9 @@ def write_report(record: LoopRecord, path: Path) -> Path:
                 ],
             ),
         ]
+    if record.shadow:
+        text = html.escape("\n".join(record.shadow))
+        sections += ["<h2>Shadow before the canary</h2>", f"<pre>{text}</pre>"]
     if record.canary:
         sections += [
             *_plotted("Canary rollout", canary_figure(record.canary)),

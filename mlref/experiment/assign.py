@@ -109,13 +109,15 @@ def read_experiment(path: Path) -> Experiment | None:
 
 class Watched:
     """The running experiment from ``path``, re-read when the file changes (checked at most
-    every ``interval`` seconds, so the hot path costs one clock read)."""
+    every ``interval`` seconds, so the hot path costs one clock read). ``read`` parses the
+    file (default :func:`read_experiment`); any state with a ``running`` flag can be watched."""
 
     interval = 0.5
 
-    def __init__(self, path: Path, clock=time.monotonic):
+    def __init__(self, path: Path, clock=time.monotonic, read=None):
         self.path = path
         self.clock = clock
+        self.read = read or read_experiment
         self.experiment: Experiment | None = None
         self._seen: tuple[int, int] | None = None
         self._checked = -float("inf")
@@ -134,8 +136,8 @@ class Watched:
         if seen != self._seen:
             self._seen = seen  # a broken file is reported once, not at every check
             try:
-                found = read_experiment(self.path) if seen else None
+                found = self.read(self.path) if seen else None
                 self.experiment = found if found and found.running else None
             except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
-                log.warning("experiment file %s unreadable, keeping the last: %s", self.path, exc)
+                log.warning("state file %s unreadable, keeping the last: %s", self.path, exc)
         return self.experiment

@@ -489,3 +489,95 @@ def _collect_images(node: Any, images: set[str]) -> None:
     elif isinstance(node, list):
         for item in node:
             _collect_images(item, images)
+
+
+SHADOW_URL_KEY = "MLREF_SHADOW__PREDICTOR_URL"
+SHADOW_STATE_KEY = "MLREF_SHADOW__STATE_FILE"
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+
+
+def _variant(predictor: dict[str, Any]) -> str:
+    env = (predictor.get("model") or {}).get("env") or []
+    return next((e.get("value", "") for e in env if e.get("name") == "MLREF_SERVING__VARIANT"), "")
+
+
+def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
+    """A shadow is wired end to end: the transformer's settings name the predictor Service
+    of a rendered InferenceService serving variant ``shadow``, the transformer mounts the
+    directory of the shadow's state file, and a NetworkPolicy lets the transformer in; and a
+    shadow InferenceService is one the transformer mirrors to."""
+    problems: dict[tuple[str, str], list[Problem]] = {}
+    services = [o for o in objects if o.get("kind") == "InferenceService"]
+    shadows = {
+        o["metadata"]["name"]: o
+        for o in services
+        if _variant((o.get("spec") or {}).get("predictor") or {}) == "shadow"
+    }
+    settings = next(
+        (
+            o
+            for o in objects
+            if o.get("kind") == "ConfigMap"
+            and o["metadata"].get("name") == "mlref-settings"
+            and SHADOW_URL_KEY in (o.get("data") or {})
+        ),
+        None,
+    )
+    if settings is None:
+        for name in shadows:
+            problems.setdefault(("InferenceService", name), []).append(
+                ("spec.predictor", f"serves variant shadow, but no settings set {SHADOW_URL_KEY}")
+            )
+        return problems
+    data = settings["data"]
+    key = ("ConfigMap", settings["metadata"]["name"])
+    host = data[SHADOW_URL_KEY].split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    service, _, namespace = host.partition(".")
+    target = service.removesuffix("-predictor")
+    if not service.endswith("-predictor") or target not in shadows:
+        problems.setdefault(key, []).append(
+            (
+                f"data.{SHADOW_URL_KEY}",
+                f"{host} is not the predictor Service of a rendered InferenceService serving "
+                f"variant shadow ({sorted(shadows) or 'none'})",
+            )
+        )
+        return problems
+    namespace = namespace.split(".", 1)[0] or shadows[target]["metadata"].get("namespace", "")
+    state_dir = data.get(SHADOW_STATE_KEY, "").rsplit("/", 1)[0]
+    for live in (o for o in services if (o.get("spec") or {}).get("transformer")):
+        name = live["metadata"]["name"]
+        transformer = live["spec"]["transformer"]
+        mounts = [
+            m.get("mountPath")
+            for c in transformer.get("containers") or []
+            for m in c.get("volumeMounts") or []
+        ]
+        if not state_dir or state_dir not in mounts:
+            problems.setdefault(("InferenceService", name), []).append(
+                (
+                    "spec.transformer.containers",
+                    f"mounts nothing at {state_dir or '?'} ({SHADOW_STATE_KEY}): the transformer "
+                    "cannot see a shadow started",
+                )
+            )
+        source = {ISVC_LABEL: name, "component": "transformer"}
+        shadow_pods = {ISVC_LABEL: target, "component": "predictor"}
+        admitted = any(
+            p.get("kind") == "NetworkPolicy"
+            and p["metadata"].get("namespace", namespace) == namespace
+            and selects((p.get("spec") or {}).get("podSelector") or {}, shadow_pods)
+            and any(
+                "podSelector" in peer
+                and "namespaceSelector" not in peer
+                and selects(peer["podSelector"], source)
+                for rule in (p.get("spec") or {}).get("ingress") or []
+                for peer in rule.get("from") or []
+            )
+            for p in objects
+        )
+        if not admitted:
+            problems.setdefault(("InferenceService", target), []).append(
+                ("metadata", f"no NetworkPolicy lets the transformer of {name} reach its pods")
+            )
+    return problems

@@ -85,6 +85,8 @@ class Launch:
     ports: list[dict[str, Any]] = field(default_factory=list)
     container: str = CONTAINER  # the container's final name in the pod
     storage_uri: str = ""  # the model the storage initializer fetches for it, if any
+    volume_mounts: list[dict[str, Any]] = field(default_factory=list)
+    security_context: dict[str, Any] = field(default_factory=dict)
 
     @property
     def argv(self) -> list[str]:
@@ -303,6 +305,8 @@ def launch(
         list(ports),
         container.get("name", ""),
         model.get("storageUri", ""),
+        list(container.get("volumeMounts") or []),
+        dict(container.get("securityContext") or {}),
     )
 
 

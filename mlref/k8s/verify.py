@@ -25,6 +25,7 @@ SAME_OBJECTS = (
     ("chart:kind", "overlay:kind"),
     ("chart:monitoring", "overlay:monitoring"),
     ("chart:spark", "overlay:spark"),
+    ("chart:shadow", "overlay:shadow"),
 )
 
 
@@ -101,6 +102,7 @@ def verify(
         waits = checks.helm_wait_problems(form.objects) if chart else {}
         monitors = checks.service_monitor_problems(form.objects)
         spark_roles = spark.role_problems(form.objects)
+        shadow = checks.shadow_problems(form.objects)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -121,6 +123,7 @@ def verify(
                 + waits.get((kind, name), [])
                 + monitors.get((kind, name), [])
                 + spark_roles.get((kind, name), [])
+                + shadow.get((kind, name), [])
             )
             if chart:
                 structure += checks.optional_api_problems(obj, set(form.api_versions or []))

@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mlref import storage
-from mlref.schema import LABEL
+from mlref.schema import LABEL, SHADOW_VARIANT
 from mlref.schema import LOG_SCHEMA as SCHEMA
 from mlref.settings import Settings
 
@@ -24,9 +24,15 @@ LABEL_SCHEMA = pa.schema([pa.field("request_id", pa.string()), pa.field(LABEL, p
 
 
 def read_inference_log(
-    settings: Settings, since: datetime | None = None, until: datetime | None = None
+    settings: Settings,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    shadow: bool = False,
 ) -> pd.DataFrame:
-    """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty."""
+    """Logged rows with ``since <= timestamp < until`` (timezone-aware bounds); may be empty.
+
+    Rows a shadow model scored (``variant=shadow``) answered no one: drift, labels, canary
+    and experiment analyses see the live rows only, unless ``shadow`` asks for them too."""
     fs, root = storage.filesystem(settings.inference_log_uri)
     if not fs.exists(root):
         return SCHEMA.empty_table().to_pandas()
@@ -37,6 +43,9 @@ def read_inference_log(
     if until is not None:
         upper = ds.field("timestamp") < pa.scalar(until, pa.timestamp("us", tz="UTC"))
         condition = upper if condition is None else condition & upper
+    if not shadow:
+        live = (ds.field("variant") != SHADOW_VARIANT) | ds.field("variant").is_null()
+        condition = live if condition is None else condition & live
     return dataset.to_table(filter=condition).to_pandas()
 
 

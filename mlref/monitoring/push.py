@@ -39,6 +39,13 @@ def gauges(result: CheckResult) -> CollectorRegistry:
         "1 when an input is broken, else 0.",
         float(bool(result.quality)),
     )
+    # The push replaces the job's whole group, so only the latest decision is ever there.
+    Gauge(
+        "mlref_drift_decision",
+        "The action the last check decided (none, retrain or alert), as its label; always 1.",
+        ["action"],
+        registry=registry,
+    ).labels(result.decision.action).set(1)
     scores = Gauge(
         "mlref_drift_score", "Per-column drift score.", ["column", "method"], registry=registry
     )

@@ -4,7 +4,8 @@ Every call appends one line to ``drift_dir/decisions.jsonl``, whatever happened,
 answers "why did (or didn't) it retrain?". A retraining is submitted only when the decision
 is ``retrain``, no retraining was submitted for the same key (champion version + window), and
 the last one is older than ``drift.cooldown_hours``. A file lock makes concurrent jobs on
-the same work dir take turns.
+the same work dir take turns. A retraining is a full retrain or a warm start from the champion
+(``drift.retrain_init``, handed to the run as ``train.init``); its line says which, and why.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class TriggerOutcome:
     run_id: str = ""
     summary: str = ""
     source: str = ""  # the raw logs a submitted (or failed) retraining ingests
+    init: str = ""  # a submitted retraining's train.init: "scratch" or "champion"
+    init_reason: str = ""
 
 
 def read_decisions(settings: Settings) -> list[dict]:
@@ -71,6 +74,25 @@ def _skip_reason(settings: Settings, key: str, now: datetime) -> str:
     return ""
 
 
+def retraining_init(settings: Settings, result: CheckResult, start_date: str) -> tuple[str, str]:
+    """The submitted run's ``train.init`` and why (a line of the decision log)."""
+    init, train = settings.drift.retrain_init, settings.train
+    days = f"from {start_date}" if start_date else "all days"
+    if init == "scratch":
+        return init, f"drift.retrain_init=scratch: a full retrain from random weights ({days})"
+    window = f"its last {train.window_days} training day(s)" if train.window_days else days
+    fallback = (
+        "a full retrain instead"
+        if train.incompatible_parent == "scratch"
+        else "the run fails naming the difference"
+    )
+    return init, (
+        f"drift.retrain_init=champion: a warm start from the champion (version "
+        f"{result.model_version}) on {window}; if its spec or architecture no longer fit, "
+        f"{fallback} (train.incompatible_parent={train.incompatible_parent})"
+    )
+
+
 def trigger(
     settings: Settings,
     result: CheckResult,
@@ -91,6 +113,7 @@ def trigger(
     with _locked(settings):
         run_id = ""
         retrain_source = ""
+        init, init_reason = "", ""
         if decision.action == "alert":
             status = "alert: data quality, not retrained"
         elif decision.action != "retrain":
@@ -101,9 +124,12 @@ def trigger(
                 status = "skipped: trigger disabled (--no-trigger)"
             if not status:
                 retrain_source = source or settings.raw_uri
-                arguments = pipeline_arguments(retrain_source, start_date)
+                init, init_reason = retraining_init(settings, result, start_date)
+                overrides = {"train": {"init": init}}
+                arguments = pipeline_arguments(retrain_source, start_date, overrides=overrides)
+                train = settings.train.model_copy(update={"init": init})
                 try:
-                    run_id = submitter(settings, arguments)
+                    run_id = submitter(settings.model_copy(update={"train": train}), arguments)
                 except Exception as exc:
                     _append(
                         settings,
@@ -116,6 +142,8 @@ def trigger(
                             "",
                             summary,
                             retrain_source,
+                            init,
+                            init_reason,
                         ),
                     )
                     raise
@@ -129,6 +157,8 @@ def trigger(
             run_id,
             summary,
             retrain_source,
+            init,
+            init_reason,
         )
         _append(settings, outcome)
     return outcome

@@ -8,6 +8,7 @@ self-contained: a server feeds ``transform`` output and reads a probability.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +18,15 @@ from mlref.features.transform import FeatureSpec
 from mlref.settings import TrainSettings
 
 _MIN_STD = 1e-6  # a constant train column must not divide by zero
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A registered model's weights a warm start begins from, and the negative rate it was
+    trained at (its logits' scale)."""
+
+    state: dict[str, torch.Tensor]
+    negative_rate: float
 
 
 class CrossLayer(nn.Module):
@@ -94,6 +104,14 @@ class CTRModel(nn.Module):
         # p' = p / (p + (1 - p) / w) is the logit plus log(w). A plain attribute, not a buffer:
         # it belongs to this run's sampling, not to weights another run might load.
         self.logit_shift = math.log(settings.negative_rate)
+
+    def start_from(self, parent: Parent) -> None:
+        """Take the parent's weights and its input normalization (a warm start). A parent
+        trained at another negative rate has its logits on another scale: the head's bias moves
+        by the difference, so training starts from the parent's very probabilities."""
+        self.load_state_dict(parent.state)
+        with torch.no_grad():
+            self.head.bias += math.log(parent.negative_rate) - self.logit_shift
 
     def logits(self, cat: torch.Tensor, num: torch.Tensor) -> torch.Tensor:
         # Any index outside an embedding (a caller bypassing transform, a corrupt request)

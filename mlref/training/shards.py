@@ -184,6 +184,22 @@ class ShardSet:
             view.manifest["rows"][split] = last - first
         return view
 
+    def days(self, split: str) -> list[str]:
+        """The split's days, in order."""
+        return sorted({shard.day for shard in self.shards(split)})
+
+    def recent(self, split: str, days: int) -> ShardSet:
+        """This set with ``split`` cut to its last ``days`` days (a warm start's window)."""
+        keep = set(self.days(split)[-days:])
+        view = copy.copy(self)
+        shards = [asdict(s) for s in self.shards(split) if s.day in keep]
+        view.manifest = {
+            **self.manifest,
+            "shards": {**self.manifest["shards"], split: shards},
+            "rows": {**self.manifest["rows"], split: sum(s["rows"] for s in shards)},
+        }
+        return view
+
     def read(self, shard: Shard) -> pd.DataFrame:
         return self.table(shard).to_pandas()
 

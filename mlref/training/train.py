@@ -35,7 +35,7 @@ from mlref.features.transform import FeatureSpec, transform
 from mlref.settings import TrainSettings
 from mlref.training.loader import Batches, Prefetched, ShardBatches, host_budget, memory_budget
 from mlref.training.metrics import SplitMetrics, evaluate
-from mlref.training.model import CTRModel
+from mlref.training.model import CTRModel, Parent
 from mlref.training.ranks import Ranks, combine_stats
 from mlref.training.shards import SPLITS, ShardSet
 
@@ -383,8 +383,12 @@ def train(
     spec: FeatureSpec,
     settings: TrainSettings,
     ranks: Ranks | None = None,
+    parent: Parent | None = None,
 ) -> TrainResult:
     """Train a :class:`CTRModel` and evaluate it on every split.
+
+    With ``parent`` (a warm start) the model begins as the parent: its weights and its input
+    normalization, not the statistics of ``sets``.
 
     A :class:`ShardSet` larger than the host budget is streamed from its shards: training
     batches through :class:`ShardBatches`, evaluation a shard at a time. With ``ranks`` (a
@@ -414,9 +418,10 @@ def train(
         rank_plan = plan  # with ranks, the global batch split over them
         if ranks is not None:
             rank_plan = replace(plan, batch_size=math.ceil(plan.batch_size / ranks.world))
-        model = CTRModel(
-            spec, settings, num_mean=num_mean, num_std=num_std, base_rate=base_rate
-        ).to(device)
+        model = CTRModel(spec, settings, num_mean=num_mean, num_std=num_std, base_rate=base_rate)
+        if parent is not None:
+            model.start_from(parent)
+        model = model.to(device)
         if ranks is not None:
             torch.manual_seed(rank_settings.seed)  # dropout masks differ across ranks
         batches = train_set.batches(rank_plan, device, rank_settings)

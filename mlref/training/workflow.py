@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import mlflow
 import torch
 
 from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
 from mlref.settings import Settings
-from mlref.training import dataset, plots, reference, registry, tracking, trainjob
+from mlref.training import dataset, plots, reference, registry, tracking, trainjob, warm_start
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
@@ -86,7 +87,14 @@ def fit(
             launch(Path(sets_dir), out_dir)
         return tracking.flatten_metrics(json.loads((out_dir / REPORT_FILE).read_text())["metrics"])
     spec = build_spec(settings.features)
-    result = train(ShardSet(str(sets_dir)), spec, settings.train, ranks)
+    init, parent = warm_start.resolve(settings, spec)  # refuses before anything is written
+    sets = ShardSet(str(sets_dir))
+    if parent is not None and settings.train.window_days:
+        sets = sets.recent("train", settings.train.window_days)
+    init = replace(init, train_days=tuple(sets.days("train")))
+    days = init.train_days
+    console.print(f"{init.reason}; training on {len(days)} day(s), {days[0]} .. {days[-1]}")
+    result = train(sets, spec, settings.train, ranks, parent)
     flat = tracking.flatten_metrics(result.metric_table())
     if ranks is not None and not ranks.main:
         return flat
@@ -104,6 +112,8 @@ def fit(
             "precision": result.precision,
             "samples_per_s": result.samples_per_s,
             "samples_processed": result.samples_processed,
+            "init": asdict(init),
+            "checkpoint": warm_start.checkpoint(spec, settings.train),
         },
     )
     return flat
@@ -142,10 +152,12 @@ def register(
         labels = test["clicked"].to_numpy()
         return {"auc": auc(labels, probability), "logloss": logloss(labels, probability)}
 
+    init = warm_start.from_report(train_report)
     with tracking.tracking_run(settings, run_name="train") as run:
         tracking.log_training(
             params={
                 **settings.train.model_dump(),
+                **init.params(),
                 "device": train_report["device"],
                 "best_epoch": train_report["best_epoch"],
             },
@@ -159,7 +171,17 @@ def register(
             data_version=data_report["data_version"],
             feature_version=data_report["feature_version"],
         )
+        mlflow.set_tags(init.tags())
+        model = torch.load(model_dir / MODEL_FILE, weights_only=False)
+        warm_start.log_weights(model, train_report["checkpoint"])
         version = registry.register_onnx(settings, run.info.run_id, export_dir / INT8_FILE)
+        if init.parent_version:  # lineage in the registry too
+            tracking.client(settings).set_model_version_tag(
+                settings.model_name,
+                str(version.version),
+                warm_start.PARENT_VERSION_TAG,
+                init.parent_version,
+            )
         with tempfile.TemporaryDirectory() as scratch:  # inputs may be read-only artifacts
             drift_reference = reference.save_reference(
                 settings, test, export_dir / INT8_FILE, Path(scratch), str(version.version)

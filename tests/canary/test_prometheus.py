@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
-import pandas as pd
 import pytest
-import yaml
 
 from mlref.canary.analysis import analyze
 from mlref.canary.rollout import start
@@ -18,38 +14,10 @@ from mlref.canary.sources import LocalSource, PrometheusSource
 from tests.canary import models
 from tests.canary.e2e import Traffic, start_candidate
 from tests.canary.test_e2e import stable  # noqa: F401  (module fixture)
-from tests.servers import Server, find_binary, serve, wait_until
+from tests.servers import SCRAPE_SECONDS, scraped_since, start_prometheus, wait_until
 
 pytestmark = pytest.mark.slow
-SCRAPE_SECONDS = 1
 WINDOW_SCRAPES = 5
-
-
-def start_prometheus(targets: list[str], base: Path) -> Server:
-    binary = find_binary("prometheus", "prometheus")
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "predictors", "static_configs": [{"targets": targets}]}],
-    }
-    (base / "prometheus.yml").write_text(yaml.safe_dump(config))
-
-    def ready(port: int) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    return serve(
-        lambda port: [
-            binary,
-            f"--config.file={base / 'prometheus.yml'}",
-            f"--storage.tsdb.path={base / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        lambda _: base / "prometheus.log",
-        timeout=60,
-        ready=ready,
-    )
 
 
 @pytest.fixture
@@ -70,14 +38,6 @@ def nan_candidate(stable, tmp_path) -> Iterator:  # noqa: F811
     serving.stop()
 
 
-def scraped_since(prometheus_url: str, moment: float) -> bool:
-    """Whether Prometheus has scraped every target (successfully) after ``moment``."""
-    targets = httpx.get(f"{prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
-    return bool(targets) and all(
-        t["health"] == "up" and pd.Timestamp(t["lastScrape"]).timestamp() > moment for t in targets
-    )
-
-
 def test_prometheus_and_local_sources_agree(nan_candidate):
     settings, serving, prometheus_url = nan_candidate
     local = LocalSource(settings, serving.metrics_urls)
@@ -91,9 +51,13 @@ def test_prometheus_and_local_sources_agree(nan_candidate):
     # Traffic flows at an even rate across several scrapes, as increase()'s extrapolation to
     # the window's ends assumes, until Prometheus has scraped it WINDOW_SCRAPES times.
     flowing = time.time()
-    with Traffic(serving):
+    # On a loaded machine the window lasts until both variants could have min_requests.
+    needed = 4 * settings.canary.min_requests
+    with Traffic(serving) as traffic:
+        wait_until(lambda: traffic.sent >= needed, 120, f"{needed} requests answered")
+        enough = max(time.time(), flowing + WINDOW_SCRAPES * SCRAPE_SECONDS)
         wait_until(
-            lambda: scraped_since(prometheus_url, flowing + WINDOW_SCRAPES * SCRAPE_SECONDS),
+            lambda: scraped_since(prometheus_url, enough),
             60,
             f"{WINDOW_SCRAPES} scrapes of the traffic",
         )

@@ -75,13 +75,14 @@ def mlflow_storage(objects: list[dict]) -> tuple[str, str]:
 
 
 def listen_locally(argv: list[str], container_port: int, port: int) -> list[str]:
-    """The pod's ``--host``/``--port`` (all addresses, its containerPort) moved to a free
-    127.0.0.1 port of this machine, which has no pod network of its own."""
+    """The pod's ``--host``/``--port`` (or KServe's ``--http_port``: all addresses, its
+    containerPort) moved to a free 127.0.0.1 port of this machine, which has no pod network of
+    its own."""
     moved = list(argv)
     for index, arg in enumerate(argv[1:], start=1):
         if argv[index - 1] == "--host":
             moved[index] = "127.0.0.1"
-        elif argv[index - 1] == "--port" and arg == str(container_port):
+        elif argv[index - 1] in ("--port", "--http_port") and arg == str(container_port):
             moved[index] = str(port)
     if str(port) not in moved:
         raise RuntimeError(f"no --port {container_port} in {argv}: cannot place the listener")

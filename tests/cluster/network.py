@@ -19,6 +19,10 @@ container's port name, with ``endPort`` ranges. Namespaces carry their
 ``kubernetes.io/metadata.name`` label and the labels of the Namespace objects installed.
 :func:`connection_gap` names the missing allow rule of a refused connection.
 
+**Routes.** An address served through a proxy of another install (KServe's predictor
+host in Knative mode: Kourier's gateway, then the revision's pods) is a :class:`Route`: the
+connection is allowed only if every hop along it is, each from the one before.
+
 Not evaluated: ``ipBlock`` peers (pod traffic is matched by selectors only), protocols
 other than TCP, policies of namespaces the install does not render (the Kubeflow and KServe
 system namespaces, whose pods are therefore not isolated here), and Services without a
@@ -251,6 +255,27 @@ def connection_gap(
     return "; ".join(gaps) or None
 
 
+@dataclass(frozen=True)
+class Route:
+    """An in-cluster address, the test server behind it, and the pods a connection to it
+    passes on the way, in order (destination endpoint, port); the last one serves it."""
+
+    server: str
+    hops: tuple[tuple[Endpoint, int], ...]
+
+    def gap(
+        self, objects: Iterable[Mapping[str, Any]], source: Endpoint, namespace: str
+    ) -> str | None:
+        """The first hop the rendered NetworkPolicies refuse, or None."""
+        objects = list(objects)
+        for destination, port in self.hops:
+            gap = connection_gap(objects, source, destination, port, "", namespace)
+            if gap is not None:
+                return gap
+            source = destination
+        return None
+
+
 class PodNetwork:
     """One pod's view of the network: in-cluster addresses the policies allow become the
     test servers'; one they refuse becomes a listener that accepts, records the policy gap
@@ -262,6 +287,7 @@ class PodNetwork:
         objects: Iterable[Mapping[str, Any]],
         source: Endpoint,
         namespace: str = "mlref",
+        routes: Mapping[str, Route] | None = None,
     ):
         self.source, self.objects, self.namespace = source, list(objects), namespace
         self.refused: list[str] = []
@@ -294,6 +320,13 @@ class PodNetwork:
             self.targets[address] = (
                 services[address] if gap is None else self.refusing(f"{address}: {gap}")
             )
+        for address, route in (routes or {}).items():
+            gap = route.gap(self.objects, source, namespace)
+            self.targets[address] = (
+                route.server if gap is None else self.refusing(f"{address}: {gap}")
+            )
+        # Longest first: a name is never replaced inside a longer one it begins.
+        self.targets = dict(sorted(self.targets.items(), key=lambda item: -len(item[0])))
 
     def refusing(self, message: str) -> str:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -48,15 +48,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
-from tests.cluster.network import Endpoint, PodNetwork
+from tests.cluster.network import Endpoint, PodNetwork, Route
 from tests.cluster.store_identities import add_store_identities
 from tests.servers import require
 
@@ -271,6 +273,16 @@ class Cluster:
     executions: dict[str, Any] = field(default_factory=dict)
     # Every connection a pod was refused by the NetworkPolicies, with the missing rule.
     refused: list[str] = field(default_factory=list)
+    # Addresses served through another install's proxies (KServe's predictor host).
+    routes: dict[str, Route] = field(default_factory=dict)
+    # The nodes' clock, in seconds ahead of this machine's (None: this machine's own).
+    clock: float | None = None
+
+    def set_clock(self, at: datetime) -> None:
+        """Pods started from now on see the time ``at`` now, their clock running on from
+        there (:func:`node_clock`): the cluster's time moved, as a test needs it to be when
+        a CronJob runs, without waiting."""
+        self.clock = at.timestamp() - (time.time() - own_clock_offset())
 
     def check_image(self, image: str) -> None:
         """The image's virtualenv stands in for the project image (any tag) and nothing else."""
@@ -317,7 +329,7 @@ class Cluster:
 
     def network(self, source: Endpoint) -> PodNetwork:
         """Cluster DNS and the NetworkPolicies for one pod (:mod:`tests.cluster.network`)."""
-        return PodNetwork(self.services, self.objects, source, self.namespace)
+        return PodNetwork(self.services, self.objects, source, self.namespace, self.routes)
 
     def record_refusals(self, network: PodNetwork) -> list[str]:
         """Close a pod's network; what it was refused is kept in :attr:`refused`."""
@@ -360,6 +372,40 @@ def install_token():
     return lambda n: draw.randbytes(n).hex()
 
 
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime")
+
+
+def own_clock_offset() -> float:
+    """How far this process's clock runs ahead of the machine's: libfaketime's relative
+    ``FAKETIME`` (``+Ns``/``-Ns``, as tests/at-utc.sh sets it), else 0."""
+    spec = os.environ.get("FAKETIME", "") if os.environ.get("LD_PRELOAD") else ""
+    if not spec:
+        return 0.0
+    match = re.fullmatch(r"([+-]\d+(?:\.\d+)?)s?", spec.strip())
+    if match is None:
+        raise ValueError(f"FAKETIME={spec!r}: only a relative offset (+Ns / -Ns) is understood")
+    return float(match[1])
+
+
+def node_clock(pod_dir: Path, offset: float) -> dict[str, Path]:
+    """The files that set a pod's clock ``offset`` seconds ahead of this machine's, as the
+    node's own time and not the container's env: libfaketime preloaded for every process of
+    the pod (``/etc/ld.so.preload``) reading its offset from ``/etc/faketimerc``."""
+    lib = next(
+        (
+            f"{d}/libfaketimeMT.so.1"
+            for d in FAKETIME_LIBS
+            if Path(d, "libfaketimeMT.so.1").is_file()
+        ),
+        None,
+    )
+    require(lib is not None, "moving the pods' clock needs libfaketime: apt-get install faketime")
+    preload, rc = pod_dir / "ld.so.preload", pod_dir / "faketimerc"
+    preload.write_text(f"{lib}\n")
+    rc.write_text(f"{offset:+.0f}s\n")
+    return {"/etc/ld.so.preload": preload, "/etc/faketimerc": rc}
+
+
 @functools.cache
 def sandbox_available() -> bool:
     probe = subprocess.run([*UNSHARE, "true"], capture_output=True, check=False)
@@ -384,12 +430,15 @@ def start_in_sandbox(
     user: tuple[int, int] | None = None,
     output: Any = subprocess.PIPE,
     image: Mapping[str, Path] | None = None,
+    read_only: Sequence[str] = (),
+    clock: float | None = None,
 ) -> subprocess.Popen[str]:
     """Start ``argv`` as a pod's container in ``workdir``, as ``user`` (uid, gid; the image's
     ``USER`` by default; this machine's user unless that is root), stdout and stderr to
-    ``output``; ``volumes`` maps mount paths to host dirs; ``image`` (read-only mounts) stands
-    in for the container's image, by default the project's. The pod leads its own process
-    group."""
+    ``output``; ``volumes`` maps mount paths to host dirs (those in ``read_only`` mounted
+    read-only); ``image`` (read-only mounts) stands in for the container's image, by default
+    the project's; ``clock`` is the node's clock offset (:func:`node_clock`). The pod leads
+    its own process group."""
     require_sandbox()
     root = pod_dir / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -401,10 +450,12 @@ def start_in_sandbox(
             chown_tree(source, user)
     if image_is_project:  # the image's own accounts: its user resolves (Java's user.home)
         image = {**image, "/etc/passwd": image_passwd(pod_dir), "/etc/group": image_group(pod_dir)}
+    if clock is not None:
+        image = {**image, **node_clock(pod_dir, clock)}
     spec = {
         "root": str(root),
         "volumes": {path: str(source) for path, source in {**volumes, **image}.items()},
-        "read_only": list(image),
+        "read_only": [*image, *read_only],
         "hidden": hidden_paths(volumes),
         "user": list(user) if os.geteuid() == 0 else None,
         "workdir": workdir,
@@ -433,9 +484,10 @@ def run_in_sandbox(
     timeout: float = 600,
     user: tuple[int, int] | None = None,
     image: Mapping[str, Path] | None = None,
+    clock: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as a pod's container to completion (:func:`start_in_sandbox`)."""
-    process = start_in_sandbox(argv, env, pod_dir, volumes, workdir, user, image=image)
+    process = start_in_sandbox(argv, env, pod_dir, volumes, workdir, user, image=image, clock=clock)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -544,6 +596,22 @@ class PodCommand:
     workdir: str
     user: tuple[int, int]
     network: PodNetwork
+    read_only: list[str] = field(default_factory=list)  # volumes mounted readOnly
+    clock: float | None = None  # the node's clock (Cluster.clock) when it was made
+
+    def start(self, output: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+        """The container started in its sandbox (:func:`start_in_sandbox`)."""
+        return start_in_sandbox(
+            self.argv,
+            self.env,
+            self.pod_dir,
+            self.volumes,
+            self.workdir,
+            self.user,
+            output,
+            read_only=self.read_only,
+            clock=self.clock,
+        )
 
 
 def pod_labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -574,6 +642,7 @@ def pod_command(
     # A writable container layer's /tmp; with a read-only root only a mounted /tmp is.
     read_only_root = (spec.get("securityContext") or {}).get("readOnlyRootFilesystem", False)
     volumes: dict[str, Path] = {} if read_only_root else {"/tmp": pod_dir / "tmp"}
+    read_only = [m["mountPath"] for m in spec.get("volumeMounts", []) if m.get("readOnly")]
     for mount_ in spec.get("volumeMounts", []):
         volume = sources[mount_["name"]]
         if "emptyDir" in volume:
@@ -598,7 +667,9 @@ def pod_command(
         network.close()
         raise PodFailed(f"{spec['name']}: no command; the image's entrypoint is not emulated")
     workdir = spec.get("workingDir", cluster.image_workdir)
-    return PodCommand(argv, env, pod_dir, volumes, workdir, run_as(pod, spec), network)
+    return PodCommand(
+        argv, env, pod_dir, volumes, workdir, run_as(pod, spec), network, read_only, cluster.clock
+    )
 
 
 def run_pod(
@@ -623,6 +694,7 @@ def run_pod(
             workdir=command.workdir,
             timeout=timeout,
             user=command.user,
+            clock=command.clock,
         )
     finally:
         refused = cluster.record_refusals(command.network)

@@ -7,18 +7,21 @@ install's Secret in the pipeline namespace (the cluster holds only what the char
 scripts/kind-up.sh create), artifacts in the S3 pipeline root. The only things the
 steps share are the ones a cluster shares: S3 (moto), the MLflow server (PostgreSQL, artifacts
 in S3) and Redis. Each pod holds only its own workload's object-store identity, which the
-store (knowing exactly the install's identities) lets write only its prefixes. KServe's own
-storage initializer then fetches the champion from the InferenceService's ``storageUri``,
-in a sandbox, with the env KServe's credential builder gives it. The chart's label and
-drift CronJobs run as their pods: labels from the click logs, the drift check against the
-champion's reference, a retraining submitted (to the Kubeflow API stand-in) with an
-``s3://`` source, which then runs on the same cluster: Kubeflow's task cache does not hide
-the new raw data from it.
+store (knowing exactly the install's identities) lets write only its prefixes. The
+InferenceService then runs as KServe makes its pods (:mod:`tests.cluster.kserve_pods`):
+KServe's own storage initializer fetches the champion from its ``storageUri`` with the env
+KServe's credential builder gives it, the predictor serves it, and the transformer, reaching
+the predictor and Redis through the rendered policies, answers the live traffic over HTTP and
+writes the inference log with the serving identity. The chart's label and drift CronJobs run
+as their pods, with their own commands, once the cluster's clock has reached the end of the
+hour the traffic was served in: labels from the click logs, the drift check of the log the
+transformer wrote against the champion's reference, a retraining submitted (to the Kubeflow
+API stand-in) with an ``s3://`` source, which then runs on the same cluster: Kubeflow's task
+cache does not hide the new raw data from it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -28,19 +31,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import fsspec
+import httpx
 import pandas as pd
 import pytest
 
 from mlref.data.generate import ScenarioWindow, generate
+from mlref.demo.traffic import instances
 from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.monitoring.check import default_window
-from mlref.monitoring.replay import record, replay
+from mlref.monitoring.inference import read_inference_log
 from mlref.serving.predictor import resolve
 from mlref.settings import Settings
 from mlref.training.publish import served_uri
 from tests.cluster.conftest import mlflow_storage
 from tests.cluster.kfp_pods import run_pipeline
-from tests.cluster.kserve_credentials import run_storage_initializer
+from tests.cluster.kserve_pods import serving_pods
 from tests.cluster.network import service_map
 from tests.cluster.pods import installed, run_pod
 from tests.conftest import S3Server
@@ -52,18 +57,11 @@ PIPELINE_ROOT = "s3://kubeflow-pipelines/pipeline-root"
 # than the production gate allows, so the run's submitter sets those sections on purpose.
 WORLD = world_settings(Path(".mlref"))
 OVERRIDES = {"train": WORLD.train.model_dump(), "parity": WORLD.parity.model_dump()}
+BATCH = 500  # impressions per request of the live traffic
 
 
 def cron_job(objects: list[dict], name: str) -> dict:
     return next(o for o in objects if o["kind"] == "CronJob" and o["metadata"]["name"] == name)
-
-
-def with_args(job: dict, args: list[str]) -> dict:
-    """The same pod (image, env, volumes) running another mlref command."""
-    job = copy.deepcopy(job)
-    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    container["args"] = args
-    return job
 
 
 def submit_from_laptop(api: str, image: str, source: str, home: Path) -> None:
@@ -123,8 +121,8 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     kfp_host = cluster.lookup("ConfigMap", "mlref-settings", "mlref")["MLREF_PIPELINE__HOST"]
     cluster.services[urlsplit(kfp_host).netloc] = kfp_api.address
     kfp_api.api.install = cluster  # a run the install's pods cannot run is refused
-    # This process stands in for the user's laptop (generating logs) and for the serving
-    # transformer (writing the inference log): cluster settings, as the ConfigMap gives them.
+    # This process stands in for the user's laptop (generating logs and sending the live
+    # traffic): cluster settings, as the ConfigMap gives them.
     laptop = Settings(
         mode="cluster",
         work_dir=tmp_path / "laptop",
@@ -172,17 +170,11 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
         for name in ("model.onnx", "model.json")
     }
 
-    # 2. Serving: KServe's storage initializer fetches the InferenceService's storageUri.
+    # 2 and 3. Live traffic after a concept change (the two days up to the window's end) sent
+    # to the InferenceService's pods over HTTP, in requests of BATCH impressions. Clicks land
+    # with the raw logs; the transformer's log has no labels.
     (isvc,) = [o for o in objects if o["kind"] == "InferenceService"]
-    storage_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
-    assert storage_uri == served_uri(laptop, "champion")
-    models = tmp_path / "mnt" / "models"
-    fetched = run_storage_initializer(cluster, isvc, models, tmp_path / "pods")
-    assert fetched.returncode == 0, fetched.stdout[-3000:]
-    assert resolve(laptop, str(models)).version == "1"
-
-    # 3. Live traffic after a concept change: the two days up to the window's end. Clicks
-    # land with the raw logs; the transformer's log (written here) has no labels.
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == served_uri(laptop, "champion")
     change = [ScenarioWindow("concept", TRAIN_DAYS + 1, TRAIN_DAYS + 2)]
     live_dir = tmp_path / "live"
     live = generate(
@@ -195,26 +187,41 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     for day, rows in traffic.groupby(traffic["event_timestamp"].dt.date):
         with raw.open(f"{BUCKET}/data/raw/date={day}/live.parquet", "wb") as out:
             rows.to_parquet(out, index=False)
-    record(laptop, replay(laptop, traffic).drop(columns="clicked"), "live")
+    # The cluster's clock is moved to the last hours of the drift window, so the transformer
+    # logs the traffic inside it (it stamps each row with the time it served it).
+    cluster.set_clock(until - timedelta(minutes=90))
+    runtimes = [o for o in objects if o["kind"] == "ServingRuntime"]
+    answered = 0
+    with serving_pods(cluster, isvc, runtimes, tmp_path / "serving") as serving:
+        assert resolve(laptop, str(serving.models)).version == "1"  # the storage initializer's
+        url = f"{serving.transformer_url}/v1/models/{isvc['metadata']['name']}:predict"
+        bodies = instances(traffic)
+        with httpx.Client(timeout=120) as client:
+            for start in range(0, len(bodies), BATCH):
+                response = client.post(url, json={"instances": bodies[start : start + BATCH]})
+                assert response.status_code == 200, response.text[-2000:]
+                answered += len(response.json()["predictions"])
+    assert answered == len(traffic)
+    # Stopped as the kubelet stops it, the transformer flushed its log: every request, in the
+    # window, written with the serving identity.
+    logged = read_inference_log(laptop, since, until)
+    assert sorted(logged["request_id"]) == sorted(traffic["request_id"])
+    assert set(logged["model_version"]) == {"1"}
 
-    # 4. The chart's CronJobs as their pods: labels, then the drift check.
+    # 4. The chart's CronJobs as their pods, with their own commands, at the end of the hour
+    # the traffic was served in: labels (those requests now mature), then the drift check of
+    # the window up to the start of this hour.
+    cluster.set_clock(until + timedelta(minutes=1))
     labels = run_pod(cron_job(objects, "drift-labels"), cluster, tmp_path / "pods")
     assert labels.returncode == 0, labels.stdout[-3000:]
     assert keys(s3, BUCKET, "labels/")
     state = tmp_path / "drift-state"
-    # The CronJob's own command, given the window this test's traffic was generated for (the
-    # default, this hour's, moves on if the run crosses an hour).
     check = cron_job(objects, "drift-check")
     command = check["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert command == ["drift", "check"]
-    window = ["--since", since.isoformat(), "--until", until.isoformat()]
-    drift = run_pod(
-        with_args(check, [*command, *window]),
-        cluster,
-        tmp_path / "pods",
-        claims={"drift-state": state},
-    )
+    drift = run_pod(check, cluster, tmp_path / "pods", claims={"drift-state": state})
     assert drift.returncode == 0, drift.stdout[-3000:]
+    cluster.clock = None  # the retraining runs on this machine's clock again
     (decision,) = [json.loads(line) for line in (state / "drift" / "decisions.jsonl").open()]
     assert decision["decision"] == "retrain", decision
     assert "normalized entropy" in decision["reason"]

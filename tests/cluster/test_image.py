@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,26 @@ def test_a_chart_pod_runs_as_the_images_user_without_the_checkout_or_the_home(
     assert seen["seen"] == []
     # The chart mounts an emptyDir at /tmp; nothing else is writable.
     assert seen["writable"] == (["/tmp"] if tmp_mounted else [])
+
+
+def test_the_image_installs_every_package_of_the_checkout() -> None:
+    """The image is ``pip install .``: a package the wheel leaves out is missing from every
+    pod (the transformer's ``mlref.experiment`` once was), though tests of the checkout pass."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    folders = {
+        f"mlref.{name}": Path(path)
+        for name, path in (
+            (key.removeprefix("mlref."), value) for key, value in config["package-dir"].items()
+        )
+    }
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for init in (REPO / "mlref").rglob("__init__.py")
+    }
+    for package, folder in folders.items():
+        found |= {
+            ".".join((package, *init.parent.relative_to(REPO / folder).parts))
+            for init in (REPO / folder).rglob("__init__.py")
+        }
+    assert found - listed == set()

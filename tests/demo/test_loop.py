@@ -31,6 +31,7 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
                     "poll_seconds": 1,
                 }
             ),
+            "shadow": small.shadow.model_copy(update={"port": free_port()}),
             "demo": small.demo.model_copy(
                 update={"replay_rows": 4_000, "replay_batch": 20, "canary_bake_seconds": 4}
             ),
@@ -47,6 +48,10 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
     progress = json.loads((demo_dir(settings) / "progress.json").read_text())
     assert progress["champion"] == "1" and progress["challenger"] == "2"
     assert progress["gate"] == "canary"
+    # v2 shadowed v1 for a day first: compared on the same requests, with their labels.
+    shadowed = int(progress["shadow"].split()[0])
+    assert shadowed >= settings.demo.replay_rows // settings.demo.replay_batch // 2
+    assert any(line.startswith("logloss") for line in record.shadow)
     # The retrained model is better on the live day (below), and each stage decides on
     # evidence, not on how much traffic this machine served in a given time: promoted.
     assert progress["rollout"] == "promoted"
@@ -60,3 +65,4 @@ def test_concept_drift_is_caught_retrained_and_rolled_out(tmp_path: Path) -> Non
     assert auc[("v2", live)] > auc[("v1", live)]  # retrained on drift: better after it
     report = (demo_dir(settings) / "report.html").read_text()
     assert "Drift checks" in report and "Canary rollout" in report and "data:image/png" in report
+    assert "Shadow before the canary" in report

@@ -83,8 +83,9 @@ def test_one_retraining_per_key_and_none_within_the_cooldown(
     assert again.status.startswith("skipped: already submitted")
     assert sliding.status.startswith("skipped: cooldown")
     assert len(submitted) == 2
-    # The run's steps take the settings of where they run; the source is shared storage.
-    assert submitted[0]["overrides"] == ""
+    # The run's steps take the settings of where they run, but for the training mode the
+    # trigger chose; the source is shared storage.
+    assert json.loads(submitted[0]["overrides"]) == {"train": {"init": "scratch"}}
     assert submitted[0]["source"] == job_settings.raw_uri
     assert read_decisions(job_settings)[0]["source"] == job_settings.raw_uri
     assert [d["status"].split(" (")[0] for d in read_decisions(job_settings)] == [
@@ -93,6 +94,35 @@ def test_one_retraining_per_key_and_none_within_the_cooldown(
         "skipped: cooldown",
         SUBMITTED,
     ]
+
+
+def test_the_trigger_asks_for_a_warm_start_and_its_log_says_which_mode_and_why(
+    job_settings: Settings, scenario_log, tmp_path: Path
+) -> None:
+    job_settings.drift.retrain_init = "champion"
+    job_settings.train.window_days = 2
+    since, until = day_window(job_settings, SCENARIO_DAY)
+    reference, current = load_reference(job_settings), scenario_log("covariate")
+    result = check_frames(job_settings, reference, current, tmp_path, since, until)
+    submitted: list[tuple[Settings, dict]] = []
+
+    def submitter(settings: Settings, arguments: dict) -> str:
+        submitted.append((settings, arguments))
+        return "run-1"
+
+    outcome = trigger(job_settings, result, submitter=submitter, now=until)
+    assert outcome.status == SUBMITTED
+    ((settings, arguments),) = submitted
+    # Locally the run gets all of the trigger's settings; in a cluster just the overrides.
+    assert settings.train.init == "champion" and job_settings.train.init == "scratch"
+    assert json.loads(arguments["overrides"]) == {"train": {"init": "champion"}}
+    (line,) = read_decisions(job_settings)
+    assert line["init"] == "champion"
+    assert line["init_reason"].startswith(
+        f"drift.retrain_init=champion: a warm start from the champion (version "
+        f"{result.model_version}) on its last 2 training day(s)"
+    )
+    assert "the run fails naming the difference" in line["init_reason"]
 
 
 def test_alerts_and_quiet_days_are_recorded_without_submitting(

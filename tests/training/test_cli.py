@@ -12,6 +12,8 @@ from mlref.data.ingest import ingest
 from mlref.features.store import compute_and_materialize
 from mlref.settings import Settings, get_settings
 from mlref.training import registry
+from mlref.training.tracking import client
+from mlref.training.warm_start import PARENT_VERSION_TAG
 from tests.monitoring.conftest import day_window
 
 pytestmark = pytest.mark.slow
@@ -47,6 +49,28 @@ def test_train_run_registers_a_champion(cli_env: Settings, monkeypatch):
     work = settings.artifacts_dir / "train"
     assert sorted(p.name for p in (work / "onnx").glob("*.onnx"))
     assert any((work / "sets").iterdir()) and any((work / "model").iterdir())
+    assert table["started from"] == "train.init=scratch: a full retrain"
+
+    # A warm start from that champion, on its last training day; version 2 names its parent.
+    monkeypatch.setenv("MLREF_TRAIN__INIT", "champion")
+    monkeypatch.setenv("MLREF_TRAIN__WINDOW_DAYS", "1")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["train", "run", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    table = rows(result.output)
+    assert table["model version"] == "2"
+    assert table["started from"].startswith("train.init=champion: warm start")
+    version = client(settings).get_model_version(settings.model_name, "2")
+    assert version.tags[PARENT_VERSION_TAG] == "1"
+
+    # The champion no longer fits: one line naming the fix, exit 1, nothing registered.
+    monkeypatch.setenv("MLREF_TRAIN__EMBEDDING_DIM", "4")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["train", "run", "--epochs", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: cannot warm-start from champion version 1" in result.output
+    assert "MLREF_TRAIN__EMBEDDING_DIM=16" in result.output
+    assert len(client(settings).search_model_versions(f"name='{settings.model_name}'")) == 2
 
 
 def test_train_run_without_data_is_one_line_exit_1(cli_env: Settings):

@@ -120,3 +120,9 @@ MLREF_ENGINE__SPARK_EXECUTOR_MEMORY: {{ .Values.spark.executorMemory | quote }}
 MLREF_ENGINE__SPARK_DRIVER_PORT: {{ .Values.spark.driverPort | quote }}
 MLREF_ENGINE__SPARK_BLOCK_MANAGER_PORT: {{ .Values.spark.blockManagerPort | quote }}
 {{- end }}
+
+{{/* The shadow InferenceService's predictor, as the transformer calls it: KServe names its
+Service <isvc>-predictor (Knative: the Knative Service, reached cluster-local). */}}
+{{- define "mlref.shadowUrl" -}}
+{{- printf "http://%s-shadow-predictor.%s.svc.cluster.local" .Values.serving.name .Release.Namespace }}
+{{- end }}

@@ -1,0 +1,1 @@
+"""Shadow deployment: a second model scores live traffic without answering it."""

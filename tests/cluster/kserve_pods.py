@@ -1,0 +1,237 @@
+"""The rendered InferenceService's pods: predictor and transformer, as KServe starts them.
+
+KServe's controller turns the InferenceService into one pod per component; what each
+container runs is :func:`mlref.k8s.kserve.launch` (the ServingRuntime merged with
+``spec.predictor.model``, the flags KServe appends to the transformer, ``INFERENCE_SERVICE_NAME``
+and Knative's ``PORT``/``K_*``). Each becomes a Pod here (:func:`component_pod`):
+
+* labels as KServe gives the component's pods (the InferenceService's labels,
+  ``serving.kserve.io/inferenceservice`` and ``component``: what the chart's NetworkPolicies
+  select on);
+* the component's ``serviceAccountName`` and pod ``securityContext``, the container's own
+  ``securityContext``, ``volumeMounts`` and the component's volumes (the runtime's for the
+  predictor);
+* for a ``storageUri``, what KServe's pod mutator adds (``pkg/webhook/admission/pod/
+  storage_initializer_injector.go``): the emptyDir ``kserve-provision-location``, mounted
+  read-only at ``/mnt/models`` in ``kserve-container``, filled first by the storage
+  initializer (:func:`tests.cluster.kserve_credentials.run_storage_initializer`).
+
+They run as every other pod does (:func:`tests.cluster.pods.pod_command`), only their listening
+address moved to a free 127.0.0.1 port. The transformer reaches the predictor by the host
+KServe gives it (``--predictor_host <isvc>-predictor.<namespace>``, port 80): in Knative mode
+through Kourier's gateway (``kourier-system``, which kind-up installs) to the revision's pod,
+in Standard mode straight to the predictor's pods; each hop must be allowed by the rendered
+NetworkPolicies (:class:`tests.cluster.network.Route`).
+
+Not emulated: Knative's queue-proxy and activator (the gateway and the revision's pod are the
+hops checked, the predictor answers directly), probes other than waiting for the readiness
+path once, autoscaling, the logger and batcher KServe may inject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mlref.k8s.kserve import CONTAINER, KNATIVE, Launch, launch, predictor_service_name
+from tests.cluster.conftest import listen_locally
+from tests.cluster.kserve_credentials import run_storage_initializer
+from tests.cluster.network import Endpoint, Route
+from tests.cluster.pods import Cluster, PodCommand, PodFailed, pod_command
+from tests.servers import free_port
+
+PROVISION_VOLUME = "kserve-provision-location"  # constants.StorageInitializerVolumeName
+MODEL_DIR = "/mnt/models"  # constants.DefaultModelLocalMountPath
+# Kourier's gateway pods (net-kourier config/300-gateway.yaml), behind ``kourier-internal``.
+GATEWAY = Endpoint("kourier-system", {"app": "3scale-kourier-gateway"})
+GATEWAY_PORT = 8081  # kourier-internal's targetPort
+QUEUE_PORT = 8012  # the revision pod's queue-proxy, where the gateway sends requests
+
+
+def pod_labels(isvc: dict[str, Any], component: str) -> dict[str, str]:
+    """The labels KServe puts on a component's pods."""
+    metadata = isvc.get("metadata") or {}
+    return {
+        **(metadata.get("labels") or {}),
+        "serving.kserve.io/inferenceservice": metadata["name"],
+        "component": component,
+    }
+
+
+def component_pod(
+    isvc: dict[str, Any], component: str, runtimes: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Launch]:
+    """The Pod KServe makes for ``component`` (transformer or predictor), and its launch."""
+    started = launch(isvc, component, runtimes)
+    spec = isvc["spec"][component]
+    volumes = list(spec.get("volumes") or [])
+    source = (spec.get("containers") or [{}])[0]  # where the probes come from
+    if component == "predictor":
+        runtime_name = (spec.get("model") or {}).get("runtime", "")
+        runtime = next((r for r in runtimes if r["metadata"]["name"] == runtime_name), {})
+        volumes = [*(runtime.get("spec", {}).get("volumes") or []), *volumes]
+        source = next(
+            (c for c in runtime.get("spec", {}).get("containers", []) if c["name"] == CONTAINER),
+            {},
+        )
+    mounts = list(started.volume_mounts)
+    if started.storage_uri:
+        if started.container != CONTAINER:
+            raise PodFailed(
+                f"no container named {CONTAINER} for the storage initializer to serve "
+                f"(container {started.container!r}): the pod mutator refuses the pod"
+            )
+        volumes.append({"name": PROVISION_VOLUME, "emptyDir": {}})
+        mounts.append({"name": PROVISION_VOLUME, "mountPath": MODEL_DIR, "readOnly": True})
+    container = {
+        "name": started.container,
+        "command": started.command,
+        "args": started.args,
+        "env": started.env,
+        "envFrom": started.env_from,
+        "ports": started.ports,
+        "volumeMounts": mounts,
+        "securityContext": started.security_context,
+        "readinessProbe": source.get("readinessProbe") or {},
+    }
+    name = f"{isvc['metadata']['name']}-{component}"
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": isvc["metadata"].get("namespace", "mlref"),
+            "labels": pod_labels(isvc, component),
+        },
+        "spec": {
+            "serviceAccountName": spec.get("serviceAccountName", "default"),
+            "securityContext": spec.get("securityContext") or {},
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    return pod, started
+
+
+def predictor_route(
+    isvc: dict[str, Any], runtimes: list[dict[str, Any]], mode: str, server: str
+) -> dict[str, Route]:
+    """The predictor host's in-cluster names (with and without port 80), routed to
+    ``server`` through the hops a request takes in ``mode``."""
+    metadata = isvc["metadata"]
+    namespace = metadata.get("namespace", "mlref")
+    predictor = Endpoint(namespace, pod_labels(isvc, "predictor"))
+    port = int((launch(isvc, "predictor", runtimes).ports or [{}])[0].get("containerPort", 8080))
+    hops = (
+        ((GATEWAY, GATEWAY_PORT), (predictor, QUEUE_PORT))
+        if mode == KNATIVE
+        else ((predictor, port),)
+    )
+    base = f"{predictor_service_name(metadata['name'], isvc['spec']['predictor'].get('name', ''))}"
+    names = [
+        f"{base}.{namespace}.svc.cluster.local",
+        f"{base}.{namespace}.svc",
+        f"{base}.{namespace}",
+    ]
+    route = Route(server, hops)
+    return {address: route for name in names for address in (f"{name}:80", name)}
+
+
+@dataclass
+class Serving:
+    """The running predictor and transformer pods."""
+
+    transformer_url: str  # http://127.0.0.1:PORT, the transformer's container port
+    predictor_url: str
+    models: Path  # the predictor pod's /mnt/models, as the storage initializer filled it
+    logs: dict[str, Path] = field(default_factory=dict)
+
+
+def _ready(url: str, process: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+    """Wait for ``url`` to answer 200 while the pod runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise PodFailed(f"{what} did not become ready at {url}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _start(
+    command: PodCommand, container: dict[str, Any], name: str, base: Path
+) -> tuple[subprocess.Popen, str, Path]:
+    """The container on a free 127.0.0.1 port; waits on its readiness probe's path."""
+    port = free_port()
+    container_port = container["ports"][0]["containerPort"]
+    command.argv = listen_locally(command.argv, container_port, port)
+    log = base / f"{name}.log"
+    with log.open("w") as out:
+        process = command.start(out)
+    return process, f"http://127.0.0.1:{port}", log
+
+
+def _probe(container: dict[str, Any]) -> str:
+    """The path of the container's HTTP readiness probe (``/`` without one)."""
+    return (container.get("readinessProbe") or {}).get("httpGet", {}).get("path", "/")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the pod's processes, as the kubelet stops a container; SIGKILL after."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def serving_pods(
+    cluster: Cluster, isvc: dict[str, Any], runtimes: list[dict[str, Any]], base: Path
+) -> Iterator[Serving]:
+    """Predictor (its storage initializer first), then transformer, running until the block
+    ends; then both stopped as the kubelet stops them (the transformer flushes its log).
+    What a NetworkPolicy refused them is in ``cluster.refused``."""
+    base.mkdir(parents=True, exist_ok=True)
+    pod, started = component_pod(isvc, "predictor", runtimes)
+    container = pod["spec"]["containers"][0]
+    predictor = pod_command(pod, cluster, base)
+    models = predictor.volumes[MODEL_DIR]
+    fetched = run_storage_initializer(cluster, isvc, models, base)
+    if fetched.returncode != 0:
+        cluster.record_refusals(predictor.network)
+        raise PodFailed(f"storage initializer failed:\n{fetched.stdout[-3000:]}")
+    processes: list[tuple[subprocess.Popen, PodCommand]] = []
+    try:
+        process, predictor_url, predictor_log = _start(predictor, container, "predictor", base)
+        processes.append((process, predictor))
+        _ready(predictor_url + _probe(container), process, predictor_log, "predictor pod", 180)
+        host = predictor_url.removeprefix("http://")
+        cluster.routes.update(predictor_route(isvc, runtimes, started.mode, host))
+        pod, _ = component_pod(isvc, "transformer", runtimes)
+        container = pod["spec"]["containers"][0]
+        transformer = pod_command(pod, cluster, base)
+        process, url, log = _start(transformer, container, "transformer", base)
+        processes.append((process, transformer))
+        try:
+            _ready(url + _probe(container), process, log, "transformer pod", 180)
+        except PodFailed as exc:
+            refused = transformer.network.close()
+            gaps = "".join(f"\nNetworkPolicy refused {r}" for r in refused)
+            raise PodFailed(f"{exc}{gaps}") from None
+        yield Serving(url, predictor_url, models, {"predictor": predictor_log, "transformer": log})
+    finally:
+        for process, command in reversed(processes):  # the transformer drains first
+            _stop(process)
+            cluster.record_refusals(command.network)
