@@ -185,14 +185,14 @@ class S3Server:
         )
 
     def add_user(
-        self, name: str, access_key: str, secret_key: str, policy: dict | None = None
+        self, name: str, access_key: str, secret_key: str, actions: list[str] | None = None
     ) -> None:
-        """Let ``access_key``/``secret_key`` in with ``policy`` (AWS IAM JSON; None: all, as a
-        store's root user), as a store's admin adds a user (``mc admin user add`` on MinIO)."""
+        """Let ``access_key``/``secret_key`` in with ``actions`` (SeaweedFS grants, as in its
+        ``s3.json``; None: all, as a store's root user), as SeaweedFS's config adds a user."""
         import requests
 
         body = {"name": name, "access_key": access_key, "secret_key": secret_key}
-        response = requests.post(f"{self.endpoint}/mlref/users", json={**body, "policy": policy})
+        response = requests.post(f"{self.endpoint}/mlref/users", json={**body, "actions": actions})
         response.raise_for_status()
 
     def create_bucket(self, name: str) -> str:

@@ -40,37 +40,48 @@ STORE_SERVICE, STORE_PORT = "seaweedfs", 8333
 
 @dataclass(frozen=True)
 class Identity:
-    """One workload's object-store identity: its Secret and the prefixes (of the bucket) it
-    may write. ``admin``: the operator's, which makes the bucket and uploads the raw click
-    logs from a laptop (scripts/kind-up.sh); no pod is given it."""
+    """One workload's object-store identity: its Secret, the prefixes (of the bucket) it may
+    write, and the ones it may only read. ``admin``: the operator's, which makes the bucket
+    and uploads the raw click logs from a laptop (scripts/kind-up.sh); no pod is given it."""
 
     name: str
     secret: str
     write: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
     admin: bool = False
 
     def actions(self, bucket: str = BUCKET) -> list[str]:
-        """SeaweedFS's grants (``s3.json``; weed/s3api/auth_credentials.go ``canDo``: an
-        action ending in ``*`` matches by prefix, ``Action:bucket`` the whole bucket).
+        """SeaweedFS 4.34's grants (``s3.json``), as its ``Identity.CanDo`` matches them
+        (weed/s3api/auth_credentials.go): a grant without a wildcard, ``Action:bucket``,
+        allows the action on the bucket *and every key in it*; a grant with one is matched
+        against ``Action:bucket/key``, or ``Action:bucket`` for a call on the bucket itself.
 
-        Reads are bucket-wide: SeaweedFS authorizes HeadBucket and GetBucketLocation as Read
-        on the bucket (s3api_server.go), a grant that covers every object in it, and the
-        clients probe the bucket that way before they read or write (s3fs ``_exists``,
-        KServe's storage initializer). Writes, which could corrupt what another workload
-        reads, are held to each workload's own prefixes."""
+        - ``List:bucket``: listing (ListObjects V1 and V2, prefix or not) is one action on
+          the bucket, so keys are listed bucket-wide; their contents are not.
+        - ``Read:<bucket with its last letter as ?>``: HeadBucket and GetBucketLocation are a
+          ``Read`` of the bucket itself (s3api_server.go), which s3fs and KServe's storage
+          initializer call before they read or write; ``?`` matches one character, so this
+          grant matches ``Read:bucket`` and no key under it.
+        - ``Read:bucket/prefix*`` (the prefix without its last ``/``: s3fs heads the
+          folder's own key, ``data/raw``, before it lists under it): object reads
+          (GetObject, HeadObject) of the identity's own prefixes only, and
+          ``Write:bucket/prefix/*`` (PutObject, DeleteObject(s), multipart) of the ones it
+          writes.
+        """
         if self.admin:
             return [f"Admin:{bucket}"]
         return [
             f"List:{bucket}",
-            f"Read:{bucket}",
+            f"Read:{bucket[:-1]}?",
+            *(f"Read:{bucket}/{prefix.rstrip('/')}*" for prefix in (*self.write, *self.read)),
             *(f"Write:{bucket}/{prefix}*" for prefix in self.write),
         ]
 
 
 IDENTITIES = (
-    # Pipeline steps (and the features CronJob): curated data, Feast's offline data and
-    # registry, models, batch predictions, and what the training step stages for a TrainJob's
-    # nodes (which run with this Secret too).
+    # Pipeline steps (and the features CronJob): they read the raw click logs and write
+    # curated data, Feast's offline data and registry, models, batch predictions, and what
+    # the training step stages for a TrainJob's nodes (which run with this Secret too).
     Identity(
         "pipeline",
         OBJECT_STORE_SECRET,
@@ -83,12 +94,22 @@ IDENTITIES = (
             "staging/",
             "trainjobs/",
         ),
+        read=("data/raw/",),
     ),
-    # The InferenceService (transformer; KServe's storage initializer reads only) and the
-    # log sink: the inference log.
-    Identity("serving", "mlref-store-serving", write=("inference_log/",)),
-    # The label and drift CronJobs: labels (decisions stay on the job's own volume).
-    Identity("drift", "mlref-store-drift", write=("labels/",)),
+    # The InferenceService (KServe's storage initializer reads the served model; the
+    # transformer, Feast's registry for its online lookups) and the log sink: the inference
+    # log.
+    Identity(
+        "serving",
+        "mlref-store-serving",
+        write=("inference_log/",),
+        read=("models/", "features/registry.db"),
+    ),
+    # The label and drift CronJobs: they read the raw click logs and the inference log, and
+    # write labels (decisions stay on the job's own volume).
+    Identity(
+        "drift", "mlref-store-drift", write=("labels/",), read=("data/raw/", "inference_log/")
+    ),
     # MLflow's tracking server, which proxies every run's artifacts.
     Identity("mlflow", "mlref-store-mlflow", write=("mlflow/",)),
     Identity("operator", "mlref-store-operator", admin=True),

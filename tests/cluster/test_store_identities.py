@@ -145,3 +145,110 @@ def test_the_storage_initializer_fetches_the_model_with_the_env_kserve_builds(
     else:
         assert done.returncode == 0, done.stdout[-3000:]
         assert (models / "model.json").read_text() == "{}"
+
+
+# What each identity may read: its own prefixes and the ones it consumes, nothing else.
+READS = {
+    "pipeline": {"data/raw/", "data/curated/", "features/", "models/"},
+    "serving": {"models/", "inference_log/"},  # and Feast's registry (below)
+    "drift": {"data/raw/", "inference_log/", "labels/"},
+    "mlflow": {"mlflow/"},
+}
+PREFIXES = ("data/raw/", "data/curated/", "features/", "models/", "inference_log/", "labels/")
+
+
+def test_each_identity_reads_only_the_prefixes_it_needs(
+    kind_chart: list[dict], s3_server: S3Server
+) -> None:
+    """Every identity may probe and list the bucket (HeadBucket and GetBucketLocation are a
+    Read of the bucket in SeaweedFS, and its clients call them first), but may read objects
+    only under its prefixes: the serving keys cannot read curated data or features, the drift
+    keys cannot read models."""
+    cluster = store_cluster(kind_chart, s3_server)
+    root = s3_server.client()
+    for prefix in (*PREFIXES, "mlflow/"):
+        root.put_object(Bucket=BUCKET, Key=f"{prefix}probe", Body=b"x")
+    secrets = {
+        "pipeline": ("mlref-object-store", "kubeflow"),
+        "serving": ("mlref-store-serving", "mlref"),
+        "drift": ("mlref-store-drift", "mlref"),
+        "mlflow": ("mlref-store-mlflow", "mlref"),
+    }
+    for who, (secret, namespace) in secrets.items():
+        keys = cluster.lookup("Secret", secret, namespace)
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3_server.endpoint,
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            region_name=s3_server.region,
+        )
+        client.head_bucket(Bucket=BUCKET)
+        client.get_bucket_location(Bucket=BUCKET)
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix="data/curated/")["Contents"]
+        assert [o["Key"] for o in listed] == ["data/curated/probe"]
+        took = {}
+        for prefix in (*PREFIXES, "mlflow/"):
+            try:
+                took[prefix] = client.get_object(Bucket=BUCKET, Key=f"{prefix}probe")["Body"].read()
+            except ClientError as exc:
+                took[prefix] = exc.response["Error"]["Code"]
+        assert took == {
+            p: b"x" if p in READS[who] else "AccessDenied" for p in (*PREFIXES, "mlflow/")
+        }, who
+
+
+def test_the_test_store_matches_grants_as_seaweedfs_does() -> None:
+    """The test server's reading of a grant, case by case as SeaweedFS 4.34's
+    ``Identity.CanDo`` reads it (weed/s3api/auth_credentials.go)."""
+    from tests.s3_store import can_do, route_action
+
+    assert can_do(["Read:mlref"], "Read", "mlref", "data/curated/x")  # the bucket: every key
+    assert not can_do(["Read:mlref/models/"], "Read", "mlref", "models/x")  # no wildcard
+    assert can_do(["Read:mlref/models/*"], "Read", "mlref", "models/ctr/1/model.onnx")
+    assert not can_do(["Read:mlref/models/*"], "Read", "mlref", "")  # HeadBucket
+    assert can_do(["Read:mlre?"], "Read", "mlref", "")
+    assert not can_do(["Read:mlre?"], "Read", "mlref", "models/x")
+    assert can_do(["List:mlref"], "List", "mlref", "labels/")
+    assert can_do(["Admin:mlref"], "Write", "mlref", "x")
+    assert not can_do(["Admin:mlref"], "Write", "other", "x")
+    assert not can_do(["Write:mlref/labels/*"], "Read", "mlref", "labels/x")  # write only
+    assert route_action("HEAD", False, {}) == "Read"  # HeadBucket
+    assert route_action("GET", False, {"location": ""}) == "Read"
+    assert route_action("GET", False, {"list-type": "2", "prefix": "models/"}) == "List"
+    assert route_action("POST", True, {"uploads": ""}) == "Write"
+    assert route_action("GET", True, {}) == "Read"
+
+
+def test_the_transformer_reads_feasts_registry_and_no_other_feature_data(
+    kind_chart: list[dict], s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transformer's online lookups open Feast's registry, ``features/registry.db``, on
+    the store (Feast's ``S3RegistryStore``: HeadBucket, then the object) with the serving
+    keys; the offline feature data beside it stays closed to them, and the drift keys read
+    neither."""
+    from feast.infra.registry.s3 import S3RegistryStore
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from feast.repo_config import RegistryConfig
+
+    cluster = store_cluster(kind_chart, s3_server)
+    registry = RegistryProto(version_id="probe")
+    root = s3_server.client()
+    root.put_object(Bucket=BUCKET, Key="features/registry.db", Body=registry.SerializeToString())
+    root.put_object(Bucket=BUCKET, Key="features/user_stats.parquet", Body=b"x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    config = RegistryConfig(path=f"s3://{BUCKET}/features/registry.db")
+    for secret, readable in (("mlref-store-serving", True), ("mlref-store-drift", False)):
+        keys = cluster.lookup("Secret", secret, "mlref")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, keys[name])
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the first keys it read
+        store = S3RegistryStore(config, Path("."))
+        if readable:
+            assert store.get_registry_proto().version_id == "probe"
+            with pytest.raises(ClientError, match="AccessDenied"):
+                store.s3_client.Object(BUCKET, "features/user_stats.parquet").get()
+        else:
+            with pytest.raises(FileNotFoundError):
+                store.get_registry_proto()

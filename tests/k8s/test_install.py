@@ -289,6 +289,10 @@ def test_each_workload_gets_its_own_identity_with_only_its_prefixes(forms, root)
     assert not [a for a in grants["serving"] if a.startswith("Write:mlref/models")]
     assert not [a for a in grants["drift"] if a.startswith("Write:") and "labels/" not in a]
     assert not [a for n, g in grants.items() if n != "operator" for a in g if "Admin" in a]
+    # No pod's identity reads the whole bucket: "Read:mlref" (no wildcard) covers every key.
+    assert not [n for n, g in grants.items() if n != "operator" and "Read:mlref" in g]
+    assert "Read:mlref/models*" in grants["serving"]
+    assert not [a for a in grants["serving"] if a.startswith("Read:mlref/data")]
     expected = {
         "drift-labels": "mlref-store-drift",
         "drift-check": "mlref-store-drift",
