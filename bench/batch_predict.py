@@ -1,10 +1,12 @@
 """Batch prediction benchmark: rows/s of ``predict_range`` against onnxruntime alone.
 
-Run from the repo root: ``python bench/batch_predict.py [rows]`` (default 100,000 rows).
-One day of curated impressions is scored end to end (curated read, Feast's point-in-time
-join, the shared transform, onnxruntime, an atomic Parquet partition), then the very same
-rows' model inputs are scored by onnxruntime alone in this process; both rates and their
-ratio come from this one run. The model is mlref's CTR network exported and int8-quantized
+Run from the repo root: ``python bench/batch_predict.py [rows] [spark]`` (default 100,000
+rows). One day of curated impressions is scored end to end (curated read, Feast's
+point-in-time join, the shared transform, onnxruntime, an atomic Parquet partition), then the
+very same rows' model inputs are scored by onnxruntime alone in this process; with ``spark``,
+the same day is scored end to end on Spark (``local[2]``, the session started outside the
+clock) too, and its partition compared with the local one. All rates and ratios come from
+this one run. The model is mlref's CTR network exported and int8-quantized
 as training does it (untrained weights: speed does not depend on their values).
 """
 
@@ -26,7 +28,7 @@ from mlref import onnx_model  # noqa: E402
 from mlref.batch_predict import predict_range, read_predictions  # noqa: E402
 from mlref.features.store import historical_features  # noqa: E402
 from mlref.features.transform import REQUEST_COLUMNS, build_spec, fill_defaults, transform  # noqa: E402
-from mlref.settings import Settings  # noqa: E402
+from mlref.settings import EngineSettings, Settings  # noqa: E402
 from mlref.training.dataset import read_curated  # noqa: E402
 from tests.features import events, write_curated  # noqa: E402
 from tests.serving.conftest import build_features  # noqa: E402
@@ -48,7 +50,24 @@ def impressions(rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def main(rows: int = 100_000) -> None:
+def on_spark(settings: Settings) -> tuple[float, pd.Series]:
+    """Seconds of the same batch prediction on Spark, and its scores by request id."""
+    from mlref import spark
+    from mlref.features import store
+
+    engine = EngineSettings(data="spark", spark_master="local[2]")
+    settings = settings.model_copy(update={"engine": engine})
+    store.apply(settings)  # Feast's sources as Spark's
+    spark.session(settings)
+    model = settings.work_dir.parent / "model.int8.onnx"
+    start = time.perf_counter()
+    report = predict_range(settings, str(model), DAY, DAY, name="spark")
+    seconds = time.perf_counter() - start
+    scores = read_predictions(report.output).to_pandas().set_index("request_id")["score"]
+    return seconds, scores
+
+
+def main(rows: int = 100_000, spark: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         settings = Settings(work_dir=root / ".mlref")
@@ -74,13 +93,23 @@ def main(rows: int = 100_000) -> None:
         onnx_seconds = time.perf_counter() - start
         got = read_predictions(report.output).to_pandas().set_index("request_id")["score"]
         same = np.abs(got[joined["request_id"]].to_numpy() - scores).max()
+        if spark:
+            spark_seconds, spark_scores = on_spark(settings)
+            spark_same = np.abs(spark_scores[got.index].to_numpy() - got.to_numpy()).max()
 
     batch_rate, onnx_rate = rows / batch_seconds, rows / onnx_seconds
     print(f"rows: {rows:,} (one day; intra-op threads {settings.serving.intra_op_threads})")
     print(f"batch prediction, end to end:         {batch_rate:>12,.0f} rows/s")
     print(f"onnxruntime alone on the same inputs: {onnx_rate:>12,.0f} rows/s")
     print(f"batch / onnxruntime: {batch_rate / onnx_rate:.3f}x; max |score difference| {same:.2e}")
+    if spark:
+        spark_rate = rows / spark_seconds
+        print(f"batch prediction on Spark, end to end: {spark_rate:>11,.0f} rows/s")
+        print(
+            f"Spark / onnxruntime: {spark_rate / onnx_rate:.3f}x; Spark / local engine: "
+            f"{spark_rate / batch_rate:.3f}x; max |Spark - local score| {spark_same:.2e}"
+        )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, "spark" in sys.argv[2:])

@@ -1,18 +1,26 @@
-"""Scaling of the local engine's data path: wall time and peak memory per stage, as days grow.
+"""Scaling of the data path: wall time and peak memory per stage and engine, as days and rows grow.
 
-For each ``--days`` x ``--rows-per-day`` the generator writes the raw log, then each stage runs
-in its own process, as a pipeline step does: ingest, features (snapshots + Feast materialize),
-training set (the day-by-day point-in-time join, written as shards), training (``--epochs``
-epochs on the CPU with the large-batch recipe unless ``--large-batch off``, streamed from the
-shards: ``--host-memory-mib`` is the trainer's host budget, below the set's size). Peak = the
-largest resident memory of the stage's whole process tree, sampled every 50 ms. A stage whose
-tree passes ``--limit-gib`` is killed and reported as such (the machine is shared). Then the
-peak ratios between the largest and the smallest day count, and, on the first configuration's
-training set, the trainer resident vs streamed from shards in one run: samples/s and test
-quality of each.
+For each ``--days`` x ``--rows-per-day`` the generator writes the raw log once, then, for each
+engine (``--engines``: local, and spark on each of ``--spark-cores`` cores, ``local[N]``),
+each stage runs in its own process, as a pipeline step does: ingest, features (snapshots +
+Feast materialize), training set (the point-in-time join, written as shards), training
+(``--epochs`` epochs on the CPU with the large-batch recipe unless ``--large-batch off``,
+streamed from the shards: ``--host-memory-mib`` is the trainer's host budget, below the set's
+size; it reads shards whatever the data engine, so it runs under the local engine only) and
+batch prediction (every day scored by an int8 ONNX export of mlref's network, exported
+outside the clock). Peak = the largest resident memory of the stage's whole process tree
+(Spark's JVM and Python workers included), sampled every 50 ms. A stage whose tree passes
+``--limit-gib`` is killed and reported as such (the machine is shared).
 
-Run from the repo root: ``python bench/data_path.py`` (10 and 40 days of 100,000 rows; add
-``--days 10 40 160`` for the longer range).
+Then, from this one run: per engine and stage, the ratios of peak memory and of time between
+the most and the fewest days (same rows a day), and between the most and the fewest rows a
+day (same days); Spark's speed-up from the fewest to the most cores; and, on the first
+configuration's training set, the trainer resident vs streamed from shards: samples/s and
+test quality of each.
+
+Run from the repo root: ``python bench/data_path.py`` (10 and 40 days of 100,000 rows, local
+engine); the whole table: ``--days 10 40 160 --rows-per-day 100000 400000 1600000 --engines
+local spark --spark-cores 1 2`` (rows a day grow over the fewest days only).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from mlref.training.windows import compared_on  # noqa: E402
 
-STAGES = ("ingest", "features", "training set", "training")
+STAGES = ("ingest", "features", "training set", "training", "batch prediction")
+ENGINE_FREE = {"training"}  # stages that read no data through engine.data
 GIB = 1 << 30
 
 
@@ -89,32 +98,52 @@ def measure(args: list[str], env: dict[str, str], limit: int, log: Path) -> Meas
 
 def run_stage(name: str, work: Path) -> None:
     """One stage, in this (child) process; settings come from the MLREF_* environment."""
-    from mlref.data.generate import generate
-    from mlref.data.ingest import ingest
-    from mlref.features import store
+    # Each stage imports only what it runs, so that its peak is its own (torch is not ingest's).
     from mlref.settings import Settings
-    from mlref.training import workflow
 
+    sys.argv = sys.argv[:1]  # kserve (batch prediction, the export) parses the command line
     settings = Settings()
     if name == "generate":
-        generate(settings)
+        from mlref.data.generate import generate
+
+        generate(settings, out_dir=work.parent / "raw")
     elif name == "ingest":
-        ingest(str(settings.raw_dir), settings)
+        from mlref.data.ingest import ingest
+
+        ingest(str(work.parent / "raw"), settings)
     elif name == "features":
+        from mlref.features import store
+
         store.compute_and_materialize(settings)
     elif name == "training set":
+        from mlref.training import workflow
+
         workflow.make_training_set(settings, work / "sets")
     elif name == "training":
+        from mlref.training import workflow
+
         workflow.fit(settings, work / "sets", work / os.environ["BENCH_MODEL_DIR"])
+    elif name == "export":
+        sys.path.insert(0, str(REPO))
+        from bench.serving import production_model
+
+        production_model(work.parent, settings)
+    elif name == "batch prediction":
+        from mlref.batch_predict import predict_range
+
+        predict_range(settings, str(work.parent / "model.int8.onnx"))
     else:
         raise SystemExit(f"unknown stage {name!r}")
 
 
 def environment(
-    work: Path, days: int, rows: int, epochs: int, host_bytes: int, large_batch: str
+    work: Path, days: int, rows: int, epochs: int, host_bytes: int, large_batch: str, engine: str
 ) -> dict:
+    data, _, cores = engine.partition(":")
+    spark = {"MLREF_ENGINE__DATA": data, "MLREF_ENGINE__SPARK_MASTER": f"local[{cores}]"}
     return {
         **os.environ,
+        **(spark if cores else {}),
         "MLREF_WORK_DIR": str(work / ".mlref"),
         "MLREF_DATA__DAYS": str(days),
         "MLREF_DATA__ROWS_PER_DAY": str(rows),
@@ -134,6 +163,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--rows-per-day", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--engines", nargs="+", choices=["local", "spark"], default=["local"])
+    parser.add_argument(
+        "--spark-cores", type=int, nargs="+", default=[2], help="Spark's local[N] cores to run"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--host-memory-mib", type=int, default=256)
     parser.add_argument(
@@ -156,35 +189,63 @@ def main() -> None:
 
     limit = int(options.limit_gib * GIB)
     host_bytes = options.host_memory_mib << 20
+    engines = [
+        name
+        for engine in options.engines
+        for name in (
+            [f"spark:{c}" for c in options.spark_cores] if engine == "spark" else ["local"]
+        )
+    ]
+    # Rows a day grow over the fewest days only: the largest days x rows are not run.
+    sizes = [(d, options.rows_per_day[0]) for d in options.days] + [
+        (min(options.days), r) for r in options.rows_per_day[1:]
+    ]
     print(
-        f"local engine; training: {options.epochs} epoch(s) on the CPU, large-batch recipe "
-        f"{options.large_batch}, host budget "
-        f"{options.host_memory_mib} MiB (streamed); limit {options.limit_gib} GiB per stage\n"
+        f"engines {', '.join(engines)}; training: {options.epochs} epoch(s) on the CPU, "
+        f"large-batch recipe {options.large_batch}, host budget {options.host_memory_mib} MiB "
+        f"(streamed); limit {options.limit_gib} GiB per stage; load average at start "
+        f"{os.getloadavg()[0]:.1f}\n"
     )
-    print(f"| days x rows/day | {' | '.join(options.stages)} | train samples/s |")
-    print(f"|---|{'---|' * len(options.stages)}---|")
-    peaks: dict[tuple[int, int], dict[str, int]] = {}
+    print(f"| days x rows/day | engine | {' | '.join(options.stages)} | train samples/s |")
+    print(f"|---|---|{'---|' * len(options.stages)}---|")
+    results: dict[tuple[int, int, str], dict[str, Measured]] = {}
     comparison = None
     with tempfile.TemporaryDirectory(prefix="mlref-bench-data-") as tmp:
-        for rows in options.rows_per_day:
-            for days in options.days:
-                work = Path(tmp) / f"{days}x{rows}"
-                env = environment(work, days, rows, options.epochs, host_bytes, options.large_batch)
-                log = Path(tmp) / f"{days}x{rows}.log"
-                generated = measure(["--stage", "generate", "--work", str(work)], env, limit, log)
-                if generated.returncode:
-                    raise SystemExit(f"generating {days}x{rows} failed: see {log}")
+        for days, rows in sizes:
+            base = Path(tmp) / f"{days}x{rows}"
+            log = Path(tmp) / f"{days}x{rows}.log"
+            setup = environment(base / "setup", days, rows, 1, host_bytes, "on", "local")
+            for step in ("generate", "export"):
+                if measure(
+                    ["--stage", step, "--work", str(base / "setup")], setup, limit, log
+                ).returncode:
+                    raise SystemExit(f"{step} for {days}x{rows} failed: see {log}")
+            for engine in engines:
+                work = base / engine.replace(":", "-")
+                env = environment(
+                    work, days, rows, options.epochs, host_bytes, options.large_batch, engine
+                )
                 cells, speed = [], ""
+                measured = results.setdefault((days, rows, engine), {})
+                failed = False
                 for stage in options.stages:
+                    if failed:
+                        cells.append("not run")
+                        continue
+                    if stage in ENGINE_FREE and engine != "local":
+                        cells.append("as local")
+                        continue
                     result = measure(["--stage", stage, "--work", str(work)], env, limit, log)
                     cells.append(result.cell())
-                    if result.returncode:
-                        cells += ["not run"] * (len(options.stages) - len(cells))
-                        break
-                    peaks.setdefault((days, rows), {})[stage] = result.peak_bytes
-                if "training" in peaks.get((days, rows), {}):
+                    failed = bool(result.returncode)
+                    if not failed:
+                        measured[stage] = result
+                if "training" in measured:
                     speed = f"{training_report(work, 'model')['samples_per_s']:,.0f}"
-                print(f"| {days} x {rows:,} | {' | '.join(cells)} | {speed} |", flush=True)
+                print(
+                    f"| {days} x {rows:,} | {engine} | {' | '.join(cells)} | {speed} |",
+                    flush=True,
+                )
                 if comparison is None and speed:
                     resident_env = {**env, "MLREF_TRAIN__HOST_MEMORY_BYTES": str(limit)}
                     resident_env["BENCH_MODEL_DIR"] = "model-resident"
@@ -192,15 +253,27 @@ def main() -> None:
                     run = measure(args, resident_env, limit, log)
                     comparison = (days, rows, work, run)
         print()
-        for rows in options.rows_per_day:
-            low, high = min(options.days), max(options.days)
-            if (low, rows) in peaks and (high, rows) in peaks and low != high:
-                ratios = ", ".join(
-                    f"{stage} {peaks[high, rows][stage] / peaks[low, rows][stage]:.2f}x"
+        low_days, high_days = min(options.days), max(options.days)
+        low_rows, high_rows = options.rows_per_day[0], max(options.rows_per_day)
+        for engine in engines:
+            for what, small, large in (
+                ("days", (low_days, low_rows), (high_days, low_rows)),
+                ("rows a day", (low_days, low_rows), (low_days, high_rows)),
+            ):
+                if small != large:
+                    print(ratios(results, engine, small, large, what))
+        cores = sorted(options.spark_cores)
+        if "spark" in options.engines and len(cores) > 1:
+            for days, rows in sizes:
+                one = results.get((days, rows, f"spark:{cores[0]}"), {})
+                many = results.get((days, rows, f"spark:{cores[-1]}"), {})
+                speedups = ", ".join(
+                    f"{stage} {one[stage].seconds / many[stage].seconds:.2f}x"
                     for stage in STAGES
-                    if stage in peaks[high, rows] and stage in peaks[low, rows]
+                    if stage in one and stage in many
                 )
-                print(f"peak memory, {high} vs {low} days of {rows:,} rows: {ratios}")
+                where = f"{cores[-1]} vs {cores[0]} core(s), {days} x {rows:,}"
+                print(f"spark speed-up, {where}: {speedups or 'not measured'}")
         if comparison:
             days, rows, work, run = comparison
             streamed, resident = (
@@ -219,6 +292,28 @@ def main() -> None:
                 f"{streamed['metrics']['test']['logloss']:.5f}; streamed / resident samples/s "
                 f"{streamed['samples_per_s'] / resident['samples_per_s']:.2f}x"
             )
+
+
+def ratios(
+    results: dict[tuple[int, int, str], dict[str, Measured]],
+    engine: str,
+    small: tuple[int, int],
+    large: tuple[int, int],
+    what: str,
+) -> str:
+    """Peak memory and time of ``large`` over ``small`` (days, rows a day), per stage."""
+    a, b = results.get((*small, engine), {}), results.get((*large, engine), {})
+    growth = large[0] * large[1] / (small[0] * small[1])
+    cells = ", ".join(
+        f"{stage} {b[stage].peak_bytes / a[stage].peak_bytes:.2f}x memory, "
+        f"{b[stage].seconds / a[stage].seconds:.2f}x time"
+        for stage in STAGES
+        if stage in a and stage in b
+    )
+    return (
+        f"{engine}, {what} x{growth:.0f} ({small[0]} x {small[1]:,} -> {large[0]} x "
+        f"{large[1]:,}): {cells or 'not measured'}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,17 +3,27 @@
 Each day's impressions get the stats valid at their event time (Feast's point-in-time join,
 :func:`mlref.features.store.historical_features`, rows it finds nothing for kept and filled
 with the priors as serving fills unknown entities) and go through the shared transform and
-the ONNX model in this process (:func:`mlref.scoring.score_rows`). Memory follows the
-largest day, not the range. Each day is one ``date=YYYY-MM-DD`` partition of one Parquet
-file under ``<root>/predictions/<name>/``, published atomically: a re-run replaces it whole,
-and a failure leaves every partition either as it was or fully written.
+the ONNX model (:func:`mlref.scoring.score_rows`). Memory follows the largest day, not the
+range. Each day is one ``date=YYYY-MM-DD`` partition of one Parquet file under
+``<root>/predictions/<name>/``, published atomically: a re-run replaces it whole, and a
+failure leaves every partition either as it was or fully written.
+
+``engine.data`` chooses where: in this process, a day after the other, or on Spark, where
+Feast's Spark offline store joins the range and each day is scored and published by one
+executor task, with onnxruntime on the model file Spark broadcasts; the same rows in the same
+order, the same scores.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlref import onnx_model, storage
@@ -65,8 +75,15 @@ def score_day(
     impressions = read_curated(settings, day, day)
     entities = impressions[["request_id", TIMESTAMP, *REQUEST_COLUMNS]]
     joined, dropped = historical_features(settings, entities)
+    return predictions(joined, model, version, run_id), dropped
+
+
+def predictions(
+    joined: pd.DataFrame, model: onnx_model.OnnxModel, version: str, run_id: str
+) -> pa.Table:
+    """The output rows of impressions ``joined`` with their stats (NaN where none)."""
     scored = score_rows(joined, model, version, "batch")
-    table = pa.table(
+    return pa.table(
         {
             "request_id": scored["request_id"],
             TIMESTAMP: scored["timestamp"],
@@ -76,7 +93,6 @@ def score_day(
         },
         schema=SCHEMA,
     )
-    return table, dropped
 
 
 def predict_range(
@@ -99,18 +115,109 @@ def predict_range(
         f"batch prediction: {len(days)} day(s) with {uri} (version {resolved.version}) "
         f"-> {report.output}"
     )
-    for number, day in enumerate(days, 1):
-        table, dropped = score_day(settings, model, day, resolved.version, resolved.run_id)
-        target = partition_uri(report.output, day)
-        storage.write_atomically(target, lambda path, table=table: pq.write_table(table, path))
-        report.rows[day] = table.num_rows
+    if settings.engine.data == "spark":
+        written = _predict_on_spark(settings, resolved.path, days, report)
+    else:
+        written = _predict_here(settings, model, days, report)
+    for number, (day, (rows, dropped)) in enumerate(written, 1):
+        report.rows[day] = rows
         report.feast_dropped += dropped
         console.print(
-            f"[{number}/{len(days)}] {DATE_COLUMN}={day}: {table.num_rows} rows "
+            f"[{number}/{len(days)}] {DATE_COLUMN}={day}: {rows} rows "
             f"({dropped} without feature rows: priors)",
             highlight=False,
         )
     return report
+
+
+def _predict_here(
+    settings: Settings, model: onnx_model.OnnxModel, days: list[str], report: BatchReport
+) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each day scored and published in turn: (day, (rows, rows without features))."""
+    for day in days:
+        table, dropped = score_day(settings, model, day, report.model_version, report.run_id)
+        _publish(report.output, day, table)
+        yield day, (table.num_rows, dropped)
+
+
+def _publish(output: str, day: str, table: pa.Table) -> None:
+    target = partition_uri(output, day)
+    storage.write_atomically(target, lambda path: pq.write_table(table, path))
+
+
+def _predict_on_spark(
+    settings: Settings, model_path: Path, days: list[str], report: BatchReport
+) -> list[tuple[str, tuple[int, int]]]:
+    """Each day scored and published by one Spark task; no row reaches this process."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    from mlref import spark as sparks
+    from mlref.training.dataset import curated_files
+    from mlref.training.dataset_spark import JOINED_SCHEMA, LOST, joined_by_day
+
+    spark = sparks.session(settings)
+    joined = joined_by_day(settings, curated_files(settings, {"batch": days}), len(days))
+    model_file = spark.sparkContext.broadcast(model_path.read_bytes())
+    threads, output = settings.serving.intra_op_threads, report.output
+    version, run_id = report.model_version, report.run_id
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = None
+        for day, rows in _whole_days(batches):
+            model = model or _load(model_file.value, threads)
+            frame = rows.drop_columns([LOST]).cast(JOINED_SCHEMA).to_pandas()
+            _publish(output, day, predictions(frame, model, version, run_id))
+            dropped = int(pc.sum(rows.column(LOST)).as_py() or 0)
+            line = {"day": day, "rows": rows.num_rows, "dropped": dropped}
+            yield pa.RecordBatch.from_pylist([line], schema=DAYS)
+
+    try:
+        lines = joined.mapInArrow(score, sparks.spark_schema(DAYS)).toArrow().to_pylist()
+    except (Py4JJavaError, PySparkException) as e:
+        raise BatchPredictionFailed(
+            f"{output}: Spark job failed after its retries: {sparks.failure_cause(e)}; each "
+            "partition is as it was or fully rewritten, a rerun replaces them"
+        ) from e
+    finally:
+        model_file.destroy()
+    for day in days:  # what a killed task left: readers skip it, a rerun would not
+        fs, folder = storage.filesystem(partition_uri(output, day).rsplit("/", 1)[0])
+        for scratch in fs.glob(f"{folder}/.{PART}.*.staging"):
+            fs.rm(scratch)
+    return sorted((line["day"], (line["rows"], line["dropped"])) for line in lines)
+
+
+DAYS = pa.schema([("day", pa.string()), ("rows", pa.int64()), ("dropped", pa.int64())])
+
+
+class BatchPredictionFailed(RuntimeError):
+    """A Spark job of batch prediction failed after its retries."""
+
+
+def _whole_days(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[str, pa.Table]]:
+    """(day, all its rows) of ``batches`` whose rows come day after day."""
+    from mlref.training.dataset_spark import runs
+
+    day, pending = None, []
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        for start, end, run_day in runs(table.column(DATE_COLUMN)):
+            if run_day != day and pending:
+                yield day, pa.concat_tables(pending)
+                pending = []
+            day = run_day
+            pending.append(table.slice(start, end - start))
+    if pending:
+        yield day, pa.concat_tables(pending)
+
+
+def _load(model: bytes, threads: int) -> onnx_model.OnnxModel:
+    """The broadcast model file, opened by onnxruntime as a file of its own."""
+    with tempfile.TemporaryDirectory(prefix="mlref-model-") as folder:
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(model)
+        return onnx_model.load(path, threads)
 
 
 def read_predictions(output: str) -> pa.Table:

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,6 +49,8 @@ from mlref.data.parts import (
 from mlref.data.validate import UNKNOWN_DATE, Checked, as_mask, check, partitions
 from mlref.schema import RAW_COLUMNS
 from mlref.settings import Settings
+
+MAX_RUN = 1 << 22  # ids in one sorted run of :class:`RequestIds` (64 MiB)
 
 
 def ingest(
@@ -80,11 +83,11 @@ def ingest_local(
     now = now or datetime.now(UTC)
     fs, sources = find_sources(source)
     own_parts = {s.part for s in sources}
-    taken = RequestIds(settings.curated_uri, own_parts)
     result = IngestResult(files=[s.uri for s in sources])
     counts: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
     with Staging(settings) as staging:
+        taken = RequestIds(settings.curated_uri, own_parts, staging.root / "request_ids")
         for done, src in enumerate(sources):
             if on_progress:
                 on_progress(done, len(sources))
@@ -141,13 +144,20 @@ class RequestIds:
     curated``) or curated by an earlier row of this ingestion (``request_id: duplicate``).
     Over the whole ingestion, in the order of files and of rows within them, that is: a row
     with an id is a duplicate when an earlier row with the same id has no problem at all.
+
+    The ids this ingestion took are not held in memory: each batch's winners are spilled to
+    an Arrow file under ``spill``, and memory keeps a 64-bit hash and a location per id (16
+    bytes, against the id's 36 and a hash table's), in sorted runs that merge as they grow.
+    A row whose hash matches is compared with the spilled id itself, so the result is exact.
     """
 
-    def __init__(self, curated_uri: str, own_parts: set[str]) -> None:
+    def __init__(self, curated_uri: str, own_parts: set[str], spill: Path) -> None:
         self.curated_uri = curated_uri
         self.own_parts = own_parts  # rewritten by this ingestion, so not "earlier"
         self.before: dict[str, pa.Array] = {}
-        self.now: list[pa.Array] = [pa.array([], pa.string())]
+        self.spill = spill
+        self.spilled = 0  # files written under ``spill``
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted hashes, locations)
 
     def claim(self, checked: Checked) -> None:
         """Add the request-id problems of a checked batch, and take the ids of its winners."""
@@ -158,7 +168,8 @@ class RequestIds:
             if date != UNKNOWN_DATE:
                 before[rows] = as_mask(pc.is_in(ids.take(rows), value_set=self._before(date)))
         checked.add("request_id: already curated", before)
-        taken_now = as_mask(pc.is_in(ids, value_set=pa.concat_arrays(self.now)))
+        hashes = _hash(ids)
+        taken_now = self._taken(ids, hashes)
         candidates = np.flatnonzero(~checked.bad(n) & ~taken_now)
         # The winners are the first candidate row of each id (index_in finds first occurrences).
         winners = pc.unique(ids.take(candidates))
@@ -167,7 +178,57 @@ class RequestIds:
         code = pc.fill_null(pc.index_in(ids, value_set=winners), len(winners)).to_numpy()
         later = np.append(first, n)[code] < np.arange(n)
         checked.add("request_id: duplicate", as_mask(ids.is_valid()) & (taken_now | later))
-        self.now.append(winners)
+        self._take(winners, hashes[first])
+
+    def _taken(self, ids: pa.Array, hashes: np.ndarray) -> np.ndarray:
+        """Rows whose id was taken by an earlier batch: a hash match, confirmed on the id."""
+        taken = np.zeros(len(ids), dtype=bool)
+        order = np.argsort(hashes)
+        ordered = hashes[order]  # sorted needles make searchsorted several times faster
+        rows, locations = [], []
+        for run, where in self.runs:
+            low = np.searchsorted(run, ordered)
+            for i in np.flatnonzero(run[np.minimum(low, len(run) - 1)] == ordered):
+                high = np.searchsorted(run, ordered[i], "right")  # a few: the duplicates
+                rows += [order[i]] * int(high - low[i])
+                locations.append(where[low[i] : high])
+        if not rows:
+            return taken
+        locations = np.concatenate(locations)
+        files, offsets = locations >> 32, locations & 0xFFFFFFFF
+        spilled = np.empty(len(rows), dtype=object)
+        for file in np.unique(files):
+            mine = np.flatnonzero(files == file)
+            with pa.memory_map(str(self.spill / f"{file}.arrow")) as source:
+                column = pa.ipc.open_file(source).read_all().column(0)
+                spilled[mine] = column.take(offsets[mine]).to_pylist()
+        rows = np.array(rows)
+        same = spilled == np.asarray(ids.take(rows).to_pylist(), dtype=object)
+        taken[rows[same]] = True
+        return taken & as_mask(ids.is_valid())
+
+    def _take(self, winners: pa.Array, hashes: np.ndarray) -> None:
+        """Spill ``winners`` (with their ``hashes``) and add them as a run. Runs merge like a
+        binary counter, up to MAX_RUN ids, so that there are few runs and a merge's transient
+        copy stays bounded."""
+        if not len(winners):
+            return
+        self.spill.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"request_id": winners})
+        path = str(self.spill / f"{self.spilled}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        order = np.argsort(hashes, kind="stable")
+        where = (np.int64(self.spilled) << 32) | order.astype(np.int64)
+        self.spilled += 1
+        run = (hashes[order], where)
+        while (
+            self.runs
+            and len(self.runs[-1][0]) <= len(run[0])
+            and len(self.runs[-1][0]) + len(run[0]) <= MAX_RUN
+        ):
+            run = _merge(self.runs.pop(), run)
+        self.runs.append(run)
 
     def _before(self, date: str) -> pa.Array:
         if date not in self.before:
@@ -180,6 +241,27 @@ class RequestIds:
             ]
             self.before[date] = pa.concat_arrays([pa.array([], pa.string()), *ids])
         return self.before[date]
+
+
+def _hash(ids: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each id (SipHash, as pandas hashes values), nulls as the empty id."""
+    text = pc.fill_null(ids, "").to_numpy(zero_copy_only=False)
+    return pd.util.hash_array(text, categorize=False)  # categorize: slower on unique ids
+
+
+def _merge(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs as one, in linear time."""
+    at = np.searchsorted(a[0], b[0], "right") + np.arange(len(b[0]))
+    from_b = np.zeros(len(a[0]) + len(b[0]), dtype=bool)
+    from_b[at] = True
+    merged = []
+    for x, y in zip(a, b, strict=True):
+        out = np.empty(len(from_b), dtype=x.dtype)
+        out[at], out[~from_b] = y, x
+        merged.append(out)
+    return merged[0], merged[1]
 
 
 class Staging:

@@ -155,7 +155,8 @@ def write_training_sets(
     if settings.engine.data == "spark":
         from mlref.training.dataset_spark import write_sets_spark
 
-        written = write_sets_spark(settings, uri, spec, days, _files(settings, days), COLUMNS)
+        files = curated_files(settings, days)
+        written = write_sets_spark(settings, uri, spec, days, files, COLUMNS)
         writer = shards.ShardWriter(uri, spec)
         writer.shards, writer.schema = written.shards, written.schema
         rows, positives, dropped = written.rows, written.positives, written.dropped
@@ -175,7 +176,7 @@ def write_training_sets(
     )
 
 
-def _files(settings: Settings, days: dict[str, list[str]]) -> list[tuple[str, str]]:
+def curated_files(settings: Settings, days: dict[str, list[str]]) -> list[tuple[str, str]]:
     """(path, day) of each curated file of ``days``, in the order :func:`read_curated` reads."""
     wanted = {day for names in days.values() for day in names}
     found = []

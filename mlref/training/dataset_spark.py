@@ -122,6 +122,50 @@ def _write(
     files: list[tuple[str, str]],
     columns: list[str],
 ) -> Written:
+    split_of = {day: split for split, names in days.items() for day in names}
+    ordered = joined_by_day(settings, files, len(split_of))
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        writer = ShardWriter(staging, spec)
+        pending: list[pa.Table] = []
+        day, number = None, 0
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            for start, end, run_day in runs(table.column(DATE_COLUMN)):
+                if run_day != day:
+                    yield from _flush(writer, split_of, day, number, pending, spec, columns)
+                    day, number, pending = run_day, 0, []
+                pending.append(table.slice(start, end - start))
+                while sum(t.num_rows for t in pending) >= SHARD_ROWS:
+                    rows = pa.concat_tables(pending)
+                    pending = [rows.slice(SHARD_ROWS)]
+                    yield from _flush(
+                        writer, split_of, day, number, [rows.slice(0, SHARD_ROWS)], spec, columns
+                    )
+                    number += 1
+        yield from _flush(writer, split_of, day, number, pending, spec, columns)
+
+    lines = ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
+    written = Written()
+    for line in sorted(lines, key=lambda r: (SPLITS.index(r["split"]), r["path"])):
+        split = line["split"]
+        written.shards.setdefault(split, []).append(
+            Shard(line["path"], line["day"], line["rows"], line["bytes"])
+        )
+        written.rows[split] += line["rows"]
+        written.positives[split] += line["positives"]
+        written.dropped += line["dropped"]
+        for name in STAT_COLUMNS:
+            written.defaulted[name] += line[f"defaulted_{name}"]
+    return written
+
+
+def joined_by_day(settings: Settings, files: list[tuple[str, str]], partitions: int):
+    """The curated rows of ``files`` ((path, day), in the local engine's reading order), each
+    joined by Feast's Spark offline store with the stats valid at its time: a DataFrame of
+    JOINED_SCHEMA's columns and ``LOST`` (the rows the local engine counts as dropped), in
+    ``partitions`` partitions by day, each day's rows together in the local engine's order
+    (time, then file and row). The executors read the files; no row reaches this process."""
     from pyspark.sql import functions as F
 
     spark = sparks.session(settings)
@@ -160,50 +204,15 @@ def _write(
         keys = spark.sql(f"SELECT DISTINCT {table.key}, true AS {known} FROM {source}")
         joined = joined.join(keys, on=table.key, how="left")
         lost = lost | (F.col(table.columns[0]).isNull() & F.col(known).isNotNull())
-    split_of = {day: split for split, names in days.items() for day in names}
-    ordered = (
+    return (
         joined.withColumn(LOST, lost)
-        .repartition(max(len(split_of), 1), DATE_COLUMN)
+        .repartition(max(partitions, 1), DATE_COLUMN)
         .sortWithinPartitions(DATE_COLUMN, TIMESTAMP, FILE, ROW)
         .select(*JOINED_SCHEMA.names, LOST)
     )
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        writer = ShardWriter(staging, spec)
-        pending: list[pa.Table] = []
-        day, number = None, 0
-        for batch in batches:
-            table = pa.Table.from_batches([batch])
-            for start, end, run_day in _runs(table.column(DATE_COLUMN)):
-                if run_day != day:
-                    yield from _flush(writer, split_of, day, number, pending, spec, columns)
-                    day, number, pending = run_day, 0, []
-                pending.append(table.slice(start, end - start))
-                while sum(t.num_rows for t in pending) >= SHARD_ROWS:
-                    rows = pa.concat_tables(pending)
-                    pending = [rows.slice(SHARD_ROWS)]
-                    yield from _flush(
-                        writer, split_of, day, number, [rows.slice(0, SHARD_ROWS)], spec, columns
-                    )
-                    number += 1
-        yield from _flush(writer, split_of, day, number, pending, spec, columns)
 
-    lines = ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
-    written = Written()
-    for line in sorted(lines, key=lambda r: (SPLITS.index(r["split"]), r["path"])):
-        split = line["split"]
-        written.shards.setdefault(split, []).append(
-            Shard(line["path"], line["day"], line["rows"], line["bytes"])
-        )
-        written.rows[split] += line["rows"]
-        written.positives[split] += line["positives"]
-        written.dropped += line["dropped"]
-        for name in STAT_COLUMNS:
-            written.defaulted[name] += line[f"defaulted_{name}"]
-    return written
-
-
-def _runs(dates: pa.ChunkedArray) -> Iterator[tuple[int, int, str]]:
+def runs(dates: pa.ChunkedArray) -> Iterator[tuple[int, int, str]]:
     """(start, end, day) of each run of equal days in a sorted column."""
     values = dates.to_pylist()
     start = 0

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mlref.data import ingest as ingest_module
 from mlref.data.ingest import ingest
 from mlref.data.parts import IngestError, IngestResult
 from mlref.schema import RAW_COLUMNS, RAW_SCHEMA, examples
@@ -227,8 +229,14 @@ def test_any_fsspec_uri_and_glob(settings: Settings) -> None:
     assert sorted(pd.read_parquet(settings.curated_dir)["request_id"]) == ["r0", "r1", "r2"]
 
 
-def test_big_files_are_read_in_batches(tmp_path: Path, settings: Settings) -> None:
-    """Duplicates across batch boundaries and row numbers stay right when a file is split."""
+@pytest.mark.parametrize("hashes", ["real", "all equal"])
+def test_big_files_are_read_in_batches(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, hashes: str
+) -> None:
+    """Duplicates across batch boundaries and row numbers stay right when a file is split;
+    the ids of earlier batches are kept as hashes, and an equal hash is not an equal id."""
+    if hashes == "all equal":
+        monkeypatch.setattr(ingest_module, "_hash", lambda ids: np.zeros(len(ids), np.uint64))
     settings.ingest.batch_rows = 1_000
     df = typed(*(row(f"r{i}") for i in range(2_500)))
     df.loc[1_500, "request_id"] = "r10"  # a duplicate of a row in the first batch

@@ -38,7 +38,7 @@ def features(settings: Settings) -> Settings:
     return settings
 
 
-def read_set(uri: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
+def read_set(uri: Path | str) -> tuple[dict, dict[str, pd.DataFrame]]:
     sets = shards.ShardSet(str(uri))
     return sets.manifest, {split: sets.frame(split) for split in shards.SPLITS}
 
@@ -130,3 +130,25 @@ def test_a_worker_killed_while_writing_loses_and_duplicates_nothing(
     assert sum(report.rows.values()) == sum(len(f) for f in frames.values())
     published = sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet"))
     assert published == sorted(s["path"] for split in manifest["shards"].values() for s in split)
+
+
+def test_spark_publishes_the_local_engines_set_to_an_object_store(
+    features: Settings, spark, s3_env, tmp_path
+):
+    """Executors write the shards to s3:// through fsspec (the Spark fixture gives them the
+    store's env, as the Secret does in a cluster); each partition is published by copies."""
+    local = dataset.write_training_sets(features, str(tmp_path / "local"))
+    uri = f"{s3_env.create_bucket('spark-training-sets')}/sets"
+
+    built = dataset.write_training_sets(on_spark(features), uri)
+
+    assert built == local
+    manifest, frames = read_set(uri)
+    expected_manifest, expected = read_set(tmp_path / "local")
+    assert manifest == expected_manifest
+    for split in shards.SPLITS:
+        pd.testing.assert_frame_equal(frames[split], expected[split])
+    listing = s3_env.client().list_objects_v2(Bucket="spark-training-sets")
+    keys = sorted(item["Key"] for item in listing.get("Contents", []))
+    shards_listed = [s["path"] for split in manifest["shards"].values() for s in split]
+    assert keys == sorted([f"sets/{shards.MANIFEST}", *(f"sets/{p}" for p in shards_listed)])
