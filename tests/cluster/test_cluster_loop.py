@@ -230,7 +230,8 @@ def test_the_loop_crosses_every_pod_boundary_through_shared_services(
     assert submitted.run_id == decision["run_id"]
     # The retraining's pods take the cluster's settings and read a source they can reach.
     assert submitted.parameters["source"] == decision["source"] == f"s3://{BUCKET}/data/raw"
-    assert not submitted.parameters.get("overrides")
+    # Only the retraining's mode, the drift job's own setting (a full retrain by default).
+    assert json.loads(submitted.parameters["overrides"]) == {"train": {"init": "scratch"}}
 
     # 5. The submitted retraining runs on the same cluster, whose task cache holds the first
     # run's executions: the steps that read the raw logs, the curated log and Feast run again
