@@ -1,6 +1,8 @@
 # The two commands: `make demo` runs the whole loop locally, `make test` runs the tests.
 # Both create .venv and install the pinned dependencies first when needed.
 PYTHON ?= python3
+# Independent targets (the main venv and the tools' venvs) build side by side.
+MAKEFLAGS += --jobs=3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
