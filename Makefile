@@ -1,6 +1,8 @@
 # The two commands: `make demo` runs the whole loop locally, `make test` runs the tests.
 # Both create .venv and install the pinned dependencies first when needed.
 PYTHON ?= python3
+# Independent targets (the main venv and the tools' venvs) build side by side.
+MAKEFLAGS += --jobs=3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -40,17 +42,22 @@ lint: install
 # Tests that read the wall clock (windows ending "this hour") run with it set to 00:05 and to
 # 23:55 UTC (tests/at-utc.sh, libfaketime) instead of the current time: one run more of these
 # only, not of the suite. The others pass every clock they use (ingestion, for one, is given
-# its `now`). The two clock runs go side by side, each with its own servers, ports and temp
-# dirs; their output is printed when both are done.
+# its `now`). The two clock runs start first, in the background, each with its own servers,
+# ports and temp dirs; the main run (the rest of the suite) goes on beside them on
+# TEST_WORKERS pytest-xdist workers (`--dist loadgroup`: tests marked with one `xdist_group`
+# run on one worker; the random order's seed is shared by all). The clock runs' output is
+# printed when everything is done; any failure fails the target.
 CLOCK_TESTS := tests/cluster/test_cluster_loop.py
 CLOCKS := 00:05 23:55
+TEST_WORKERS ?= 2
 
 test: lint tools
-	$(BIN)/pytest $(addprefix --ignore=,$(CLOCK_TESTS))
 	@pids=""; for clock in $(CLOCKS); do \
 	  tests/at-utc.sh $$clock $(BIN)/pytest -p no:cacheprovider $(CLOCK_TESTS) \
 	    >$(VENV)/clock-$$clock.log 2>&1 & pids="$$pids $$!"; \
-	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	done; trap 'kill $$pids 2>/dev/null' INT TERM; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(addprefix --ignore=,$(CLOCK_TESTS)); \
+	status=$$?; for pid in $$pids; do wait $$pid || status=1; done; \
 	for clock in $(CLOCKS); do echo "== clock $$clock UTC"; cat $(VENV)/clock-$$clock.log; done; \
 	exit $$status
 

@@ -89,6 +89,7 @@ class Entry:
     rows: int
     table: pa.Table | None = None
     path: Path | None = None
+    lost: str | None = None  # why a stop could not spool it while the sink had it in hand
 
 
 class Spool:
@@ -187,12 +188,16 @@ class InferenceLog:
         self.rows_written = 0
         self.dropped_rows = 0
         self.dead_letter_rows = 0
-        self._lock = threading.Lock()  # the request buffer
-        self._count_lock = threading.Lock()  # the drop counters
+        self._lock = threading.Lock()  # the request buffer and _stopping
+        self._count_lock = threading.Lock()  # the drop and dead-letter counters
         self._pending: list[Mapping] = []
         self._rows = 0
-        self._queue_lock = threading.Lock()  # the queue and the counters
+        self._queue_lock = threading.Lock()  # the queue, the counters and the retry state
+        # A stop's spill holds this for all its work, and the deliverer takes it (before the
+        # queue lock) to settle a write: a write that ends during a spill is settled after it.
+        self._spill_lock = threading.Lock()
         self._queue: deque[Entry] = deque(spool.existing() if spool else ())
+        self._in_flight: Entry | None = None  # what the sink has in hand
         self._in_memory = 0
         self._failures = 0
         self._retry_at = 0.0
@@ -218,6 +223,9 @@ class InferenceLog:
         """
         n = len(columns["probability"])
         with self._lock:
+            if self._stopping:  # the writer has taken, or is taking, its last batch
+                self._drop(n, "closed")
+                return
             if self._rows >= self.memory_rows:
                 self._drop(n, "buffer_full")
                 return
@@ -229,8 +237,12 @@ class InferenceLog:
 
     def close(self) -> None:
         """Convert everything buffered, deliver what the sink takes within ``stop_seconds``,
-        spool the rest, and stop both threads."""
-        self._stopping = True
+        spool the rest, and stop both threads. Rows appended from now on are dropped, counted.
+
+        A write the sink has not finished by then is spooled too; should the sink take it
+        later, the deliverer removes it from the spool, so every row ends up in one place."""
+        with self._lock:
+            self._stopping = True
         self._wake.set()
         self._threads["writer"].join()
         self._deliver_wake.set()
@@ -274,12 +286,16 @@ class InferenceLog:
         """The deliverer: the queue -> the sink, retried with backoff."""
         while True:
             wait = self.flush_seconds
-            if self._retry_at:
-                wait = max(0.0, self._retry_at - time.monotonic())
+            with self._queue_lock:
+                retry_at = self._retry_at
+            if retry_at:
+                wait = max(0.0, retry_at - time.monotonic())
             self._deliver_wake.wait(wait)
             self._deliver_wake.clear()
             final = self._stopping and not self._threads["writer"].is_alive()
-            if not final or time.monotonic() >= self._retry_at:  # stopping: no more waits
+            with self._queue_lock:
+                retry_at = self._retry_at
+            if not final or time.monotonic() >= retry_at:  # stopping: no more waits
                 self._survive(self._deliver)
             if final:
                 return
@@ -322,7 +338,8 @@ class InferenceLog:
 
     def _dead_letter(self, record: Mapping, exc: Exception) -> None:
         rows = len(record["probability"])
-        self.dead_letter_rows += rows
+        with self._count_lock:  # the writer and the deliverer both dead-letter
+            self.dead_letter_rows += rows
         metrics.LOG_DEAD_LETTER.inc(rows)
         payload = {
             "error": "".join(traceback.format_exception_only(exc)).strip(),
@@ -363,7 +380,7 @@ class InferenceLog:
             with self._queue_lock:
                 if not self._queue:
                     return
-                entry = self._queue[0]
+                entry = self._in_flight = self._queue[0]
             try:
                 table = entry.table if entry.table is not None else pq.read_table(entry.path)
             except Exception as exc:  # a spool file damaged outside this process
@@ -374,21 +391,28 @@ class InferenceLog:
             except Exception as exc:
                 self._failed(entry, exc)
                 return
-            with self._queue_lock:
-                if self._queue and self._queue[0] is entry:  # not taken by a stop's spill
+            with self._spill_lock, self._queue_lock:
+                self._in_flight = None
+                if self._queue and self._queue[0] is entry:
                     self._queue.popleft()
                     if entry.path is None:
                         self._in_memory -= entry.rows
                     else:
                         self.spool.remove(entry)
+                elif entry.path is not None:  # a stop's spill took the queue; it is stored
+                    self.spool.remove(entry)
                 self.rows_written += entry.rows
                 self._failures, self._retry_at = 0, 0.0
             time.sleep(0)
 
     def _failed(self, entry: Entry, exc: Exception) -> None:
-        self._failures += 1
-        delay = min(self.retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** (self._failures - 1))
-        self._retry_at = time.monotonic() + delay
+        with self._spill_lock, self._queue_lock:
+            self._in_flight = None
+            self._failures += 1
+            delay = min(self.retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+        if entry.lost:  # a stop could not spool it, counting on this write
+            self._drop(entry.rows, entry.lost)
         metrics.LOG_WRITE_FAILURES.inc()
         log.warning(
             "inference log: the sink did not take %d rows (%s); %d rows wait (%d on disk), "
@@ -402,9 +426,13 @@ class InferenceLog:
 
     def _dead_letter_file(self, entry: Entry, exc: Exception) -> None:
         with self._queue_lock:
+            self._in_flight = None
+            if not self._queue or self._queue[0] is not entry:
+                return  # a stop's spill took the queue: the file stays for the next start
             self._queue.popleft()
         self.spool.count(-entry.rows)
-        self.dead_letter_rows += entry.rows
+        with self._count_lock:
+            self.dead_letter_rows += entry.rows
         metrics.LOG_DEAD_LETTER.inc(entry.rows)
         target = entry.path.with_name("dead-letter") / entry.path.name
         target.parent.mkdir(exist_ok=True)
@@ -413,20 +441,16 @@ class InferenceLog:
 
     def _spill_memory(self) -> None:
         """At a stop: what the sink did not take goes to the disk spool, all of it (the spool
-        may then hold ``memory_rows`` more than its bound); without a spool it is dropped."""
-        with self._queue_lock:
-            waiting = [entry for entry in self._queue if entry.path is None]
-            self._queue.clear()
-            self._in_memory = 0
-        for entry in waiting:
-            if not self.spool:
-                self._drop(entry.rows, "no_spool")
-                continue
-            try:
-                self.spool.put(entry.table, entry.key)
-            except OSError:
-                log.exception("inference log: could not spool %d rows", entry.rows)
-                self._drop(entry.rows, "spool_failed")
+        may then hold ``memory_rows`` more than its bound); without a spool it is dropped.
+        What the sink still has in hand is dropped only once its write fails."""
+        with self._spill_lock:
+            with self._queue_lock:
+                waiting = [entry for entry in self._queue if entry.path is None]
+                self._queue.clear()
+                self._in_memory = 0
+                in_flight = self._in_flight
+            for entry in waiting:
+                self._spill(entry, in_flight)
         if self.spool and self.spool.rows:
             log.warning(
                 "inference log: %d rows spooled in %s for the next start",
@@ -434,6 +458,22 @@ class InferenceLog:
                 self.spool.directory,
             )
         self._gauges()
+
+    def _spill(self, entry: Entry, in_flight: Entry | None) -> None:
+        """Spool ``entry`` at a stop (under the spill lock); else drop it, or leave that to
+        the deliverer when it is the write in flight."""
+        reason = "no_spool"
+        if self.spool:
+            try:
+                entry.path = self.spool.put(entry.table, entry.key)
+                return
+            except OSError:
+                log.exception("inference log: could not spool %d rows", entry.rows)
+                reason = "spool_failed"
+        if entry is in_flight:
+            entry.lost = reason
+        else:
+            self._drop(entry.rows, reason)
 
     def _drop(self, rows: int, reason: str) -> None:
         with self._count_lock:  # the event loop (append) and the writer both drop

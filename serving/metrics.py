@@ -115,7 +115,8 @@ DEFAULTED = Counter(
 # The inference log's health: what it holds back while its sink is down, and what it lost.
 LOG_DROPPED = Counter(
     "mlref_inference_log_dropped_rows",
-    "Scored rows the inference log dropped: its memory buffer or its disk spool was full.",
+    "Scored rows the inference log dropped: its memory buffer or its disk spool was full, "
+    "or it was closed.",
     ["reason"],
 )
 for _reason in ("buffer_full", "spool_full", "spool_failed", "no_spool"):

@@ -324,3 +324,13 @@ def applied(settings: Settings) -> Settings:
     compute_tables(settings)
     store.apply(settings)
     return settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``), the tests on the run's one Spark session share a
+    worker, so that the run starts one Spark JVM, not one per worker."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("spark"))

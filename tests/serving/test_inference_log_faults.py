@@ -6,7 +6,9 @@ longer than its spill bound and stopped by SIGTERM, and a record a bug made unco
 from __future__ import annotations
 
 import io
+import random
 import re
+import threading
 import time
 
 import httpx
@@ -18,7 +20,7 @@ import pytest
 
 from mlref.serving import inference_log
 from mlref.serving.inference_log import InferenceLog, Spool, StorageSink, open_log
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.serving.conftest import served, serving_settings
 from tests.serving.test_inference_log import log_record
 from tests.serving.test_servers import business_rows
@@ -246,4 +248,99 @@ def test_a_table_written_twice_under_one_key_is_stored_once(tmp_path):
     assert pq.read_table(tmp_path / "log").num_rows == 3
     assert np.array_equal(
         sorted(pq.read_table(tmp_path / "log")["request_id"].to_pylist()), ["r0", "r1", "r2"]
+    )
+
+
+class FlakySink:
+    """The real local-directory sink behind a seeded fault: each write fails at random before
+    a byte is written, and takes a random few milliseconds, so that a stop often finds one in
+    the sink's hands."""
+
+    def __init__(self, root: str, seed: int, failure_rate: float):
+        self.sink = StorageSink(root)
+        self.random = random.Random(seed)  # only the deliverer thread writes
+        self.failure_rate = failure_rate
+
+    def write(self, table: pa.Table, key: str) -> None:
+        time.sleep(self.random.uniform(0, 0.01))
+        if self.random.random() < self.failure_rate:
+            raise ConnectionError("the sink is down (injected)")
+        self.sink.write(table, key)
+
+
+def request_ids(paths, read) -> list[str]:
+    return [rid for path in paths for rid in read(path)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_appends_from_many_threads_a_flaky_sink_and_a_close_meanwhile_lose_no_row(
+    seed, tmp_path, monkeypatch
+):
+    """Every scored row ends up in exactly one place: stored, spooled, dead-lettered, or
+    counted as dropped (bounds full, or appended after the close)."""
+    monkeypatch.setattr(inference_log, "FIRST_RETRY_SECONDS", 0.005)
+    rng = random.Random(seed)
+    spool = Spool(tmp_path / "spool", max_rows=400)
+    writer = InferenceLog(
+        FlakySink(str(tmp_path / "log"), seed, failure_rate=0.4),
+        flush_rows=30,
+        flush_seconds=0.01,
+        spool=spool,
+        memory_rows=150,
+        retry_max_seconds=0.02,
+        stop_seconds=0.001,  # a write in the sink's hands outlives the stop's wait
+    )
+    threads, records = 8, 60
+    plans = [  # per thread, per record: (rows, fits the schema)
+        [(rng.randint(1, 12), rng.random() > 0.03) for _ in range(records)]
+        for _ in range(threads)
+    ]
+    scored = {"rows": 0, "records": 0}
+    count = threading.Lock()
+    closed = threading.Event()
+
+    def append(thread: int) -> None:
+        for i, (rows, fits) in enumerate(plans[thread]):
+            record = log_record(thread * 100_000 + i * 100, rows)
+            if not fits:
+                record["user_id"] = ["not an id"] * rows
+            writer.append(record)
+            with count:
+                scored["rows"] += rows
+                scored["records"] += 1
+            if not closed.is_set():
+                time.sleep(0.001)
+
+    workers = [threading.Thread(target=append, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    wait_until(lambda: scored["records"] >= threads * records // 2, 60, "half the appends")
+    writer.close()  # in the middle: appends, conversions and writes still going on
+    closed.set()
+    for worker in workers:
+        worker.join(60)
+    writer._threads["deliverer"].join(60)  # a write the stop left in flight settles
+    assert not writer._threads["deliverer"].is_alive()
+
+    stored = request_ids(
+        sorted((tmp_path / "log").glob("date=*/part-*.parquet")),
+        lambda path: pq.read_table(path)["request_id"].to_pylist(),
+    )
+    spooled = request_ids(
+        sorted((tmp_path / "spool").glob("*.parquet")),
+        lambda path: pq.read_table(path)["request_id"].to_pylist(),
+    )
+    dead = request_ids(
+        sorted((tmp_path / "spool" / "dead-letter").glob("*.json")),
+        lambda path: orjson.loads(path.read_bytes())["columns"]["request_id"],
+    )
+    kept = stored + spooled + dead
+    assert len(kept) == len(set(kept))  # no row in two places, or twice in one
+    assert len(stored) + len(spooled) + len(dead) + writer.dropped_rows == scored["rows"]
+    assert writer.rows_written == len(stored)
+    assert spool.rows == len(spooled)
+    assert writer.dead_letter_rows == len(dead)
+    print(
+        f"\nseed {seed}: scored {scored['rows']} = stored {len(stored)} + spooled "
+        f"{len(spooled)} + dead-lettered {len(dead)} + dropped {writer.dropped_rows}"
     )
