@@ -119,7 +119,7 @@ LOG_DROPPED = Counter(
     "or it was closed.",
     ["reason"],
 )
-for _reason in ("buffer_full", "spool_full", "spool_failed", "no_spool"):
+for _reason in ("buffer_full", "spool_full", "spool_failed", "no_spool", "closed"):
     LOG_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 LOG_SPILLED = Gauge(
     "mlref_inference_log_spilled_rows",
