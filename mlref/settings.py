@@ -461,6 +461,11 @@ class ShadowSettings(Section):
     inference_service: str = Field(
         "ctr-shadow", description="Cluster mode: the InferenceService serving the shadow model."
     )
+    model_name: str = Field(
+        "",
+        description="The model name the shadow predictor serves (KServe names it after its "
+        "InferenceService, in a cluster <serving.name>-shadow); empty: the live model's name.",
+    )
     state_file: str = Field(
         "",
         description="Whether a shadow runs, and which model (written by `mlref shadow start`; in "

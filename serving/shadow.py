@@ -81,7 +81,7 @@ class ShadowMirror:
         shadow = settings.shadow
         self.state = Watched(settings.shadow_state_path, read=read_shadow)
         self.client = PredictorClient(
-            settings.shadow_url, name, shadow.timeout_seconds, resend=False
+            settings.shadow_url, shadow.model_name or name, shadow.timeout_seconds, resend=False
         )
         self.log = inference_log
         self.inputs_for = inputs_for

@@ -493,6 +493,7 @@ def _collect_images(node: Any, images: set[str]) -> None:
 
 SHADOW_URL_KEY = "MLREF_SHADOW__PREDICTOR_URL"
 SHADOW_STATE_KEY = "MLREF_SHADOW__STATE_FILE"
+SHADOW_MODEL_KEY = "MLREF_SHADOW__MODEL_NAME"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 
 
@@ -543,6 +544,14 @@ def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list
             )
         )
         return problems
+    if data.get(SHADOW_MODEL_KEY) != target:
+        problems.setdefault(key, []).append(
+            (
+                f"data.{SHADOW_MODEL_KEY}",
+                f"is {data.get(SHADOW_MODEL_KEY)!r}: KServe names the model {target} serves "
+                f"{target!r}, so the transformer's mirrored calls would find no model",
+            )
+        )
     namespace = namespace.split(".", 1)[0] or shadows[target]["metadata"].get("namespace", "")
     state_dir = data.get(SHADOW_STATE_KEY, "").rsplit("/", 1)[0]
     for live in (o for o in services if (o.get("spec") or {}).get("transformer")):

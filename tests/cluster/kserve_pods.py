@@ -147,12 +147,14 @@ def predictor_route(
 
 @dataclass
 class Serving:
-    """The running predictor and transformer pods."""
+    """The running predictor and transformer pods (and the shadow's predictor, if any)."""
 
     transformer_url: str  # http://127.0.0.1:PORT, the transformer's container port
     predictor_url: str
     models: Path  # the predictor pod's /mnt/models, as the storage initializer filled it
     logs: dict[str, Path] = field(default_factory=dict)
+    shadow_url: str = ""
+    shadow_models: Path | None = None
 
 
 def _ready(url: str, process: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
@@ -197,12 +199,12 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serving_pods(
+def predictor_pod(
     cluster: Cluster, isvc: dict[str, Any], runtimes: list[dict[str, Any]], base: Path
-) -> Iterator[Serving]:
-    """Predictor (its storage initializer first), then transformer, running until the block
-    ends; then both stopped as the kubelet stops them (the transformer flushes its log).
-    What a NetworkPolicy refused them is in ``cluster.refused``."""
+) -> Iterator[tuple[str, Path, Path]]:
+    """The InferenceService's predictor (its storage initializer first), reachable by its
+    in-cluster names from pods made from now on; yields (url, /mnt/models, log) and stops it
+    as the kubelet does."""
     base.mkdir(parents=True, exist_ok=True)
     pod, started = component_pod(isvc, "predictor", runtimes)
     container = pod["spec"]["containers"][0]
@@ -212,26 +214,60 @@ def serving_pods(
     if fetched.returncode != 0:
         cluster.record_refusals(predictor.network)
         raise PodFailed(f"storage initializer failed:\n{fetched.stdout[-3000:]}")
-    processes: list[tuple[subprocess.Popen, PodCommand]] = []
+    process, url, log = _start(predictor, container, pod["metadata"]["name"], base)
     try:
-        process, predictor_url, predictor_log = _start(predictor, container, "predictor", base)
-        processes.append((process, predictor))
-        _ready(predictor_url + _probe(container), process, predictor_log, "predictor pod", 180)
-        host = predictor_url.removeprefix("http://")
-        cluster.routes.update(predictor_route(isvc, runtimes, started.mode, host))
-        pod, _ = component_pod(isvc, "transformer", runtimes)
-        container = pod["spec"]["containers"][0]
-        transformer = pod_command(pod, cluster, base)
-        process, url, log = _start(transformer, container, "transformer", base)
-        processes.append((process, transformer))
+        _ready(url + _probe(container), process, log, f"{pod['metadata']['name']} pod", 180)
+        routes = predictor_route(isvc, runtimes, started.mode, url.removeprefix("http://"))
+        cluster.routes.update(routes)
+        yield url, models, log
+    finally:
+        _stop(process)
+        cluster.record_refusals(predictor.network)
+
+
+@contextlib.contextmanager
+def transformer_pod(
+    cluster: Cluster, isvc: dict[str, Any], runtimes: list[dict[str, Any]], base: Path
+) -> Iterator[tuple[str, Path]]:
+    """The InferenceService's transformer; yields (url, log), then stops it as the kubelet
+    does (it flushes its log). What a NetworkPolicy refused it is in ``cluster.refused``."""
+    base.mkdir(parents=True, exist_ok=True)
+    pod, _ = component_pod(isvc, "transformer", runtimes)
+    container = pod["spec"]["containers"][0]
+    transformer = pod_command(pod, cluster, base)
+    process, url, log = _start(transformer, container, "transformer", base)
+    try:
         try:
             _ready(url + _probe(container), process, log, "transformer pod", 180)
         except PodFailed as exc:
             refused = transformer.network.close()
             gaps = "".join(f"\nNetworkPolicy refused {r}" for r in refused)
             raise PodFailed(f"{exc}{gaps}") from None
-        yield Serving(url, predictor_url, models, {"predictor": predictor_log, "transformer": log})
+        yield url, log
     finally:
-        for process, command in reversed(processes):  # the transformer drains first
-            _stop(process)
-            cluster.record_refusals(command.network)
+        _stop(process)
+        cluster.record_refusals(transformer.network)
+
+
+@contextlib.contextmanager
+def serving_pods(
+    cluster: Cluster,
+    isvc: dict[str, Any],
+    runtimes: list[dict[str, Any]],
+    base: Path,
+    shadow: dict[str, Any] | None = None,
+) -> Iterator[Serving]:
+    """Predictor, the ``shadow`` InferenceService's predictor if given, then transformer,
+    running until the block ends; then stopped in reverse (the transformer drains first).
+    What a NetworkPolicy refused them is in ``cluster.refused``."""
+    with contextlib.ExitStack() as pods:
+        url, models, log = pods.enter_context(predictor_pod(cluster, isvc, runtimes, base))
+        serving = Serving("", url, models, {"predictor": log})
+        if shadow is not None:
+            serving.shadow_url, serving.shadow_models, serving.logs["shadow"] = pods.enter_context(
+                predictor_pod(cluster, shadow, runtimes, base)
+            )
+        serving.transformer_url, serving.logs["transformer"] = pods.enter_context(
+            transformer_pod(cluster, isvc, runtimes, base)
+        )
+        yield serving

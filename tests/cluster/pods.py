@@ -622,6 +622,24 @@ def pod_labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict(spec["template"].get("metadata", {}).get("labels") or {})
 
 
+def config_map_volume(
+    volume: Mapping[str, Any], cluster: Cluster, namespace: str, target: Path
+) -> Path:
+    """A configMap volume as the kubelet fills it at the pod's start: a file per key (``items``
+    choose and rename keys); an ``optional`` one that is missing, an empty directory."""
+    source = volume["configMap"]
+    data = cluster.lookup("ConfigMap", source["name"], namespace)
+    if data is None and not source.get("optional"):
+        where = f"{namespace}/{source['name']}"
+        raise PodFailed(f"volume {volume['name']}: ConfigMap {where} not found")
+    target.mkdir(parents=True, exist_ok=True)
+    items = source.get("items") or [{"key": key, "path": key} for key in (data or {})]
+    for item in items:
+        if data is not None and item["key"] in data:
+            (target / item["path"]).write_text(data[item["key"]])
+    return target
+
+
 def pod_command(
     obj: Mapping[str, Any],
     cluster: Cluster,
@@ -652,8 +670,14 @@ def pod_command(
             if claims is None or claim not in claims:
                 raise PodFailed(f"volume {volume['name']}: pass claims={{{claim!r}: dir}}")
             volumes[mount_["mountPath"]] = claims[claim]
+        elif "configMap" in volume:
+            volumes[mount_["mountPath"]] = config_map_volume(
+                volume, cluster, namespace, pod_dir / "volumes" / volume["name"]
+            )
         else:
-            raise PodFailed(f"volume {volume['name']}: only emptyDir and claims are emulated")
+            raise PodFailed(
+                f"volume {volume['name']}: only emptyDir, configMap and claims are emulated"
+            )
     for source in volumes.values():
         source.mkdir(parents=True, exist_ok=True)
     declared = declared_env(spec, cluster, namespace, pod_name)

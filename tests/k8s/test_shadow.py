@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from mlref.k8s.checks import SHADOW_URL_KEY, shadow_problems
+from mlref.k8s.checks import SHADOW_MODEL_KEY, SHADOW_URL_KEY, shadow_problems
 from mlref.k8s.render import Rendered
 from tests.k8s.conftest import find, form
 
@@ -21,6 +21,7 @@ def test_shadow_form_is_wired(forms: list[Rendered], source: str):
     assert {"name": "MLREF_SERVING__VARIANT", "value": "shadow"} in env
     settings = find(objects, "ConfigMap", "mlref-settings")["data"]
     assert settings[SHADOW_URL_KEY] == "http://ctr-shadow-predictor.mlref.svc.cluster.local"
+    assert settings[SHADOW_MODEL_KEY] == "ctr-shadow"  # KServe's model name: the isvc's
     live = find(objects, "InferenceService", "ctr")
     volumes = {v["name"]: v for v in live["spec"]["transformer"]["volumes"]}
     assert volumes["shadow"]["configMap"] == {"name": "ctr-shadow", "optional": True}
@@ -51,6 +52,9 @@ def test_each_broken_link_is_named(forms: list[Rendered]):
         container = find(objs, "InferenceService", "ctr")["spec"]["transformer"]["containers"][0]
         container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "shadow"]
 
+    def live_model_name(objs):
+        find(objs, "ConfigMap", "mlref-settings")["data"][SHADOW_MODEL_KEY] = "ctr"
+
     def no_setting(objs):
         del find(objs, "ConfigMap", "mlref-settings")["data"][SHADOW_URL_KEY]
 
@@ -58,6 +62,8 @@ def test_each_broken_link_is_named(forms: list[Rendered]):
     assert "not the predictor Service" in str(broken(wrong_url)[("ConfigMap", "mlref-settings")])
     assert "mounts nothing" in str(broken(no_mount)[("InferenceService", "ctr")])
     assert SHADOW_URL_KEY in str(broken(no_setting)[("InferenceService", "ctr-shadow")])
+    found = str(broken(live_model_name)[("ConfigMap", "mlref-settings")])
+    assert SHADOW_MODEL_KEY in found and "would find no model" in found
 
 
 class RecordedConfigMaps:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlref import storage
 from mlref.features.store import compute_and_materialize
 from mlref.serving.predictor import file_version
 from mlref.serving.server import settings_env
@@ -56,6 +57,10 @@ def build_features(settings: Settings, user_ids, ad_ids, seed: int = 0) -> None:
         for i in range(n)
     ]
     write_curated(settings.curated_dir, events(rows))
+    if "://" in settings.curated_uri:  # a cluster's store: where its ingestion writes
+        fs, root = storage.filesystem(settings.curated_uri)
+        for part in settings.curated_dir.rglob("*.parquet"):
+            fs.put_file(str(part), f"{root}/{part.relative_to(settings.curated_dir)}")
     compute_and_materialize(settings)
 
 

@@ -1,0 +1,162 @@
+"""The shadow's cluster form, run as KServe makes its pods.
+
+The chart with ``shadow.enabled`` (the kind values) gives a second InferenceService,
+``ctr-shadow``, whose predictor KServe's storage initializer fills from the object store with
+the serving identity, as it does the live one's (:mod:`tests.cluster.kserve_pods`). The
+transformer mirrors to it by the settings' URL, ``ctr-shadow-predictor.mlref.svc.cluster.local``,
+through the hops the rendered NetworkPolicies must allow, while the state ConfigMap
+``ctr-shadow`` (as ``mlref shadow start`` applies it) says a shadow runs: the kubelet puts its
+``shadow.yaml`` in the transformer's mounted volume. Three transformer pods in turn, the same
+single-row requests to each: before ``mlref shadow start`` (no ConfigMap: the optional volume is
+empty, nothing is mirrored), with the shadow running, and with the chart's ``shadow`` policy
+broken in the rendered objects (the mirror's connections refused). Every answer is the first
+pod's; the shadow's rows are on the object store as ``variant=shadow`` with the live request
+ids, and the transformer's /metrics counts each mirrored row, scored or dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlref.k8s.render import chart_value_sets, render_chart, repo_root
+from mlref.monitoring.inference import read_inference_log
+from mlref.serving.predictor import resolve
+from mlref.serving.requests import VARIANT_HEADER
+from mlref.settings import Settings
+from mlref.shadow import control, kube
+from mlref.shadow.state import Shadow
+from mlref.training.publish import publish, publish_champion, served_uri
+from tests.cluster.kserve_pods import predictor_pod, transformer_pod
+from tests.cluster.network import service_map
+from tests.cluster.pods import installed
+from tests.conftest import S3Server
+from tests.servers import wait_until
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, build_features
+from tests.serving.model import build_model
+from tests.serving.test_servers import business_rows
+from tests.shadow.test_serving import shadow_counts
+
+pytestmark = pytest.mark.slow
+BUCKET = "mlref"  # values.yaml objectStore.bucket
+ROWS = 12
+
+
+def shadow_chart(shadow_model: str) -> list[dict]:
+    """``helm install -f values-kind.yaml --set shadow.enabled=true,shadow.modelUri=...``."""
+    values = copy.deepcopy(chart_value_sets(repo_root())["kind"])
+    values["shadow"] = {**values.get("shadow", {}), "enabled": True, "modelUri": shadow_model}
+    return render_chart(repo_root(), values, "kind").objects
+
+
+def without_shadow_peers(objects: list[dict]) -> list[dict]:
+    """The objects with NetworkPolicy ``shadow`` admitting no one: no ingress rule (a rule
+    with no ``from`` would admit every source)."""
+    broken = copy.deepcopy(objects)
+    for obj in broken:
+        if obj["kind"] == "NetworkPolicy" and obj["metadata"]["name"] == "shadow":
+            obj["spec"]["ingress"] = []
+    return broken
+
+
+def test_the_transformer_pod_mirrors_to_the_shadow_pod_only_as_the_policies_allow(
+    s3_env: S3Server, redis_server: str, tmp_path: Path
+) -> None:
+    s3 = s3_env
+    s3.create_bucket(BUCKET)
+    # The laptop: cluster settings as the ConfigMap gives them; it publishes both models and
+    # computes the online features, as the pipeline's pods would.
+    laptop = Settings(
+        mode="cluster",
+        work_dir=tmp_path / "laptop",
+        storage={"root": f"s3://{BUCKET}"},
+        features={"redis_connection": redis_server},
+    )
+    build_features(laptop, KNOWN_USERS, KNOWN_ADS)
+    publish(laptop, "1", build_model(tmp_path / "v1" / "model.onnx", laptop, seed=0), "live")
+    publish_champion(laptop, "1")
+    shadow_uri = publish(
+        laptop, "2", build_model(tmp_path / "v2" / "model.onnx", laptop, seed=1), "shadow"
+    )
+    assert shadow_uri == served_uri(laptop, "2")
+    objects = shadow_chart(shadow_uri)
+    services = service_map(objects, {"seaweedfs": s3.endpoint, "redis": redis_server})
+    cluster = installed(objects, services, store=s3)
+    isvcs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "InferenceService"}
+    runtimes = [o for o in objects if o["kind"] == "ServingRuntime"]
+    assert isvcs["ctr-shadow"]["spec"]["predictor"]["model"]["storageUri"] == shadow_uri
+    rows = business_rows(ROWS, seed=5)
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    client = httpx.Client(timeout=60)
+
+    def answers(transformer: str, tag: str) -> list[float]:
+        """Each row alone, its request id tagged with the phase."""
+        url = f"{transformer}/v1/models/ctr:predict"
+        found = []
+        for i, row in enumerate(rows):
+            answer = client.post(url, json={"instances": [{**row, "request_id": f"{tag}-{i}"}]})
+            assert answer.status_code == 200, answer.text[-2000:]
+            assert answer.headers[VARIANT_HEADER] == "stable"
+            found.append(answer.json()["predictions"][0]["probability"])
+        return found
+
+    def counted(transformer: str) -> dict[str, float]:
+        """The phase's mirrored rows by outcome, once all ROWS are counted."""
+        wait_until(
+            lambda: sum(shadow_counts(f"{transformer}/metrics").values()) >= ROWS,
+            60.0,
+            f"{ROWS} shadow rows counted",
+        )
+        return shadow_counts(f"{transformer}/metrics")
+
+    base = tmp_path / "serving"
+    with contextlib.ExitStack() as pods:
+        _, live_models, _ = pods.enter_context(predictor_pod(cluster, isvcs["ctr"], runtimes, base))
+        _, shadow_models, _ = pods.enter_context(
+            predictor_pod(cluster, isvcs["ctr-shadow"], runtimes, base)
+        )
+        # Each storage initializer fetched its own InferenceService's model.
+        assert resolve(laptop, str(live_models)).version == "1"
+        assert resolve(laptop, str(shadow_models)).version == "2"
+
+        # 1. Before `mlref shadow start`: no ConfigMap ctr-shadow, the optional volume empty.
+        with transformer_pod(cluster, isvcs["ctr"], runtimes, base / "none") as (url, _):
+            baseline = answers(url, "none")
+            assert shadow_counts(f"{url}/metrics") == {}
+
+        # 2. `mlref shadow start` applied ConfigMap ctr-shadow; the transformer mounts it.
+        started = Shadow(shadow_uri, served_uri(laptop, "champion"), control.now_iso())
+        cluster.objects.append(kube.config_map(laptop, started))
+        with transformer_pod(cluster, isvcs["ctr"], runtimes, base / "shadow") as (url, _):
+            assert answers(url, "shadow") == baseline
+            assert counted(url) == {"scored": ROWS}
+
+        # 3. The shadow policy admitting no one (the rendered object edited): the mirror's
+        # connections are refused and dropped; the answers are the same.
+        installed_objects = cluster.objects
+        cluster.objects = without_shadow_peers(installed_objects)
+        try:
+            with transformer_pod(cluster, isvcs["ctr"], runtimes, base / "refused") as (url, _):
+                assert answers(url, "refused") == baseline
+                assert counted(url) == {"error": ROWS}
+        finally:
+            cluster.objects = installed_objects
+
+    # Refused: only the mirror's calls to the shadow, by the shadow policy.
+    assert cluster.refused, "the broken policy refused nothing"
+    assert all("ctr-shadow-predictor" in gap for gap in cluster.refused), cluster.refused
+    assert all("isolated by NetworkPolicy default-deny, shadow)" in gap for gap in cluster.refused)
+    # The transformers flushed their logs on stop: the shadow's rows, with the live ids.
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    logged = read_inference_log(laptop, since, until)
+    shadowed = read_inference_log(laptop, since, until, shadow=True)
+    shadowed = shadowed[shadowed["variant"] == "shadow"]
+    live_ids = sorted(logged.loc[logged["request_id"].str.startswith("shadow-"), "request_id"])
+    assert live_ids == sorted(f"shadow-{i}" for i in range(ROWS))
+    assert sorted(shadowed["request_id"]) == live_ids
+    assert set(shadowed["model_version"]) == {"2"}
