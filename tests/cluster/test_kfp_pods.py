@@ -232,7 +232,10 @@ def test_env_from_configmap_and_secret_reaches_the_component_and_nothing_else_do
     monkeypatch.setenv("LEAK_MARKER", "from the test process")
     s3_server.create_bucket(BUCKET)
     s3_server.client().put_object(Bucket=BUCKET, Key="probe/seen-from-the-pod", Body=b"1")
-    result = run(env_pipeline, tmp_path, s3_server, probe_cluster(s3_server))
+    pipeline = compile_to(env_pipeline, tmp_path)  # run() would empty the bucket
+    result = run_pipeline(
+        pipeline, {}, probe_cluster(s3_server), s3_server, tmp_path / "pods", ROOT
+    )
 
     report = json.loads(result.outputs["Output"])
     assert report["env"] == {
