@@ -44,12 +44,13 @@ lint: install
 # only, not of the suite. The others pass every clock they use (ingestion, for one, is given
 # its `now`). The two clock runs start first, in the background, each with its own servers,
 # ports and temp dirs; the main run (the rest of the suite) goes on beside them on
-# TEST_WORKERS pytest-xdist workers (`--dist loadgroup`: tests marked with one `xdist_group`
-# run on one worker; the random order's seed is shared by all). The clock runs' output is
+# TEST_WORKERS pytest-xdist workers (three on two cores: many tests wait on servers and polls;
+# `--dist loadgroup`: tests marked with one `xdist_group` run on one worker; the random
+# order's seed is shared by all). The clock runs' output is
 # printed when everything is done; any failure fails the target.
 CLOCK_TESTS := tests/cluster/test_cluster_loop.py
 CLOCKS := 00:05 23:55
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 test: lint tools
 	@pids=""; for clock in $(CLOCKS); do \
