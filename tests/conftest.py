@@ -329,10 +329,11 @@ def applied(settings: Settings) -> Settings:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``), the tests on the run's one Spark session share a
-    worker, so that the run starts one Spark JVM, not one per worker."""
+    """Under pytest-xdist (``make test``), the Spark tests of one module share a worker, so
+    that a worker starts its Spark JVM for a whole module; modules spread over the workers
+    (all on one worker made the run's longest chain)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("spark"))
+            item.add_marker(pytest.mark.xdist_group(f"spark-{item.path.stem}"))
