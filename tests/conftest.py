@@ -174,14 +174,16 @@ class S3Server:
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
         }
 
-    def client(self):
+    def client(self, keys: dict[str, str] | None = None):
+        """A boto3 client of this server: the root user's, or ``keys``' (a Secret's
+        ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``)."""
         import boto3
 
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"] if keys else self.access_key,
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"] if keys else self.secret_key,
             region_name=self.region,
         )
 

@@ -50,13 +50,7 @@ def find(objects: list[dict], kind: str, name: str) -> dict:
 
 def writes(keys: dict[str, str], s3: S3Server, prefix: str) -> str:
     """What the store says to a write under ``prefix`` with these keys."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-        region_name=s3.region,
-    )
+    client = s3.client(keys)
     try:
         client.put_object(Bucket=BUCKET, Key=f"{prefix}probe", Body=b"x")
     except ClientError as exc:
@@ -176,13 +170,7 @@ def test_each_identity_reads_only_the_prefixes_it_needs(
     }
     for who, (secret, namespace) in secrets.items():
         keys = cluster.lookup("Secret", secret, namespace)
-        client = boto3.client(
-            "s3",
-            endpoint_url=s3_server.endpoint,
-            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
-            region_name=s3_server.region,
-        )
+        client = s3_server.client(keys)
         client.head_bucket(Bucket=BUCKET)
         client.get_bucket_location(Bucket=BUCKET)
         listed = client.list_objects_v2(Bucket=BUCKET, Prefix="data/curated/")["Contents"]
