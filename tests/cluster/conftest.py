@@ -8,11 +8,7 @@ by the rendered Services' names (:func:`tests.cluster.network.service_map`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -27,6 +23,7 @@ from tests.cluster.pods import (
     pod_labels_of,
     pod_spec_of,
     start_in_sandbox,
+    stop_in_sandbox,
 )
 from tests.conftest import S3Server
 
@@ -149,13 +146,7 @@ def mlflow_server(
         yield url
     finally:
         # `mlflow server` runs its web server as a child; both lead the pod's process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_in_sandbox(process, timeout=30)
         log.close()
         assert cluster.record_refusals(command.network) == []
 

@@ -31,8 +31,6 @@ path once, autoscaling, the logger and batcher KServe may inject.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -46,7 +44,7 @@ from mlref.k8s.kserve import CONTAINER, KNATIVE, Launch, launch, predictor_servi
 from tests.cluster.conftest import listen_locally
 from tests.cluster.kserve_credentials import run_storage_initializer
 from tests.cluster.network import Endpoint, Route
-from tests.cluster.pods import Cluster, PodCommand, PodFailed, pod_command
+from tests.cluster.pods import Cluster, PodCommand, PodFailed, pod_command, stop_in_sandbox
 from tests.servers import free_port
 
 PROVISION_VOLUME = "kserve-provision-location"  # constants.StorageInitializerVolumeName
@@ -187,17 +185,6 @@ def _probe(container: dict[str, Any]) -> str:
     return (container.get("readinessProbe") or {}).get("httpGet", {}).get("path", "/")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the pod's processes, as the kubelet stops a container; SIGKILL after."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @contextlib.contextmanager
 def predictor_pod(
     cluster: Cluster, isvc: dict[str, Any], runtimes: list[dict[str, Any]], base: Path
@@ -221,7 +208,7 @@ def predictor_pod(
         cluster.routes.update(routes)
         yield url, models, log
     finally:
-        _stop(process)
+        stop_in_sandbox(process)
         cluster.record_refusals(predictor.network)
 
 
@@ -245,7 +232,7 @@ def transformer_pod(
             raise PodFailed(f"{exc}{gaps}") from None
         yield url, log
     finally:
-        _stop(process)
+        stop_in_sandbox(process)
         cluster.record_refusals(transformer.network)
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -724,3 +725,15 @@ def run_pod(
         refused = cluster.record_refusals(command.network)
     done.stdout += "".join(f"\nNetworkPolicy refused {gap}" for gap in refused)
     return done
+
+
+def stop_in_sandbox(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the pod's process group, as the kubelet stops a container; SIGKILL after
+    ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
