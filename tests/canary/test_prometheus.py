@@ -72,7 +72,12 @@ def test_prometheus_and_local_sources_agree(nan_candidate):
     }
     lines = {name: d.lines() for name, d in decisions.items()}
     assert decisions["local"].action == decisions["prometheus"].action == "rollback", lines
-    assert [c.name for c in decisions["prometheus"].failed] == ["errors"], lines
+    # The candidate answers only requests whose embedding rows are all finite, a subset chosen
+    # by ids, so its scores may also shift from the stable's: "scores" may fail beside
+    # "errors", on either source. Nothing else may (traffic, latency, calibration).
+    for decision in decisions.values():
+        failed = {c.name for c in decision.failed}
+        assert "errors" in failed and failed <= {"errors", "scores"}, lines
     local_errors = decisions["local"].check("errors").values
     remote_errors = decisions["prometheus"].check("errors").values
     assert remote_errors["canary_rate"] == pytest.approx(local_errors["canary_rate"], abs=0.1)
