@@ -29,6 +29,7 @@ from mlref.settings import Settings
 if TYPE_CHECKING:
     from mlref.canary.sources import MetricSource
     from mlref.canary.state import CanaryState
+    from mlref.experiment.assign import Experiment
     from mlref.shadow.state import Shadow
 
 
@@ -68,6 +69,15 @@ class Platform(ABC):
     @abstractmethod
     def shadow_state(self, apis: Any = None) -> Shadow | None:
         """The last shadow started, as the transformer sees it; None if none ever was."""
+
+    @abstractmethod
+    def apply_experiment(self, experiment: Experiment, core: Any = None) -> list[str]:
+        """Put the experiment's state in force where the transformer reads it; returns what
+        was applied (lines)."""
+
+    @abstractmethod
+    def experiment_state(self, core: Any = None) -> Experiment | None:
+        """The last experiment started, as the transformer sees it; None if none ever was."""
 
     @abstractmethod
     def live_split(self, api: Any = None) -> list[str]:
@@ -121,6 +131,17 @@ class LocalPlatform(Platform):
         from mlref.shadow.state import read_shadow
 
         return read_shadow(self.settings.shadow_state_path)
+
+    def apply_experiment(self, experiment: Experiment, core: Any = None) -> list[str]:
+        """The local transformer watches the state file."""
+        from mlref.experiment.assign import write_experiment
+
+        return [f"wrote {write_experiment(self.settings.experiment_state_path, experiment)}"]
+
+    def experiment_state(self, core: Any = None) -> Experiment | None:
+        from mlref.experiment.assign import read_experiment
+
+        return read_experiment(self.settings.experiment_state_path)
 
     def live_split(self, api: Any = None) -> list[str]:
         return []  # the state file is all there is: local serving follows it
@@ -189,6 +210,18 @@ class ClusterPlatform(Platform):
         from mlref.shadow import kube
 
         return kube.read(self.settings, apis[1] if apis else None)
+
+    def apply_experiment(self, experiment: Experiment, core: Any = None) -> list[str]:
+        """The ConfigMap the transformer pods mount (mlref/experiment/kube.py); the routes
+        to each variant's model are installed with the service."""
+        from mlref.experiment import kube
+
+        return kube.apply(self.settings, experiment, core)
+
+    def experiment_state(self, core: Any = None) -> Experiment | None:
+        from mlref.experiment import kube
+
+        return kube.read(self.settings, core)
 
     def live_split(self, api: Any = None) -> list[str]:
         from mlref.canary import kube

@@ -447,6 +447,16 @@ class ExperimentSettings(Section):
         description="Header the transformer names each call's variant with; the predictor "
         "route (Knative tag routing, the local split proxy) sends it to that variant's model.",
     )
+    state_file: str = Field(
+        "",
+        description="The running experiment (written by `mlref experiment start`; in a cluster "
+        "a ConfigMap mounted into the transformer); empty: <canary_dir>/experiment.yaml.",
+    )
+    config_map: str = Field(
+        "ctr-experiment",
+        description="Cluster mode: the ConfigMap `mlref experiment start|stop` applies, which the "
+        "transformer pods mount at the directory of experiment.state_file.",
+    )
 
 
 class ShadowSettings(Section):
@@ -779,6 +789,11 @@ class Settings(BaseSettings):
     def shadow_state_path(self) -> Path:
         named = self.shadow.state_file
         return Path(named) if named else self.canary_dir / "shadow.yaml"
+
+    @property
+    def experiment_state_path(self) -> Path:
+        named = self.experiment.state_file
+        return Path(named) if named else self.canary_dir / "experiment.yaml"
 
     @property
     def shadow_url(self) -> str:

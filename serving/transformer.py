@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlref import onnx_model
-from mlref.experiment.assign import CONTROL, TREATMENT, Watched, state_path
+from mlref.experiment.assign import CONTROL, ROUTE_TAGS, TREATMENT, Watched, state_path
 from mlref.features.transform import STAT_COLUMNS, FeatureSpec, SmallBatchTransform
 from mlref.serving import metrics
 from mlref.serving.batcher import Coalescer
@@ -55,9 +55,6 @@ from mlref.serving.requests import (
 from mlref.serving.shadow import ShadowMirror
 from mlref.settings import Settings
 
-# The tags KServe gives the revisions of a Serverless canary (enable-tag-routing): the last
-# rolled-out one (the stable model, variant A) and the latest one (the candidate, B).
-ROUTE_TAGS = {CONTROL: "prev", TREATMENT: "latest"}
 MAX_SPECS = 2  # a rollout puts two models behind the host; a third replaces the oldest
 STAGES = ("feature_lookup", "transform", "inference", "total")
 

@@ -248,3 +248,51 @@ def _standard_split(obj: dict) -> list[str]:
         state = "" if ready else " (not ready)"
         lines.append(f"{name}-{variant}-predictor: {percent}%{state}{source}")
     return lines
+
+
+def config_map_call(namespace: str, name: str, action: str, call: Callable[[], Any]) -> Any:
+    """``call()`` on ConfigMap ``namespace/name``; None when reading one that does not exist,
+    a one-line KubeError on any other failure. The state ConfigMaps that transformer pods
+    mount (the shadow's, the experiment's) go through here."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call()
+    except ApiException as exc:
+        if exc.status == 404 and action == "reading":
+            return None
+        hint = "; grant get/patch on configmaps to this identity" if exc.status == 403 else ""
+        raise KubeError(
+            f"{action} ConfigMap {namespace}/{name}: {exc.status} {exc.reason}{hint}"
+        ) from None
+    except (HTTPError, OSError) as exc:
+        raise KubeError(f"{action} ConfigMap {namespace}/{name}: {exc}") from None
+
+
+def apply_config_map(core: Any, namespace: str, name: str, data: dict[str, str]) -> None:
+    """Server-side apply ConfigMap ``namespace/name`` holding ``data``."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+    config_map_call(
+        namespace,
+        name,
+        "applying",
+        lambda: core.patch_namespaced_config_map(
+            name, namespace, body, field_manager=FIELD_MANAGER, force=True
+        ),
+    )
+
+
+def read_config_map(core: Any, namespace: str, name: str) -> dict[str, str] | None:
+    """The data of ConfigMap ``namespace/name``; None when it does not exist."""
+    found = config_map_call(
+        namespace, name, "reading", lambda: core.read_namespaced_config_map(name, namespace)
+    )
+    if found is None:
+        return None
+    return (found.data if hasattr(found, "data") else found.get("data")) or {}

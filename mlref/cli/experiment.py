@@ -14,11 +14,12 @@ app = typer.Typer(no_args_is_help=True)
 @contextmanager
 def _one_line_errors():
     """Expected failures end the command with their one line and exit code 1."""
+    from mlref.canary.kube import KubeError
     from mlref.experiment.control import ExperimentError
 
     try:
         yield
-    except (ExperimentError, ValueError) as exc:
+    except (ExperimentError, KubeError, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

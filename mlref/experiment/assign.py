@@ -7,8 +7,9 @@ therefore gets the same variant on every request, in every process and after eve
 and a new salt reshuffles users independently of the last experiment. The transformer, the
 click generator and the analysis all call :func:`variants`, so they cannot disagree.
 
-The running experiment is one YAML file next to the canary patch (``<canary_dir>/
-experiment.yaml``), written by ``mlref experiment start|stop`` and re-read by the
+The running experiment is one YAML file (``settings.experiment_state_path``: next to the
+canary patch locally; in a cluster the file of the ConfigMap ``experiment.config_map``
+mounted into the transformer), written by ``mlref experiment start|stop`` and re-read by the
 transformer when it changes (:class:`Watched`).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +30,12 @@ from mlref.settings import Settings
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CONTROL, TREATMENT = "A", "B"
-STATE_FILE = "experiment.yaml"
+# The tag each variant's calls carry (``experiment.route_header``): the tags KServe gives the
+# revisions of a Knative canary (enable-tag-routing), the last rolled-out one (the stable
+# model, A) and the latest one (the candidate, B); in Standard mode the chart's experiment
+# HTTPRoute matches the same values (mlref/k8s/gateway.py).
+ROUTE_TAGS = {CONTROL: "prev", TREATMENT: "latest"}
+STATE_KEY = "experiment.yaml"  # the local file's name, and its key in the cluster's ConfigMap
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -86,25 +93,47 @@ class Experiment:
 
 
 def state_path(settings: Settings) -> Path:
-    return settings.canary_dir / STATE_FILE
+    return settings.experiment_state_path
+
+
+def to_yaml(experiment: Experiment) -> str:
+    return yaml.safe_dump(asdict(experiment), sort_keys=False)
+
+
+def from_yaml(text: str) -> Experiment:
+    document = yaml.safe_load(text) or {}
+    known = set(Experiment.__dataclass_fields__)
+    return Experiment(**{k: v for k, v in document.items() if k in known})
 
 
 def write_experiment(path: Path, experiment: Experiment) -> Path:
     """Write atomically: the transformer never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
-    partial.write_text(yaml.safe_dump(asdict(experiment), sort_keys=False))
+    partial.write_text(to_yaml(experiment))
     partial.replace(path)
     return path
 
 
 def read_experiment(path: Path) -> Experiment | None:
     """The experiment in ``path``, or None when none was ever started."""
-    if not path.is_file():
+    return from_yaml(path.read_text()) if path.is_file() else None
+
+
+def file_identity(path: Path) -> tuple | None:
+    """What changes whenever the content at ``path`` may have; None when there is none.
+
+    A file replaced by a rename (:func:`write_experiment`) gets a new inode. A ConfigMap
+    volume is refreshed by kubelet's atomic writer: the new content goes to a new
+    ``..<timestamp>`` directory and the ``..data`` symlink that ``path`` resolves through is
+    swapped to it, so the path itself is never written. Its resolved target names the
+    directory of each write, which a reused inode or a timestamp within the filesystem's
+    granularity cannot hide; the stat of that target covers plain files written in place."""
+    try:
+        stat = path.stat()
+        return (os.path.realpath(path), stat.st_mtime_ns, stat.st_ino, stat.st_size)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    document = yaml.safe_load(path.read_text()) or {}
-    known = set(Experiment.__dataclass_fields__)
-    return Experiment(**{k: v for k, v in document.items() if k in known})
 
 
 class Watched:
@@ -119,7 +148,7 @@ class Watched:
         self.clock = clock
         self.read = read or read_experiment
         self.experiment: Experiment | None = None
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple | None = None
         self._checked = -float("inf")
         self.current()
 
@@ -128,11 +157,7 @@ class Watched:
         if now - self._checked < self.interval:
             return self.experiment
         self._checked = now
-        try:
-            stat = self.path.stat()
-            seen = (stat.st_mtime_ns, stat.st_ino)
-        except FileNotFoundError:
-            seen = None
+        seen = file_identity(self.path)
         if seen != self._seen:
             self._seen = seen  # a broken file is reported once, not at every check
             try:

@@ -9,10 +9,12 @@ no user is in two experiments at once.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from mlref.canary.state import read_state
 from mlref.canary.state import state_path as canary_path
-from mlref.experiment.assign import Experiment, read_experiment, state_path, write_experiment
+from mlref.experiment.assign import Experiment
+from mlref.platform import platform_for
 from mlref.settings import Settings
 
 
@@ -30,10 +32,12 @@ def start(
     percent: int | None = None,
     salt: str = "",
     users: int = 0,
+    core: Any = None,
 ) -> Experiment:
-    """Write the running experiment; the transformer picks it up within a second."""
-    path = state_path(settings)
-    running = read_experiment(path)
+    """Record the running experiment; the transformer picks it up within a second (locally)
+    or once kubelet refreshes its ConfigMap (a cluster)."""
+    platform = platform_for(settings)
+    running = platform.experiment_state(core)
     name = name or settings.experiment.name
     if running is not None and running.running:
         raise ExperimentError(
@@ -55,27 +59,28 @@ def start(
         started_at=now_iso(),
         planned_users=users,
     )
-    write_experiment(path, experiment)
+    platform.apply_experiment(experiment, core)
     return experiment
 
 
-def stop(settings: Settings) -> Experiment:
+def stop(settings: Settings, core: Any = None) -> Experiment:
     """Mark the experiment stopped: every user is served by the split again."""
-    path = state_path(settings)
-    running = read_experiment(path)
+    platform = platform_for(settings)
+    running = platform.experiment_state(core)
     if running is None or not running.running:
         raise ExperimentError("no experiment is running (mlref experiment start)")
     stopped = Experiment(**{**running.__dict__, "stopped_at": now_iso()})
-    write_experiment(path, stopped)
+    platform.apply_experiment(stopped, core)
     return stopped
 
 
-def current(settings: Settings, name: str = "") -> Experiment:
+def current(settings: Settings, name: str = "", core: Any = None) -> Experiment:
     """The last experiment started (running or stopped), checked against ``name``."""
-    found = read_experiment(state_path(settings))
+    found = platform_for(settings).experiment_state(core)
     if found is None or (name and found.name != name):
         raise ExperimentError(
-            f"experiment {name or settings.experiment.name!r} never ran here "
-            f"(no {state_path(settings)} naming it); start it with mlref experiment start"
+            f"experiment {name or settings.experiment.name!r} never ran here (no "
+            f"{settings.experiment_state_path} or the cluster's ConfigMap "
+            f"{settings.experiment.config_map} naming it); start it with mlref experiment start"
         )
     return found

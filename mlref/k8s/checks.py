@@ -590,3 +590,151 @@ def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list
                 ("metadata", f"no NetworkPolicy lets the transformer of {name} reach its pods")
             )
     return problems
+
+
+EXPERIMENT_STATE_KEY = "MLREF_EXPERIMENT__STATE_FILE"
+EXPERIMENT_MAP_KEY = "MLREF_EXPERIMENT__CONFIG_MAP"
+EXPERIMENT_HEADER_KEY = "MLREF_EXPERIMENT__ROUTE_HEADER"
+
+
+def _role_may_patch(objects: list[dict[str, Any]], role: str, config_map: str) -> bool:
+    return any(
+        o.get("kind") == "Role"
+        and o["metadata"].get("name") == role
+        and any(
+            "configmaps" in (rule.get("resources") or [])
+            and config_map in (rule.get("resourceNames") or [config_map])
+            and {"get", "patch"} <= set(rule.get("verbs") or [])
+            for rule in o.get("rules") or []
+        )
+        for o in objects
+    )
+
+
+def experiment_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
+    """A user-level experiment is wired end to end, once the settings name its state file:
+    each transformer mounts the experiment's ConfigMap (optional: none exists before `mlref
+    experiment start`) at the file's directory, the rollout identity may apply it, and each
+    variant's tagged calls reach its model: in Knative mode KServe tags the revisions
+    (enable-tag-routing), in Standard mode an HTTPRoute sends each tag to its variant's
+    predictor Service as KServe's own route would (:func:`mlref.k8s.gateway.experiment_route`)."""
+    from mlref.canary.state import CANARY_NAME, TAG_ROUTING_ANNOTATION
+    from mlref.experiment.assign import CONTROL, ROUTE_TAGS, TREATMENT
+    from mlref.k8s.gateway import experiment_route, experiment_route_name
+    from mlref.k8s.kserve import STANDARD, KServeSpecError, launch, predictor_service_name
+    from mlref.settings import ExperimentSettings
+
+    settings = next(
+        (
+            o["data"]
+            for o in objects
+            if o.get("kind") == "ConfigMap"
+            and o["metadata"].get("name") == "mlref-settings"
+            and EXPERIMENT_STATE_KEY in (o.get("data") or {})
+        ),
+        None,
+    )
+    if settings is None:
+        return {}
+    defaults = ExperimentSettings()
+    config_map = settings.get(EXPERIMENT_MAP_KEY, defaults.config_map)
+    header = settings.get(EXPERIMENT_HEADER_KEY, defaults.route_header)
+    state_dir = settings[EXPERIMENT_STATE_KEY].rsplit("/", 1)[0]
+    problems: dict[tuple[str, str], list[Problem]] = {}
+    routes = {o["metadata"].get("name"): o for o in objects if o.get("kind") == "HTTPRoute"}
+    for isvc in objects:
+        spec = isvc.get("spec") or {}
+        if isvc.get("kind") != "InferenceService" or not spec.get("transformer"):
+            continue
+        name = isvc["metadata"]["name"]
+        found = problems.setdefault(("InferenceService", name), [])
+        transformer = spec["transformer"]
+        volumes = {v.get("name"): v for v in transformer.get("volumes") or []}
+        mounted = [
+            volumes.get(m.get("name")) or {}
+            for c in transformer.get("containers") or []
+            for m in c.get("volumeMounts") or []
+            if m.get("mountPath") == state_dir
+        ]
+        source = (mounted[0].get("configMap") or {}) if mounted else {}
+        if source.get("name") != config_map:
+            found.append(
+                (
+                    "spec.transformer",
+                    f"mounts no ConfigMap {config_map} at {state_dir} ({EXPERIMENT_STATE_KEY}): "
+                    "the transformer cannot see an experiment started",
+                )
+            )
+        elif not source.get("optional"):
+            found.append(
+                (
+                    "spec.transformer.volumes",
+                    f"ConfigMap {config_map} is not optional: no transformer pod starts before "
+                    "`mlref experiment start` creates it",
+                )
+            )
+        try:
+            started = launch(isvc, "transformer")
+        except KServeSpecError:
+            continue  # launch_problems reports it
+        annotations = isvc["metadata"].get("annotations") or {}
+        if started.mode != STANDARD:
+            if annotations.get(TAG_ROUTING_ANNOTATION) != "true":
+                found.append(
+                    (
+                        "metadata.annotations",
+                        f'{TAG_ROUTING_ANNOTATION} is not "true": KServe gives the revisions no '
+                        f"tags, and Knative splits the experiment's tagged calls by weight",
+                    )
+                )
+            continue
+        predictor = spec.get("predictor") or {}
+        tags = {
+            ROUTE_TAGS[CONTROL]: predictor_service_name(name, predictor.get("name", "")),
+            ROUTE_TAGS[TREATMENT]: predictor_service_name(name, CANARY_NAME),
+        }
+        host = _container_env(started, objects).get(HOST_HEADER_ENV, "")
+        expected = experiment_route(isvc, header, host, tags)
+        if expected is None:
+            continue  # KServe makes no predictor route: nothing splits by weight either
+        route_name = experiment_route_name(name)
+        route = routes.get(route_name)
+        if route is None:
+            found.append(
+                (
+                    "spec",
+                    f"Standard mode: no HTTPRoute {route_name} sends the experiment's tagged "
+                    "calls to each variant's predictor Service (KServe's route splits by weight "
+                    "only); set experiment.enabled (chart)",
+                )
+            )
+            continue
+        wrong = [
+            field
+            for field in ("hostnames", "parentRefs", "rules")
+            if _sorted_rules(route["spec"].get(field)) != _sorted_rules(expected["spec"][field])
+        ]
+        if wrong:
+            problems.setdefault(("HTTPRoute", route_name), []).append(
+                (
+                    f"spec.{', spec.'.join(wrong)}",
+                    f"differs from KServe's route for {name} plus one {header} match per variant "
+                    f"({tags}) on host {host or '?'}: expected {expected['spec']}",
+                )
+            )
+    if not _role_may_patch(objects, "mlref-canary", config_map):
+        problems.setdefault(("Role", "mlref-canary"), []).append(
+            (
+                "rules",
+                f"may not get and patch ConfigMap {config_map}: `mlref experiment start` fails",
+            ),
+        )
+    return {key: found for key, found in problems.items() if found}
+
+
+def _sorted_rules(value: Any) -> Any:
+    """Rules (or any list of objects) in a stable order: the Gateway ranks rules by their
+    matches, not their place, once their header matches differ."""
+    if isinstance(value, list):
+        return sorted(value, key=lambda item: yaml.safe_dump(item, sort_keys=True))
+    return value

@@ -145,3 +145,51 @@ def backend_weights(route: dict[str, Any]) -> dict[str, int]:
     Gateway API defaults it."""
     (rule,) = route["spec"]["rules"]
     return {b["name"]: int(b.get("weight", 1)) for b in rule["backendRefs"]}
+
+
+EXPERIMENT_SUFFIX = "-experiment"
+
+
+def experiment_route_name(isvc_name: str) -> str:
+    return predictor_service_name(isvc_name) + EXPERIMENT_SUFFIX
+
+
+def experiment_route(
+    isvc: dict[str, Any],
+    header: str,
+    host: str,
+    tags: dict[str, str],
+    ingress: IngressConfig = IngressConfig(),
+) -> dict[str, Any] | None:
+    """The HTTPRoute that sends a user-level experiment's tagged calls to their variant's
+    predictor Service in Standard mode, where KServe's route splits by weight only.
+
+    ``tags``: header value -> predictor Service. Each rule is KServe's rule (same path match,
+    headers set, timeout) with one header match more and that Service as its only backend, on
+    the same Gateway and ``host`` (the one the transformer sends). The Gateway API gives a
+    match with more header matches precedence over KServe's rule once the path matches tie
+    (HTTPRouteRule.matches: exact path, longest prefix, method, then the largest number of
+    header matches; RegularExpression path precedence is implementation-specific, so the path
+    match is KServe's own). None where KServe makes no predictor route."""
+    spec = isvc.get("spec") or {}
+    kserve = predictor_route({**isvc, "spec": {**spec, "canary": []}}, ingress)
+    if kserve is None:
+        return None
+    name = (isvc.get("metadata") or {}).get("name", "")
+    namespace = kserve["metadata"]["namespace"]
+    (rule,) = kserve["spec"]["rules"]
+    (path,) = rule["matches"]
+    rules = [
+        {
+            **rule,
+            "matches": [{**path, "headers": [{"type": "Exact", "name": header, "value": tag}]}],
+            "backendRefs": [_backend(service, namespace)],
+        }
+        for tag, service in tags.items()
+    ]
+    return {
+        "apiVersion": GATEWAY_API,
+        "kind": "HTTPRoute",
+        "metadata": {"name": experiment_route_name(name), "namespace": namespace},
+        "spec": {"hostnames": [host], "parentRefs": kserve["spec"]["parentRefs"], "rules": rules},
+    }

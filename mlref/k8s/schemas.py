@@ -24,6 +24,9 @@ CRD_HINT = (
     "(the repo expects ../shared/crds)"
 )
 CRDS_DIR_ENV = "MLREF_CRDS_DIR"
+# CRDs that ship with mlref: the Gateway API's HTTPRoute (the chart's experiment route in
+# Standard mode), as scripts/kind-up.sh installs it.
+BUNDLED_CRDS = Path(__file__).with_name("crds")
 
 
 def default_crd_dir(root: Path) -> Path:
@@ -99,7 +102,7 @@ class Validator:
     """Validates objects of any kind; a kind with no schema is itself an error."""
 
     def __init__(self, crd_dir: Path, kubernetes_version: str):
-        self.crds = load_crd_schemas(crd_dir)
+        self.crds = {**load_crd_schemas(BUNDLED_CRDS), **load_crd_schemas(crd_dir)}
         self.kubernetes_version = kubernetes_version.removeprefix("v")
         self._core: dict[tuple[str, str], jsonschema.protocols.Validator | None] = {}
         self._check_version()

@@ -26,6 +26,7 @@ SAME_OBJECTS = (
     ("chart:monitoring", "overlay:monitoring"),
     ("chart:spark", "overlay:spark"),
     ("chart:shadow", "overlay:shadow"),
+    ("chart:experiment", "overlay:experiment"),
 )
 
 
@@ -103,6 +104,7 @@ def verify(
         monitors = checks.service_monitor_problems(form.objects)
         spark_roles = spark.role_problems(form.objects)
         shadow = checks.shadow_problems(form.objects)
+        experiment = checks.experiment_problems(form.objects)
         for obj in form.objects:
             kind, name = _key(obj)
             result = ObjectResult(form.source, kind, name)
@@ -124,6 +126,7 @@ def verify(
                 + monitors.get((kind, name), [])
                 + spark_roles.get((kind, name), [])
                 + shadow.get((kind, name), [])
+                + experiment.get((kind, name), [])
             )
             if chart:
                 structure += checks.optional_api_problems(obj, set(form.api_versions or []))

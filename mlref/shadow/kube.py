@@ -79,44 +79,15 @@ def apply(settings: Settings, shadow: Shadow, apis: tuple[Any, Any] | None = Non
         kube.apply_patch(custom, target, inference_service(settings, shadow.model))
         kube.wait_ready(custom, target)
         done.append(f"InferenceService {namespace}/{name}: Ready with {shadow.model}")
-    body = config_map(settings, shadow)
-    _config_map(
-        settings,
-        "applying",
-        lambda: core.patch_namespaced_config_map(
-            name, namespace, body, field_manager=kube.FIELD_MANAGER, force=True
-        ),
-    )
+    kube.apply_config_map(core, namespace, name, config_map(settings, shadow)["data"])
     state = "running" if shadow.running else "stopped"
     done.append(f"ConfigMap {namespace}/{name}: shadow {state}")
     return done
-
-
-def _config_map(settings: Settings, action: str, call) -> Any:
-    """``call()``; None when the ConfigMap does not exist, a one-line KubeError on failure."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    try:
-        return call()
-    except ApiException as exc:
-        if exc.status == 404 and action == "reading":
-            return None
-        where = f"ConfigMap {settings.cluster.namespace}/{settings.shadow.inference_service}"
-        hint = "; grant get/patch on configmaps to this identity" if exc.status == 403 else ""
-        raise kube.KubeError(f"{action} {where}: {exc.status} {exc.reason}{hint}") from None
-    except (HTTPError, OSError) as exc:
-        raise kube.KubeError(f"{action} ConfigMap: {exc}") from None
 
 
 def read(settings: Settings, core: Any = None) -> Shadow | None:
     """The shadow the cluster's ConfigMap holds; None when none was ever started."""
     core = core or connect()[1]
     namespace, name = settings.cluster.namespace, settings.shadow.inference_service
-    found = _config_map(
-        settings, "reading", lambda: core.read_namespaced_config_map(name, namespace)
-    )
-    if found is None:
-        return None
-    data = (found.data if hasattr(found, "data") else found.get("data")) or {}
-    return from_yaml(data[STATE_KEY]) if STATE_KEY in data else None
+    data = kube.read_config_map(core, namespace, name)
+    return from_yaml(data[STATE_KEY]) if data and STATE_KEY in data else None

@@ -123,6 +123,12 @@ MLREF_ENGINE__SPARK_BLOCK_MANAGER_PORT: {{ .Values.spark.blockManagerPort | quot
 
 {{/* The shadow InferenceService's predictor, as the transformer calls it: KServe names its
 Service <isvc>-predictor (Knative: the Knative Service, reached cluster-local). */}}
+{{/* The host of the predictor's HTTPRoute in Standard mode (KServe's default domain
+template over <isvc>-predictor): the transformer sends it to the Gateway. */}}
+{{- define "mlref.predictorRouteHost" -}}
+{{- printf "%s-predictor-%s.%s" .Values.serving.name .Release.Namespace .Values.serving.gateway.domain }}
+{{- end }}
+
 {{- define "mlref.shadowUrl" -}}
 {{- printf "http://%s-shadow-predictor.%s.svc.cluster.local" .Values.serving.name .Release.Namespace }}
 {{- end }}
