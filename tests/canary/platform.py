@@ -135,6 +135,10 @@ http {{
 }}
 """
         )
+        self.apply()
+
+    def apply(self) -> None:
+        """Start nginx on the written config, or reload it gracefully."""
         if self.process is None:
             argv = [self.binary, "-p", str(self.root), "-c", str(self.conf)]
             self.process = subprocess.Popen(

@@ -59,6 +59,7 @@ from typing import Any
 
 from mlref.k8s.install import kind_objects
 from mlref.settings import Settings
+from tests.cluster import kubelet_volume
 from tests.cluster.network import Endpoint, PodNetwork, Route
 from tests.cluster.store_identities import add_store_identities
 from tests.servers import require
@@ -626,18 +627,17 @@ def pod_labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
 def config_map_volume(
     volume: Mapping[str, Any], cluster: Cluster, namespace: str, target: Path
 ) -> Path:
-    """A configMap volume as the kubelet fills it at the pod's start: a file per key (``items``
-    choose and rename keys); an ``optional`` one that is missing, an empty directory."""
+    """A configMap volume as the kubelet fills it at the pod's start, with its atomic writer
+    (:mod:`tests.cluster.kubelet_volume`): a file per key (``items`` choose and rename keys),
+    each a symlink through ``..data``; an ``optional`` one that is missing holds no key."""
     source = volume["configMap"]
     data = cluster.lookup("ConfigMap", source["name"], namespace)
     if data is None and not source.get("optional"):
         where = f"{namespace}/{source['name']}"
         raise PodFailed(f"volume {volume['name']}: ConfigMap {where} not found")
-    target.mkdir(parents=True, exist_ok=True)
     items = source.get("items") or [{"key": key, "path": key} for key in (data or {})]
-    for item in items:
-        if data is not None and item["key"] in data:
-            (target / item["path"]).write_text(data[item["key"]])
+    files = {item["path"]: data[item["key"]] for item in items if data and item["key"] in data}
+    kubelet_volume.write(target, files)
     return target
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,17 @@ from scipy.stats import binom, chi2_contingency
 from mlref.canary.state import TAG_ROUTING_ANNOTATION, CanaryState, to_patch
 from mlref.data.generate import treated
 from mlref.experiment.assign import (
+    STATE_KEY,
     Experiment,
     Watched,
     buckets,
     in_treatment,
     read_experiment,
+    to_yaml,
     write_experiment,
 )
 from mlref.settings import CanarySettings, DataSettings, ExperimentSettings, Settings
+from tests.cluster import kubelet_volume
 
 USERS = np.arange(1, 100_001)
 
@@ -79,6 +83,55 @@ def test_watched_follows_the_file(tmp_path: Path):
     path.write_text("percent: [")  # a broken file keeps the last state
     clock[0] += 1
     assert watched.current() is None
+
+
+def test_watched_follows_a_config_map_volume_as_kubelet_refreshes_it(tmp_path: Path):
+    """The mounted file is a symlink through ``..data``, which kubelet swaps to a new
+    directory: the path itself is never written, yet each refresh is seen, and a deleted
+    (optional) ConfigMap ends the experiment."""
+    volume = tmp_path / "volume"
+    clock = [0.0]
+    watched = Watched(volume / STATE_KEY, clock=lambda: clock[0])
+    a = Experiment("ab", "s", 50, started_at="2026-01-01T00:00:00+00:00")
+    b = Experiment("ab2", "t", 30, started_at="2026-01-03T00:00:00+00:00")
+    states = [a, Experiment(**{**a.__dict__, "stopped_at": "2026-01-02"}), b, None]
+    for state in states:
+        kubelet_volume.write(volume, {STATE_KEY: to_yaml(state)} if state else {})
+        clock[0] += 1
+        assert watched.current() == (state if state and state.running else None)
+    assert all(p.name.startswith("..") for p in volume.iterdir())  # no key, only kubelet's own
+
+
+def test_watched_sees_a_refresh_that_reuses_inode_and_mtime(tmp_path: Path):
+    """A refresh whose file has the last one's inode, size and mtime (a freed inode reused
+    within one timestamp tick) still names a new ``..data`` directory."""
+    volume = tmp_path / "volume"
+    clock = [0.0]
+    watched = Watched(volume / STATE_KEY, clock=lambda: clock[0])
+    a = Experiment("ab", "s", 50, started_at="2026-01-01T00:00:00+00:00")
+    kubelet_volume.write(volume, {STATE_KEY: to_yaml(a)})
+    clock[0] += 1
+    assert watched.current() == a
+    b = Experiment("ab", "t", 50, started_at="2026-01-01T00:00:00+00:00")  # same length
+    seen = volume / os.readlink(volume / kubelet_volume.DATA) / STATE_KEY
+    stat = seen.stat()
+    kept = tmp_path / "kept"
+    os.link(seen, kept)  # the inode outlives kubelet's removal of the old directory
+    kubelet_volume.write(volume, {STATE_KEY: to_yaml(b)})
+    # The coincidence, made on purpose: the new file is the old inode, rewritten in place
+    # with the same size and given the old mtime.
+    new = volume / os.readlink(volume / kubelet_volume.DATA) / STATE_KEY
+    os.replace(kept, new)
+    new.write_text(to_yaml(b))
+    os.utime(new, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    now = (volume / STATE_KEY).stat()
+    assert (now.st_ino, now.st_mtime_ns, now.st_size) == (
+        stat.st_ino,
+        stat.st_mtime_ns,
+        stat.st_size,
+    )
+    clock[0] += 1
+    assert watched.current() == b
 
 
 def test_generator_lifts_ctr_only_for_users_in_b(tmp_path: Path):
