@@ -42,7 +42,7 @@ from mlref.settings import Settings
 from tests.k8s.conftest import find, form
 from tests.k8s.test_scripts import commands
 
-STAGES = ("canary", "promote", "rollback", "log-sink", "shadow")
+STAGES = ("canary", "promote", "rollback", "log-sink", "shadow", "experiment")
 runner = CliRunner()
 
 
