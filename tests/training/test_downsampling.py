@@ -76,6 +76,20 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
     )
 
 
+# Measured spread of the w = 0.1 model's test-day calibration at this size (3 epochs): on
+# these sets over training seeds 1..10, 0.979 +- 0.022 (0.939 .. 1.007); over data seeds 12..14
+# x training seeds 1..5, 1.004 +- 0.031 (0.948 .. 1.050). The full model's on these sets is
+# 0.953 +- 0.041 (0.899 .. 1.026): one early-stopped model's calibration moves by a few percent
+# with its seed, sampled or not, so 0.95 .. 1.05 holds for the mean, not for every seed. The
+# bounds sit about 4.5 sd from the mean; a missing correction reads 4.6 .. 5.1, one applied
+# twice 0.11 .. 0.12.
+CALIBRATION_BOUNDS = (0.85, 1.15)
+# Test AUC, w = 0.1 minus full, same seed and rows: -0.026 +- 0.004 (-0.034 .. -0.021) over
+# training seeds 1..10: a tenth of the negatives and a seventh of the steps cost AUC here
+# (docs/downsampling.md); the bound guards against a run far worse than that, not that cost.
+MAX_AUC_LOSS = 0.05
+
+
 def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, tmp_path):
     sets = make_sets(spec, train_rows=20_000, eval_rows=20_000, seed=11)
     result = train(sets, spec, _settings(negative_rate=RATE))
@@ -93,8 +107,11 @@ def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, 
     assert gate.passed, gate.reasons
     served = onnx_model.load(int8).predict(test.cat.numpy(), test.num.numpy())
     calibration = float(served.mean() / test.labels.numpy().mean())
-    assert 0.95 <= calibration <= 1.05, calibration
-    assert result.metrics["test"].auc > 0.6  # it learned the signal
+    low, high = CALIBRATION_BOUNDS
+    assert low <= calibration <= high, calibration
+
+    full = train(sets, spec, _settings())
+    assert result.metrics["test"].auc > full.metrics["test"].auc - MAX_AUC_LOSS
 
 
 def test_streamed_shards_sample_per_shard_and_reproducibly(spec: FeatureSpec, tmp_path):
