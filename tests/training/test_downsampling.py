@@ -70,10 +70,16 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
     expected = p / (p + (1 - p) / RATE)
     np.testing.assert_allclose(corrected, expected, rtol=1e-5)
     assert model.logit_shift == pytest.approx(math.log(RATE))
-    served = onnx_model.load(export_onnx(model, spec, tmp_path / "m.onnx"))
+    fp32 = export_onnx(model, spec, tmp_path / "m.onnx")
+    served = onnx_model.load(fp32)
     np.testing.assert_allclose(
         served.predict(inputs.cat.numpy(), inputs.num.numpy()), expected, rtol=1e-4
     )
+    # The int8 file keeps the correction, once: within the parity gate's margins of the formula.
+    int8 = onnx_model.load(quantize_int8(fp32, tmp_path / "m.int8.onnx"))
+    error = np.abs(int8.predict(inputs.cat.numpy(), inputs.num.numpy()) - expected)
+    gate = ParitySettings()
+    assert error.max() <= gate.max_abs_diff and error.mean() <= gate.mean_abs_diff
 
 
 # Measured spread of the w = 0.1 model's test-day calibration at this size (3 epochs): on
