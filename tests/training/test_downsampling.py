@@ -90,10 +90,6 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
 # bounds sit about 4.5 sd from the mean; a missing correction reads 4.6 .. 5.1, one applied
 # twice 0.11 .. 0.12.
 CALIBRATION_BOUNDS = (0.85, 1.15)
-# Test AUC, w = 0.1 minus full, same seed and rows: -0.026 +- 0.004 (-0.034 .. -0.021) over
-# training seeds 1..10: a tenth of the negatives and a seventh of the steps cost AUC here
-# (docs/downsampling.md); the bound guards against a run far worse than that, not that cost.
-MAX_AUC_LOSS = 0.05
 
 
 def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, tmp_path):
@@ -115,9 +111,9 @@ def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, 
     calibration = float(served.mean() / test.labels.numpy().mean())
     low, high = CALIBRATION_BOUNDS
     assert low <= calibration <= high, calibration
-
-    full = train(sets, spec, _settings())
-    assert result.metrics["test"].auc > full.metrics["test"].auc - MAX_AUC_LOSS
+    # It learned the signal. Its AUC cost against the full model (-0.026 +- 0.004 here, paired
+    # over 10 seeds) is the bench's to measure: docs/downsampling.md.
+    assert result.metrics["test"].auc > 0.6
 
 
 def test_streamed_shards_sample_per_shard_and_reproducibly(spec: FeatureSpec, tmp_path):
