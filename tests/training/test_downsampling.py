@@ -70,10 +70,26 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
     expected = p / (p + (1 - p) / RATE)
     np.testing.assert_allclose(corrected, expected, rtol=1e-5)
     assert model.logit_shift == pytest.approx(math.log(RATE))
-    served = onnx_model.load(export_onnx(model, spec, tmp_path / "m.onnx"))
+    fp32 = export_onnx(model, spec, tmp_path / "m.onnx")
+    served = onnx_model.load(fp32)
     np.testing.assert_allclose(
         served.predict(inputs.cat.numpy(), inputs.num.numpy()), expected, rtol=1e-4
     )
+    # The int8 file keeps the correction, once: within the parity gate's margins of the formula.
+    int8 = onnx_model.load(quantize_int8(fp32, tmp_path / "m.int8.onnx"))
+    error = np.abs(int8.predict(inputs.cat.numpy(), inputs.num.numpy()) - expected)
+    gate = ParitySettings()
+    assert error.max() <= gate.max_abs_diff and error.mean() <= gate.mean_abs_diff
+
+
+# Measured spread of the w = 0.1 model's test-day calibration at this size (3 epochs): on
+# these sets over training seeds 1..10, 0.979 +- 0.022 (0.939 .. 1.007); over data seeds 12..14
+# x training seeds 1..5, 1.004 +- 0.031 (0.948 .. 1.050). The full model's on these sets is
+# 0.953 +- 0.041 (0.899 .. 1.026): one early-stopped model's calibration moves by a few percent
+# with its seed, sampled or not, so 0.95 .. 1.05 holds for the mean, not for every seed. The
+# bounds sit about 4.5 sd from the mean; a missing correction reads 4.6 .. 5.1, one applied
+# twice 0.11 .. 0.12.
+CALIBRATION_BOUNDS = (0.85, 1.15)
 
 
 def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, tmp_path):
@@ -93,8 +109,11 @@ def test_downsampled_training_reads_fewer_rows_and_serves_calibrated_ctrs(spec, 
     assert gate.passed, gate.reasons
     served = onnx_model.load(int8).predict(test.cat.numpy(), test.num.numpy())
     calibration = float(served.mean() / test.labels.numpy().mean())
-    assert 0.95 <= calibration <= 1.05, calibration
-    assert result.metrics["test"].auc > 0.6  # it learned the signal
+    low, high = CALIBRATION_BOUNDS
+    assert low <= calibration <= high, calibration
+    # It learned the signal. Its AUC cost against the full model (-0.026 +- 0.004 here, paired
+    # over 10 seeds) is the bench's to measure: docs/downsampling.md.
+    assert result.metrics["test"].auc > 0.6
 
 
 def test_streamed_shards_sample_per_shard_and_reproducibly(spec: FeatureSpec, tmp_path):
