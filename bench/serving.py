@@ -425,9 +425,12 @@ def _shadow_runs(place, live_cpus, shadow_cpus, transformers, shadow_of, bodies)
     results = {label: median_round(found) for label, found in runs.items()}
     off, off_cpu = results["no shadow"], cpu["no shadow"][0] / cpu["no shadow"][2]
     what = (
-        f"live path on cores {sorted(live_cpus)}, shadow predictors on {sorted(shadow_cpus)}"
+        f"wrk, transformer and live predictor on cores {sorted(live_cpus)} in every "
+        f"configuration, shadow predictors on {sorted(shadow_cpus)} (a cluster gives the "
+        "shadow a pod of its own)"
         if live_cpus != shadow_cpus
-        else f"every process on cores {sorted(live_cpus)}"
+        else f"every process on cores {sorted(live_cpus)} (the shadow's CPU taken from the "
+        "live path)"
     )
     report = [
         f"  {place}: {what}",

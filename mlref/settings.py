@@ -486,7 +486,7 @@ class ShadowSettings(Section):
         "when its score is in the top this-% of its model's scores over the compared requests.",
     )
     linger_ms: float = Field(
-        10.0,
+        50.0,
         ge=0,
         description="How long the first row waiting for the shadow waits for more, so that the "
         "shadow gets few large calls rather than one per live batch (0: send what waits at once).",
