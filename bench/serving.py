@@ -3,8 +3,9 @@ caches on and off.
 
 Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get install -y wrk``);
 ``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off;
-``python bench/serving.py shadow`` only the cost of a shadow model on the live path.
-Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
+``python bench/serving.py shadow`` only the cost of a shadow model on the live path (run
+once with the shadow predictor pinned to a core of its own, as a cluster gives it a pod,
+and once with every process on every core). Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
 printed next to the one it is compared with, measured in the same run. wrk, the servers and
 anything else running share the machine's cores: the ratios matter, not the bare rates.
 
@@ -14,6 +15,7 @@ the training code (untrained weights; speed does not depend on their values).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -303,7 +305,8 @@ def pin(pids: list[int], cpus: set[int]) -> None:
 
     for pid in pids:
         for thread in psutil.Process(pid).threads():
-            os.sched_setaffinity(thread.id, cpus)
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(thread.id, cpus)
 
 
 def placements(cores: list[int]) -> dict[str, tuple[set[int], set[int]]]:

@@ -113,6 +113,8 @@ class ShadowMirror:
             return
         if not self.tasks:
             self._spawn(self._collect())
+        # The collector is woken only when it has something to do (a call's first rows, a
+        # full call), not by every batch: a wake-up is an event-loop turn per live batch.
         gathering = self.gathering
         if (
             gathering is not None
@@ -121,12 +123,14 @@ class ShadowMirror:
         ):
             gathering.append((batch, stats, built))
             self.gathered_rows += len(batch)
+            if len(gathering) == 1 or self.gathered_rows >= self.max_rows:
+                self.arrived.set()
         elif len(self.waiting) >= self.max_queue:
             metrics.SHADOW_DROPPED.labels("queue_full").inc(len(batch))
-            return
         else:
             self.waiting.append((batch, stats, built))
-        self.arrived.set()
+            if gathering is not None:  # the call being gathered is full: send it
+                self.arrived.set()
 
     def _spawn(self, work) -> None:
         task = asyncio.get_running_loop().create_task(work)
