@@ -5,9 +5,10 @@ Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get in
 ``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off;
 ``python bench/serving.py shadow`` only the cost of a shadow model on the live path (run
 once with the shadow predictor pinned to a core of its own, as a cluster gives it a pod,
-and once with every process on every core). Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
-printed next to the one it is compared with, measured in the same run. wrk, the servers and
-anything else running share the machine's cores: the ratios matter, not the bare rates.
+and once with every process on every core). Everything binds 127.0.0.1, every load is
+bounded (``DURATION`` seconds), and every figure is printed next to the one it is compared
+with, measured in the same run. wrk, the servers and anything else running share the
+machine's cores: the ratios matter, not the bare rates.
 
 The model is the one production serves: mlref's CTR network, exported and int8-quantized by
 the training code (untrained weights; speed does not depend on their values).
