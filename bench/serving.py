@@ -3,10 +3,12 @@ caches on and off.
 
 Run from the repo root: ``python bench/serving.py`` (needs ``wrk``: ``apt-get install -y wrk``);
 ``python bench/serving.py caches`` runs only the comparison of the serving caches, on and off;
-``python bench/serving.py shadow`` only the cost of a shadow model on the live path.
-Everything binds 127.0.0.1, every load is bounded (``DURATION`` seconds), and every figure is
-printed next to the one it is compared with, measured in the same run. wrk, the servers and
-anything else running share the machine's cores: the ratios matter, not the bare rates.
+``python bench/serving.py shadow`` only the cost of a shadow model on the live path (run
+once with the shadow predictor pinned to a core of its own, as a cluster gives it a pod,
+and once with every process on every core). Everything binds 127.0.0.1, every load is
+bounded (``DURATION`` seconds), and every figure is printed next to the one it is compared
+with, measured in the same run. wrk, the servers and anything else running share the
+machine's cores: the ratios matter, not the bare rates.
 
 The model is the one production serves: mlref's CTR network, exported and int8-quantized by
 the training code (untrained weights; speed does not depend on their values).
@@ -14,7 +16,9 @@ the training code (untrained weights; speed does not depend on their values).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -77,12 +81,14 @@ def wrk(
         raise RuntimeError(f"wrk: {done.stderr.strip()}")
     out = done.stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": _ms(_percentile(out, 50)),
         "p99": _ms(_percentile(out, 99)),
         "errors": (int(errors.group(1)) if errors else 0) + (1 if socket_errors else 0),
+        "requests": int(requests.group(1)),
     }
 
 
@@ -286,19 +292,53 @@ def caches(root: Path, settings, model_path: Path) -> list[str]:
 SHADOW_SLOW_MS = 20.0  # a shadow ten times slower than this model's ~2 ms at c=8
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of each process onto ``cpus`` (threads started later inherit it)."""
+    import psutil
+
+    for pid in pids:
+        for thread in psutil.Process(pid).threads():
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(thread.id, cpus)
+
+
+def placements(cores: list[int]) -> dict[str, tuple[set[int], set[int]]]:
+    """Where each run puts (the live path, the shadow predictors). Own core: as in a cluster,
+    where the shadow predictor is a pod with CPU of its own, the live path (wrk, transformer,
+    live predictor) keeps the same cores in every configuration and the shadow never takes
+    from them; shared: everything on every core, the shadow's CPU taken from the live path."""
+    found = {}
+    if len(cores) > 1:
+        found["own core"] = (set(cores[:-1]), {cores[-1]})
+    found["shared"] = (set(cores), set(cores))
+    return found
+
+
 def shadow(root: Path, settings, model_path: Path) -> list[str]:
-    """Full path single rows at c=8 with no shadow, a shadow scoring every request, and a
-    slow one (``SHADOW_SLOW_MS`` per call, past its timeout when calls queue): throughput
-    and p99 of the live answers, each against no shadow in the same run, ``ROUNDS`` turns.
-    Each transformer reads its own shadow state file; the shadows serve the same model."""
-    from mlref.settings import ShadowSettings
+    """Full path single rows at c=8 with no shadow, a shadow scoring every request (with the
+    default linger, and with none: one call per live batch), and a slow one
+    (``SHADOW_SLOW_MS`` per call, past its timeout when calls queue): throughput, p99 and the
+    transformer's CPU per request, each against no shadow in the same run, ``ROUNDS`` turns,
+    once for each placement of the processes on the cores (:func:`placements`). Each
+    transformer reads its own shadow state file; the shadows serve the same model."""
     from mlref.shadow.state import Shadow, write_shadow
 
     rows = business_rows(256, seed=1)
     bodies = [{"instances": [row]} for row in rows]
     state = write_shadow(root / "shadow-running.yaml", Shadow(str(model_path), started_at="now"))
+    cores = sorted(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
     live = start_predictor(settings, model_path, root)
-    servers, transformers = [live], {}
+    servers, transformers, shadow_of = [live], {}, {}
+    linger = settings.shadow.linger_ms
     try:
         shadows = {
             "shadow": start_predictor(settings, model_path, root, "shadow"),
@@ -307,15 +347,22 @@ def shadow(root: Path, settings, model_path: Path) -> list[str]:
             ),
         }
         servers += shadows.values()
-        for label in ("no shadow", *shadows):
-            mirrored = label in shadows
-            port = shadows[label].port if mirrored else free_port()
+        configs = {
+            "no shadow": (None, linger),
+            f"shadow {linger:g} ms": (shadows["shadow"], linger),
+            "shadow no linger": (shadows["shadow"], 0.0),
+            "slow shadow": (shadows["slow shadow"], linger),
+        }
+        for label, (mirror, linger_ms) in configs.items():
             config = settings.model_copy(
                 update={
-                    "shadow": ShadowSettings(
-                        port=port,
-                        state_file=str(state if mirrored else root / "no-shadow.yaml"),
-                        timeout_seconds=0.25,
+                    "shadow": settings.shadow.model_copy(
+                        update={
+                            "port": mirror.port if mirror else free_port(),
+                            "state_file": str(state if mirror else root / "no-shadow.yaml"),
+                            "timeout_seconds": 0.25,
+                            "linger_ms": linger_ms,
+                        }
                     ),
                     "serving": settings.serving.model_copy(
                         update={"log_spool_dir": str(root / f"spool-shadow-{len(transformers)}")}
@@ -323,35 +370,89 @@ def shadow(root: Path, settings, model_path: Path) -> list[str]:
                 }
             )
             transformers[label] = start_transformer(config, f"http://127.0.0.1:{live.port}", root)
+            shadow_of[label] = mirror
         servers = [*transformers.values(), *servers]
-        runs = {label: [] for label in transformers}
-        for _ in range(ROUNDS):
-            for label, server in transformers.items():
-                url = f"http://127.0.0.1:{server.port}/v1/models/ctr:predict"
-                runs[label].append(wrk_bodies(url, bodies))
-        drops = {
-            label: (
-                scraped(f"http://127.0.0.1:{server.port}", "mlref_shadow_scored_rows_total"),
-                scraped(f"http://127.0.0.1:{server.port}", "mlref_shadow_dropped_rows_total"),
-            )
-            for label, server in transformers.items()
-        }
+        live_pids = [live.process.pid, *(t.process.pid for t in transformers.values())]
+        shadow_pids = [s.process.pid for s in shadows.values()]
+        report = [
+            f"shadow, full path single row c={CONCURRENCY} (median of {ROUNDS} rounds; "
+            f"load average {load:.1f} at the start)"
+        ]
+        for place, (live_cpus, shadow_cpus) in placements(cores).items():
+            pin(live_pids, live_cpus)
+            pin(shadow_pids, shadow_cpus)
+            os.sched_setaffinity(0, live_cpus)  # wrk, started from here, inherits it
+            try:
+                report += _shadow_runs(
+                    place, live_cpus, shadow_cpus, transformers, shadow_of, bodies
+                )
+            finally:
+                os.sched_setaffinity(0, set(cores))
+        report.append(f"  load average {os.getloadavg()[0]:.1f} at the end")
     finally:
         for server in servers:
             server.stop()
+    return report
+
+
+SHADOW_COUNTERS = (
+    "mlref_shadow_scored_rows_total",
+    "mlref_shadow_dropped_rows_total",
+    "mlref_shadow_seconds_count",
+)
+
+
+def _shadow_runs(place, live_cpus, shadow_cpus, transformers, shadow_of, bodies) -> list[str]:
+    """One placement's rounds: every configuration in turn, ``ROUNDS`` times."""
+    runs = {label: [] for label in transformers}
+    cpu = {label: [0.0, 0.0, 0] for label in transformers}  # transformer s, shadow s, requests
+
+    def counters() -> dict:
+        return {
+            label: [scraped(f"http://127.0.0.1:{server.port}", n) for n in SHADOW_COUNTERS]
+            for label, server in transformers.items()
+        }
+
+    before = counters()
+    for _ in range(ROUNDS):
+        for label, server in transformers.items():
+            pids = [server.process.pid] + (
+                [shadow_of[label].process.pid] if shadow_of[label] else []
+            )
+            used = [process_cpu(pid) for pid in pids]
+            url = f"http://127.0.0.1:{server.port}/v1/models/ctr:predict"
+            runs[label].append(wrk_bodies(url, bodies))
+            for i, pid in enumerate(pids):
+                cpu[label][i] += process_cpu(pid) - used[i]
+            cpu[label][2] += runs[label][-1]["requests"]
+    after = counters()
     results = {label: median_round(found) for label, found in runs.items()}
-    off = results["no shadow"]
+    off, off_cpu = results["no shadow"], cpu["no shadow"][0] / cpu["no shadow"][2]
+    what = (
+        f"wrk, transformer and live predictor on cores {sorted(live_cpus)} in every "
+        f"configuration, shadow predictors on {sorted(shadow_cpus)} (a cluster gives the "
+        "shadow a pod of its own)"
+        if live_cpus != shadow_cpus
+        else f"every process on cores {sorted(live_cpus)} (the shadow's CPU taken from the "
+        "live path)"
+    )
     report = [
-        f"shadow, full path single row c={CONCURRENCY} (median of {ROUNDS} rounds)",
-        f"  {'':14s} {'req/s':>8s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
-        f"{'shadow scored':>13s} {'dropped':>8s} errors",
+        f"  {place}: {what}",
+        f"  {'':18s} {'req/s':>7s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
+        f"{'cpu/req':>8s} {'x off':>6s} {'rows/call':>9s} {'shadow cpu/row':>14s} "
+        f"{'scored':>7s} {'dropped':>7s} errors",
     ]
     for label, result in results.items():
-        scored, dropped = drops[label]
+        scored, dropped, calls = (a - b for a, b in zip(after[label], before[label], strict=True))
+        mine, theirs, requests = cpu[label]
+        per_request = mine / requests
+        shadow_cost = f"{theirs / scored * 1e6:11.0f} us" if scored else f"{'-':>14s}"
         report.append(
-            f"  {label:14s} {result['rps']:8,.0f} {result['rps'] / off['rps']:6.2f} "
+            f"  {label:18s} {result['rps']:7,.0f} {result['rps'] / off['rps']:6.2f} "
             f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f} "
-            f"{scored:13,.0f} {dropped:8,.0f} {result['errors']}"
+            f"{per_request * 1e6:5.0f} us {per_request / off_cpu:6.2f} "
+            f"{scored / calls if calls else 0:9.1f} {shadow_cost} "
+            f"{scored:7,.0f} {dropped:7,.0f} {result['errors']}"
         )
     return report
 

@@ -495,6 +495,18 @@ class ShadowSettings(Section):
         description="The ranking decision `mlref shadow report` compares: a request is chosen "
         "when its score is in the top this-% of its model's scores over the compared requests.",
     )
+    linger_ms: float = Field(
+        50.0,
+        ge=0,
+        description="How long the first row waiting for the shadow waits for more, so that the "
+        "shadow gets few large calls rather than one per live batch (0: send what waits at once).",
+    )
+    max_batch_rows: int = Field(
+        256,
+        ge=1,
+        description="Rows in one shadow call at most (and at most serving.max_batch); a live "
+        "batch larger than this is sent alone, whole.",
+    )
 
 
 class DriftSettings(Section):

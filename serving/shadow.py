@@ -1,13 +1,13 @@
 """Mirroring scored batches to the shadow model, off the response path.
 
 While the shadow state (:mod:`mlref.shadow.state`) says a shadow runs, the transformer hands
-every batch it scored to :meth:`ShadowMirror.offer`: a non-blocking put on a bounded queue,
-after the live scores are computed and whatever the shadow does. A few background tasks on
-the same event loop send the batches to the shadow predictor and log its scores as
-``variant=shadow`` rows with the live rows' request ids. Nothing the shadow does reaches an
-answer: a full queue, a timeout, an error or a non-finite score drops the batch's rows,
-counted by reason on ``/metrics`` (``mlref_shadow_dropped_rows_total``), and nothing is
-retried.
+every batch it scored to :meth:`ShadowMirror.offer`: a non-blocking append to a bounded list,
+after the live scores are computed and whatever the shadow does. A background task on the
+same event loop joins the batches that wait (over a short linger) into few large shadow
+calls, and logs the shadow's scores as ``variant=shadow`` rows with the live rows' request
+ids. Nothing the shadow does reaches an answer: a full queue, a timeout, an error or a
+non-finite score drops the rows, counted by reason on ``/metrics``
+(``mlref_shadow_dropped_rows_total``), and nothing is retried.
 
 The shadow model may publish another feature spec than the live one: the first answer that
 refuses the live inputs names it, and from then on the shadow's inputs are built for it.
@@ -16,8 +16,10 @@ refuses the live inputs names it, and from then on the shadow's inputs are built
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -67,6 +69,14 @@ def _join(group: list[tuple]) -> tuple[BusinessBatch, np.ndarray, Built]:
 class ShadowMirror:
     """Scores live batches with the shadow predictor in the background; logs its rows.
 
+    One collector task gathers the next call: once a call slot is free (at most
+    ``shadow.concurrency`` calls in flight), it takes the batches waiting, then those that
+    arrive until ``shadow.linger_ms`` after the first (less once ``shadow.max_batch_rows`` rows
+    are in), and sends them joined as one call. So the shadow gets few large calls instead of
+    one per live batch: the client work of a call (encoding, HTTP, decoding, the log record)
+    is paid per call, on both sides, and its rows share it. While every slot is busy batches
+    wait, and past ``shadow.queue_batches`` waiting they are dropped: the shadow is behind.
+
     ``inputs_for(spec_json)`` builds a spec's inputs maker (the transformer's ``SpecInputs``
     of a checked spec), for a shadow whose spec the live inputs lack.
     """
@@ -87,45 +97,91 @@ class ShadowMirror:
         self.inputs_for = inputs_for
         self.own = None  # the shadow's inputs maker once it refused the live ones
         self.max_queue = shadow.queue_batches
-        self.workers = shadow.concurrency
-        self.max_rows = settings.serving.max_batch
-        self.queue: asyncio.Queue | None = None
-        self.tasks: list[asyncio.Task] = []
+        self.linger = shadow.linger_ms / 1000
+        # A call the shadow predictor accepts: it takes batches of serving.max_batch at most.
+        self.max_rows = min(shadow.max_batch_rows, settings.serving.max_batch)
+        self.slots = asyncio.Semaphore(shadow.concurrency)
+        self.waiting: deque[tuple] = deque()  # behind: no call is gathering them
+        self.gathering: list[tuple] | None = None  # the next call's batches, while it lingers
+        self.gathered_rows = 0
+        self.arrived = asyncio.Event()  # set by offer: the collector looks again
+        self.tasks: set[asyncio.Task] = set()
 
     def offer(self, batch: BusinessBatch, stats: np.ndarray, built: Built) -> None:
         """Queue ``batch`` for the shadow if one runs; never waits, never raises."""
         if self.state.current() is None:
             return
-        if self.queue is None:
-            self.queue = asyncio.Queue(self.max_queue)
-            loop = asyncio.get_running_loop()
-            self.tasks = [loop.create_task(self._work()) for _ in range(self.workers)]
-        try:
-            self.queue.put_nowait((batch, stats, built))
-        except asyncio.QueueFull:
+        if not self.tasks:
+            self._spawn(self._collect())
+        # The collector is woken only when it has something to do (a call's first rows, a
+        # full call), not by every batch: a wake-up is an event-loop turn per live batch.
+        gathering = self.gathering
+        if (
+            gathering is not None
+            and not self.waiting
+            and (not gathering or self.gathered_rows + len(batch) <= self.max_rows)
+        ):
+            gathering.append((batch, stats, built))
+            self.gathered_rows += len(batch)
+            if len(gathering) == 1 or self.gathered_rows >= self.max_rows:
+                self.arrived.set()
+        elif len(self.waiting) >= self.max_queue:
             metrics.SHADOW_DROPPED.labels("queue_full").inc(len(batch))
+        else:
+            self.waiting.append((batch, stats, built))
+            if gathering is not None:  # the call being gathered is full: send it
+                self.arrived.set()
 
-    async def _work(self) -> None:
-        """Take what waits (up to ``max_rows`` rows), one shadow call per feature-spec set:
-        when the shadow falls behind, its calls grow instead of multiplying."""
+    def _spawn(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _collect(self) -> None:
+        """Forever: a free call slot, then one call's rows: what waits, then what arrives
+        until the linger ends or the call is full."""
         while True:
-            items = [await self.queue.get()]
-            rows = len(items[0][0])
-            while rows < self.max_rows and not self.queue.empty():
-                items.append(self.queue.get_nowait())
-                rows += len(items[-1][0])
-            try:
-                for group in _by_specs(items):
-                    batch, stats, built = _join(group)
-                    try:
-                        await self._mirror(batch, stats, built)
-                    except Exception as exc:  # a shadow's failure is counted, never raised
-                        reason = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
-                        metrics.SHADOW_DROPPED.labels(reason).inc(len(batch))
-                        log.debug("shadow call dropped (%s): %r", reason, exc)
-            finally:
-                for _ in items:
-                    self.queue.task_done()
+            await self.slots.acquire()
+            self.gathering = self._take()
+            self.gathered_rows = sum(len(item[0]) for item in self.gathering)
+            await self._until(lambda: bool(self.gathering))
+            if self.linger:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.linger):
+                        await self._until(self._full)
+            items, self.gathering = self.gathering, None
+            self._spawn(self._send(items))
+
+    def _full(self) -> bool:
+        """The call being gathered takes no more rows (the next batch waits for another)."""
+        return self.gathered_rows >= self.max_rows or bool(self.waiting)
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self.arrived.clear()
+            await self.arrived.wait()
+
+    def _take(self) -> list[tuple]:
+        """Waiting batches, oldest first, up to ``max_rows`` rows (or the first alone)."""
+        items, rows = [], 0
+        while self.waiting and (not items or rows + len(self.waiting[0][0]) <= self.max_rows):
+            items.append(self.waiting.popleft())
+            rows += len(items[-1][0])
+        return items
+
+    async def _send(self, items: list[tuple]) -> None:
+        """One shadow call per feature-spec set among ``items``; failures counted, not raised."""
+        try:
+            for group in _by_specs(items):
+                batch, stats, built = _join(group)
+                try:
+                    await self._mirror(batch, stats, built)
+                except Exception as exc:  # a shadow's failure is counted, never raised
+                    reason = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
+                    metrics.SHADOW_DROPPED.labels(reason).inc(len(batch))
+                    log.debug("shadow call dropped (%s): %r", reason, exc)
+        finally:
+            self.slots.release()
 
     async def _mirror(self, batch: BusinessBatch, stats: np.ndarray, built: Built) -> None:
         if self.own is not None:
@@ -165,5 +221,5 @@ class ShadowMirror:
         )
 
     def stop(self) -> None:
-        for task in self.tasks:
+        for task in list(self.tasks):
             task.cancel()
