@@ -146,10 +146,11 @@ SHADOW_SCORED = Counter(
 SHADOW_DROPPED = Counter(
     "mlref_shadow_dropped_rows",
     "Rows not scored by the shadow, never retried: queue_full (the shadow is behind), timeout, "
-    "error (down or refusing), invalid_score (NaN or outside 0..1).",
+    "error (down or refusing), invalid_score (NaN or outside 0..1), stopped (waiting or in "
+    "flight when the transformer stopped).",
     ["reason"],
 )
-for _reason in ("queue_full", "timeout", "error", "invalid_score"):
+for _reason in ("queue_full", "timeout", "error", "invalid_score", "stopped"):
     SHADOW_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 SHADOW_SECONDS = Histogram(
     "mlref_shadow_seconds",

@@ -104,6 +104,7 @@ class ShadowMirror:
         self.waiting: deque[tuple] = deque()  # behind: no call is gathering them
         self.gathering: list[tuple] | None = None  # the next call's batches, while it lingers
         self.gathered_rows = 0
+        self.in_flight_rows = 0  # rows of calls sent or being sent, not yet scored or counted
         self.arrived = asyncio.Event()  # set by offer: the collector looks again
         self.tasks: set[asyncio.Task] = set()
 
@@ -150,6 +151,7 @@ class ShadowMirror:
                     async with asyncio.timeout(self.linger):
                         await self._until(self._full)
             items, self.gathering = self.gathering, None
+            self.in_flight_rows += sum(len(item[0]) for item in items)
             self._spawn(self._send(items))
 
     def _full(self) -> bool:
@@ -180,6 +182,7 @@ class ShadowMirror:
                     reason = "timeout" if isinstance(exc.__cause__, TimeoutError) else "error"
                     metrics.SHADOW_DROPPED.labels(reason).inc(len(batch))
                     log.debug("shadow call dropped (%s): %r", reason, exc)
+                self.in_flight_rows -= len(batch)  # scored or counted
         finally:
             self.slots.release()
 
@@ -221,5 +224,14 @@ class ShadowMirror:
         )
 
     def stop(self) -> None:
+        """Cancel the collector and the calls in flight; their rows and those waiting are
+        counted as dropped (``stopped``), so every mirrored row is scored or counted."""
+        waiting = [*self.waiting, *(self.gathering or [])]
+        rows = self.in_flight_rows + sum(len(item[0]) for item in waiting)
+        self.waiting.clear()
+        self.gathering = None
+        self.in_flight_rows = 0
+        if rows:
+            metrics.SHADOW_DROPPED.labels("stopped").inc(rows)
         for task in list(self.tasks):
             task.cancel()
