@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.network import PodNetwork
 from tests.cluster.pods import BASE_IMAGE_PATH, REPO, run_in_sandbox
 from tests.servers import require
 
@@ -149,12 +150,14 @@ def storage_initializer_args(isvc: dict[str, Any]) -> tuple[str, str]:
 
 
 def run_storage_initializer(
-    cluster: Any, isvc: dict[str, Any], dest: Path, work_dir: Path
+    cluster: Any, isvc: dict[str, Any], dest: Path, work_dir: Path, network: PodNetwork
 ) -> subprocess.CompletedProcess[str]:
     """KServe's storage initializer (kserve-storage, its own image in a cluster) as the
     predictor's init container: in a sandbox of its own, with only the env the credential
-    builder gives it (service addresses resolved as cluster DNS would), fetching the
-    InferenceService's storageUri into ``dest`` (the pod's /mnt/models)."""
+    builder gives it, fetching the InferenceService's storageUri into ``dest`` (the pod's
+    /mnt/models). Service addresses are resolved by ``network``, the predictor pod's (an init
+    container has its pod's labels, so the NetworkPolicies selecting the pod govern its
+    egress too): one they refuse goes to ``network``'s refusing listener."""
     require(
         STORAGE_INITIALIZER.is_file(),
         "KServe's storage initializer is not installed: run `make tools`",
@@ -164,7 +167,7 @@ def run_storage_initializer(
     env = {
         "PATH": BASE_IMAGE_PATH,
         **{
-            k: cluster.resolve(v)
+            k: network.resolve(v)
             for k, v in storage_initializer_env(cluster, account, namespace).items()
         },
     }

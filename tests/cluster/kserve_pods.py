@@ -14,7 +14,9 @@ and Knative's ``PORT``/``K_*``). Each becomes a Pod here (:func:`component_pod`)
 * for a ``storageUri``, what KServe's pod mutator adds (``pkg/webhook/admission/pod/
   storage_initializer_injector.go``): the emptyDir ``kserve-provision-location``, mounted
   read-only at ``/mnt/models`` in ``kserve-container``, filled first by the storage
-  initializer (:func:`tests.cluster.kserve_credentials.run_storage_initializer`).
+  initializer (:func:`tests.cluster.kserve_credentials.run_storage_initializer`), an init
+  container of the pod: its connections (the object store's) are the pod's, allowed or
+  refused by the NetworkPolicies that select the pod's labels, egress ones included.
 
 They run as every other pod does (:func:`tests.cluster.pods.pod_command`), only their listening
 address moved to a free 127.0.0.1 port. The transformer reaches the predictor by the host
@@ -197,10 +199,11 @@ def predictor_pod(
     container = pod["spec"]["containers"][0]
     predictor = pod_command(pod, cluster, base)
     models = predictor.volumes[MODEL_DIR]
-    fetched = run_storage_initializer(cluster, isvc, models, base)
+    fetched = run_storage_initializer(cluster, isvc, models, base, predictor.network)
     if fetched.returncode != 0:
-        cluster.record_refusals(predictor.network)
-        raise PodFailed(f"storage initializer failed:\n{fetched.stdout[-3000:]}")
+        refused = cluster.record_refusals(predictor.network)
+        gaps = "".join(f"\nNetworkPolicy refused {r}" for r in refused)
+        raise PodFailed(f"storage initializer failed:\n{fetched.stdout[-3000:]}{gaps}")
     process, url, log = _start(predictor, container, pod["metadata"]["name"], base)
     try:
         _ready(url + _probe(container), process, log, f"{pod['metadata']['name']} pod", 180)

@@ -17,7 +17,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.cluster.kserve_credentials import run_storage_initializer, storage_initializer_env
-from tests.cluster.network import service_map
+from tests.cluster.kserve_pods import pod_labels
+from tests.cluster.network import Endpoint, service_map
 from tests.cluster.pods import Cluster, installed, pod_spec_of, run_pod
 from tests.conftest import S3Server
 
@@ -131,7 +132,9 @@ def test_the_storage_initializer_fetches_the_model_with_the_env_kserve_builds(
         store = find(cluster.objects, "Secret", "mlref-store-serving")
         store["stringData"]["AWS_SECRET_ACCESS_KEY"] += "-stale"
     models = tmp_path / "models"
-    done = run_storage_initializer(cluster, isvc, models, tmp_path)
+    predictor = cluster.network(Endpoint("mlref", pod_labels(isvc, "predictor")))
+    done = run_storage_initializer(cluster, isvc, models, tmp_path, predictor)
+    assert cluster.record_refusals(predictor) == []
     if stale:  # refused at its first call (a HEAD: the 403 carries no error code)
         assert done.returncode != 0, done.stdout[-2000:]
         assert "HeadBucket operation: Forbidden" in done.stdout
