@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from mlref.settings import DataSettings, Settings, get_settings
+
+# One OpenMP thread for torch in the test processes and every process they start (kfp
+# tasks, servers, CLI calls): the suite runs several test workers on few cores, where each
+# torch op's second thread only spin-waits for a core (a small training burnt ~3x the CPU of
+# one thread). A value given in the environment is kept. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
@@ -333,9 +340,21 @@ def applied(settings: Settings) -> Settings:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test``), the Spark tests of one module share a worker, so
     that a worker starts its Spark JVM for a whole module; modules spread over the workers
-    (all on one worker made the run's longest chain)."""
+    (all on one worker made the run's longest chain). The tests of the drift tests' trained
+    world (``tests/monitoring/conftest.py``, session-scoped) share a worker too: spread, each
+    worker built that world again (a training pipeline's worth of CPU each time)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(f"spark-{item.path.stem}"))
+        elif uses_fixture_of(item, "world", "tests/monitoring"):
+            item.add_marker(pytest.mark.xdist_group("monitoring-world"))
+
+
+def uses_fixture_of(item: pytest.Item, name: str, where: str) -> bool:
+    """Whether ``item`` uses the fixture ``name`` that the conftest of folder ``where``
+    (relative to the rootdir) defines, not another fixture of that name."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.get(name, ()) if info is not None else ()
+    return bool(definitions) and definitions[-1].baseid == where
