@@ -340,21 +340,9 @@ def applied(settings: Settings) -> Settings:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test``), the Spark tests of one module share a worker, so
     that a worker starts its Spark JVM for a whole module; modules spread over the workers
-    (all on one worker made the run's longest chain). The tests of the drift tests' trained
-    world (``tests/monitoring/conftest.py``, session-scoped) share a worker too: spread, each
-    worker built that world again (a training pipeline's worth of CPU each time)."""
+    (all on one worker made the run's longest chain)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(f"spark-{item.path.stem}"))
-        elif uses_fixture_of(item, "world", "tests/monitoring"):
-            item.add_marker(pytest.mark.xdist_group("monitoring-world"))
-
-
-def uses_fixture_of(item: pytest.Item, name: str, where: str) -> bool:
-    """Whether ``item`` uses the fixture ``name`` that the conftest of folder ``where``
-    (relative to the rootdir) defines, not another fixture of that name."""
-    info = getattr(item, "_fixtureinfo", None)
-    definitions = info.name2fixturedefs.get(name, ()) if info is not None else ()
-    return bool(definitions) and definitions[-1].baseid == where
