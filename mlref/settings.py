@@ -249,6 +249,13 @@ class TrainSettings(Section):
         description="A warm start whose champion has another feature spec or architecture: "
         "fail naming the difference (refuse), or train from scratch and record why (scratch).",
     )
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="torch's intra-op threads when training on the CPU; 0: torch's default (one "
+        "per core the process sees: a pod sees its node's, not its CPU limit's). Threads beyond "
+        "the cores a process gets spin-wait, burning CPU without speeding anything up.",
+    )
 
     @model_validator(mode="after")
     def _negative_rate_in_range(self) -> TrainSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from mlref.settings import DataSettings, Settings, get_settings
+
+# One OpenMP thread for torch in the test processes and every process they start (kfp
+# tasks, servers, CLI calls): the suite runs several test workers on few cores, where each
+# torch op's second thread only spin-waits for a core (a small training burnt ~3x the CPU of
+# one thread). A value given in the environment is kept. Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

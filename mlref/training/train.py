@@ -397,6 +397,8 @@ def train(
     every rank returns the same result.
     """
     device = resolve_device(settings.device)
+    if settings.cpu_threads and device.type == "cpu":
+        torch.set_num_threads(settings.cpu_threads)
     if ranks is not None:
         if not isinstance(sets, ShardSet):
             raise TypeError("distributed training reads a ShardSet (each rank its own rows)")

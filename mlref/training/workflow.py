@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import torch
@@ -19,7 +20,7 @@ from mlref import onnx_model
 from mlref.console import console
 from mlref.features.transform import build_spec, transform
 from mlref.settings import Settings
-from mlref.training import dataset, plots, reference, registry, tracking, trainjob, warm_start
+from mlref.training import reference, registry, tracking, trainjob, warm_start
 from mlref.training.export import export_onnx, quantize_int8
 from mlref.training.metrics import auc, logloss
 from mlref.training.parity import ParityReport, check_parity
@@ -28,6 +29,9 @@ from mlref.training.registry import PromotionDecision
 from mlref.training.shards import SPLITS, ShardSet
 from mlref.training.train import encode, train
 from mlref.training.windows import TrainingWindow, describe, require_out_of_sample
+
+if TYPE_CHECKING:
+    from mlref.training.dataset import DatasetReport
 
 MODEL_FILE = "model.pt"
 FP32_FILE = "model.fp32.onnx"
@@ -45,9 +49,13 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def make_training_set(
     settings: Settings, out_dir: Path, start: str = "", end: str = ""
-) -> dataset.DatasetReport:
+) -> DatasetReport:
     """Point-in-time training sets, written as Parquet shards (:mod:`mlref.training.shards`)
     with the dataset report beside them."""
+    # Feast (and its import-time type instrumentation) costs seconds to import: the steps and
+    # training ranks that never build a training set do not load it.
+    from mlref.training import dataset
+
     report = dataset.write_training_sets(settings, str(out_dir), start or None, end or None)
     _write_json(out_dir / REPORT_FILE, asdict(report))
     console.print(
@@ -101,6 +109,8 @@ def fit(
         return flat
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(result.model, out_dir / MODEL_FILE)
+    from mlref.training import plots  # matplotlib: only the rank that writes loads it
+
     plots.reliability_diagram(result.metrics, out_dir / "reliability.png")
     plots.training_curve(result.history, out_dir / "training_curve.png")
     _write_json(

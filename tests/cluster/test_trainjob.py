@@ -35,7 +35,9 @@ from tests.training.conftest import make_frame
 
 # Small, uneven day shards: the two ranks split rows, not files.
 TRAIN = {"train": (1_500, 1_000, 1_000), "val": (1_500,), "test": (1_500,)}
+# One torch thread a rank: the ranks' pods share the test run's few cores.
 SMALL = {"epochs": 2, "batch_size": 256, "embedding_dim": 8, "hidden_units": [16], "device": "cpu"}
+SMALL |= {"cpu_threads": 1}
 BUCKET = "mlref"
 
 

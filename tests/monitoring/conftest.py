@@ -36,8 +36,15 @@ def world_settings(work_dir: Path) -> Settings:
             n_segments=2,
             target_ctr=0.15,
         ),
+        # One torch thread: the cluster loop's training pods (given this section) share the
+        # test run's few cores, where a second thread only spin-waits.
         train=TrainSettings(
-            epochs=3, batch_size=512, embedding_dim=8, hidden_units=[32, 16], device="cpu"
+            epochs=3,
+            batch_size=512,
+            embedding_dim=8,
+            hidden_units=[32, 16],
+            device="cpu",
+            cpu_threads=1,
         ),
         # A model this small loses more to int8 than the production gate allows.
         parity=ParitySettings(

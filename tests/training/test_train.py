@@ -34,6 +34,20 @@ def test_same_seed_gives_identical_weights_and_metrics(
     assert other.metric_table() != first.metric_table()
 
 
+def test_cpu_threads_sizes_torchs_thread_pool_and_zero_keeps_it(
+    tiny_sets: TrainingSets, spec: FeatureSpec, small_train: TrainSettings
+):
+    before = torch.get_num_threads()
+    settings = small_train.model_copy(update={"epochs": 1})
+    try:
+        train(tiny_sets, spec, settings)  # cpu_threads 0: torch's own choice, untouched
+        assert torch.get_num_threads() == before
+        train(tiny_sets, spec, settings.model_copy(update={"cpu_threads": before + 1}))
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_early_stopping_restores_the_best_epoch(tiny_sets: TrainingSets, spec: FeatureSpec):
     """A learning rate this high overfits 2,000 rows within a few epochs."""
     settings = TrainSettings(
