@@ -45,8 +45,7 @@ lint: install
 # its `now`). The two clock runs start first, in the background, each with its own servers,
 # ports and temp dirs; the main run (the rest of the suite) goes on beside them on
 # TEST_WORKERS pytest-xdist workers (three on two cores: many tests wait on servers and polls;
-# `--dist loadgroup`: tests marked with one `xdist_group` run on one worker; the random
-# order's seed is shared by all). The clock runs' output is
+# the random order's seed is shared by all). The clock runs' output is
 # printed when everything is done; any failure fails the target.
 CLOCK_TESTS := tests/cluster/test_cluster_loop.py
 CLOCKS := 00:05 23:55
@@ -57,7 +56,7 @@ test: lint tools
 	  tests/at-utc.sh $$clock $(BIN)/pytest -p no:cacheprovider $(CLOCK_TESTS) \
 	    >$(VENV)/clock-$$clock.log 2>&1 & pids="$$pids $$!"; \
 	done; trap 'kill $$pids 2>/dev/null' INT TERM; \
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(addprefix --ignore=,$(CLOCK_TESTS)); \
+	$(BIN)/pytest -n $(TEST_WORKERS) $(addprefix --ignore=,$(CLOCK_TESTS)); \
 	status=$$?; for pid in $$pids; do wait $$pid || status=1; done; \
 	for clock in $(CLOCKS); do echo "== clock $$clock UTC"; cat $(VENV)/clock-$$clock.log; done; \
 	exit $$status

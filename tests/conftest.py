@@ -336,13 +336,3 @@ def applied(settings: Settings) -> Settings:
     store.apply(settings)
     return settings
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``), the Spark tests of one module share a worker, so
-    that a worker starts its Spark JVM for a whole module; modules spread over the workers
-    (all on one worker made the run's longest chain)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if "spark" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(f"spark-{item.path.stem}"))
