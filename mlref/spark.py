@@ -60,8 +60,6 @@ def session(settings: Settings, **conf: str) -> SparkSession:
         # No web UI: nobody watches a data step's session, and the UI's server and listeners
         # cost start-up time and memory (engine.spark_conf can turn it on).
         "spark.ui.enabled": "false",
-        # Python workers forked with the tasks' modules already imported (mlref.spark_daemon).
-        "spark.python.daemon.module": "mlref.spark_daemon",
         # The master and what it needs: this process, or executor pods in a cluster.
         **platform_for(settings).spark_conf(python, os.environ),
     }
