@@ -9,6 +9,7 @@ so that they import the same mlref and libraries.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -56,6 +57,9 @@ def session(settings: Settings, **conf: str) -> SparkSession:
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
+        # No web UI: nobody watches a data step's session, and the UI's server and listeners
+        # cost start-up time and memory (engine.spark_conf can turn it on).
+        "spark.ui.enabled": "false",
         # The master and what it needs: this process, or executor pods in a cluster.
         **platform_for(settings).spark_conf(python, os.environ),
     }
@@ -99,8 +103,14 @@ def parquet_view(spark: SparkSession, uri: str, name: str) -> None:
     """Register the Parquet file ``uri`` as the temporary view ``name`` of ``spark``, its rows
     read by the executors through fsspec and pyarrow, a row group per task: Spark SQL
     (Feast's Spark offline store and compute engine) then reads object storage as the data
-    steps do, without Hadoop's S3 connector. The footer is read now, the rows by each query."""
+    steps do, without Hadoop's S3 connector. The footer is read now, the rows by the first
+    query, which keeps them on the executors' disks for the next ones: Feast's point-in-time
+    join reads a view several times (once per subquery naming it), and each read would
+    otherwise run Python tasks again. The view that ``name`` held before is dropped from the
+    cache, so a file rewritten since is read anew."""
     import pyarrow.parquet as pq
+    from pyspark import StorageLevel
+    from pyspark.errors import AnalysisException
 
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
@@ -116,4 +126,7 @@ def parquet_view(spark: SparkSession, uri: str, name: str) -> None:
                     yield from parquet.read_row_group(group).to_batches()
 
     frame = tasks(spark, groups).mapInArrow(read, spark_schema(schema))
+    with contextlib.suppress(AnalysisException):  # no view of that name yet
+        spark.catalog.uncacheTable(name)
     frame.createOrReplaceTempView(name)
+    spark.catalog.cacheTable(name, StorageLevel.DISK_ONLY)

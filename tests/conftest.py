@@ -314,6 +314,9 @@ def spark(spark_faults: Path, request: pytest.FixtureRequest) -> Iterator[object
             "spark.default.parallelism": "2",
             "spark.ui.enabled": "false",
             "spark.driver.memory": "1g",
+            # The JIT's first tier only: the tests' jobs are tiny and many, and the optimizing
+            # compiler's threads cost more CPU than they save (docs/spark.md, "Overheads").
+            "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
             "spark.executorEnv.PYTHONPATH": str(SPARK_FAULTS),
             "spark.executorEnv.MLREF_TEST_SPARK_FAULTS": str(spark_faults),
             **{f"spark.executorEnv.{key}": value for key, value in s3_server.env.items()},

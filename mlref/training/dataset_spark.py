@@ -15,12 +15,14 @@ rewrites its shards whole; the manifest is written last.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,12 +31,14 @@ import pyarrow.parquet as pq
 
 from mlref import spark as sparks
 from mlref import storage
-from mlref.features import store
 from mlref.features.counts import TABLES
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, FeatureSpec, fill_defaults
 from mlref.schema import DATE_COLUMN, RAW_SCHEMA, TIMESTAMP
 from mlref.settings import Settings
 from mlref.training.shards import MANIFEST, SHARD_ROWS, SPLITS, Shard, ShardWriter
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 LABEL = "clicked"
 READ = ["request_id", TIMESTAMP, *REQUEST_COLUMNS, LABEL]
@@ -123,7 +127,6 @@ def _write(
     columns: list[str],
 ) -> Written:
     split_of = {day: split for split, names in days.items() for day in names}
-    ordered = joined_by_day(settings, files, len(split_of))
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         writer = ShardWriter(staging, spec)
@@ -145,7 +148,8 @@ def _write(
                     number += 1
         yield from _flush(writer, split_of, day, number, pending, spec, columns)
 
-    lines = ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
+    with joined_by_day(settings, files, len(split_of)) as ordered:
+        lines = ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
     written = Written()
     for line in sorted(lines, key=lambda r: (SPLITS.index(r["split"]), r["path"])):
         split = line["split"]
@@ -160,13 +164,23 @@ def _write(
     return written
 
 
-def joined_by_day(settings: Settings, files: list[tuple[str, str]], partitions: int):
+@contextlib.contextmanager
+def joined_by_day(
+    settings: Settings, files: list[tuple[str, str]], partitions: int
+) -> Iterator[DataFrame]:
     """The curated rows of ``files`` ((path, day), in the local engine's reading order), each
     joined by Feast's Spark offline store with the stats valid at its time: a DataFrame of
     JOINED_SCHEMA's columns and ``LOST`` (the rows the local engine counts as dropped), in
     ``partitions`` partitions by day, each day's rows together in the local engine's order
-    (time, then file and row). The executors read the files; no row reaches this process."""
+    (time, then file and row). The executors read the files; no row reaches this process.
+
+    Feast reads its entity DataFrame three times (the first and last event times, then the
+    join), so the rows read are kept on the executors' disks until the caller's job is done,
+    instead of each file being read and converted three times."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
+
+    from mlref.features import store  # Feast: the driver's only, not the executors'
 
     spark = sparks.session(settings)
     curated = settings.curated_uri
@@ -192,24 +206,28 @@ def joined_by_day(settings: Settings, files: list[tuple[str, str]], partitions: 
                     offset += n
 
     entities = sparks.tasks(spark, len(files)).mapInArrow(read, sparks.spark_schema(ENTITY_SCHEMA))
-    feast = store.checked_store(settings)
-    refs = [f"{table.name}:{name}" for table in TABLES for name in table.columns]
-    joined = feast.get_historical_features(entity_df=entities, features=refs).to_spark_df()
-    lost = F.lit(False)
-    for table in TABLES:
-        # The local engine's count (mlref.features.store.historical_features): rows of an
-        # entity that has snapshots, none valid at the row's time.
-        source = feast.get_feature_view(table.name).batch_source.get_table_query_string()
-        known = f"_mlref_known_{table.key}"
-        keys = spark.sql(f"SELECT DISTINCT {table.key}, true AS {known} FROM {source}")
-        joined = joined.join(keys, on=table.key, how="left")
-        lost = lost | (F.col(table.columns[0]).isNull() & F.col(known).isNotNull())
-    return (
-        joined.withColumn(LOST, lost)
-        .repartition(max(partitions, 1), DATE_COLUMN)
-        .sortWithinPartitions(DATE_COLUMN, TIMESTAMP, FILE, ROW)
-        .select(*JOINED_SCHEMA.names, LOST)
-    )
+    entities = entities.persist(StorageLevel.DISK_ONLY)
+    try:
+        feast = store.checked_store(settings)
+        refs = [f"{table.name}:{name}" for table in TABLES for name in table.columns]
+        joined = feast.get_historical_features(entity_df=entities, features=refs).to_spark_df()
+        lost = F.lit(False)
+        for table in TABLES:
+            # The local engine's count (mlref.features.store.historical_features): rows of an
+            # entity that has snapshots, none valid at the row's time.
+            source = feast.get_feature_view(table.name).batch_source.get_table_query_string()
+            known = f"_mlref_known_{table.key}"
+            keys = spark.sql(f"SELECT DISTINCT {table.key}, true AS {known} FROM {source}")
+            joined = joined.join(keys, on=table.key, how="left")
+            lost = lost | (F.col(table.columns[0]).isNull() & F.col(known).isNotNull())
+        yield (
+            joined.withColumn(LOST, lost)
+            .repartition(max(partitions, 1), DATE_COLUMN)
+            .sortWithinPartitions(DATE_COLUMN, TIMESTAMP, FILE, ROW)
+            .select(*JOINED_SCHEMA.names, LOST)
+        )
+    finally:
+        entities.unpersist()
 
 
 def runs(dates: pa.ChunkedArray) -> Iterator[tuple[int, int, str]]:
