@@ -106,18 +106,7 @@ class Nginx:
             else ""
         )
         self.conf.write_text(
-            f"""worker_processes 1;
-pid {self.root}/nginx.pid;
-error_log {self.root}/logs/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-  client_body_temp_path {self.root}/tmp/body;
-  proxy_temp_path {self.root}/tmp/proxy;
-  fastcgi_temp_path {self.root}/tmp/fastcgi;
-  uwsgi_temp_path {self.root}/tmp/uwsgi;
-  scgi_temp_path {self.root}/tmp/scgi;
-  log_format split '$upstream_addr $status';
-  access_log {self.root}/logs/access.log split;
+            f"""{self.preamble()}
   upstream revisions {{
 {servers}
     keepalive 16;
@@ -136,6 +125,22 @@ http {{
 """
         )
         self.apply()
+
+    def preamble(self) -> str:
+        """The config's opening up to the ``http`` block's own directives: this prefix's
+        files, and an access log of which upstream answered each request and how."""
+        return f"""worker_processes 1;
+pid {self.root}/nginx.pid;
+error_log {self.root}/logs/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+  client_body_temp_path {self.root}/tmp/body;
+  proxy_temp_path {self.root}/tmp/proxy;
+  fastcgi_temp_path {self.root}/tmp/fastcgi;
+  uwsgi_temp_path {self.root}/tmp/uwsgi;
+  scgi_temp_path {self.root}/tmp/scgi;
+  log_format split '$upstream_addr $status';
+  access_log {self.root}/logs/access.log split;"""
 
     def apply(self) -> None:
         """Start nginx on the written config, or reload it gracefully."""

@@ -118,18 +118,7 @@ class KnativeRoute(Nginx):
             if weight
         )
         self.conf.write_text(
-            f"""worker_processes 1;
-pid {self.root}/nginx.pid;
-error_log {self.root}/logs/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-  client_body_temp_path {self.root}/tmp/body;
-  proxy_temp_path {self.root}/tmp/proxy;
-  fastcgi_temp_path {self.root}/tmp/fastcgi;
-  uwsgi_temp_path {self.root}/tmp/uwsgi;
-  scgi_temp_path {self.root}/tmp/scgi;
-  log_format split '$upstream_addr $status';
-  access_log {self.root}/logs/access.log split;
+            f"""{self.preamble()}
   map $http_knative_serving_tag $revision {{
     default split;{tags}
   }}
@@ -183,18 +172,7 @@ class GatewayRoute(Nginx):
         set_headers = "".join(f"\n      proxy_set_header {h['name']} {h['value']};" for h in sets)
         tags = "".join(f"\n    {value} {name};" for value, name in names.items())
         self.conf.write_text(
-            f"""worker_processes 1;
-pid {self.root}/nginx.pid;
-error_log {self.root}/logs/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-  client_body_temp_path {self.root}/tmp/body;
-  proxy_temp_path {self.root}/tmp/proxy;
-  fastcgi_temp_path {self.root}/tmp/fastcgi;
-  uwsgi_temp_path {self.root}/tmp/uwsgi;
-  scgi_temp_path {self.root}/tmp/scgi;
-  log_format split '$upstream_addr $status';
-  access_log {self.root}/logs/access.log split;
+            f"""{self.preamble()}
   map {variable} $backend {{
     default split;{tags}
   }}{_upstreams(pools)}
