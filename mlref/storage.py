@@ -18,9 +18,16 @@ import fsspec
 import pyarrow.dataset as ds
 
 
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem holding ``uri`` and the path within it."""
-    return fsspec.core.url_to_fs(uri)
+def filesystem(uri: str, **options) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding ``uri`` and the path within it.
+
+    An object store is listed afresh every time. Other pods add files between a long-running
+    reader's reads (the inference log, while a canary or an experiment is analysed), and
+    fsspec's listings cache would hide them; worse, s3fs then refuses to open a file a fresh
+    listing found, answering FileNotFoundError from the stale listing of its directory."""
+    if fsspec.utils.get_protocol(uri) != "file":
+        options = {"use_listings_cache": False, **options}
+    return fsspec.core.url_to_fs(uri, **options)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

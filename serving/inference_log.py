@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mlref import storage
 from mlref.schema import EXPERIMENT_COLUMNS, LOG_SCHEMA, NULLABLE_COLUMNS, STAT_COLUMNS
 from mlref.serving import metrics
 from mlref.settings import Settings
@@ -515,7 +516,7 @@ class StorageSink:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
         options = S3_OPTIONS if fsspec.utils.get_protocol(self.uri) in ("s3", "s3a") else {}
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **options)
+        self.fs, self.root = storage.filesystem(self.uri, **options)
 
     def write(self, table: pa.Table, key: str) -> None:
         dates = pc.cast(table["timestamp"], pa.date32())  # UTC days; strftime costs 40x more

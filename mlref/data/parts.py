@@ -90,7 +90,7 @@ def check_counts(result: IngestResult) -> None:
 def source_paths(source: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     """The files ``source`` names, sorted. Files named ``.*`` or ``_*`` (markers such as
     ``_SUCCESS``) inside directories are skipped."""
-    fs, path = fsspec.core.url_to_fs(source)
+    fs, path = storage.filesystem(source)
     if fs.isfile(path):
         paths = [path]
     else:

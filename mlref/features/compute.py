@@ -18,10 +18,10 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime
 
-import fsspec
 import numpy as np
 import pandas as pd
 
+from mlref import storage
 from mlref.features.counts import (
     TABLES,
     EntityTable,
@@ -117,7 +117,7 @@ def compute_tables(settings: Settings) -> ComputeResult:
             settings.features.prior_strength,
         )
         uri = table_uri(settings, table)
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = storage.filesystem(uri)
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as out:
             # Microseconds: Spark (Feast's Spark offline store) reads no nanosecond timestamps.

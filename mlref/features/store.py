@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -27,6 +26,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RegistryConfig
 
 from mlref import spark as sparks
+from mlref import storage
 from mlref.features.compute import (
     TABLES,
     ComputeResult,
@@ -137,7 +137,7 @@ def materialize(settings: Settings, end: datetime) -> dict[str, datetime | None]
 
 def snapshot_counts(settings: Settings, table: EntityTable) -> pd.Series:
     """Snapshots per entity id in ``table``'s offline source (reads its key column only)."""
-    fs, path = fsspec.core.url_to_fs(table_uri(settings, table))
+    fs, path = storage.filesystem(table_uri(settings, table))
     keys = pq.read_table(path, columns=[table.key], filesystem=fs).column(table.key)
     return keys.to_pandas().value_counts()
 
