@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlref import onnx_model
-from mlref.experiment.assign import CONTROL, ROUTE_TAGS, TREATMENT, Watched, state_path
+from mlref.experiment.assign import CONTROL, ROUTE_TAGS, TREATMENT, Watched
 from mlref.features.transform import STAT_COLUMNS, FeatureSpec, SmallBatchTransform
 from mlref.serving import metrics
 from mlref.serving.batcher import Coalescer
@@ -137,7 +137,7 @@ class CtrTransformer(kserve.Model):
         self.labels = ((metadata.get("versions") or [""])[0], parameters.get("variant", ""))
         self.metrics: dict[tuple[str, str], dict] = {}
         self.coalescer = Coalescer(self._score, serving.max_batch)
-        self.experiment = Watched(state_path(settings))
+        self.experiment = Watched(settings.experiment_state_path)
         self.routed: dict[tuple[str, str], Coalescer] = {}  # per (experiment, variant)
         self.shadow = ShadowMirror(settings, name, inference_log, _shadow_inputs)
         self.ready = True

@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mlref.settings import Settings
-
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CONTROL, TREATMENT = "A", "B"
@@ -90,10 +88,6 @@ class Experiment:
     def variants(self, user_ids) -> np.ndarray:
         """``"A"`` or ``"B"`` per user id."""
         return np.where(in_treatment(user_ids, self.salt, self.percent), TREATMENT, CONTROL)
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.experiment_state_path
 
 
 def to_yaml(experiment: Experiment) -> str:

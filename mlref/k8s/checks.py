@@ -502,6 +502,20 @@ def _variant(predictor: dict[str, Any]) -> str:
     return next((e.get("value", "") for e in env if e.get("name") == "MLREF_SERVING__VARIANT"), "")
 
 
+def _settings_setting(objects: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The rendered settings ConfigMap (``mlref-settings``) when it sets ``key``."""
+    return next(
+        (
+            o
+            for o in objects
+            if o.get("kind") == "ConfigMap"
+            and o["metadata"].get("name") == "mlref-settings"
+            and key in (o.get("data") or {})
+        ),
+        None,
+    )
+
+
 def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
     """A shadow is wired end to end: the transformer's settings name the predictor Service
     of a rendered InferenceService serving variant ``shadow``, the transformer mounts the
@@ -514,16 +528,7 @@ def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list
         for o in services
         if _variant((o.get("spec") or {}).get("predictor") or {}) == "shadow"
     }
-    settings = next(
-        (
-            o
-            for o in objects
-            if o.get("kind") == "ConfigMap"
-            and o["metadata"].get("name") == "mlref-settings"
-            and SHADOW_URL_KEY in (o.get("data") or {})
-        ),
-        None,
-    )
+    settings = _settings_setting(objects, SHADOW_URL_KEY)
     if settings is None:
         for name in shadows:
             problems.setdefault(("InferenceService", name), []).append(
@@ -624,18 +629,10 @@ def experiment_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], 
     from mlref.k8s.kserve import STANDARD, KServeSpecError, launch, predictor_service_name
     from mlref.settings import ExperimentSettings
 
-    settings = next(
-        (
-            o["data"]
-            for o in objects
-            if o.get("kind") == "ConfigMap"
-            and o["metadata"].get("name") == "mlref-settings"
-            and EXPERIMENT_STATE_KEY in (o.get("data") or {})
-        ),
-        None,
-    )
-    if settings is None:
+    found = _settings_setting(objects, EXPERIMENT_STATE_KEY)
+    if found is None:
         return {}
+    settings = found["data"]
     defaults = ExperimentSettings()
     config_map = settings.get(EXPERIMENT_MAP_KEY, defaults.config_map)
     header = settings.get(EXPERIMENT_HEADER_KEY, defaults.route_header)

@@ -22,7 +22,7 @@ from mlref.cli import app
 from mlref.data.generate import generate
 from mlref.data.world import World
 from mlref.experiment import control
-from mlref.experiment.assign import TREATMENT, Experiment, state_path, write_experiment
+from mlref.experiment.assign import TREATMENT, Experiment, write_experiment
 from mlref.experiment.report import plan, report
 from mlref.monitoring.replay import record
 from mlref.schema import FIELDS, STAT_COLUMNS
@@ -53,7 +53,7 @@ def log_experiment(settings: Settings, planned_users: int = 0, misrouted: int = 
         started_at="2025-12-31T00:00:00+00:00",
         planned_users=planned_users,
     )
-    write_experiment(state_path(settings), experiment)
+    write_experiment(settings.experiment_state_path, experiment)
     arm = experiment.variants(raw["user_id"])
     b = arm == TREATMENT
     served_b = b.copy()
@@ -126,7 +126,7 @@ def test_routing_and_sample_ratio_guardrails_fail_on_a_broken_log(tmp_path: Path
     skewed = Experiment(
         NAME, NAME, 20, started_at="2025-12-31T00:00:00+00:00", planned_users=10
     )  # the log was split 50/50
-    write_experiment(state_path(settings), skewed)
+    write_experiment(settings.experiment_state_path, skewed)
     found = offline_report(settings)
     verdicts = {c.name: c.verdict for c in found.checks}
     assert verdicts["sample ratio"] == "fail" and verdicts["routing"] == "fail"
