@@ -43,11 +43,16 @@ from typing import Any
 import httpx
 
 from mlref.k8s.kserve import CONTAINER, KNATIVE, Launch, launch, predictor_service_name
+from mlref.settings import Settings
+from mlref.training.publish import publish, publish_champion
 from tests.cluster.conftest import listen_locally
 from tests.cluster.kserve_credentials import run_storage_initializer
 from tests.cluster.network import Endpoint, Route
 from tests.cluster.pods import Cluster, PodCommand, PodFailed, pod_command, stop_in_sandbox
+from tests.conftest import S3Server
 from tests.servers import free_port
+from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, build_features
+from tests.serving.model import build_model
 
 PROVISION_VOLUME = "kserve-provision-location"  # constants.StorageInitializerVolumeName
 MODEL_DIR = "/mnt/models"  # constants.DefaultModelLocalMountPath
@@ -261,3 +266,31 @@ def serving_pods(
             transformer_pod(cluster, isvc, runtimes, base)
         )
         yield serving
+
+
+def laptop_with_two_models(
+    s3: S3Server,
+    bucket: str,
+    redis_server: str,
+    tmp_path: Path,
+    run_ids: tuple[str, str],
+    **sections: Any,
+) -> tuple[Settings, str]:
+    """The laptop: cluster settings as the ConfigMap gives them, with ``bucket`` (emptied)
+    as the storage root. It computes the online features and publishes two models, as the
+    pipeline's pods would: version 1 the champion, version 2 (``run_ids``, one each) the
+    other; returns the settings and version 2's served URI."""
+    s3.create_bucket(bucket)
+    laptop = Settings(
+        mode="cluster",
+        work_dir=tmp_path / "laptop",
+        storage={"root": f"s3://{bucket}"},
+        features={"redis_connection": redis_server},
+        **sections,
+    )
+    build_features(laptop, KNOWN_USERS, KNOWN_ADS)
+    first, second = run_ids
+    publish(laptop, "1", build_model(tmp_path / "v1" / "model.onnx", laptop, seed=0), first)
+    publish_champion(laptop, "1")
+    model = build_model(tmp_path / "v2" / "model.onnx", laptop, seed=1)
+    return laptop, publish(laptop, "2", model, second)

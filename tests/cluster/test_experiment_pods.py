@@ -46,19 +46,23 @@ from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.monitoring.inference import read_inference_log
 from mlref.serving.predictor import resolve
 from mlref.serving.requests import VARIANT_HEADER, VERSION_HEADER
-from mlref.settings import Settings
-from mlref.training.publish import publish, publish_champion, served_uri
+from mlref.training.publish import served_uri
 from tests.canary.fake_kube import canary_statuses
 from tests.canary.platform import Nginx
 from tests.cluster import kubelet_volume
-from tests.cluster.kserve_pods import pod_labels, predictor_pod, predictor_route, transformer_pod
+from tests.cluster.kserve_pods import (
+    laptop_with_two_models,
+    pod_labels,
+    predictor_pod,
+    predictor_route,
+    transformer_pod,
+)
 from tests.cluster.network import Endpoint, Route, service_map
 from tests.cluster.pods import installed
 from tests.conftest import S3Server
 from tests.k8s.test_shadow import RecordedConfigMaps
 from tests.servers import wait_until
-from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, build_features
-from tests.serving.model import build_model
+from tests.serving.conftest import KNOWN_USERS
 from tests.serving.test_servers import business_rows
 
 pytestmark = pytest.mark.slow
@@ -247,20 +251,8 @@ def test_each_user_is_scored_by_their_variants_pod_as_the_config_map_changes(
     s3_env: S3Server, redis_server: str, tmp_path: Path, mode: str
 ) -> None:
     s3 = s3_env
-    s3.create_bucket(BUCKET)
-    # The laptop: cluster settings as the ConfigMap gives them; it publishes both models and
-    # computes the online features, as the pipeline's pods would.
-    laptop = Settings(
-        mode="cluster",
-        work_dir=tmp_path / "laptop",
-        storage={"root": f"s3://{BUCKET}"},
-        features={"redis_connection": redis_server},
-    )
-    build_features(laptop, KNOWN_USERS, KNOWN_ADS)
-    publish(laptop, "1", build_model(tmp_path / "v1" / "model.onnx", laptop, seed=0), "stable")
-    publish_champion(laptop, "1")
-    candidate = publish(
-        laptop, "2", build_model(tmp_path / "v2" / "model.onnx", laptop, seed=1), "candidate"
+    laptop, candidate = laptop_with_two_models(
+        s3, BUCKET, redis_server, tmp_path, ("stable", "candidate")
     )
     objects = kind_chart(candidate, mode)
     isvc = inference_service(objects)
@@ -310,12 +302,6 @@ def test_each_user_is_scored_by_their_variants_pod_as_the_config_map_changes(
     def unassigned(url: str) -> bool:
         return "experiment_variant" not in single(url, "probe", rows[0]).json()["predictions"][0]
 
-    def refreshed(volume: Path, data: dict[str, str] | None) -> None:
-        """kubelet's sync of the mounted ConfigMap: a new ``..data``, the path never written."""
-        before = kubelet_volume.current(volume)
-        kubelet_volume.write(volume, data or {})
-        assert kubelet_volume.current(volume) != before
-
     route = (KnativeRoute if mode == KNATIVE else GatewayRoute)(tmp_path / "route")
     base = tmp_path / "serving"
     second = None
@@ -363,17 +349,17 @@ def test_each_user_is_scored_by_their_variants_pod_as_the_config_map_changes(
 
                 # 2. `mlref experiment stop`: the ConfigMap says stopped; kubelet refreshes it.
                 control.stop(laptop, core=core)
-                refreshed(volume, core.maps[("mlref", "ctr-experiment")]["data"])
+                kubelet_volume.refresh(volume, core.maps[("mlref", "ctr-experiment")]["data"])
                 wait_until(lambda: unassigned(url), 30.0, "the transformer to see the stop")
 
                 # 3. Another experiment, another salt and split: the pod follows it.
                 second = control.start(laptop, "ab-two", 30, salt="other", core=core)
-                refreshed(volume, core.maps[("mlref", "ctr-experiment")]["data"])
+                kubelet_volume.refresh(volume, core.maps[("mlref", "ctr-experiment")]["data"])
                 wait_until(lambda: not unassigned(url), 30.0, "the transformer to see ab-two")
                 scored_by_variant(url, "two", second)
 
                 # 4. The ConfigMap deleted: the optional volume loses its key.
-                refreshed(volume, None)
+                kubelet_volume.refresh(volume, {})
                 wait_until(lambda: unassigned(url), 30.0, "the transformer to see no experiment")
                 assert not (volume / STATE_KEY).exists()
     finally:

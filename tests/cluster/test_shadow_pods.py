@@ -35,19 +35,21 @@ from mlref.k8s.render import chart_value_sets, render_chart, repo_root
 from mlref.monitoring.inference import read_inference_log
 from mlref.serving.predictor import resolve
 from mlref.serving.requests import VARIANT_HEADER
-from mlref.settings import Settings
 from mlref.shadow import control
-from mlref.training.publish import publish, publish_champion, served_uri
+from mlref.training.publish import served_uri
 from tests.canary.fake_kube import RecordedCustomObjectsApi
 from tests.cluster import kubelet_volume
-from tests.cluster.kserve_pods import pod_labels, predictor_pod, transformer_pod
+from tests.cluster.kserve_pods import (
+    laptop_with_two_models,
+    pod_labels,
+    predictor_pod,
+    transformer_pod,
+)
 from tests.cluster.network import Endpoint, service_map
 from tests.cluster.pods import PodFailed, installed
 from tests.conftest import S3Server
 from tests.k8s.test_shadow import RecordedConfigMaps
 from tests.servers import wait_until
-from tests.serving.conftest import KNOWN_ADS, KNOWN_USERS, build_features
-from tests.serving.model import build_model
 from tests.serving.test_servers import business_rows
 from tests.shadow.test_serving import shadow_counts
 
@@ -77,9 +79,7 @@ def refreshed(volume: Path, data: dict[str, str]) -> None:
     """kubelet's sync of a mounted ConfigMap: a new ``..data``, the path never written; then
     long enough for the transformer's next request to re-read it (:class:`Watched` checks
     the file at most once an ``interval``, at a request)."""
-    before = kubelet_volume.current(volume)
-    kubelet_volume.write(volume, data)
-    assert kubelet_volume.current(volume) != before
+    kubelet_volume.refresh(volume, data)
     time.sleep(2 * Watched.interval)
 
 
@@ -87,21 +87,8 @@ def test_the_transformer_pod_mirrors_to_the_shadow_pod_only_as_the_policies_allo
     s3_env: S3Server, redis_server: str, tmp_path: Path
 ) -> None:
     s3 = s3_env
-    s3.create_bucket(BUCKET)
-    # The laptop: cluster settings as the ConfigMap gives them; it publishes both models and
-    # computes the online features, as the pipeline's pods would.
-    laptop = Settings(
-        mode="cluster",
-        work_dir=tmp_path / "laptop",
-        storage={"root": f"s3://{BUCKET}"},
-        features={"redis_connection": redis_server},
-        canary={"poll_seconds": 0.01},
-    )
-    build_features(laptop, KNOWN_USERS, KNOWN_ADS)
-    publish(laptop, "1", build_model(tmp_path / "v1" / "model.onnx", laptop, seed=0), "live")
-    publish_champion(laptop, "1")
-    shadow_uri = publish(
-        laptop, "2", build_model(tmp_path / "v2" / "model.onnx", laptop, seed=1), "shadow"
+    laptop, shadow_uri = laptop_with_two_models(
+        s3, BUCKET, redis_server, tmp_path, ("live", "shadow"), canary={"poll_seconds": 0.01}
     )
     assert shadow_uri == served_uri(laptop, "2")
     objects = shadow_chart(shadow_uri)
