@@ -31,6 +31,15 @@ def connect() -> Any:
     return apply_api(api_client(KubeError))
 
 
+def connect_with_core() -> tuple[Any, Any]:
+    """(CustomObjectsApi, CoreV1Api) over one client whose patches are server-side applies:
+    the shadow and the experiment apply the ConfigMaps that transformer pods mount."""
+    from kubernetes import client
+
+    api = api_client(KubeError)
+    return apply_api(api), client.CoreV1Api(api)
+
+
 def apply_api(api_client: Any) -> Any:
     """The kubernetes client (v30) has no content-type argument: patches go as apply-patch."""
     from kubernetes import client

@@ -15,23 +15,15 @@ from typing import Any
 
 from mlref.canary import kube
 from mlref.experiment.assign import STATE_KEY, Experiment, from_yaml, to_yaml
-from mlref.k8s.client import api_client
 from mlref.settings import Settings
-
-
-def connect() -> Any:
-    """A CoreV1Api whose patches are server-side applies."""
-    from kubernetes import client
-
-    api = api_client(kube.KubeError)
-    api.set_default_header("Content-Type", kube.APPLY_PATCH)
-    return client.CoreV1Api(api)
 
 
 def apply(settings: Settings, experiment: Experiment, core: Any = None) -> list[str]:
     """Put ``experiment`` in force; returns what was applied, a line each."""
     namespace, name = settings.cluster.namespace, settings.experiment.config_map
-    kube.apply_config_map(core or connect(), namespace, name, {STATE_KEY: to_yaml(experiment)})
+    kube.apply_config_map(
+        core or kube.connect_with_core()[1], namespace, name, {STATE_KEY: to_yaml(experiment)}
+    )
     state = "running" if experiment.running else "stopped"
     return [f"ConfigMap {namespace}/{name}: experiment {experiment.name} {state}"]
 
@@ -39,5 +31,5 @@ def apply(settings: Settings, experiment: Experiment, core: Any = None) -> list[
 def read(settings: Settings, core: Any = None) -> Experiment | None:
     """The experiment the cluster's ConfigMap holds; None when none was ever started."""
     namespace, name = settings.cluster.namespace, settings.experiment.config_map
-    data = kube.read_config_map(core or connect(), namespace, name)
+    data = kube.read_config_map(core or kube.connect_with_core()[1], namespace, name)
     return from_yaml(data[STATE_KEY]) if data and STATE_KEY in data else None

@@ -15,17 +15,8 @@ from typing import Any
 
 from mlref.canary import kube
 from mlref.canary.state import API_VERSION, DEFAULT_MODEL, KIND
-from mlref.k8s.client import api_client
 from mlref.settings import Settings
 from mlref.shadow.state import SHADOW, STATE_KEY, Shadow, from_yaml, to_yaml
-
-
-def connect() -> tuple[Any, Any]:
-    """(CustomObjectsApi, CoreV1Api) whose patches are server-side applies."""
-    from kubernetes import client
-
-    api = api_client(kube.KubeError)
-    return kube.apply_api(api), client.CoreV1Api(api)
 
 
 def as_shadow(settings: Settings) -> Settings:
@@ -57,21 +48,9 @@ def inference_service(settings: Settings, model: str) -> dict:
     }
 
 
-def config_map(settings: Settings, shadow: Shadow) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": settings.shadow.inference_service,
-            "namespace": settings.cluster.namespace,
-        },
-        "data": {STATE_KEY: to_yaml(shadow)},
-    }
-
-
 def apply(settings: Settings, shadow: Shadow, apis: tuple[Any, Any] | None = None) -> list[str]:
     """Put ``shadow`` in force; returns what was applied, a line each."""
-    custom, core = apis or connect()
+    custom, core = apis or kube.connect_with_core()
     target = as_shadow(settings)
     namespace, name = settings.cluster.namespace, settings.shadow.inference_service
     done = []
@@ -79,7 +58,7 @@ def apply(settings: Settings, shadow: Shadow, apis: tuple[Any, Any] | None = Non
         kube.apply_patch(custom, target, inference_service(settings, shadow.model))
         kube.wait_ready(custom, target)
         done.append(f"InferenceService {namespace}/{name}: Ready with {shadow.model}")
-    kube.apply_config_map(core, namespace, name, config_map(settings, shadow)["data"])
+    kube.apply_config_map(core, namespace, name, {STATE_KEY: to_yaml(shadow)})
     state = "running" if shadow.running else "stopped"
     done.append(f"ConfigMap {namespace}/{name}: shadow {state}")
     return done
@@ -87,7 +66,7 @@ def apply(settings: Settings, shadow: Shadow, apis: tuple[Any, Any] | None = Non
 
 def read(settings: Settings, core: Any = None) -> Shadow | None:
     """The shadow the cluster's ConfigMap holds; None when none was ever started."""
-    core = core or connect()[1]
+    core = core or kube.connect_with_core()[1]
     namespace, name = settings.cluster.namespace, settings.shadow.inference_service
     data = kube.read_config_map(core, namespace, name)
     return from_yaml(data[STATE_KEY]) if data and STATE_KEY in data else None
