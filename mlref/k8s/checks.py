@@ -516,11 +516,46 @@ def _settings_setting(objects: list[dict[str, Any]], key: str) -> dict[str, Any]
     )
 
 
+def _state_mount_problems(
+    transformer: dict[str, Any], state_dir: str, config_map: str, setting: str, command: str
+) -> list[Problem]:
+    """The transformer mounts ConfigMap ``config_map`` at ``state_dir`` (the directory of the
+    state file ``setting`` names), optional: `mlref <command> start` creates it, and no
+    transformer pod could start before."""
+    volumes = {v.get("name"): v for v in transformer.get("volumes") or []}
+    mounted = [
+        volumes.get(m.get("name")) or {}
+        for c in transformer.get("containers") or []
+        for m in c.get("volumeMounts") or []
+        if state_dir and m.get("mountPath") == state_dir
+    ]
+    source = (mounted[0].get("configMap") or {}) if mounted else {}
+    if source.get("name") != config_map:
+        return [
+            (
+                "spec.transformer",
+                f"mounts no ConfigMap {config_map} at {state_dir or '?'} ({setting}): the "
+                f"transformer cannot see a{'n' if command[0] in 'aeiou' else ''} {command} "
+                "started",
+            )
+        ]
+    if not source.get("optional"):
+        return [
+            (
+                "spec.transformer.volumes",
+                f"ConfigMap {config_map} is not optional: no transformer pod starts before "
+                f"`mlref {command} start` creates it",
+            )
+        ]
+    return []
+
+
 def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
     """A shadow is wired end to end: the transformer's settings name the predictor Service
     of a rendered InferenceService serving variant ``shadow``, the transformer mounts the
-    directory of the shadow's state file, and a NetworkPolicy lets the transformer in; and a
-    shadow InferenceService is one the transformer mirrors to."""
+    directory of the shadow's state file (its ConfigMap, optional), the rollout identity may
+    apply that ConfigMap, and a NetworkPolicy lets the transformer in; and a shadow
+    InferenceService is one the transformer mirrors to."""
     problems: dict[tuple[str, str], list[Problem]] = {}
     services = [o for o in objects if o.get("kind") == "InferenceService"]
     shadows = {
@@ -562,19 +597,9 @@ def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list
     for live in (o for o in services if (o.get("spec") or {}).get("transformer")):
         name = live["metadata"]["name"]
         transformer = live["spec"]["transformer"]
-        mounts = [
-            m.get("mountPath")
-            for c in transformer.get("containers") or []
-            for m in c.get("volumeMounts") or []
-        ]
-        if not state_dir or state_dir not in mounts:
-            problems.setdefault(("InferenceService", name), []).append(
-                (
-                    "spec.transformer.containers",
-                    f"mounts nothing at {state_dir or '?'} ({SHADOW_STATE_KEY}): the transformer "
-                    "cannot see a shadow started",
-                )
-            )
+        mount = _state_mount_problems(transformer, state_dir, target, SHADOW_STATE_KEY, "shadow")
+        if mount:
+            problems.setdefault(("InferenceService", name), []).extend(mount)
         source = {ISVC_LABEL: name, "component": "transformer"}
         shadow_pods = {ISVC_LABEL: target, "component": "predictor"}
         admitted = any(
@@ -594,6 +619,7 @@ def shadow_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list
             problems.setdefault(("InferenceService", target), []).append(
                 ("metadata", f"no NetworkPolicy lets the transformer of {name} reach its pods")
             )
+    problems.update(_role_problems(objects, target, "shadow"))
     return problems
 
 
@@ -602,8 +628,13 @@ EXPERIMENT_MAP_KEY = "MLREF_EXPERIMENT__CONFIG_MAP"
 EXPERIMENT_HEADER_KEY = "MLREF_EXPERIMENT__ROUTE_HEADER"
 
 
-def _role_may_patch(objects: list[dict[str, Any]], role: str, config_map: str) -> bool:
-    return any(
+def _role_problems(
+    objects: list[dict[str, Any]], config_map: str, command: str
+) -> dict[tuple[str, str], list[Problem]]:
+    """The rollout identity (Role ``mlref-canary``) may get and patch ``config_map``, which
+    `mlref <command> start|stop` applies."""
+    role = "mlref-canary"
+    if any(
         o.get("kind") == "Role"
         and o["metadata"].get("name") == role
         and any(
@@ -613,7 +644,10 @@ def _role_may_patch(objects: list[dict[str, Any]], role: str, config_map: str) -
             for rule in o.get("rules") or []
         )
         for o in objects
-    )
+    ):
+        return {}
+    why = f"may not get and patch ConfigMap {config_map}: `mlref {command} start` fails"
+    return {("Role", role): [("rules", why)]}
 
 
 def experiment_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], list[Problem]]:
@@ -645,31 +679,11 @@ def experiment_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], 
             continue
         name = isvc["metadata"]["name"]
         found = problems.setdefault(("InferenceService", name), [])
-        transformer = spec["transformer"]
-        volumes = {v.get("name"): v for v in transformer.get("volumes") or []}
-        mounted = [
-            volumes.get(m.get("name")) or {}
-            for c in transformer.get("containers") or []
-            for m in c.get("volumeMounts") or []
-            if m.get("mountPath") == state_dir
-        ]
-        source = (mounted[0].get("configMap") or {}) if mounted else {}
-        if source.get("name") != config_map:
-            found.append(
-                (
-                    "spec.transformer",
-                    f"mounts no ConfigMap {config_map} at {state_dir} ({EXPERIMENT_STATE_KEY}): "
-                    "the transformer cannot see an experiment started",
-                )
+        found.extend(
+            _state_mount_problems(
+                spec["transformer"], state_dir, config_map, EXPERIMENT_STATE_KEY, "experiment"
             )
-        elif not source.get("optional"):
-            found.append(
-                (
-                    "spec.transformer.volumes",
-                    f"ConfigMap {config_map} is not optional: no transformer pod starts before "
-                    "`mlref experiment start` creates it",
-                )
-            )
+        )
         try:
             started = launch(isvc, "transformer")
         except KServeSpecError:
@@ -719,13 +733,7 @@ def experiment_problems(objects: list[dict[str, Any]]) -> dict[tuple[str, str], 
                     f"({tags}) on host {host or '?'}: expected {expected['spec']}",
                 )
             )
-    if not _role_may_patch(objects, "mlref-canary", config_map):
-        problems.setdefault(("Role", "mlref-canary"), []).append(
-            (
-                "rules",
-                f"may not get and patch ConfigMap {config_map}: `mlref experiment start` fails",
-            ),
-        )
+    problems.update(_role_problems(objects, config_map, "experiment"))
     return {key: found for key, found in problems.items() if found}
 
 

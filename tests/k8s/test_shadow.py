@@ -52,6 +52,18 @@ def test_each_broken_link_is_named(forms: list[Rendered]):
         container = find(objs, "InferenceService", "ctr")["spec"]["transformer"]["containers"][0]
         container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "shadow"]
 
+    def required_map(objs):
+        volumes = find(objs, "InferenceService", "ctr")["spec"]["transformer"]["volumes"]
+        next(v for v in volumes if v["name"] == "shadow")["configMap"]["optional"] = False
+
+    def another_map(objs):
+        volumes = find(objs, "InferenceService", "ctr")["spec"]["transformer"]["volumes"]
+        next(v for v in volumes if v["name"] == "shadow")["configMap"]["name"] = "ctr-other"
+
+    def no_grant(objs):
+        role = find(objs, "Role", "mlref-canary")
+        role["rules"] = [r for r in role["rules"] if "configmaps" not in r.get("resources", [])]
+
     def live_model_name(objs):
         find(objs, "ConfigMap", "mlref-settings")["data"][SHADOW_MODEL_KEY] = "ctr"
 
@@ -60,7 +72,10 @@ def test_each_broken_link_is_named(forms: list[Rendered]):
 
     assert "no NetworkPolicy" in str(broken(drop_policy)[("InferenceService", "ctr-shadow")])
     assert "not the predictor Service" in str(broken(wrong_url)[("ConfigMap", "mlref-settings")])
-    assert "mounts nothing" in str(broken(no_mount)[("InferenceService", "ctr")])
+    assert "mounts no ConfigMap ctr-shadow" in str(broken(no_mount)[("InferenceService", "ctr")])
+    assert "mounts no ConfigMap ctr-shadow" in str(broken(another_map)[("InferenceService", "ctr")])
+    assert "is not optional" in str(broken(required_map)[("InferenceService", "ctr")])
+    assert "mlref shadow start" in str(broken(no_grant)[("Role", "mlref-canary")])
     assert SHADOW_URL_KEY in str(broken(no_setting)[("InferenceService", "ctr-shadow")])
     found = str(broken(live_model_name)[("ConfigMap", "mlref-settings")])
     assert SHADOW_MODEL_KEY in found and "would find no model" in found
