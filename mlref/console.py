@@ -48,6 +48,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def one_line_errors(*expected: type[Exception]) -> Iterator[None]:
+    """The ``expected`` failures end the command with their one line and exit code 1."""
+    try:
+        yield
+    except expected as exc:
+        raise fail(str(exc)) from None
+
+
 def summary(title: str, rows: Mapping[str, Any]) -> None:
     """Print what was written where, as a two-column table."""
     table = Table(title=title, show_header=False, title_justify="left")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from mlref.console import console, fail
+from mlref.console import console, one_line_errors
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -16,17 +15,13 @@ WRITE_ONLY = typer.Option(False, "--write-only", help="Only write the patch; app
 OUT = typer.Option(None, "--out", help="Write the patch here (e.g. into an overlay) instead.")
 
 
-@contextmanager
 def _one_line_errors():
     """Expected failures end the command with their one line and exit code 1."""
     from mlref.canary.kube import KubeError
     from mlref.canary.rollout import RolloutError
     from mlref.canary.sources import SourceError
 
-    try:
-        yield
-    except (KubeError, RolloutError, SourceError, LookupError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    return one_line_errors(KubeError, RolloutError, SourceError, LookupError, ValueError)
 
 
 def _show(applied) -> None:

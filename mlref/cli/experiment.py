@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import typer
 
-from mlref.console import console, fail
+from mlref.console import console, one_line_errors
 
 app = typer.Typer(no_args_is_help=True)
 
 
-@contextmanager
 def _one_line_errors():
     """Expected failures end the command with their one line and exit code 1."""
     from mlref.canary.kube import KubeError
     from mlref.experiment.control import ExperimentError
 
-    try:
-        yield
-    except (ExperimentError, KubeError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    return one_line_errors(ExperimentError, KubeError, ValueError)
 
 
 def _print(lines: list[str]) -> None:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import typer
 
-from mlref.console import console, fail
+from mlref.console import console, one_line_errors
 
 app = typer.Typer(no_args_is_help=True)
 
 
-@contextmanager
 def _one_line_errors():
     """Expected failures end the command with their one line and exit code 1."""
     from mlref.canary.kube import KubeError
     from mlref.canary.sources import SourceError
     from mlref.shadow.control import ShadowError
 
-    try:
-        yield
-    except (ShadowError, KubeError, SourceError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    return one_line_errors(ShadowError, KubeError, SourceError, ValueError)
 
 
 @app.command()
