@@ -8,7 +8,9 @@ live: Redis online (``features.redis_connection``) and registry + offline data u
 
 from __future__ import annotations
 
+import copy
 import itertools
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
@@ -156,6 +159,45 @@ def join_chunks(keys: pd.Series, counts: pd.Series, join_rows: int) -> list[slic
     return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
+def snapshot_window(settings: Settings, table: EntityTable, start, end) -> pa.Table:
+    """The snapshots of ``table`` stamped in [``start``, ``end``] (None: unbounded). The table
+    is written in time order (:func:`mlref.features.compute.compute_tables`), so only the row
+    groups of that range are read."""
+    fs, path = storage.filesystem(table_uri(settings, table))
+    bounds = [(TIMESTAMP, ">=", start)] if start is not None else []
+    bounds += [(TIMESTAMP, "<=", end)]
+    return pq.read_table(path, filesystem=fs, filters=bounds)
+
+
+def _windowed_view(
+    settings: Settings, view: FeatureView, table: EntityTable, entity_df: pd.DataFrame, tmp: str
+) -> tuple[FeatureView, pd.Series]:
+    """``view`` reading only the snapshots a join of ``entity_df`` can use: those within the
+    view's TTL before its first timestamp up to its last, copied to a file under ``tmp``; and
+    the snapshots per key there.
+
+    Feast's file offline store merges each entity row with every snapshot of its key and only
+    then drops those outside the TTL, so a join over the whole table costs rows x days of
+    history; over the window it costs rows x the days the TTL spans. The rows that survive
+    the TTL filter are the same, so the answer is too."""
+    first, last = entity_df[TIMESTAMP].min(), entity_df[TIMESTAMP].max()
+    start = first - view.ttl if view.ttl else None
+    window = snapshot_window(settings, table, start, last)
+    path = f"{tmp}/{table.name}.parquet"
+    with pq.ParquetWriter(path, window.schema) as out:
+        out.write_table(window)
+    source = view.batch_source
+    windowed = copy.copy(view)
+    windowed.batch_source = FileSource(
+        name=source.name,
+        path=path,
+        timestamp_field=source.timestamp_field,
+        created_timestamp_column=source.created_timestamp_column,
+    )
+    counts = window.column(table.key).to_pandas().value_counts()
+    return windowed, counts
+
+
 def historical_features(
     settings: Settings, entity_df: pd.DataFrame, join_rows: int = JOIN_ROWS
 ) -> tuple[pd.DataFrame, int]:
@@ -168,36 +210,49 @@ def historical_features(
     an entity that has snapshots but none valid at the row's time (within the view's TTL),
     which are the rows Feast's file offline store drops; an entity with no snapshot at all
     comes back with empty stats instead. Feast's Spark offline store keeps every row (a left
-    join), so both count by this rule, not by what came back. The pairs go
-    to Feast in chunks of at most ``join_rows`` joined rows (:func:`join_chunks`); each pair's
-    answer does not depend on the others, so chunking changes memory, not results.
+    join), so both count by this rule, not by what came back. The file store reads only the
+    snapshots within the rows' TTL window (:func:`_windowed_view`), so a day's join costs the
+    same whatever the history's length. The pairs go to Feast in chunks of at most
+    ``join_rows`` joined rows (:func:`join_chunks`); each pair's answer does not depend on the
+    others, so chunking changes memory, not results.
     """
     keyed = entity_df.reset_index(drop=True)
     store = checked_store(settings)
+    provider = get_provider(store.config)
     parts, lost = [], np.zeros(len(keyed), dtype=bool)
-    for table in TABLES:
-        pairs = keyed[[table.key, TIMESTAMP]]
-        codes = pairs.groupby([table.key, TIMESTAMP], sort=False).ngroup().to_numpy()
-        request = pairs.drop_duplicates().reset_index(drop=True)
-        request[ROW_KEY] = np.arange(len(request))
-        refs = [f"{table.name}:{name}" for name in table.columns]
-        counts = snapshot_counts(settings, table)
-        chunks = join_chunks(request[table.key], counts, join_rows)
-        found = pd.concat(
-            [
-                store.get_historical_features(entity_df=request[chunk], features=refs).to_df()
-                for chunk in chunks
-            ]
-        )
-        stats = (
-            found.drop_duplicates(ROW_KEY)
-            .set_index(ROW_KEY)[list(table.columns)]
-            .reindex(np.arange(len(request)))
-            .astype("float64")
-        )
-        unmatched = stats.isna().all(axis=1).to_numpy() & request[table.key].isin(counts.index)
-        lost |= unmatched.to_numpy()[codes]
-        parts.append(stats.iloc[codes].reset_index(drop=True))
+    with tempfile.TemporaryDirectory(prefix="mlref-join-") as tmp:
+        for table in TABLES:
+            pairs = keyed[[table.key, TIMESTAMP]]
+            codes = pairs.groupby([table.key, TIMESTAMP], sort=False).ngroup().to_numpy()
+            request = pairs.drop_duplicates().reset_index(drop=True)
+            request[ROW_KEY] = np.arange(len(request))
+            refs = [f"{table.name}:{name}" for name in table.columns]
+            view = store.get_feature_view(table.name)
+            counts = snapshot_counts(settings, table)
+            if isinstance(view.batch_source, FileSource) and len(request):
+                windowed, fan = _windowed_view(settings, view, table, request, tmp)
+
+                def join(rows: pd.DataFrame, windowed=windowed, refs=refs) -> pd.DataFrame:
+                    return provider.get_historical_features(
+                        store.config, [windowed], refs, rows, store.registry, store.project, False
+                    ).to_df()
+            else:
+                fan = counts
+
+                def join(rows: pd.DataFrame, refs=refs) -> pd.DataFrame:
+                    return store.get_historical_features(entity_df=rows, features=refs).to_df()
+
+            chunks = join_chunks(request[table.key], fan, join_rows)
+            found = pd.concat([join(request[chunk]) for chunk in chunks])
+            stats = (
+                found.drop_duplicates(ROW_KEY)
+                .set_index(ROW_KEY)[list(table.columns)]
+                .reindex(np.arange(len(request)))
+                .astype("float64")
+            )
+            unmatched = stats.isna().all(axis=1).to_numpy() & request[table.key].isin(counts.index)
+            lost |= unmatched.to_numpy()[codes]
+            parts.append(stats.iloc[codes].reset_index(drop=True))
     return pd.concat([keyed, *parts], axis=1), int(lost.sum())
 
 

@@ -253,3 +253,35 @@ def test_chunked_joins_give_the_same_rows_as_one_join(applied: Settings):
     chunked, chunked_dropped = store.historical_features(applied, frame, join_rows=4)
     pd.testing.assert_frame_equal(chunked, whole)
     assert chunked_dropped == dropped
+
+
+def test_a_join_reads_its_ttl_window_and_answers_as_feast_over_the_whole_table(applied: Settings):
+    frame = events(LOG * 3)
+    frame["event_timestamp"] += pd.to_timedelta([0] * 6 + [3_600] * 6 + [2 * 86_400] * 6, unit="s")
+    joined, dropped = store.historical_features(applied, frame)
+
+    feast = store.open_store(applied)
+    expected_lost = np.zeros(len(frame), dtype=bool)
+    for table in store.TABLES:
+        pairs = frame[[table.key, "event_timestamp"]].drop_duplicates().reset_index(drop=True)
+        pairs[store.ROW_KEY] = np.arange(len(pairs))
+        refs = [f"{table.name}:{name}" for name in table.columns]
+        whole = feast.get_historical_features(entity_df=pairs, features=refs).to_df()
+        answer = whole.drop_duplicates(store.ROW_KEY).set_index(store.ROW_KEY)[list(table.columns)]
+        expected = frame.merge(pairs, on=[table.key, "event_timestamp"], how="left")
+        stats = answer.reindex(expected[store.ROW_KEY]).reset_index(drop=True).astype("float64")
+        pd.testing.assert_frame_equal(joined[list(table.columns)], stats, check_names=False)
+        counts = store.snapshot_counts(applied, table)
+        expected_lost |= stats.isna().all(axis=1).to_numpy() & frame[table.key].isin(counts.index)
+    assert dropped == int(expected_lost.sum()) > 0
+
+    table = store.TABLES[0]
+    view = feast.get_feature_view(table.name)
+    day = frame[frame["event_timestamp"].dt.normalize() == _stamp("2026-01-04")]
+    window = store.snapshot_window(
+        applied, table, day["event_timestamp"].min() - view.ttl, day["event_timestamp"].max()
+    )
+    stamps = window.column("event_timestamp").to_pandas()
+    full = pd.read_parquet(applied.feature_dir / f"{table.name}.parquet")
+    assert 0 < len(window) < len(full)
+    assert stamps.min() >= _stamp("2026-01-03") and stamps.max() <= day["event_timestamp"].max()
