@@ -16,6 +16,7 @@ rewrites its shards whole; the manifest is written last.
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 import shutil
 import uuid
@@ -44,6 +45,9 @@ LABEL = "clicked"
 READ = ["request_id", TIMESTAMP, *REQUEST_COLUMNS, LABEL]
 FILE, ROW, LOST = "_mlref_file", "_mlref_row", "_mlref_lost"
 ROWS_PER_BATCH = 10_000  # Arrow batches handed to Spark
+# Days of entity rows one Feast join takes: its cost per row follows this plus the TTL's days,
+# not the range's length (joined_by_day).
+JOIN_DAYS = 7
 ENTITY_SCHEMA = pa.schema(
     [RAW_SCHEMA.field(name).with_nullable(True) for name in READ]
     + [pa.field(DATE_COLUMN, pa.string()), pa.field(FILE, pa.int64()), pa.field(ROW, pa.int64())]
@@ -174,9 +178,13 @@ def joined_by_day(
     ``partitions`` partitions by day, each day's rows together in the local engine's order
     (time, then file and row). The executors read the files; no row reaches this process.
 
-    Feast reads its entity DataFrame three times (the first and last event times, then the
-    join), so the rows read are kept on the executors' disks until the caller's job is done,
-    instead of each file being read and converted three times."""
+    Feast joins ``JOIN_DAYS`` days at a time (:func:`day_groups`): its query joins each row
+    with every snapshot of its key between the first row's time less the TTL and the last
+    row's, before it keeps the one valid at the row's time, so one join of the whole range
+    would cost rows x days of history; a group's costs rows x (``JOIN_DAYS`` + the TTL's
+    days). Feast reads its entity DataFrame three times (the first and last event times, then
+    the join), so each group's rows are kept on the executors' disks until the caller's job is
+    done, instead of each file being read and converted three times."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -185,32 +193,43 @@ def joined_by_day(
     spark = sparks.session(settings)
     curated = settings.curated_uri
 
-    def read(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        fs, _ = storage.filesystem(curated)
-        for task in tasks:
-            for i in task.column(0).to_pylist():
-                path, day = files[i]
-                source = ds.dataset(path, schema=RAW_SCHEMA, filesystem=fs, format="parquet")
-                offset = 0
-                for batch in source.to_batches(columns=READ, batch_size=ROWS_PER_BATCH):
-                    n = batch.num_rows
-                    yield pa.RecordBatch.from_arrays(
-                        [
-                            *batch.columns,
-                            pa.array([day] * n, pa.string()),
-                            pa.array([i] * n, pa.int64()),
-                            pa.array(range(offset, offset + n), pa.int64()),
-                        ],
-                        schema=ENTITY_SCHEMA,
-                    )
-                    offset += n
+    def reader(indices: list[int]):
+        def read(tasks: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            fs, _ = storage.filesystem(curated)
+            for task in tasks:
+                for t in task.column(0).to_pylist():
+                    i = indices[t]
+                    path, day = files[i]
+                    source = ds.dataset(path, schema=RAW_SCHEMA, filesystem=fs, format="parquet")
+                    offset = 0
+                    for batch in source.to_batches(columns=READ, batch_size=ROWS_PER_BATCH):
+                        n = batch.num_rows
+                        yield pa.RecordBatch.from_arrays(
+                            [
+                                *batch.columns,
+                                pa.array([day] * n, pa.string()),
+                                pa.array([i] * n, pa.int64()),
+                                pa.array(range(offset, offset + n), pa.int64()),
+                            ],
+                            schema=ENTITY_SCHEMA,
+                        )
+                        offset += n
 
-    entities = sparks.tasks(spark, len(files)).mapInArrow(read, sparks.spark_schema(ENTITY_SCHEMA))
-    entities = entities.persist(StorageLevel.DISK_ONLY)
+        return read
+
+    groups = []
     try:
         feast = store.checked_store(settings)
         refs = [f"{table.name}:{name}" for table in TABLES for name in table.columns]
-        joined = feast.get_historical_features(entity_df=entities, features=refs).to_spark_df()
+        parts = []
+        for indices in day_groups(files, JOIN_DAYS):
+            entities = sparks.tasks(spark, len(indices)).mapInArrow(
+                reader(indices), sparks.spark_schema(ENTITY_SCHEMA)
+            )
+            groups.append(entities.persist(StorageLevel.DISK_ONLY))
+            job = feast.get_historical_features(entity_df=groups[-1], features=refs)
+            parts.append(job.to_spark_df())
+        joined = functools.reduce(lambda a, b: a.unionByName(b), parts)
         lost = F.lit(False)
         for table in TABLES:
             # The local engine's count (mlref.features.store.historical_features): rows of an
@@ -227,7 +246,18 @@ def joined_by_day(
             .select(*JOINED_SCHEMA.names, LOST)
         )
     finally:
-        entities.unpersist()
+        for entities in groups:
+            entities.unpersist()
+
+
+def day_groups(files: list[tuple[str, str]], days: int) -> list[list[int]]:
+    """The indices of ``files`` ((path, day)) in groups of ``days`` consecutive days, each
+    group's in the files' order."""
+    order = {day: n // days for n, day in enumerate(sorted({day for _, day in files}))}
+    groups: dict[int, list[int]] = {}
+    for i, (_, day) in enumerate(files):
+        groups.setdefault(order[day], []).append(i)
+    return [groups[g] for g in sorted(groups)]
 
 
 def runs(dates: pa.ChunkedArray) -> Iterator[tuple[int, int, str]]:

@@ -17,7 +17,7 @@ from mlref.data.ingest import ingest
 from mlref.features import store
 from mlref.features.compute import compute_tables
 from mlref.settings import EngineSettings, Settings
-from mlref.training import dataset, shards
+from mlref.training import dataset, dataset_spark, shards
 from mlref.training.dataset_spark import TrainingSetFailed
 
 
@@ -43,7 +43,13 @@ def read_set(uri: Path | str) -> tuple[dict, dict[str, pd.DataFrame]]:
     return sets.manifest, {split: sets.frame(split) for split in shards.SPLITS}
 
 
-def test_spark_builds_the_local_engines_training_set(features: Settings, spark, tmp_path):
+def test_spark_builds_the_local_engines_training_set(
+    features: Settings, spark, tmp_path, monkeypatch
+):
+    # Feast joins a day at a time here: several joins, unioned, give the local engine's set.
+    monkeypatch.setattr(dataset_spark, "JOIN_DAYS", 1)
+    files = dataset.curated_files(features, {"all": dataset.curated_days(features)})
+    assert len(dataset_spark.day_groups(files, 1)) == 3
     local = dataset.write_training_sets(features, str(tmp_path / "local"))
     spark_settings = features.model_copy(update={"engine": EngineSettings(data="spark")})
     with pytest.raises(store.EngineMismatchError, match="run `mlref features build` with"):
@@ -152,3 +158,9 @@ def test_spark_publishes_the_local_engines_set_to_an_object_store(
     keys = sorted(item["Key"] for item in listing.get("Contents", []))
     shards_listed = [s["path"] for split in manifest["shards"].values() for s in split]
     assert keys == sorted([f"sets/{shards.MANIFEST}", *(f"sets/{p}" for p in shards_listed)])
+
+
+def test_day_groups_take_consecutive_days_in_the_files_order():
+    files = [("a", "d1"), ("b", "d3"), ("c", "d2"), ("d", "d1"), ("e", "d4"), ("f", "d5")]
+    assert dataset_spark.day_groups(files, 2) == [[0, 2, 3], [1, 4], [5]]
+    assert dataset_spark.day_groups(files, 7) == [[0, 1, 2, 3, 4, 5]]
