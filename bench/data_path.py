@@ -9,7 +9,9 @@ streamed from the shards: ``--host-memory-mib`` is the trainer's host budget, be
 size; it reads shards whatever the data engine, so it runs under the local engine only) and
 batch prediction (every day scored by an int8 ONNX export of mlref's network, exported
 outside the clock). Peak = the largest resident memory of the stage's whole process tree
-(Spark's JVM and Python workers included), sampled every 50 ms. A stage whose tree passes
+(Spark's JVM and Python workers included), sampled every 50 ms; CPU = the user and system
+seconds of that tree (each member's last sample), the measure of work a shared machine's load
+distorts least: the growth ratios give both. A stage whose tree passes
 ``--limit-gib`` is killed and reported as such (the machine is shared).
 
 Then, from this one run: per engine and stage, the ratios of peak memory and of time between
@@ -50,6 +52,7 @@ GIB = 1 << 30
 @dataclass(frozen=True)
 class Measured:
     seconds: float
+    cpu_seconds: float
     peak_bytes: int
     killed: bool
     returncode: int
@@ -59,7 +62,22 @@ class Measured:
             return f"killed above the limit after {self.seconds:.0f} s"
         if self.returncode:
             return f"failed (exit {self.returncode})"
-        return f"{self.seconds:.1f} s, {self.peak_bytes / (1 << 20):,.0f} MiB"
+        return (
+            f"{self.seconds:.1f} s ({self.cpu_seconds:.0f} CPU-s), "
+            f"{self.peak_bytes / (1 << 20):,.0f} MiB"
+        )
+
+
+def tree_cpu(process: psutil.Process, seen: dict[tuple[int, float], float]) -> None:
+    """Record in ``seen`` the CPU seconds (user + system) each member of ``process``'s tree
+    has used so far, keyed by (pid, start time): the sum over ``seen`` is the tree's CPU time,
+    which a machine shared with other work slows far less than the wall time."""
+    for member in (process, *process.children(recursive=True)):
+        try:
+            used = member.cpu_times()
+            seen[(member.pid, member.create_time())] = used.user + used.system
+        except psutil.NoSuchProcess:
+            continue
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -81,9 +99,11 @@ def measure(args: list[str], env: dict[str, str], limit: int, log: Path) -> Meas
             [sys.executable, __file__, *args], env=env, cwd=REPO, stdout=out, stderr=out
         )
         process, peak, killed = psutil.Process(child.pid), 0, False
+        cpu: dict[tuple[int, float], float] = {}
         while child.poll() is None:
             try:
                 peak = max(peak, tree_rss(process))
+                tree_cpu(process, cpu)
             except psutil.NoSuchProcess:
                 break
             if peak > limit:
@@ -93,7 +113,8 @@ def measure(args: list[str], env: dict[str, str], limit: int, log: Path) -> Meas
                 break
             time.sleep(0.05)
         child.wait()
-    return Measured(time.perf_counter() - started, peak, killed, child.returncode)
+    seconds = time.perf_counter() - started
+    return Measured(seconds, sum(cpu.values()), peak, killed, child.returncode)
 
 
 def run_stage(name: str, work: Path) -> None:
@@ -301,12 +322,14 @@ def ratios(
     large: tuple[int, int],
     what: str,
 ) -> str:
-    """Peak memory and time of ``large`` over ``small`` (days, rows a day), per stage."""
+    """Peak memory, wall time and CPU time of ``large`` over ``small`` (days, rows a day),
+    per stage."""
     a, b = results.get((*small, engine), {}), results.get((*large, engine), {})
     growth = large[0] * large[1] / (small[0] * small[1])
     cells = ", ".join(
         f"{stage} {b[stage].peak_bytes / a[stage].peak_bytes:.2f}x memory, "
-        f"{b[stage].seconds / a[stage].seconds:.2f}x time"
+        f"{b[stage].seconds / a[stage].seconds:.2f}x time, "
+        f"{b[stage].cpu_seconds / a[stage].cpu_seconds:.2f}x CPU"
         for stage in STAGES
         if stage in a and stage in b
     )
