@@ -103,8 +103,8 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
 # 0.999), the full model's 0.984 +- 0.023 (0.940 .. 1.015); samples processed against the full
 # run 0.184x per epoch, 0.39 +- 0.06 (0.31 .. 0.46) over the run (it trains all 10 epochs, the
 # full run stops after 4 to 6). This test's own run (data 11, seed 7): -0.0023, 0.985, 0.46x.
-# A missing correction fails it (AUC -0.0053: early stopping reads uncorrected probabilities), one
-# applied twice reads a calibration of 0.12.
+# A missing correction fails it (the int8 gate, and AUC -0.0053: early stopping reads uncorrected
+# probabilities); one applied twice reads a calibration of 0.12.
 USERS, TRAIN_ROWS, TEST_ROWS = 100, 100_000, 100_000
 AUC_BUDGET = 0.005
 CALIBRATION_BOUNDS = (0.95, 1.05)
