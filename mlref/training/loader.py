@@ -85,9 +85,9 @@ class Batches:
         if self.select is None:
             order = torch.randperm(self.rows, generator=self.generator, device=home)
         else:
-            index = self.select(self.epoch).to(home)
-            self.rows = len(index)
-            order = index[torch.randperm(self.rows, generator=self.generator, device=home)]
+            kept = self.select(self.epoch).to(home)
+            self.rows = len(kept)
+            order = kept[torch.randperm(self.rows, generator=self.generator, device=home)]
         for chunk in order.split(self.chunk_rows):
             if self.resident:
                 for index in chunk.split(self.batch_size):
@@ -157,12 +157,12 @@ class ShardBatches:
     """Shuffled batches of a training set read shard by shard, for a set larger than host
     memory; the same interface as :class:`Batches` (``rows``, ``device``, ``resident``).
 
-    ``load(i)`` returns shard ``i`` as tensors (rows first); it may read ``epoch`` (the epoch
-    being read, from 1) to return other rows each epoch, ``rows`` then being the last epoch's
-    count. Each epoch the shard order is a
+    ``load(i)`` returns shard ``i`` as tensors (rows first). Each epoch the shard order is a
     fresh permutation; a background thread reads up to ``prefetch`` shards ahead; rows are
     shuffled within a buffer of ``buffer_shards`` shards and cut into batches, the remainder
     (under a batch) carried into the next buffer. Every row is seen exactly once per epoch.
+    ``load`` may read ``epoch`` (the epoch being read, from 1) to return other rows each epoch
+    (a fresh sample of negatives); ``rows`` is then the last epoch's count.
 
     Randomness, against a full permutation: the order of shards and the order of rows within a
     buffer are uniform, but a batch only mixes rows of the shards of one buffer (plus a

@@ -32,14 +32,18 @@ def true_logit(frame: pd.DataFrame, users: int = N_USERS) -> np.ndarray:
     """The click log-odds :func:`make_frame` drew each row's click from (its world of
     ``users`` users): scored on a split's rows, the AUC no model can beat there."""
     user_skill, ad_skill, _, _ = _world(users)
-    device = frame["device_type"].to_numpy()
-    return (
-        BASE_LOGIT
-        + user_skill[frame["user_id"].to_numpy() - 1]
-        + ad_skill[frame["ad_id"].to_numpy() - 1]
-        - 0.15 * (frame["position"].to_numpy() - 1)
-        + np.where(device == "mobile", 0.3, 0.0)
+    return _logit(
+        user_skill[frame["user_id"].to_numpy() - 1],
+        ad_skill[frame["ad_id"].to_numpy() - 1],
+        frame["position"].to_numpy(),
+        frame["device_type"].to_numpy(),
     )
+
+
+def _logit(
+    user_skill: np.ndarray, ad_skill: np.ndarray, position: np.ndarray, device: np.ndarray
+) -> np.ndarray:
+    return BASE_LOGIT + user_skill + ad_skill - 0.15 * (position - 1) + (device == "mobile") * 0.3
 
 
 def _world(users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -66,8 +70,7 @@ def make_frame(
     ad = rng.integers(0, N_ADS, rows)
     position = rng.integers(1, schema.MAX_POSITION + 1, rows)
     device = rng.choice(schema.DEVICE_TYPES, rows)
-    logit = BASE_LOGIT + user_skill[user] + ad_skill[ad] - 0.15 * (position - 1)
-    logit += np.where(device == "mobile", 0.3, 0.0)
+    logit = _logit(user_skill[user], ad_skill[ad], position, device)
     frame = schema.examples(rows, seed).assign(  # the fields that carry no signal: uniform
         request_id=[f"r{seed}-{i}" for i in range(rows)],
         event_timestamp=pd.Timestamp(start, tz="UTC")

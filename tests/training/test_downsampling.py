@@ -16,11 +16,12 @@ from mlref.features.transform import FeatureSpec
 from mlref.settings import ParitySettings, Settings, TrainSettings
 from mlref.training import shards
 from mlref.training.export import export_onnx, quantize_int8
+from mlref.training.metrics import auc
 from mlref.training.model import CTRModel
 from mlref.training.parity import check_parity
 from mlref.training.train import encode, epoch_sample, negative_sample, train
 
-from .conftest import make_frame, make_sets
+from .conftest import make_frame, make_sets, true_logit
 
 RATE = 0.1
 
@@ -107,6 +108,7 @@ def test_the_model_corrects_its_odds_by_the_rate_in_the_exported_graph(spec, tmp
 # probabilities); one applied twice reads a calibration of 0.12.
 USERS, TRAIN_ROWS, TEST_ROWS = 100, 100_000, 100_000
 AUC_BUDGET = 0.005
+CEILING_DISTANCE = 0.012
 CALIBRATION_BOUNDS = (0.95, 1.05)
 
 
@@ -147,7 +149,11 @@ def test_a_tenth_of_the_negatives_reads_a_fraction_of_the_rows_for_the_same_auc_
     low, high = CALIBRATION_BOUNDS
     assert low <= calibration <= high, calibration
 
-    # Quality on the same held-out rows: the AUC of the full data, within the budget.
+    # Quality on the same held-out rows: the AUC of the full data, within the budget, in the
+    # regime where that holds: the full model near the ceiling of the true odds (0.005 to 0.008
+    # below it here; 0.015 at 50,000 rows, where w = 0.1 loses 0.006 to 0.008).
+    ceiling = auc(test.labels.numpy(), true_logit(sets.test, USERS))
+    assert ceiling - full.metrics["test"].auc < CEILING_DISTANCE
     gap = sampled.metrics["test"].auc - full.metrics["test"].auc
     assert abs(gap) <= AUC_BUDGET, gap
 
