@@ -68,6 +68,22 @@ def test_resident_batches_cover_every_row_once_per_epoch_in_a_new_order(device: 
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_epochs_selection_is_read_once_each_whole_rows_and_nothing_else(device, chunked):
+    columns = _columns()
+    budget = 5 * BATCH * row_bytes(columns) + 1 if chunked else None  # five-batch chunks
+    chosen = {epoch: torch.arange(epoch, ROWS, 3) for epoch in (1, 2)}  # other rows each epoch
+    batches = Batches(columns, BATCH, torch.device(device), 3, budget, lambda e: chosen[e])
+    assert batches.resident != chunked
+    assert batches.rows == len(chosen[1]) and len(batches) == -(-len(chosen[1]) // BATCH)
+    for epoch in (1, 2):
+        got = _on_cpu(batches)
+        assert batches.rows == len(chosen[epoch])
+        assert torch.equal(_order(got).sort().values, chosen[epoch])
+        assert all(torch.equal(num, columns[1][cat[:, 0]]) for cat, num, _ in got)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_set_over_the_budget_streams_in_chunks_of_whole_batches(device: str):
     """Streaming draws its order on the host, so it yields exactly the CPU's resident batches."""
     columns = _columns()
