@@ -5,7 +5,10 @@ bench/training.py: day 1 warm-up, then train days, a validation day and a test d
 default CPU model on every row and on every positive plus a share w of the negatives, once per
 training seed (``train.seed``: initialization, shuffling and the sample of negatives). Every
 model is scored on the test day, which none trained on, through the exported int8 file serving
-loads (the rate's correction is inside it), and on the validation day.
+loads (the rate's correction is inside it), and on the validation day. The generator knows each
+row's true click probability: scored on the test rows it gives the ceiling AUC no model can beat
+there, so the reader sees how far the full model is from what the data allows (where it is far,
+more data still pays, and a share of the negatives costs AUC).
 
 A difference of a few thousandths of AUC is within one run's noise, so every figure is over
 ``--seeds`` seeds, measured in one run: per seed the AUC difference on the same test rows (a
@@ -33,6 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.training import data  # noqa: E402
 from mlref import onnx_model  # noqa: E402
+from mlref.data.generate import treated  # noqa: E402
+from mlref.data.world import World  # noqa: E402
 from mlref.features.transform import FeatureSpec, build_spec  # noqa: E402
 from mlref.settings import ParitySettings, TrainSettings  # noqa: E402
 from mlref.training.export import export_onnx, quantize_int8  # noqa: E402
@@ -128,6 +133,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainSettings().epochs)
     parser.add_argument("--seeds", type=int, default=5, help="training seeds per variant")
     parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument("--users", type=int, help="data.n_users (default: the setting's)")
+    parser.add_argument("--ads", type=int, help="data.n_ads (default: the setting's)")
+    parser.add_argument("--lr-decay", type=float, default=TrainSettings().lr_decay)
+    parser.add_argument(
+        "--one-sample",
+        action="store_true",
+        help="one sample of negatives for the whole run (negative_resample off)",
+    )
     parser.add_argument(
         "--same-steps",
         action="store_true",
@@ -137,10 +150,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.cpu_threads)
     with tempfile.TemporaryDirectory() as tmp:
-        settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "data")
+        world = {"n_users": args.users, "n_ads": args.ads}
+        world = {name: value for name, value in world.items() if value is not None}
+        settings, sets = data(args.rows_per_day, args.days, Path(tmp) / "data", **world)
         spec = build_spec(settings.features)
         test, val = encode(sets.test, spec), encode(sets.val, spec)
         labels = test.labels.numpy()
+        truth = World.from_settings(settings).click_probability(sets.test)
+        ceiling = auc(labels, treated(settings, sets.test["user_id"].to_numpy(), truth))
+        print(
+            f"world: {settings.data.n_users:,} users, {settings.data.n_ads:,} ads; ceiling test "
+            f"AUC (the true click probabilities) {ceiling:.4f}"
+        )
         ctr = {name: float(frame["clicked"].mean()) for name, frame in vars(sets).items()}
         print(
             f"CTR: train {ctr['train']:.4f}, val {ctr['val']:.4f}, test {ctr['test']:.4f} "
@@ -148,7 +169,17 @@ def main() -> None:
             f"{ctr['test'] / ctr['val']:.3f}: a model calibrated on those days reads below 1 on "
             "the test day by that factor)"
         )
-        base = TrainSettings(epochs=args.epochs, device="cpu")
+        base = TrainSettings(
+            epochs=args.epochs,
+            device="cpu",
+            lr_decay=args.lr_decay,
+            negative_resample=not args.one_sample,
+        )
+        print(
+            f"recipe: {args.epochs} epochs at most, lr decay {args.lr_decay:g} per epoch, "
+            f"{'one sample' if args.one_sample else 'a fresh sample'} of negatives "
+            f"{'per run' if args.one_sample else 'each epoch'}"
+        )
         kept = ctr["train"] * (1 - args.rate) + args.rate  # rows ratio at w
         small_batch = max(1, round(base.batch_size * kept))
         variants = [
@@ -175,8 +206,10 @@ def main() -> None:
                 )
         full = runs.pop("full")
         print(f"\nover {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), mean ± sd (min .. max):")
+        full_auc = [auc(labels, r.test_scores) for r in full]
         print(
-            f"full: test AUC {spread([auc(labels, r.test_scores) for r in full])}; calibration "
+            f"full: test AUC {spread(full_auc)}, {ceiling - statistics.fmean(full_auc):.4f} below "
+            f"the ceiling {ceiling:.4f}; calibration "
             f"test {spread([r.test_calibration for r in full], 3)}, val "
             f"{spread([r.val_calibration for r in full], 3)}"
         )
@@ -193,8 +226,10 @@ def main() -> None:
                 s.result.samples_processed / f.result.samples_processed for f, s in pairs
             )
             seconds = statistics.fmean(s.seconds / f.seconds for f, s in pairs)
+            sampled_auc = statistics.fmean(auc(labels, r.test_scores) for r in sampled)
             print(
-                f"{name}: test AUC difference from full (same seed, same test rows) "
+                f"{name}: test AUC {sampled_auc:.4f}, {ceiling - sampled_auc:.4f} below the "
+                f"ceiling; difference from full (same seed, same test rows) "
                 f"{spread(gaps, sign='+')}, 95% interval of the mean over test-row resamples "
                 f"{low:+.4f} .. {high:+.4f}; {within}/{len(gaps)} seeds within "
                 f"{AUC_BUDGET}\n  calibration test "

@@ -134,8 +134,11 @@ def rows_per_second(
 PROBE_STEPS = 200  # timed optimizer steps per precision, after as many warm-up steps
 
 
-def data(rows_per_day: int, days: int, work: Path) -> tuple[Settings, TrainingSets]:
-    settings = Settings(work_dir=work, data=DataSettings(days=days, rows_per_day=rows_per_day))
+def data(rows_per_day: int, days: int, work: Path, **world: int) -> tuple[Settings, TrainingSets]:
+    """Generated days through the feature pipeline; ``world``: other ``data.*`` settings."""
+    settings = Settings(
+        work_dir=work, data=DataSettings(days=days, rows_per_day=rows_per_day, **world)
+    )
     sets = training_sets(settings)
     print(
         f"data: train {len(sets.train):,} / val {len(sets.val):,} / test {len(sets.test):,} "

@@ -128,6 +128,14 @@ class TrainSettings(Section):
     batch_size: int = Field(1024, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-6, ge=0)
+    lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Factor the learning rate falls by per epoch after the warm-up (smoothly, "
+        "step by step): a smaller final step leaves the kept epoch's weights less noisy. "
+        "1: constant.",
+    )
     embedding_dim: int = Field(16, ge=1)
     cross_layers: int = Field(2, ge=0)
     cross_rank: int = Field(
@@ -231,6 +239,12 @@ class TrainSettings(Section):
         description="Share w of negative rows training reads (all positives are kept), drawn "
         "from the seed; the exported model adds log(w) to its logit, so its probabilities are "
         "CTRs at the true base rate. 1: every row.",
+    )
+    negative_resample: bool = Field(
+        True,
+        description="With negative_rate < 1: a fresh sample of negatives every epoch, drawn "
+        "from (seed, epoch), so each epoch shows the model other negatives at the same cost; "
+        "false: one sample for the whole run.",
     )
     init: Literal["scratch", "champion"] = Field(
         "scratch",

@@ -42,6 +42,9 @@ class Batches:
 
     ``budget`` bounds the bytes the set may take on the device: within it the set is resident
     there; above it the set stays on the host and streams in chunks of whole batches.
+
+    ``select(epoch)`` (epochs count from 1), when given, names the rows an epoch reads (indices
+    into the tensors, e.g. a fresh sample of negatives); ``rows`` is then the current epoch's.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Batches:
         device: torch.device,
         seed: int,
         budget: int | None = None,
+        select: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         rows = {len(t) for t in tensors}
         if len(rows) != 1:
@@ -58,6 +62,9 @@ class Batches:
         self.rows, self.batch_size, self.device = rows.pop(), batch_size, device
         size = row_bytes(tensors)
         self.resident = budget is None or size * self.rows <= budget
+        self.select, self.epoch = select, 0
+        if select is not None:
+            self.rows = len(select(1))
         if self.resident:
             self.chunk_rows = self.rows
             home = device
@@ -74,7 +81,13 @@ class Batches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         home = self.generator.device
-        order = torch.randperm(self.rows, generator=self.generator, device=home)
+        self.epoch += 1
+        if self.select is None:
+            order = torch.randperm(self.rows, generator=self.generator, device=home)
+        else:
+            kept = self.select(self.epoch).to(home)
+            self.rows = len(kept)
+            order = kept[torch.randperm(self.rows, generator=self.generator, device=home)]
         for chunk in order.split(self.chunk_rows):
             if self.resident:
                 for index in chunk.split(self.batch_size):
@@ -148,6 +161,8 @@ class ShardBatches:
     fresh permutation; a background thread reads up to ``prefetch`` shards ahead; rows are
     shuffled within a buffer of ``buffer_shards`` shards and cut into batches, the remainder
     (under a batch) carried into the next buffer. Every row is seen exactly once per epoch.
+    ``load`` may read ``epoch`` (the epoch being read, from 1) to return other rows each epoch
+    (a fresh sample of negatives); ``rows`` is then the last epoch's count.
 
     Randomness, against a full permutation: the order of shards and the order of rows within a
     buffer are uniform, but a batch only mixes rows of the shards of one buffer (plus a
@@ -173,6 +188,7 @@ class ShardBatches:
         self.rows, self.batch_size, self.device = sum(self.shard_rows), batch_size, device
         self.buffer_shards, self.prefetch = buffer_shards, prefetch
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
         self.taken = 0  # shards taken from the read-ahead queue (tests check the bound)
         self.max_buffered_rows = 0  # most rows held in a buffer at once
 
@@ -192,11 +208,14 @@ class ShardBatches:
         return tuple(moved)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        self.epoch += 1
         order = torch.randperm(len(self.shard_rows), generator=self.generator).tolist()
         buffer: list[tuple[torch.Tensor, ...]] = []
         carry: tuple[torch.Tensor, ...] | None = None
+        read = 0
         for shard in Prefetched(self.load, order, self.prefetch):
             self.taken += 1
+            read += len(shard[0])
             buffer.append(shard)
             if len(buffer) < self.buffer_shards:
                 continue
@@ -206,6 +225,7 @@ class ShardBatches:
             for start in range(0, whole, self.batch_size):
                 yield tuple(t[start : start + self.batch_size] for t in rows)
             carry = tuple(t[whole:].cpu() for t in rows) if whole < len(rows[0]) else None
+        self.rows = read
         rest = buffer if carry is None else [carry, *buffer]
         if rest:
             rows = self._shuffled(rest)

@@ -74,15 +74,30 @@ def encode(frame: pd.DataFrame, spec: FeatureSpec) -> Tensors:
     return Tensors(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(labels))
 
 
-def sample_negatives(split: Tensors, rate: float, seed: int | Sequence[int]) -> Tensors:
-    """Every positive and a share ``rate`` of the negatives, drawn from ``seed`` (the same
-    seed, the same rows). :class:`CTRModel` undoes the shift in odds this makes."""
-    if rate >= 1:
-        return split
-    labels = split.labels.numpy()
-    keep = (labels > 0.5) | (np.random.default_rng(seed).random(len(labels)) < rate)
-    index = torch.from_numpy(np.flatnonzero(keep))
+def negative_sample(labels: torch.Tensor, rate: float, seed: int | Sequence[int]) -> torch.Tensor:
+    """Indices of every positive and of a share ``rate`` of the negatives, drawn from ``seed``
+    (the same seed, the same rows). :class:`CTRModel` undoes the shift in odds this makes."""
+    draw = np.random.default_rng(seed).random(len(labels))
+    return torch.from_numpy(np.flatnonzero((labels.numpy() > 0.5) | (draw < rate)))
+
+
+def _take(split: Tensors, index: torch.Tensor) -> Tensors:
     return Tensors(split.cat[index], split.num[index], split.labels[index])
+
+
+def epoch_sample(
+    labels: torch.Tensor, settings: TrainSettings, seed: Sequence[int]
+) -> Callable[[int], torch.Tensor] | None:
+    """The rows each epoch trains on (``epoch`` counts from 1), or None for every row: a fresh
+    sample of negatives per epoch drawn from ``(*seed, epoch)`` with ``negative_resample``,
+    else the one sample drawn from ``seed``."""
+    rate = settings.negative_rate
+    if rate >= 1:
+        return None
+    if settings.negative_resample:
+        return lambda epoch: negative_sample(labels, rate, [*seed, epoch])
+    rows = negative_sample(labels, rate, list(seed))
+    return lambda epoch: rows
 
 
 @dataclass(frozen=True)
@@ -165,18 +180,20 @@ def recipe(settings: TrainSettings, device: torch.device, rows: int) -> Recipe:
 
 
 def optimizer_and_schedule(
-    model: nn.Module, plan: Recipe, settings: TrainSettings
+    model: nn.Module, plan: Recipe, settings: TrainSettings, steps_per_epoch: int = 1
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW at the recipe's peak rate, ramped linearly from ``settings.learning_rate`` over
-    the warm-up steps (step the schedule once per batch)."""
+    the warm-up steps, then times ``lr_decay`` per epoch of ``steps_per_epoch`` steps, smoothly
+    (step the schedule once per batch)."""
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=plan.learning_rate, weight_decay=settings.weight_decay
     )
     start = settings.learning_rate / plan.learning_rate
+    decay = settings.lr_decay ** (1 / max(1, steps_per_epoch))
 
     def factor(step: int) -> float:
         if step >= plan.warmup_steps:
-            return 1.0
+            return decay ** (step - plan.warmup_steps)
         return start + (1 - start) * step / plan.warmup_steps
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -228,9 +245,15 @@ def predict(model: CTRModel, cat: torch.Tensor, num: torch.Tensor) -> np.ndarray
 
 
 class _Resident:
-    """A split held in memory as one set of tensors (every set that fits the host budget)."""
+    """A split held in memory as one set of tensors (every set that fits the host budget).
 
-    def __init__(self, tensors: Tensors):
+    ``select(epoch)``: the rows an epoch trains on (:func:`epoch_sample`); ``tensors`` are
+    the first epoch's (statistics and the split's metrics)."""
+
+    def __init__(self, tensors: Tensors, select: Callable[[int], torch.Tensor] | None = None):
+        self.all, self.select = tensors, select
+        if select is not None:
+            tensors = _take(tensors, select(1))
         self.tensors, self.rows = tensors, len(tensors)
 
     def input_stats(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -244,13 +267,14 @@ class _Resident:
         return split.labels.numpy(), predict(model, split.cat, split.num)
 
     def batches(self, plan: Recipe, device: torch.device, settings: TrainSettings) -> Batches:
-        split = self.tensors
+        split = self.all
         return Batches(
             (split.cat, split.num, split.labels),
             plan.batch_size,
             device,
             settings.seed,
             memory_budget(device, settings.device_memory_fraction),
+            self.select,
         )
 
 
@@ -263,20 +287,27 @@ class _Streamed:
         name: str,
         spec: FeatureSpec,
         prefetch: int,
-        negative_rate: float = 1.0,
+        sampled: TrainSettings | None = None,
         seed: int = 0,
     ):
+        """``sampled``: the settings of the train split's sample of negatives, per shard ``i``
+        and epoch (:func:`epoch_sample` of ``(seed, i)``); None: every row."""
         self.shards = sets.shards(name)
         # Known exactly once read when negatives are sampled: input_stats, the first pass, counts.
         self.shard_rows = [shard.rows for shard in self.shards]
         self.rows = sum(self.shard_rows)
         self.prefetch = prefetch
-        self.load = lambda i: sample_negatives(
-            encode(sets.read(self.shards[i]), spec), negative_rate, [seed, i]
-        )
+
+        def load(i: int, epoch: int) -> Tensors:
+            split = encode(sets.read(self.shards[i]), spec)
+            select = epoch_sample(split.labels, sampled, [seed, i]) if sampled else None
+            return split if select is None else _take(split, select(epoch))
+
+        self.load = load
 
     def chunks(self) -> Iterator[Tensors]:
-        return iter(Prefetched(self.load, range(len(self.shards)), self.prefetch))
+        """The shards as the first epoch reads them."""
+        return iter(Prefetched(lambda i: self.load(i, 1), range(len(self.shards)), self.prefetch))
 
     def input_stats(self) -> tuple[np.ndarray, np.ndarray, float]:
         """As :meth:`_Resident.input_stats`, in one pass (Chan et al.'s pairwise update)."""
@@ -301,10 +332,10 @@ class _Streamed:
 
     def batches(self, plan: Recipe, device: torch.device, settings: TrainSettings) -> ShardBatches:
         def load(i: int) -> tuple[torch.Tensor, ...]:
-            split = self.load(i)
+            split = self.load(i, batches.epoch)
             return split.cat, split.num, split.labels
 
-        return ShardBatches(
+        batches = ShardBatches(
             load,
             self.shard_rows,
             plan.batch_size,
@@ -313,6 +344,7 @@ class _Streamed:
             settings.shuffle_buffer_shards,
             self.prefetch,
         )
+        return batches
 
 
 def resident_bytes(sets: ShardSet, spec: FeatureSpec) -> int:
@@ -329,9 +361,9 @@ def _splits(
     seed: int = 0,
 ) -> dict[str, _Resident | _Streamed]:
     """Each split resident when the whole set fits ``host_memory_bytes`` (shared by
-    ``sharers`` processes on the host), else streamed. The train split keeps a share
-    ``negative_rate`` of its negatives, drawn from ``seed`` (per shard when streamed)."""
-    rate = settings.negative_rate
+    ``sharers`` processes on the host), else streamed. The train split trains each epoch on
+    its sample of negatives (:func:`epoch_sample`), drawn from ``seed`` (per shard when
+    streamed)."""
     if isinstance(sets, ShardSet):
         if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes) // sharers:
             return {
@@ -340,20 +372,15 @@ def _splits(
                     name,
                     spec,
                     settings.prefetch_shards,
-                    rate if name == "train" else 1.0,
+                    settings if name == "train" else None,
                     seed,
                 )
                 for name in SPLITS
             }
         sets = TrainingSets(**{name: sets.frame(name) for name in SPLITS})
-    return {
-        name: _Resident(
-            sample_negatives(encode(getattr(sets, name), spec), rate, seed)
-            if name == "train"
-            else encode(getattr(sets, name), spec)
-        )
-        for name in SPLITS
-    }
+    data = {name: encode(getattr(sets, name), spec) for name in SPLITS}
+    select = epoch_sample(data["train"].labels, settings, [seed])
+    return {name: _Resident(data[name], select if name == "train" else None) for name in SPLITS}
 
 
 def _scores(
@@ -509,7 +536,7 @@ def _fit(
             _Logits(model), device_ids=[device.index or 0] if device.type == "cuda" else None
         )
         logits, joined = ddp, lambda: Join([ddp])
-    optimizer, schedule = optimizer_and_schedule(model, plan, settings)
+    optimizer, schedule = optimizer_and_schedule(model, plan, settings, len(batches))
     history: list[EpochRecord] = []
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     with progress() as bar:

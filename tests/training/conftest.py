@@ -28,24 +28,49 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-x))
 
 
-def make_frame(rows: int, seed: int, spec: FeatureSpec, start: str = "2026-01-01") -> pd.DataFrame:
+def true_logit(frame: pd.DataFrame, users: int = N_USERS) -> np.ndarray:
+    """The click log-odds :func:`make_frame` drew each row's click from (its world of
+    ``users`` users): scored on a split's rows, the AUC no model can beat there."""
+    user_skill, ad_skill, _, _ = _world(users)
+    return _logit(
+        user_skill[frame["user_id"].to_numpy() - 1],
+        ad_skill[frame["ad_id"].to_numpy() - 1],
+        frame["position"].to_numpy(),
+        frame["device_type"].to_numpy(),
+    )
+
+
+def _logit(
+    user_skill: np.ndarray, ad_skill: np.ndarray, position: np.ndarray, device: np.ndarray
+) -> np.ndarray:
+    return BASE_LOGIT + user_skill + ad_skill - 0.15 * (position - 1) + (device == "mobile") * 0.3
+
+
+def _world(users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """User and ad propensities, ads' advertisers and categories: the same in every frame."""
+    world = np.random.default_rng(0)
+    user_skill = world.normal(0, 0.8, users)
+    ad_skill = world.normal(0, 0.5, N_ADS)
+    ad_advertiser = world.integers(1, N_ADVERTISERS + 1, N_ADS)
+    return user_skill, ad_skill, ad_advertiser, world.choice(schema.AD_CATEGORIES, N_ADS)
+
+
+def make_frame(
+    rows: int, seed: int, spec: FeatureSpec, start: str = "2026-01-01", users: int = N_USERS
+) -> pd.DataFrame:
     """Impressions whose click odds come from user and ad propensities, position and device.
 
     The stat columns are noisy, smoothed estimates of those propensities, so they carry signal
     (as Feast's rolling windows do); 10% of rows are cold users whose stats are missing.
+    Fewer ``users`` give each more rows: a model comes closer to the true odds on as many rows.
     """
-    world = np.random.default_rng(0)  # users and ads are the same in every frame
-    user_skill = world.normal(0, 0.8, N_USERS)
-    ad_skill = world.normal(0, 0.5, N_ADS)
-    ad_advertiser = world.integers(1, N_ADVERTISERS + 1, N_ADS)
-    ad_category = world.choice(schema.AD_CATEGORIES, N_ADS)
+    user_skill, ad_skill, ad_advertiser, ad_category = _world(users)
     rng = np.random.default_rng(seed)
-    user = rng.integers(0, N_USERS, rows)
+    user = rng.integers(0, users, rows)
     ad = rng.integers(0, N_ADS, rows)
     position = rng.integers(1, schema.MAX_POSITION + 1, rows)
     device = rng.choice(schema.DEVICE_TYPES, rows)
-    logit = BASE_LOGIT + user_skill[user] + ad_skill[ad] - 0.15 * (position - 1)
-    logit += np.where(device == "mobile", 0.3, 0.0)
+    logit = _logit(user_skill[user], ad_skill[ad], position, device)
     frame = schema.examples(rows, seed).assign(  # the fields that carry no signal: uniform
         request_id=[f"r{seed}-{i}" for i in range(rows)],
         event_timestamp=pd.Timestamp(start, tz="UTC")
@@ -71,11 +96,19 @@ def make_frame(rows: int, seed: int, spec: FeatureSpec, start: str = "2026-01-01
     return filled[["request_id", "event_timestamp", *REQUEST_COLUMNS, *spec.numeric, "clicked"]]
 
 
-def make_sets(spec: FeatureSpec, train_rows: int, eval_rows: int, seed: int = 1) -> TrainingSets:
+def make_sets(
+    spec: FeatureSpec,
+    train_rows: int,
+    eval_rows: int,
+    seed: int = 1,
+    users: int = N_USERS,
+    test_rows: int | None = None,
+) -> TrainingSets:
+    """Three days of one world; the test day ``test_rows`` long (default ``eval_rows``)."""
     return TrainingSets(
-        train=make_frame(train_rows, seed, spec, "2026-01-01"),
-        val=make_frame(eval_rows, seed + 1, spec, "2026-01-02"),
-        test=make_frame(eval_rows, seed + 2, spec, "2026-01-03"),
+        train=make_frame(train_rows, seed, spec, "2026-01-01", users),
+        val=make_frame(eval_rows, seed + 1, spec, "2026-01-02", users),
+        test=make_frame(test_rows or eval_rows, seed + 2, spec, "2026-01-03", users),
     )
 
 

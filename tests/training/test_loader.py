@@ -14,7 +14,13 @@ import torch
 from mlref.features.transform import FeatureSpec
 from mlref.settings import TrainSettings
 from mlref.training.loader import Batches, row_bytes
-from mlref.training.train import TrainingSets, optimizer_and_schedule, recipe, train
+from mlref.training.train import (
+    Recipe,
+    TrainingSets,
+    optimizer_and_schedule,
+    recipe,
+    train,
+)
 
 from .conftest import make_sets
 
@@ -59,6 +65,22 @@ def test_resident_batches_cover_every_row_once_per_epoch_in_a_new_order(device: 
         assert torch.equal(labels, (cat[:, 0] % 3 == 0).float())
     again = Batches(columns, BATCH, torch.device(device), seed=3)
     assert torch.equal(_order(_on_cpu(again)), one)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_epochs_selection_is_read_once_each_whole_rows_and_nothing_else(device, chunked):
+    columns = _columns()
+    budget = 5 * BATCH * row_bytes(columns) + 1 if chunked else None  # five-batch chunks
+    chosen = {epoch: torch.arange(epoch, ROWS, 3) for epoch in (1, 2)}  # other rows each epoch
+    batches = Batches(columns, BATCH, torch.device(device), 3, budget, lambda e: chosen[e])
+    assert batches.resident != chunked
+    assert batches.rows == len(chosen[1]) and len(batches) == -(-len(chosen[1]) // BATCH)
+    for epoch in (1, 2):
+        got = _on_cpu(batches)
+        assert batches.rows == len(chosen[epoch])
+        assert torch.equal(_order(got).sort().values, chosen[epoch])
+        assert all(torch.equal(num, columns[1][cat[:, 0]]) for cat, num, _ in got)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -112,6 +134,20 @@ def test_the_large_batch_recipe_scales_the_rate_and_warms_up(device: str):
     assert rates[4] == pytest.approx(1e-3 + (4e-3 - 1e-3) * 4 / 8)
     assert rates[8:] == pytest.approx([4e-3] * 4)
     assert rates[:9] == sorted(rates[:9])
+
+
+def test_the_rate_falls_by_lr_decay_per_epoch_after_the_warm_up():
+    settings = TrainSettings(learning_rate=1e-3, lr_decay=0.5)
+    plan = Recipe(batch_size=256, learning_rate=4e-3, warmup_steps=2)
+    optimizer, schedule = optimizer_and_schedule(torch.nn.Linear(3, 1), plan, settings, 4)
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:3] == pytest.approx([1e-3, 2.5e-3, 4e-3])  # the warm-up, then the peak
+    assert rates[6] == pytest.approx(2e-3) and rates[10] == pytest.approx(1e-3)  # 4 steps: half
+    assert rates[2:] == sorted(rates[2:], reverse=True)  # smoothly, step by step
 
 
 @pytest.fixture(scope="module")
