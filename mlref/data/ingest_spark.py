@@ -7,12 +7,16 @@ decides a row's fate is :mod:`mlref.data.validate` and :mod:`mlref.data.parts`',
 2. check: each file read in batches by :func:`mlref.data.parts.batches` and checked by
    :func:`mlref.data.validate.check`; a row keeps its typed values, its original values as
    text, its problems and its day (kept on the executors' disks for the next stages);
-3. request ids, across the whole input: ``already curated`` is a join with the ids of the
-   days' curated parts from other sources; ``duplicate`` is a window over each request id:
-   the local engine's rule, a row with an id is a duplicate when an earlier row (in the order
-   of files, then rows) with the same id has no problem at all;
-4. write: rows grouped by (file, day) and sorted by row number are written by the executors,
-   with the local engine's schema and part names, into a staging directory on the data root.
+3. request ids, across the whole input, on the few columns they need (file, row, day, id,
+   clean or not): ``already curated`` means the ids of the days' curated parts from other
+   sources have the row's (day, id); ``duplicate`` is the local engine's rule, a row with an id
+   is a duplicate when an earlier row (in the order of files, then rows) with the same id has
+   no problem at all. Both are windows over one shuffle by request id, of these columns only;
+   its result is the (file, day, row) of the rows it flags;
+4. write: the checked rows and those flags, grouped by (file, day) and sorted by row number,
+   each flag just before its row (the one shuffle of the checked rows' values), are written by
+   the executors, with the local engine's schema and part names, into a staging directory on
+   the data root.
 
 Only when every stage has succeeded does the driver publish the staged parts (one rename or
 upload each, :func:`mlref.data.parts.commit`). A failed or killed task is retried by Spark
@@ -142,10 +146,10 @@ def _ingest(
         result = IngestResult(files=[s.uri for s in sources])
         result.rows_in = sum(row["rows"] for row in days if not row["error"])
         dates = sorted(row["date"] for row in days if row["date"] != UNKNOWN_DATE)
-        decided = _claim(spark, checked, _curated_before(spark, settings, dates, own_parts))
+        before = _curated_before(spark, settings, dates, own_parts)
         staging_root = settings.shared(f"{STAGING}/{uuid.uuid4().hex}")
         try:
-            counts = _write(decided, sources, staging_root)
+            counts = _write(writer_rows(checked, before), sources, staging_root)
             result.rows_curated = counts.pop(CURATED, 0)
             result.rows_quarantined = counts.pop(QUARANTINE, 0)
             check_counts(result)
@@ -302,47 +306,81 @@ def _curated_before(spark, settings: Settings, dates: list[str], own_parts: set[
                 dates = pa.array(np.full(len(ids), date, dtype=object), pa.string())
                 yield from pa.table([dates, ids], schema=IDS_SCHEMA).to_batches(ROWS_PER_BATCH)
 
-    ids = sparks.tasks(spark, len(parts)).mapInArrow(run, sparks.spark_schema(IDS_SCHEMA))
-    return ids.distinct()
+    return sparks.tasks(spark, len(parts)).mapInArrow(run, sparks.spark_schema(IDS_SCHEMA))
 
 
-def _claim(spark, checked, before):
-    """Stage 3: the rows with ``already`` and ``duplicate`` (the local engine's rule)."""
+def _flags(checked, before):
+    """Stage 3: (file, date, source_row, already, duplicate) of the rows either flag marks (the
+    local engine's rule), from the few columns it needs: the checked rows' values stay where
+    they are. ``before``'s ids join the rows in the same shuffle by request id (no join of its
+    own, and a day's ids are never gathered in one task's memory)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    rows = checked.where(F.col("error").isNull())
-    if before is None:
-        rows = rows.withColumn("already", F.lit(False))
-    else:
-        flagged = before.withColumn("already", F.lit(True))
-        rows = rows.join(flagged, on=["date", "request_id"], how="left").fillna(
-            False, subset=["already"]
-        )
+    ids = checked.where(F.col("error").isNull() & F.col("request_id").isNotNull()).select(
+        "file",
+        "source_row",
+        "date",
+        "request_id",
+        (F.size("problems") == 0).alias("clean"),
+        F.lit(False).alias("curated"),
+    )
+    if before is not None:
+        curated = before.select("date", "request_id", F.lit(True).alias("curated"))
+        ids = ids.unionByName(curated, allowMissingColumns=True)
+    # One shuffle: hashed by request id, the rows also lie together by (request id, day).
+    ids = ids.repartition("request_id")
+    ids = ids.withColumn(
+        "already", F.max("curated").over(Window.partitionBy("request_id", "date"))
+    ).where(~F.col("curated"))
     order = F.struct("file", "source_row")
-    clean = (F.size("problems") == 0) & ~F.col("already")
+    clean = F.col("clean") & ~F.col("already")
     first_clean = F.min(F.when(clean, order)).over(Window.partitionBy("request_id"))
-    duplicate = F.col("request_id").isNotNull() & F.coalesce(first_clean < order, F.lit(False))
-    return rows.withColumn("duplicate", duplicate)
+    duplicate = F.coalesce(first_clean < order, F.lit(False))
+    return (
+        ids.withColumn("duplicate", duplicate)
+        .where(F.col("already") | F.col("duplicate"))
+        .select("file", "date", "source_row", "already", "duplicate")
+    )
 
 
-def _write(decided, sources: list[Source], staging_root: str) -> Counter[str]:
+def writer_rows(checked, before):
+    """What the writers receive: each checked row once, grouped by (file, date) and sorted by
+    row number, a flagged row preceded by its flags (a row whose ``duplicate`` is set and whose
+    values are null). Only these rows and flags cross a shuffle with the rows' values."""
+    from pyspark.sql import functions as F
+
+    rows = checked.where(F.col("error").isNull()).drop("error")
+    rows = rows.unionByName(_flags(checked, before), allowMissingColumns=True)
+    return rows.repartition("file", "date").sortWithinPartitions(
+        "file", "date", "source_row", F.col("duplicate").asc_nulls_last()
+    )
+
+
+def _write(grouped, sources: list[Source], staging_root: str) -> Counter[str]:
     """Stage 4: each (file, day)'s curated and quarantined part written under
-    ``staging_root``; the counts of rows by kind (``curated``, ``quarantine``), by reason
-    (``r\\t<reason>``) and kept outside a vocabulary (``u\\t<column>``)."""
+    ``staging_root`` from :func:`writer_rows`; the counts of rows by kind (``curated``,
+    ``quarantine``), by reason (``r\\t<reason>``) and kept outside a vocabulary
+    (``u\\t<column>``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         counts: Counter[str] = Counter()
         parts: dict[tuple[str, str], _Part] = {}
-        group = None
+        group, carried = None, (False, False)
         try:
             for batch in batches:
-                for key, rows in _runs(batch):
+                rows, flags, carried = _with_flags(batch, carried)
+                if not rows.num_rows:  # only flags: their rows start the next batch
+                    continue
+                for key, run_rows in _runs(rows):
                     if key != group:
                         _close(parts)
                         group = key
-                    rows_of_key = batch.take(pa.array(rows))
-                    _write_rows(rows_of_key, sources[key[0]], staging_root, parts, counts)
+                    indices = pa.array(run_rows)
+                    flagged = {name: mask[run_rows] for name, mask in flags.items()}
+                    _write_rows(
+                        rows.take(indices), flagged, sources[key[0]], staging_root, parts, counts
+                    )
             _close(parts)
         finally:
             for part in parts.values():
@@ -352,11 +390,24 @@ def _write(decided, sources: list[Source], staging_root: str) -> Counter[str]:
             {"key": keys, "count": [counts[k] for k in keys]}, schema=COUNTS_SCHEMA
         )
 
-    grouped = decided.repartition("file", "date").sortWithinPartitions("file", "date", "source_row")
     counts: Counter[str] = Counter()
     for row in grouped.mapInArrow(run, sparks.spark_schema(COUNTS_SCHEMA)).collect():
         counts[row["key"]] += row["count"]
     return counts
+
+
+def _with_flags(
+    batch: pa.RecordBatch, carried: tuple[bool, bool]
+) -> tuple[pa.RecordBatch, dict[str, np.ndarray], tuple[bool, bool]]:
+    """A sorted batch of :func:`writer_rows` as its checked rows and their ``already`` and
+    ``duplicate`` masks: each row's are those of the row just before it, a flag row or (null
+    flags) not; ``carried``, the previous batch's last row's, are the first row's. Returns the
+    flags of this batch's last row too."""
+    already = np.r_[carried[0], as_mask(batch.column("already"))]
+    duplicate = np.r_[carried[1], as_mask(batch.column("duplicate"))]
+    rows = np.flatnonzero(~as_mask(batch.column("duplicate").is_valid()))
+    flags = {ALREADY: already[rows], DUPLICATE: duplicate[rows]}
+    return batch.take(pa.array(rows)), flags, (bool(already[-1]), bool(duplicate[-1]))
 
 
 def _runs(batch: pa.RecordBatch) -> Iterator[tuple[tuple[int, str], np.ndarray]]:
@@ -371,12 +422,14 @@ def _runs(batch: pa.RecordBatch) -> Iterator[tuple[tuple[int, str], np.ndarray]]
 
 def _write_rows(
     batch: pa.RecordBatch,
+    flags: dict[str, np.ndarray],
     src: Source,
     staging_root: str,
     parts: dict[tuple[str, str], _Part],
     counts: Counter[str],
 ) -> None:
-    """One (file, date)'s rows: their final problems, then curated or quarantined."""
+    """One (file, date)'s rows: their final problems (``flags``: the request-id ones), then
+    curated or quarantined."""
     n = batch.num_rows
     problems: dict[str, np.ndarray] = {}
     listed = batch.column("problems")
@@ -386,8 +439,7 @@ def _write_rows(
         mask = np.zeros(n, dtype=bool)
         mask[parents[values == name]] = True
         problems[name] = mask
-    for name, column in ((ALREADY, "already"), (DUPLICATE, "duplicate")):
-        mask = as_mask(batch.column(column))
+    for name, mask in flags.items():
         if mask.any():
             problems[name] = mask
     bad_mask = np.zeros(n, dtype=bool)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mlref.data.generate import ScenarioWindow, generate
 from mlref.data.ingest import ingest
+from mlref.data.ingest_spark import CHECKED_SCHEMA, IDS_SCHEMA, _with_flags, writer_rows
 from mlref.data.parts import IngestError, IngestResult
 from mlref.settings import EngineSettings, Settings, StorageSettings
 from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
@@ -232,3 +237,97 @@ def test_a_big_parquet_file_is_checked_by_several_tasks_with_the_same_result(
     assert summary(on_spark_, spark_settings) == summary(local, settings)
     assert outputs(spark_settings) == outputs(settings)
     assert local.reasons == {"request_id: duplicate": 1, "position: out of range 1..8": 1}
+
+
+def exchanges(frame) -> list[tuple[str, bool]]:
+    """The shuffles of ``frame``'s physical plan: each one's node, and whether the checked
+    rows' values (``original_*``) cross it."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        frame.explain(mode="formatted")
+    nodes = re.findall(
+        r"^\(\d+\) (\w*Exchange)\s*\nInput \[\d+\]: \[(.*)\]$", text.getvalue(), re.M
+    )
+    return sorted((node, "original_request_id#" in columns) for node, columns in nodes)
+
+
+def test_the_checked_rows_cross_one_shuffle_and_the_request_ids_one_of_their_own(spark) -> None:
+    """The duplicate rule shuffles only its few columns, with the earlier curated ids (never
+    broadcast); the rows' values are shuffled once, to their writers."""
+    one = {"file": 0, "source_row": 0, "date": "2026-01-01", "request_id": "r1"}
+    checked = spark.createDataFrame(
+        pa.Table.from_pylist([one | {"problems": [], "unknown": []}], schema=CHECKED_SCHEMA)
+    )
+    before = spark.createDataFrame(
+        pa.Table.from_pylist([{"date": "2026-01-01", "request_id": "r1"}], schema=IDS_SCHEMA)
+    )
+
+    for earlier in (None, before):
+        assert exchanges(writer_rows(checked, earlier)) == [("Exchange", False), ("Exchange", True)]
+
+
+def test_flags_cut_from_their_rows_by_a_batch_boundary_still_mark_them() -> None:
+    """A flag ending one Arrow batch marks the row that starts the next."""
+    schema = pa.schema(
+        [
+            ("file", pa.int32()),
+            ("source_row", pa.int64()),
+            ("already", pa.bool_()),
+            ("duplicate", pa.bool_()),
+        ]
+    )
+    batches = [
+        pa.RecordBatch.from_arrays(
+            [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+        )
+        for columns in (
+            ([0, 0, 0], [0, 1, 1], [None, False, None], [None, True, None]),
+            ([0, 0], [2, 3], [None, True], [None, False]),  # row 3's flag; its row comes next
+            ([0, 0], [3, 4], [None, None], [None, None]),
+        )
+    ]
+    carried, marked = (False, False), []
+    for batch in batches:
+        rows, flags, carried = _with_flags(batch, carried)
+        marked += zip(
+            rows.column("source_row").to_pylist(),
+            flags["request_id: already curated"].tolist(),
+            flags["request_id: duplicate"].tolist(),
+            strict=True,
+        )
+
+    assert marked == [
+        (0, False, False),
+        (1, False, True),
+        (2, False, False),
+        (3, True, False),
+        (4, False, False),
+    ]
+
+
+def test_mostly_duplicates_over_many_small_batches_come_out_as_locally(
+    tmp_path: Path, settings: Settings, spark
+) -> None:
+    """Most rows are duplicates (a whole file repeated, an id in every row of another), and
+    the writers' batches are small, so flags and their rows fall on both sides of batch
+    boundaries: the same output as the local engine."""
+    first = typed(*(row(f"r{i}", hour=i % 24) for i in range(300)))
+    same_id = typed(*(row("r7", hour=i % 24) for i in range(200)))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    first.to_parquet(raw / "a.parquet")
+    first.to_parquet(raw / "b.parquet")
+    same_id.to_parquet(raw / "c.parquet")
+    spark_settings = on_spark(settings, tmp_path / "spark")
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    batch_rows = spark.conf.get(key)
+    spark.conf.set(key, "7")
+    try:
+        local, on_spark_ = (ingest(str(raw), s, now=NOW) for s in (settings, spark_settings))
+    finally:
+        spark.conf.set(key, batch_rows)
+
+    assert summary(on_spark_, spark_settings) == summary(local, settings)
+    assert outputs(spark_settings) == outputs(settings)
+    assert local.reasons == {"request_id: duplicate": 500}
+    assert on_spark_.rows_in == on_spark_.rows_curated + on_spark_.rows_quarantined == 800
