@@ -1,4 +1,4 @@
-"""Streamed vs resident training on the CPU, alternated in one process so the machine's load cancels.
+"""Streamed vs resident training on the CPU, alternated in one process so that load cancels.
 
 The training set is built once, as ``bench/data_path.py`` builds it (generate, ingest,
 features, training set: each stage its own process), under ``--work`` (kept, and reused when it
@@ -81,8 +81,10 @@ def main() -> None:
         f"{options.pairs} pairs of {options.epochs} epoch(s); streamed host budget "
         f"{options.host_memory_mib} MiB; load average at start {os.getloadavg()[0]:.1f}\n"
     )
-    print("| pair | streamed / resident samples/s | whole train() | resident AUC, logloss | "
-          "streamed AUC, logloss |")
+    print(
+        "| pair | streamed / resident samples/s | whole train() | resident AUC, logloss | "
+        "streamed AUC, logloss |"
+    )
     print("|---|---|---|---|---|")
     loop, whole = [], []
     for pair in range(1, options.pairs + 1):
@@ -100,8 +102,9 @@ def main() -> None:
         quality = [
             f"{r.metrics['test'].auc:.4f}, {r.metrics['test'].logloss:.5f}" for r in (res, st)
         ]
-        print(f"| {pair} | {loop[-1]:.2f}x | {whole[-1]:.2f}x | {' | '.join(quality)} |",
-              flush=True)
+        print(
+            f"| {pair} | {loop[-1]:.2f}x | {whole[-1]:.2f}x | {' | '.join(quality)} |", flush=True
+        )
     print(
         f"\nstreamed / resident over {options.pairs} pairs, median (min-max): training "
         f"samples/s {spread(loop)}; whole train() call, resident time / streamed time "
