@@ -12,7 +12,9 @@ Printed per pair and as median (min-max) over the pairs, streamed against reside
 samples/s (the epochs' loop, as the trainer reports it); the speed of the whole ``train()`` call
 (reading, statistics, epochs, validation, final evaluation: resident time / streamed time); its
 CPU time (resident / streamed, all threads of the process: the least load-dependent figure on a
-shared machine); and each run's test AUC and logloss.
+shared machine); and each run's test AUC and logloss. Before the pairs, ``--read-rounds``
+rounds time (CPU) what streaming adds to every epoch, reading and encoding the train shards: a
+whole-shard read against the columns training encodes (what the streamed path reads), in turn.
 
 Run from the repo root: ``python bench/streaming.py --work /tmp/mlref-streaming`` (10 days of
 100,000 rows, 3 pairs).
@@ -49,6 +51,17 @@ def build(work: Path, days: int, rows: int) -> Path:
     return sets
 
 
+def read_cpu(sets, spec, columns: list[str] | None) -> float:
+    """CPU seconds (all threads) to read and encode every train shard: every column, or only
+    ``columns`` as streamed training reads them."""
+    from mlref.training.train import encode
+
+    started = time.process_time()
+    for shard in sets.shards("train"):
+        encode(sets.read(shard) if columns is None else sets.inputs(shard, columns), spec)
+    return time.process_time() - started
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
@@ -61,6 +74,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--host-memory-mib", type=int, default=256)
+    parser.add_argument("--read-rounds", type=int, default=3)
     options = parser.parse_args()
     sets_dir = build(options.work, options.days, options.rows_per_day)
 
@@ -68,7 +82,7 @@ def main() -> None:
     from mlref.features.transform import build_spec
     from mlref.settings import Settings
     from mlref.training.shards import ShardSet
-    from mlref.training.train import train
+    from mlref.training.train import LABEL, train
 
     console.quiet = True  # the trainer's progress bars and epoch lines
     settings = Settings()
@@ -83,6 +97,16 @@ def main() -> None:
         f"{options.pairs} pairs of {options.epochs} epoch(s); streamed host budget "
         f"{options.host_memory_mib} MiB; load average at start {os.getloadavg()[0]:.1f}\n"
     )
+    columns = [*spec.categorical_names, *spec.numeric, LABEL]
+    reads = [
+        read_cpu(sets, spec, None) / read_cpu(sets, spec, columns)
+        for _ in range(options.read_rounds)
+    ]
+    if reads:
+        print(
+            f"reading + encoding the train shards, CPU of a whole-shard read / the columns "
+            f"encoded, {options.read_rounds} rounds: {spread(reads)}\n"
+        )
     print(
         "| pair | samples/s | whole train(), speed | whole train(), CPU | load average | "
         "resident AUC, logloss | streamed AUC, logloss |"
