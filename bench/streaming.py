@@ -11,10 +11,11 @@ pair says more than either time.
 Printed per pair and as median (min-max) over the pairs, streamed against resident: training
 samples/s (the epochs' loop, as the trainer reports it); the speed of the whole ``train()`` call
 (reading, statistics, epochs, validation, final evaluation: resident time / streamed time); its
-CPU time (resident / streamed, all threads of the process: the least load-dependent figure on a
-shared machine); and each run's test AUC and logloss. Before the pairs, ``--read-rounds``
-rounds time (CPU) what streaming adds to every epoch, reading and encoding the train shards: a
-whole-shard read against the columns training encodes (what the streamed path reads), in turn.
+CPU time (resident / streamed, all threads of the process: less load-dependent than time,
+though threads spin-waiting for a descheduled peer inflate it under load); and each run's test
+AUC and logloss. Before the pairs, ``--read-rounds`` rounds time (CPU) what streaming adds to
+every epoch, reading and encoding the train shards: a whole-shard read against the columns
+training encodes (what the streamed path reads), in turn.
 
 Run from the repo root: ``python bench/streaming.py --work /tmp/mlref-streaming`` (10 days of
 100,000 rows, 3 pairs).
@@ -41,6 +42,7 @@ def build(work: Path, days: int, rows: int) -> Path:
     if (sets / "manifest.json").is_file():
         print(f"reusing the training set in {sets}")
         return sets
+    work.mkdir(parents=True, exist_ok=True)
     env = environment(work / "local", days, rows, 1, 0, "on", "local")
     log = work / "build.log"
     for stage in ("generate", "ingest", "features", "training set"):
