@@ -297,9 +297,10 @@ class _Streamed:
         self.shard_rows = [shard.rows for shard in self.shards]
         self.rows = sum(self.shard_rows)
         self.prefetch = prefetch
+        columns = [*spec.categorical_names, *spec.numeric, LABEL]
 
         def load(i: int, epoch: int) -> Tensors:
-            split = encode(sets.read(self.shards[i]), spec)
+            split = encode(sets.inputs(self.shards[i], columns), spec)
             select = epoch_sample(split.labels, sampled, [seed, i]) if sampled else None
             return split if select is None else _take(split, select(epoch))
 

@@ -12,7 +12,7 @@ from mlref.features.transform import FeatureSpec
 from mlref.settings import TrainSettings
 from mlref.training import shards
 from mlref.training.loader import ShardBatches
-from mlref.training.train import TrainingSets, resident_bytes, train
+from mlref.training.train import LABEL, TrainingSets, encode, resident_bytes, train
 
 from .conftest import make_frame
 
@@ -134,3 +134,28 @@ def test_shards_stream_from_s3(s3_env, spec: FeatureSpec):
     pd.testing.assert_frame_equal(stored.frame("test"), sets.test)
     result = train(stored, spec, _settings(epochs=1, host_memory_bytes=1))
     assert result.metrics["test"].auc > 0.6
+
+
+def test_streamed_reads_encode_as_whole_shard_reads(spec: FeatureSpec, tmp_path):
+    """Streaming reads only the encoded columns, strings as categoricals: the same tensors as a
+    whole-shard read, unknown and missing categories included."""
+    frame = make_frame(500, 3, spec)
+    frame.loc[:9, "device_type"] = "toaster"  # not in the vocabulary: bucket 0
+    frame.loc[10:19, "ad_category"] = None  # missing: bucket 0
+    writer = shards.ShardWriter(str(tmp_path / "sets"), spec)
+    writer.write("train", "2026-01-01", frame)
+    writer.close()
+    stored = shards.ShardSet(str(tmp_path / "sets"))
+    shard = stored.shards("train")[0]
+    columns = [*spec.categorical_names, *spec.numeric, LABEL]
+
+    read = stored.inputs(shard, columns)
+    assert set(read.columns) == set(columns)  # no request ids or timestamps decoded
+    assert isinstance(read["device_type"].dtype, pd.CategoricalDtype)
+    whole, streamed = encode(stored.read(shard), spec), encode(read, spec)
+    assert torch.equal(streamed.cat, whole.cat)
+    assert torch.equal(streamed.num, whole.num)
+    assert torch.equal(streamed.labels, whole.labels)
+    device, category = (spec.categorical_names.index(n) for n in ("device_type", "ad_category"))
+    assert (whole.cat[:10, device] == 0).all() and (whole.cat[10:20, category] == 0).all()
+    assert (whole.cat[20:, [device, category]] > 0).all()
