@@ -47,13 +47,22 @@ def require_curated(curated_uri: str) -> None:
 
 
 def daily_counts(curated_uri: str, batch_rows: int) -> dict[str, pd.DataFrame]:
-    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan."""
+    """Impressions and clicks per (entity, UTC day) for every entity key, in one scan.
+
+    The scan goes a file at a time: a scan of the whole dataset reads ahead of a consumer
+    slower than the reader (this one reduces every batch in pandas) into memory that grew
+    with the files (300 MiB of Arrow buffers at 160 days of 100,000 rows, 10 MiB a file at
+    a time, for the same CPU)."""
     require_curated(curated_uri)
     dataset = storage.dataset(curated_uri, partitioning="hive")
     partials: dict[str, list[pd.DataFrame]] = {key: [] for key in KEYS}
-    for batch in dataset.to_batches(columns=COUNT_COLUMNS, batch_size=batch_rows):
-        for key, grouped in batch_counts(batch).items():
-            partials[key].append(grouped)
+    for fragment in dataset.get_fragments():
+        scan = fragment.to_batches(
+            schema=dataset.schema, columns=COUNT_COLUMNS, batch_size=batch_rows
+        )
+        for batch in scan:
+            for key, grouped in batch_counts(batch).items():
+                partials[key].append(grouped)
     return merge_counts(partials)
 
 
