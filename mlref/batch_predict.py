@@ -69,16 +69,32 @@ def partition_uri(output: str, day: str) -> str:
 
 
 def score_day(
-    settings: Settings, model: onnx_model.OnnxModel, day: str, version: str, run_id: str
+    settings: Settings,
+    model: onnx_model.OnnxModel,
+    day: str,
+    version: str,
+    run_id: str,
+    chunk_rows: int = 0,
 ) -> tuple[pa.Table, int]:
-    """One day's predictions and the number of rows Feast found no features for."""
+    """One day's predictions and the number of rows Feast found no features for.
+
+    The day's impressions are joined and scored ``chunk_rows`` at a time (default
+    ``data.chunk_rows``): the join's frames, many times the rows' size, stay bounded by a
+    chunk, and only the small output columns of the whole day are held. Each row's stats and
+    score do not depend on the others, so chunks change memory, not results."""
     from mlref.features.store import historical_features
     from mlref.training.dataset import read_curated
 
     impressions = read_curated(settings, day, day)
     entities = impressions[["request_id", TIMESTAMP, *REQUEST_COLUMNS]]
-    joined, dropped = historical_features(settings, entities)
-    return predictions(joined, model, version, run_id), dropped
+    del impressions
+    step = chunk_rows or settings.data.chunk_rows
+    tables, dropped = [], 0
+    for start in range(0, len(entities), step):
+        joined, lost = historical_features(settings, entities.iloc[start : start + step])
+        tables.append(predictions(joined, model, version, run_id))
+        dropped += lost
+    return pa.concat_tables(tables), dropped
 
 
 def predictions(

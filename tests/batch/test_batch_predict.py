@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlref import onnx_model
-from mlref.batch_predict import partition_uri, predict_range, read_predictions
+from mlref.batch_predict import partition_uri, predict_range, read_predictions, score_day
 from mlref.features.store import OnlineFeatureLookup
 from mlref.features.transform import build_spec, fill_defaults, transform
 from mlref.serving.predictor import file_version
@@ -84,3 +84,12 @@ def test_rerun_replaces_partitions_and_a_failure_leaves_no_half_partition(world)
     assert len(after) == len(impressions) == after["request_id"].nunique()
     folder = Path(partition_uri(first.output, DAYS[1])).parent
     assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
+
+
+def test_a_day_scored_in_chunks_equals_the_day_scored_whole(world) -> None:
+    settings, model, _ = world
+    loaded = onnx_model.load(model)
+    whole, dropped = score_day(settings, loaded, DAYS[0], "v", "r")
+    chunked, chunked_dropped = score_day(settings, loaded, DAYS[0], "v", "r", chunk_rows=7)
+    assert whole.num_rows == 60 and chunked.equals(whole)
+    assert chunked_dropped == dropped
