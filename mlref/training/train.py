@@ -17,6 +17,7 @@ others waiting in an all-reduce).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -90,12 +91,15 @@ def epoch_sample(
 ) -> Callable[[int], torch.Tensor] | None:
     """The rows each epoch trains on (``epoch`` counts from 1), or None for every row: a fresh
     sample of negatives per epoch drawn from ``(*seed, epoch)`` with ``negative_resample``,
-    else the one sample drawn from ``seed``."""
+    else the one sample drawn from ``seed``. The last epoch's sample is kept: the split's
+    statistics, the batches' row count and the epoch itself all ask for the first one."""
     rate = settings.negative_rate
     if rate >= 1:
         return None
     if settings.negative_resample:
-        return lambda epoch: negative_sample(labels, rate, [*seed, epoch])
+        return functools.lru_cache(maxsize=1)(
+            lambda epoch: negative_sample(labels, rate, [*seed, epoch])
+        )
     rows = negative_sample(labels, rate, list(seed))
     return lambda epoch: rows
 
