@@ -184,8 +184,7 @@ def _windowed_view(
     start = first - view.ttl if view.ttl else None
     window = snapshot_window(settings, table, start, last)
     path = f"{tmp}/{table.name}.parquet"
-    with pq.ParquetWriter(path, window.schema) as out:
-        out.write_table(window)
+    pq.write_table(window, path)
     source = view.batch_source
     windowed = copy.copy(view)
     windowed.batch_source = FileSource(

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlref import onnx_model
-from mlref.batch_predict import partition_uri, predict_range, read_predictions, score_day
+from mlref.batch_predict import PART, partition_uri, predict_range, read_predictions, score_day
 from mlref.features.store import OnlineFeatureLookup
 from mlref.features.transform import build_spec, fill_defaults, transform
 from mlref.serving.predictor import file_version
@@ -68,6 +68,8 @@ def test_rerun_replaces_partitions_and_a_failure_leaves_no_half_partition(world)
     real = pq.write_table
 
     def half_then_fail(table, where, **options) -> None:
+        if PART not in Path(where).name:  # not a partition (Feast's join window)
+            return real(table, where, **options)
         written.append(where)
         if len(written) == 2:
             Path(where).write_bytes(b"PAR1 half a file")
