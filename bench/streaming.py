@@ -84,7 +84,7 @@ def main() -> None:
     from mlref.features.transform import build_spec
     from mlref.settings import Settings
     from mlref.training.shards import ShardSet
-    from mlref.training.train import LABEL, train
+    from mlref.training.train import encoded_columns, train
 
     console.quiet = True  # the trainer's progress bars and epoch lines
     settings = Settings()
@@ -99,7 +99,7 @@ def main() -> None:
         f"{options.pairs} pairs of {options.epochs} epoch(s); streamed host budget "
         f"{options.host_memory_mib} MiB; load average at start {os.getloadavg()[0]:.1f}\n"
     )
-    columns = [*spec.categorical_names, *spec.numeric, LABEL]
+    columns = encoded_columns(spec)
     reads = [
         read_cpu(sets, spec, None) / read_cpu(sets, spec, columns)
         for _ in range(options.read_rounds)

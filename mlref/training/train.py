@@ -75,6 +75,11 @@ def encode(frame: pd.DataFrame, spec: FeatureSpec) -> Tensors:
     return Tensors(torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(labels))
 
 
+def encoded_columns(spec: FeatureSpec) -> list[str]:
+    """The columns :func:`encode` reads: what a streamed shard needs read."""
+    return [*spec.categorical_names, *spec.numeric, LABEL]
+
+
 def negative_sample(labels: torch.Tensor, rate: float, seed: int | Sequence[int]) -> torch.Tensor:
     """Indices of every positive and of a share ``rate`` of the negatives, drawn from ``seed``
     (the same seed, the same rows). :class:`CTRModel` undoes the shift in odds this makes."""
@@ -301,7 +306,7 @@ class _Streamed:
         self.shard_rows = [shard.rows for shard in self.shards]
         self.rows = sum(self.shard_rows)
         self.prefetch = prefetch
-        columns = [*spec.categorical_names, *spec.numeric, LABEL]
+        columns = encoded_columns(spec)
 
         def load(i: int, epoch: int) -> Tensors:
             split = encode(sets.inputs(self.shards[i], columns), spec)

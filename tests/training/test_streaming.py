@@ -12,7 +12,13 @@ from mlref.features.transform import FeatureSpec
 from mlref.settings import TrainSettings
 from mlref.training import shards
 from mlref.training.loader import ShardBatches
-from mlref.training.train import LABEL, TrainingSets, encode, resident_bytes, train
+from mlref.training.train import (
+    TrainingSets,
+    encode,
+    encoded_columns,
+    resident_bytes,
+    train,
+)
 
 from .conftest import make_frame
 
@@ -147,7 +153,7 @@ def test_streamed_reads_encode_as_whole_shard_reads(spec: FeatureSpec, tmp_path)
     writer.close()
     stored = shards.ShardSet(str(tmp_path / "sets"))
     shard = stored.shards("train")[0]
-    columns = [*spec.categorical_names, *spec.numeric, LABEL]
+    columns = encoded_columns(spec)
 
     read = stored.inputs(shard, columns)
     assert set(read.columns) == set(columns)  # no request ids or timestamps decoded
