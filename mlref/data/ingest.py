@@ -19,7 +19,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -50,7 +50,7 @@ from mlref.data.validate import UNKNOWN_DATE, Checked, as_mask, check, partition
 from mlref.schema import RAW_COLUMNS
 from mlref.settings import Settings
 
-MAX_RUN = 1 << 22  # ids in one sorted run of :class:`RequestIds` (64 MiB)
+MEMORY_RUN = 1 << 20  # ids a sorted run of :class:`RequestIds` grows to before it goes to disk
 
 
 def ingest(
@@ -146,9 +146,11 @@ class RequestIds:
     with an id is a duplicate when an earlier row with the same id has no problem at all.
 
     The ids this ingestion took are not held in memory: each batch's winners are spilled to
-    an Arrow file under ``spill``, and memory keeps a 64-bit hash and a location per id (16
-    bytes, against the id's 36 and a hash table's), in sorted runs that merge as they grow.
-    A row whose hash matches is compared with the spilled id itself, so the result is exact.
+    an Arrow file under ``spill``, indexed by a 64-bit hash and a location per id in sorted
+    runs that merge as they grow. A run of MEMORY_RUN ids goes to disk too, so memory holds
+    fewer than twice that many, whatever the input; each batch reads the disk runs' hashes
+    one run at a time, and their locations only where a hash matches. A row whose hash
+    matches is compared with the spilled id itself, so the result is exact.
     """
 
     def __init__(self, curated_uri: str, own_parts: set[str], spill: Path) -> None:
@@ -158,6 +160,7 @@ class RequestIds:
         self.spill = spill
         self.spilled = 0  # files written under ``spill``
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted hashes, locations)
+        self.disk_runs = 0  # runs moved to ``spill``
 
     def claim(self, checked: Checked) -> None:
         """Add the request-id problems of a checked batch, and take the ids of its winners."""
@@ -186,7 +189,7 @@ class RequestIds:
         order = np.argsort(hashes)
         ordered = hashes[order]  # sorted needles make searchsorted several times faster
         rows, locations = [], []
-        for run, where in self.runs:
+        for run, where in self._every_run():
             low = np.searchsorted(run, ordered)
             for i in np.flatnonzero(run[np.minimum(low, len(run) - 1)] == ordered):
                 high = np.searchsorted(run, ordered[i], "right")  # a few: the duplicates
@@ -207,10 +210,19 @@ class RequestIds:
         taken[rows[same]] = True
         return taken & as_mask(ids.is_valid())
 
+    def _every_run(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The runs in memory, then those on disk, one at a time: each one's hashes read
+        whole, its locations mapped (read only where a hash matches)."""
+        yield from self.runs
+        for k in range(self.disk_runs):
+            yield (
+                np.load(self.spill / f"run-{k}-hashes.npy"),
+                np.load(self.spill / f"run-{k}-where.npy", mmap_mode="r"),
+            )
+
     def _take(self, winners: pa.Array, hashes: np.ndarray) -> None:
         """Spill ``winners`` (with their ``hashes``) and add them as a run. Runs merge like a
-        binary counter, up to MAX_RUN ids, so that there are few runs and a merge's transient
-        copy stays bounded."""
+        binary counter, so that there are few; one of MEMORY_RUN ids or more moves to disk."""
         if not len(winners):
             return
         self.spill.mkdir(parents=True, exist_ok=True)
@@ -222,13 +234,14 @@ class RequestIds:
         where = (np.int64(self.spilled) << 32) | order.astype(np.int64)
         self.spilled += 1
         run = (hashes[order], where)
-        while (
-            self.runs
-            and len(self.runs[-1][0]) <= len(run[0])
-            and len(self.runs[-1][0]) + len(run[0]) <= MAX_RUN
-        ):
+        while self.runs and len(self.runs[-1][0]) <= len(run[0]):
             run = _merge(self.runs.pop(), run)
-        self.runs.append(run)
+        if len(run[0]) < MEMORY_RUN:
+            self.runs.append(run)
+            return
+        for name, values in zip(("hashes", "where"), run, strict=True):
+            np.save(self.spill / f"run-{self.disk_runs}-{name}.npy", values)
+        self.disk_runs += 1
 
     def _before(self, date: str) -> pa.Array:
         if date not in self.before:

@@ -229,14 +229,18 @@ def test_any_fsspec_uri_and_glob(settings: Settings) -> None:
     assert sorted(pd.read_parquet(settings.curated_dir)["request_id"]) == ["r0", "r1", "r2"]
 
 
+@pytest.mark.parametrize("runs", ["in memory", "on disk"])
 @pytest.mark.parametrize("hashes", ["real", "all equal"])
 def test_big_files_are_read_in_batches(
-    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, hashes: str
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, hashes: str, runs: str
 ) -> None:
     """Duplicates across batch boundaries and row numbers stay right when a file is split;
-    the ids of earlier batches are kept as hashes, and an equal hash is not an equal id."""
+    the ids of earlier batches are kept as hashes, in memory or moved to disk, and an equal
+    hash is not an equal id."""
     if hashes == "all equal":
         monkeypatch.setattr(ingest_module, "_hash", lambda ids: np.zeros(len(ids), np.uint64))
+    if runs == "on disk":
+        monkeypatch.setattr(ingest_module, "MEMORY_RUN", 1)  # every batch's run goes to disk
     settings.ingest.batch_rows = 1_000
     df = typed(*(row(f"r{i}") for i in range(2_500)))
     df.loc[1_500, "request_id"] = "r10"  # a duplicate of a row in the first batch
