@@ -19,8 +19,10 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -28,6 +30,7 @@ import yaml
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CONTROL, TREATMENT = "A", "B"
+State = TypeVar("State")
 # The tag each variant's calls carry (``experiment.route_header``): the tags KServe gives the
 # revisions of a Knative canary (enable-tag-routing), the last rolled-out one (the stable
 # model, A) and the latest one (the candidate, B); in Standard mode the chart's experiment
@@ -160,3 +163,15 @@ class Watched:
             except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
                 log.warning("state file %s unreadable, keeping the last: %s", self.path, exc)
         return self.experiment
+
+
+def stop_running(
+    state: State | None, apply: Callable[[State], Any], stopped_at: str, not_running: Exception
+) -> State:
+    """Stamp a running state (an experiment, a shadow) stopped and ``apply`` it; raise
+    ``not_running`` when none runs, so a second stop fails instead of moving the stop time."""
+    if state is None or not state.running:
+        raise not_running
+    stopped = replace(state, stopped_at=stopped_at)
+    apply(stopped)
+    return stopped

@@ -9,11 +9,12 @@ no user is in two experiments at once.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from mlref.canary.state import read_state
 from mlref.canary.state import state_path as canary_path
-from mlref.experiment.assign import Experiment
+from mlref.experiment.assign import Experiment, stop_running
 from mlref.platform import platform_for
 from mlref.settings import Settings
 
@@ -66,12 +67,12 @@ def start(
 def stop(settings: Settings, core: Any = None) -> Experiment:
     """Mark the experiment stopped: every user is served by the split again."""
     platform = platform_for(settings)
-    running = platform.experiment_state(core)
-    if running is None or not running.running:
-        raise ExperimentError("no experiment is running (mlref experiment start)")
-    stopped = Experiment(**{**running.__dict__, "stopped_at": now_iso()})
-    platform.apply_experiment(stopped, core)
-    return stopped
+    return stop_running(
+        platform.experiment_state(core),
+        partial(platform.apply_experiment, core=core),
+        now_iso(),
+        ExperimentError("no experiment is running (mlref experiment start)"),
+    )
 
 
 def current(settings: Settings, name: str = "", core: Any = None) -> Experiment:

@@ -8,8 +8,10 @@ transformer to mirror every scored batch to it, and the report which window to c
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from mlref.experiment.assign import stop_running
 from mlref.platform import platform_for
 from mlref.settings import Settings
 from mlref.shadow.state import Shadow
@@ -44,12 +46,12 @@ def start(settings: Settings, model: str, live_model: str = "", apis: Any = None
 def stop(settings: Settings, apis: Any = None) -> Shadow:
     """Mark the shadow stopped: the transformer stops mirroring; its rows stay for the report."""
     platform = platform_for(settings)
-    running = platform.shadow_state(apis)
-    if running is None or not running.running:
-        raise ShadowError("no shadow is running (mlref shadow start --model URI)")
-    stopped = Shadow(**{**running.__dict__, "stopped_at": now_iso()})
-    platform.apply_shadow(stopped, apis)
-    return stopped
+    return stop_running(
+        platform.shadow_state(apis),
+        partial(platform.apply_shadow, apis=apis),
+        now_iso(),
+        ShadowError("no shadow is running (mlref shadow start --model URI)"),
+    )
 
 
 def current(settings: Settings, apis: Any = None) -> Shadow:
