@@ -170,6 +170,18 @@ def line(label: str, ours: dict, theirs: dict | float, unit: str = "req/s") -> s
     return text + f"  errors {ours['errors']}"
 
 
+# The first columns of the caches' and the shadow's tables: each configuration against the
+# one with the feature off, measured in the same run.
+AGAINST_OFF = f"  {'':18s} {'req/s':>8s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s}"
+
+
+def against_off(label: str, result: dict, off: dict) -> str:
+    return (
+        f"  {label:18s} {result['rps']:8,.0f} {result['rps'] / off['rps']:6.2f} "
+        f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f}"
+    )
+
+
 def with_serving(settings, **changes):
     return settings.model_copy(update={"serving": settings.serving.model_copy(update=changes)})
 
@@ -276,15 +288,12 @@ def caches(root: Path, settings, model_path: Path) -> list[str]:
     report = [
         f"caches, full path single row c={CONCURRENCY}, generated traffic (median of {ROUNDS}"
         f" rounds of {part:,} requests" + (", replayed: more were sent)" if sent > part else ")"),
-        f"  {'':18s} {'req/s':>8s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
-        f"{'entity hits':>11s} {'score hits':>10s} errors",
+        f"{AGAINST_OFF} {'entity hits':>11s} {'score hits':>10s} errors",
     ]
     for label, result in results.items():
         entity, score = rates[label]
         report.append(
-            f"  {label:18s} {result['rps']:8,.0f} {result['rps'] / off['rps']:6.2f} "
-            f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f} "
-            f"{entity:11.1%} {score:10.2%} {result['errors']}"
+            f"{against_off(label, result, off)} {entity:11.1%} {score:10.2%} {result['errors']}"
         )
     return report
 
@@ -438,8 +447,7 @@ def _shadow_runs(place, live_cpus, shadow_cpus, transformers, shadow_of, bodies)
     )
     report = [
         f"  {place}: {what}",
-        f"  {'':18s} {'req/s':>7s} {'x off':>6s} {'p99 ms':>7s} {'x off':>6s} "
-        f"{'cpu/req':>8s} {'x off':>6s} {'rows/call':>9s} {'shadow cpu/row':>14s} "
+        f"{AGAINST_OFF} {'cpu/req':>8s} {'x off':>6s} {'rows/call':>9s} {'shadow cpu/row':>14s} "
         f"{'scored':>7s} {'dropped':>7s} errors",
     ]
     for label, result in results.items():
@@ -448,10 +456,8 @@ def _shadow_runs(place, live_cpus, shadow_cpus, transformers, shadow_of, bodies)
         per_request = mine / requests
         shadow_cost = f"{theirs / scored * 1e6:11.0f} us" if scored else f"{'-':>14s}"
         report.append(
-            f"  {label:18s} {result['rps']:7,.0f} {result['rps'] / off['rps']:6.2f} "
-            f"{result['p99']:7.2f} {result['p99'] / off['p99']:6.2f} "
-            f"{per_request * 1e6:5.0f} us {per_request / off_cpu:6.2f} "
-            f"{scored / calls if calls else 0:9.1f} {shadow_cost} "
+            f"{against_off(label, result, off)} {per_request * 1e6:5.0f} us "
+            f"{per_request / off_cpu:6.2f} {scored / calls if calls else 0:9.1f} {shadow_cost} "
             f"{scored:7,.0f} {dropped:7,.0f} {result['errors']}"
         )
     return report
