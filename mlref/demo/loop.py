@@ -283,21 +283,16 @@ def run_loop(settings: Settings, scenario: str = "") -> report.LoopRecord:
         progress.save("gate", decision)
     challenger, gate = str(progress["challenger"]), progress["gate"]
 
-    if "shadow" not in progress:
+    # The shadow's day, then the canary's: each serves the challenger if the gate allows.
+    phases = (("shadow", "shadow", _shadow, shadow_day), ("rollout", "canary", _canary, live_day))
+    for key, name, phase, day in phases:
+        if key in progress:
+            continue
         if challenger and challenger != champion and gate == "canary":
-            generate(settings, [shadow_day], [window])
-            outcome = _shadow(settings, steps, record, champion, challenger, shadow_day)
-            progress.save("shadow", outcome)
+            generate(settings, [day], [window])
+            progress.save(key, phase(settings, steps, record, champion, challenger, day))
         else:
-            progress.save("shadow", f"no shadow: the retrained model's offline gate said {gate!r}")
-
-    if "rollout" not in progress:
-        if challenger and challenger != champion and gate == "canary":
-            generate(settings, [live_day], [window])
-            outcome = _canary(settings, steps, record, champion, challenger, live_day)
-            progress.save("rollout", outcome)
-        else:
-            progress.save("rollout", f"no canary: the retrained model's offline gate said {gate!r}")
+            progress.save(key, f"no {name}: the retrained model's offline gate said {gate!r}")
 
     with steps.step("model quality per day (offline, point-in-time features)") as out:
         models = {f"v{champion} (old champion)": model_uri(settings, champion)}
