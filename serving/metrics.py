@@ -79,6 +79,15 @@ class ArrayHistogramChild:
         self.total += float(np.sum(values, dtype=np.float64))
 
 
+def by_reason(name: str, documentation: str, reasons: tuple[str, ...]) -> Counter:
+    """A counter of rows lost, by ``reason``: each reason exported at 0 from the start, so
+    "no drops" is a series."""
+    counter = Counter(name, documentation, ["reason"])
+    for reason in reasons:
+        counter.labels(reason)
+    return counter
+
+
 REQUESTS = Counter(
     "mlref_requests",
     "Scoring requests by HTTP status (a string), model version and variant.",
@@ -113,14 +122,12 @@ DEFAULTED = Counter(
     ["feature"],
 )
 # The inference log's health: what it holds back while its sink is down, and what it lost.
-LOG_DROPPED = Counter(
+LOG_DROPPED = by_reason(
     "mlref_inference_log_dropped_rows",
     "Scored rows the inference log dropped: its memory buffer or its disk spool was full, "
     "or it was closed.",
-    ["reason"],
+    ("buffer_full", "spool_full", "spool_failed", "no_spool", "closed"),
 )
-for _reason in ("buffer_full", "spool_full", "spool_failed", "no_spool", "closed"):
-    LOG_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 LOG_SPILLED = Gauge(
     "mlref_inference_log_spilled_rows",
     "Scored rows waiting for the inference-log sink, in memory or in the local disk spool.",
@@ -143,15 +150,13 @@ SHADOW_SCORED = Counter(
     "mlref_shadow_scored_rows",
     "Rows the shadow model scored, logged with variant=shadow.",
 )
-SHADOW_DROPPED = Counter(
+SHADOW_DROPPED = by_reason(
     "mlref_shadow_dropped_rows",
     "Rows not scored by the shadow, never retried: queue_full (the shadow is behind), timeout, "
     "error (down or refusing), invalid_score (NaN or outside 0..1), stopped (waiting or in "
     "flight when the transformer stopped).",
-    ["reason"],
+    ("queue_full", "timeout", "error", "invalid_score", "stopped"),
 )
-for _reason in ("queue_full", "timeout", "error", "invalid_score", "stopped"):
-    SHADOW_DROPPED.labels(_reason)  # exported at 0 from the start, so "no drops" is a series
 SHADOW_SECONDS = Histogram(
     "mlref_shadow_seconds",
     "Latency of the transformer's calls to the shadow predictor, answered ones.",
