@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mlref import storage
 from mlref.k8s.kserve import CONTAINER
 from mlref.settings import Settings
 
@@ -197,11 +198,8 @@ def write_state(
 ) -> Path:
     """Write the patch atomically (readers never see half a file); returns its path."""
     path = path or state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    patch = to_patch(settings, state, stable_predictor)
-    partial.write_text(yaml.safe_dump(patch, sort_keys=False))
-    partial.replace(path)
+    text = yaml.safe_dump(to_patch(settings, state, stable_predictor), sort_keys=False)
+    storage.write_atomically(str(path), lambda staging: staging.write_text(text))
     return path
 
 

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import numpy as np
 import yaml
 
+from mlref import storage
+
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
 CONTROL, TREATMENT = "A", "B"
@@ -105,10 +107,7 @@ def from_yaml(text: str) -> Experiment:
 
 def write_experiment(path: Path, experiment: Experiment) -> Path:
     """Write atomically: the transformer never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(to_yaml(experiment))
-    partial.replace(path)
+    storage.write_atomically(str(path), lambda staging: staging.write_text(to_yaml(experiment)))
     return path
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from mlref import storage
 from mlref.schema import SHADOW_VARIANT
 
 SHADOW = SHADOW_VARIANT  # the label of the shadow's predictor, metrics and log rows
@@ -39,10 +40,7 @@ def to_yaml(shadow: Shadow) -> str:
 
 def write_shadow(path: Path, shadow: Shadow) -> Path:
     """Write atomically: the transformer never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(to_yaml(shadow))
-    partial.replace(path)
+    storage.write_atomically(str(path), lambda staging: staging.write_text(to_yaml(shadow)))
     return path
 
 
