@@ -208,6 +208,13 @@ class TrainSettings(Section):
     prefetch_shards: int = Field(
         2, ge=1, description="Streamed training: shards a background thread reads ahead."
     )
+    cache_encoded: bool = Field(
+        True,
+        description="Streamed training: keep each shard's encoded tensors in a temporary folder "
+        "on local disk after its first read, so that every later read (each epoch, each "
+        "evaluation) loads them instead of decoding and encoding the shard again; needs local "
+        "disk for the set's tensors (about 124 bytes a row).",
+    )
     distributed: Literal["none", "torchrun-local", "torchrun"] = Field(
         "none",
         description="Data-parallel training (DDP): none: one process; torchrun-local: the "

@@ -19,10 +19,12 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,6 +65,9 @@ class Tensors:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+TENSOR_FIELDS = [f.name for f in fields(Tensors)]
 
 
 def encode(frame: pd.DataFrame, spec: FeatureSpec) -> Tensors:
@@ -298,9 +303,12 @@ class _Streamed:
         prefetch: int,
         sampled: TrainSettings | None = None,
         seed: int = 0,
+        cache: Path | None = None,
     ):
         """``sampled``: the settings of the train split's sample of negatives, per shard ``i``
-        and epoch (:func:`epoch_sample` of ``(seed, i)``); None: every row."""
+        and epoch (:func:`epoch_sample` of ``(seed, i)``); None: every row. ``cache``: a local
+        folder where each shard's tensors are kept once encoded (``train.cache_encoded``):
+        reading them back costs a small share of decoding and encoding the shard again."""
         self.shards = sets.shards(name)
         # Known exactly once read when negatives are sampled: input_stats, the first pass, counts.
         self.shard_rows = [shard.rows for shard in self.shards]
@@ -308,8 +316,21 @@ class _Streamed:
         self.prefetch = prefetch
         columns = encoded_columns(spec)
 
-        def load(i: int, epoch: int) -> Tensors:
+        def encoded(i: int) -> Tensors:
+            if cache is None:
+                return encode(sets.inputs(self.shards[i], columns), spec)
+            path = cache / f"{name}-{i}.npz"
+            if path.exists():
+                with np.load(path) as arrays:
+                    return Tensors(*(torch.from_numpy(arrays[f]) for f in TENSOR_FIELDS))
             split = encode(sets.inputs(self.shards[i], columns), spec)
+            staging = path.with_name(f".{path.name}")  # a failed write leaves no shard behind
+            np.savez(staging, **{f: getattr(split, f).numpy() for f in TENSOR_FIELDS})
+            staging.replace(path)
+            return split
+
+        def load(i: int, epoch: int) -> Tensors:
+            split = encoded(i)
             select = epoch_sample(split.labels, sampled, [seed, i]) if sampled else None
             return split if select is None else _take(split, select(epoch))
 
@@ -369,11 +390,12 @@ def _splits(
     settings: TrainSettings,
     sharers: int = 1,
     seed: int = 0,
+    cache: Path | None = None,
 ) -> dict[str, _Resident | _Streamed]:
     """Each split resident when the whole set fits ``host_memory_bytes`` (shared by
-    ``sharers`` processes on the host), else streamed. The train split trains each epoch on
-    its sample of negatives (:func:`epoch_sample`), drawn from ``seed`` (per shard when
-    streamed)."""
+    ``sharers`` processes on the host), else streamed, its encoded shards kept in ``cache``
+    when ``train.cache_encoded``. The train split trains each epoch on its sample of negatives
+    (:func:`epoch_sample`), drawn from ``seed`` (per shard when streamed)."""
     if isinstance(sets, ShardSet):
         if resident_bytes(sets, spec) > host_budget(settings.host_memory_bytes) // sharers:
             return {
@@ -384,6 +406,7 @@ def _splits(
                     settings.prefetch_shards,
                     settings if name == "train" else None,
                     seed,
+                    cache if settings.cache_encoded else None,
                 )
                 for name in SPLITS
             }
@@ -433,6 +456,19 @@ def train(
     joined process group) this process trains on its rows of a :class:`ShardSet` under DDP;
     every rank returns the same result.
     """
+    # Streamed shards' tensors, kept for the call (train.cache_encoded) and removed after it.
+    with tempfile.TemporaryDirectory(prefix="mlref-encoded-") as cache:
+        return _train(sets, spec, settings, ranks, parent, Path(cache))
+
+
+def _train(
+    sets: TrainingSets | ShardSet,
+    spec: FeatureSpec,
+    settings: TrainSettings,
+    ranks: Ranks | None,
+    parent: Parent | None,
+    cache: Path,
+) -> TrainResult:
     device = resolve_device(settings.device)
     if settings.cpu_threads and device.type == "cpu":
         torch.set_num_threads(settings.cpu_threads)
@@ -443,7 +479,8 @@ def train(
     rank_settings = settings  # each rank its own shuffle and its own sample of negatives
     if ranks is not None:
         rank_settings = settings.model_copy(update={"seed": settings.seed + ranks.rank})
-    data = _splits(sets, spec, settings, ranks.local_world if ranks else 1, rank_settings.seed)
+    sharers = ranks.local_world if ranks else 1
+    data = _splits(sets, spec, settings, sharers, rank_settings.seed, cache)
     train_set = data["train"]
     _rows(data, ranks)  # every split has rows on every rank
     torch.manual_seed(settings.seed)

@@ -3,6 +3,9 @@ the resident path, and the same reader against an S3 server."""
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,6 +133,35 @@ def test_streamed_training_matches_the_resident_quality(spec: FeatureSpec, tmp_p
         assert b.auc == pytest.approx(a.auc, abs=0.01)
         assert b.logloss == pytest.approx(a.logloss, rel=0.02)
     assert streamed.metrics["test"].auc > 0.6  # it learned the signal
+
+
+def test_streamed_training_encodes_each_shard_once_and_leaves_no_cache(
+    spec: FeatureSpec, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    """With ``cache_encoded`` every shard is read and encoded once per call: later epochs and
+    evaluations load its tensors from the cache, train to the same weights as without it,
+    and the cache is gone when the call returns."""
+    _write(str(tmp_path / "sets"), spec)
+    stored = shards.ShardSet(str(tmp_path / "sets"))
+    reads: Counter[str] = Counter()
+    inputs = shards.ShardSet.inputs
+
+    def counted(self: shards.ShardSet, shard: shards.Shard, columns: list[str]) -> pd.DataFrame:
+        reads[shard.day] += 1
+        return inputs(self, shard, columns)
+
+    monkeypatch.setattr(shards.ShardSet, "inputs", counted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    streamed = _settings(epochs=3, host_memory_bytes=1, negative_rate=0.5)
+
+    cached = train(stored, spec, streamed)
+    assert list(reads.values()) == [1] * 10  # 6 train, 2 val and 2 test days, once each
+    assert not list((tmp_path / "tmp").glob("mlref-encoded-*"))
+    reads.clear()
+    uncached = train(stored, spec, streamed.model_copy(update={"cache_encoded": False}))
+    assert max(reads.values()) == 5  # a train day: statistics, 3 epochs, final evaluation
+    assert cached.metric_table() == uncached.metric_table()
 
 
 def test_shards_stream_from_s3(s3_env, spec: FeatureSpec):
