@@ -60,6 +60,15 @@ def session(settings: Settings, **conf: str) -> SparkSession:
         # No web UI: nobody watches a data step's session, and the UI's server and listeners
         # cost start-up time and memory (engine.spark_conf can turn it on).
         "spark.ui.enabled": "false",
+        # The driver keeps every finished job's, stage's and SQL query's status (the UI's
+        # store, kept without a UI too): by default up to 1,000 of each and every RDD graph,
+        # which a long range's day groups (hundreds of jobs, Feast's large plans) grow until
+        # the driver's heap runs out. Keep the recent ones only.
+        "spark.ui.retainedJobs": "50",
+        "spark.ui.retainedStages": "100",
+        "spark.ui.retainedTasks": "10000",
+        "spark.sql.ui.retainedExecutions": "20",
+        "spark.ui.dagGraph.retainedRootRDDs": "50",
         # The master and what it needs: this process, or executor pods in a cluster.
         **platform_for(settings).spark_conf(python, os.environ),
     }
