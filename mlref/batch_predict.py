@@ -18,6 +18,8 @@ worker imports it in under a second of CPU, not six.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -174,22 +176,24 @@ def _predict_on_spark(
 
     from mlref import spark as sparks
     from mlref.training.dataset import curated_files
-    from mlref.training.dataset_spark import JOINED_SCHEMA, LOST, joined_by_day
+    from mlref.training.dataset_spark import joined_by_day
 
     spark = sparks.session(settings)
     files = curated_files(settings, {"batch": days})
     model_file = spark.sparkContext.broadcast(model_path.read_bytes())
     threads, output = settings.serving.intra_op_threads, report.output
-    version, run_id = report.model_version, report.run_id
+    version, run_id, chunk_rows = report.model_version, report.run_id, settings.data.chunk_rows
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = None
-        for day, rows in _whole_days(batches):
+        for day, chunks in _day_chunks(batches, chunk_rows):
             model = model or _load(model_file.value, threads)
-            frame = rows.drop_columns([LOST]).cast(JOINED_SCHEMA).to_pandas()
-            _publish(output, day, predictions(frame, model, version, run_id))
-            dropped = int(pc.sum(rows.column(LOST)).as_py() or 0)
-            line = {"day": day, "rows": rows.num_rows, "dropped": dropped}
+            counts = [0, 0]  # the day's rows, and those Feast found no features for
+            write = functools.partial(
+                _write_day, chunks=chunks, score=(model, version, run_id), counts=counts
+            )
+            storage.write_atomically(partition_uri(output, day), write)
+            line = {"day": day, "rows": counts[0], "dropped": counts[1]}
             yield pa.RecordBatch.from_pylist([line], schema=DAYS)
 
     try:
@@ -216,21 +220,55 @@ class BatchPredictionFailed(RuntimeError):
     """A Spark job of batch prediction failed after its retries."""
 
 
-def _whole_days(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[str, pa.Table]]:
-    """(day, all its rows) of ``batches`` whose rows come day after day."""
+def _day_chunks(
+    batches: Iterator[pa.RecordBatch], chunk_rows: int
+) -> Iterator[tuple[str, Iterator[pa.Table]]]:
+    """(day, its rows in tables of at least ``chunk_rows``, the last one less) of ``batches``
+    whose rows come day after day: a task holds a chunk, not a day. A day's tables must be
+    read before the next day is asked for."""
     from mlref.training.dataset_spark import runs
 
-    day, pending = None, []
-    for batch in batches:
-        table = pa.Table.from_batches([batch])
-        for start, end, run_day in runs(table.column(DATE_COLUMN)):
-            if run_day != day and pending:
-                yield day, pa.concat_tables(pending)
-                pending = []
-            day = run_day
-            pending.append(table.slice(start, end - start))
+    def parts() -> Iterator[tuple[str, pa.Table]]:
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            for start, end, day in runs(table.column(DATE_COLUMN)):
+                yield day, table.slice(start, end - start)
+
+    for day, same_day in itertools.groupby(parts(), key=lambda part: part[0]):
+        yield day, _chunks((table for _, table in same_day), chunk_rows)
+
+
+def _chunks(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """``tables`` joined into tables of at least ``rows`` rows (the last one less)."""
+    pending: list[pa.Table] = []
+    held = 0
+    for table in tables:
+        pending.append(table)
+        held += table.num_rows
+        if held >= rows:
+            yield pa.concat_tables(pending)
+            pending, held = [], 0
     if pending:
-        yield day, pa.concat_tables(pending)
+        yield pa.concat_tables(pending)
+
+
+def _write_day(
+    path: Path,
+    chunks: Iterator[pa.Table],
+    score: tuple[onnx_model.OnnxModel, str, str],
+    counts: list[int],
+) -> None:
+    """A day's ``chunks`` of joined rows scored with ``score`` (model, version, run id) into
+    one Parquet file at ``path``, chunk by chunk; ``counts`` gets its rows and those Feast
+    found no features for."""
+    from mlref.training.dataset_spark import JOINED_SCHEMA, LOST
+
+    with pq.ParquetWriter(path, SCHEMA) as writer:
+        for rows in chunks:
+            frame = rows.drop_columns([LOST]).cast(JOINED_SCHEMA).to_pandas()
+            writer.write_table(predictions(frame, *score))
+            counts[0] += rows.num_rows
+            counts[1] += int(pc.sum(rows.column(LOST)).as_py() or 0)
 
 
 def _load(model: bytes, threads: int) -> onnx_model.OnnxModel:

@@ -326,6 +326,12 @@ def spark(spark_faults: Path, request: pytest.FixtureRequest) -> Iterator[object
     spark.stop()
 
 
+def newest_job(spark: object) -> int:
+    """The id of the Spark session's latest job (-1 before any). Ids grow, while the driver
+    keeps the status of its recent jobs only, so a count of them stops growing."""
+    return max(spark.sparkContext.statusTracker().getJobIdsForGroup(), default=-1)
+
+
 @pytest.fixture
 def applied(settings: Settings) -> Settings:
     """The hand-built log of tests.features computed into snapshot tables and registered

@@ -17,6 +17,7 @@ from mlref.data.ingest import ingest
 from mlref.data.ingest_spark import CHECKED_SCHEMA, IDS_SCHEMA, _with_flags, writer_rows
 from mlref.data.parts import IngestError, IngestResult
 from mlref.settings import EngineSettings, Settings, StorageSettings
+from tests.conftest import newest_job
 from tests.data.test_ingest import (  # noqa: F401  (corrupted is a fixture)
     BAD_FILES,
     NOW,
@@ -166,15 +167,14 @@ def test_cli_ingests_on_the_engine_the_settings_name(
     monkeypatch.setenv("MLREF_WORK_DIR", str(settings.work_dir))
     monkeypatch.setenv("MLREF_ENGINE__DATA", "spark")
     get_settings.cache_clear()
-    tracker = spark.sparkContext.statusTracker()
-    jobs_before = set(tracker.getJobIdsForGroup())
+    jobs = newest_job(spark)
     try:
         ok = CliRunner().invoke(app, ["ingest", "run", str(raw / "b.csv")])
     finally:
         get_settings.cache_clear()
 
     assert ok.exit_code == 0, ok.output
-    assert set(tracker.getJobIdsForGroup()) > jobs_before  # it ran on Spark
+    assert newest_job(spark) > jobs  # it ran on Spark
     assert "request_id: already curated" in ok.output  # r99, curated by the fixture
 
 

@@ -19,6 +19,7 @@ from mlref.features.compute import compute_tables
 from mlref.settings import EngineSettings, Settings
 from mlref.training import dataset, dataset_spark, shards
 from mlref.training.dataset_spark import TrainingSetFailed
+from tests.conftest import newest_job
 
 
 def on_spark(settings: Settings) -> Settings:
@@ -77,11 +78,11 @@ def test_spark_materializes_the_local_engines_online_rows(features: Settings, sp
     for name in ("online.db", "registry.db"):
         (features.feature_dir / name).unlink()
     on = on_spark(features)
-    jobs = len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+    jobs = newest_job(spark)
     starts = store.materialize(on, end)
     online = store.OnlineFeatureLookup(on, cache_rows=0).lookup(*ids)
 
-    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup()) > jobs  # Spark wrote
+    assert newest_job(spark) > jobs  # Spark wrote
     assert starts == {name: end - timedelta(days=1) for name in starts}
     pd.testing.assert_frame_equal(online, expected)
     assert expected.notna().any().all()
