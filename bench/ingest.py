@@ -154,8 +154,10 @@ def engines(sizes: list[int]) -> None:
                 f"peak memory {spark['peak_mib'] / local['peak_mib']:.2f}x"
             )
         one = run_child(raw, Path(tmp) / "work-1core", "spark", "local[1]")
-        print(f"{rows:>10,} {'spark local[1]':>16} {one['wall']:>8.1f} {one['ingest']:>9.1f} "
-              f"{one['peak_mib']:>9,.0f}")
+        print(
+            f"{rows:>10,} {'spark local[1]':>16} {one['wall']:>8.1f} {one['ingest']:>9.1f} "
+            f"{one['peak_mib']:>9,.0f}"
+        )
         print(
             f"spark speed-up, 2 cores vs 1 on {rows:,} rows: "
             f"{one['ingest'] / runs['spark']['ingest']:.2f}x (ingest time)"

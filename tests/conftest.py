@@ -344,4 +344,3 @@ def applied(settings: Settings) -> Settings:
     compute_tables(settings)
     store.apply(settings)
     return settings
-

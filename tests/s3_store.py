@@ -41,9 +41,7 @@ ADMIN_POLICY = {
 GRANTS: dict[str, list[str]] = {}
 
 
-def add_user(
-    name: str, access_key: str, secret_key: str, actions: list[str] | None = None
-) -> None:
+def add_user(name: str, access_key: str, secret_key: str, actions: list[str] | None = None) -> None:
     """The user ``name`` with exactly this key pair and these SeaweedFS grants (replacing any
     before); no grants: ``Admin``, as a store's root user. moto's own policy lets every
     signed request through: :func:`authorize` holds it to the grants."""

@@ -292,8 +292,7 @@ def test_appends_from_many_threads_a_flaky_sink_and_a_close_meanwhile_lose_no_ro
     )
     threads, records = 8, 60
     plans = [  # per thread, per record: (rows, fits the schema)
-        [(rng.randint(1, 12), rng.random() > 0.03) for _ in range(records)]
-        for _ in range(threads)
+        [(rng.randint(1, 12), rng.random() > 0.03) for _ in range(records)] for _ in range(threads)
     ]
     scored = {"rows": 0, "records": 0}
     count = threading.Lock()
