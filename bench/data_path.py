@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,12 +57,13 @@ class Measured:
     peak_bytes: int
     killed: bool
     returncode: int
+    error: str = ""  # a failed stage's first error line, from its log
 
     def cell(self) -> str:
         if self.killed:
             return f"killed above the limit after {self.seconds:.0f} s"
         if self.returncode:
-            return f"failed (exit {self.returncode})"
+            return f"failed (exit {self.returncode}: {self.error or 'see the log'})"
         return (
             f"{self.seconds:.1f} s ({self.cpu_seconds:.0f} CPU-s), "
             f"{self.peak_bytes / (1 << 20):,.0f} MiB"
@@ -94,6 +96,7 @@ def tree_rss(process: psutil.Process) -> int:
 def measure(args: list[str], env: dict[str, str], limit: int, log: Path) -> Measured:
     """Run ``python bench/data_path.py <args>`` as a child; its time and peak tree memory."""
     started = time.perf_counter()
+    since = log.stat().st_size if log.exists() else 0
     with log.open("a") as out:
         child = subprocess.Popen(
             [sys.executable, __file__, *args], env=env, cwd=REPO, stdout=out, stderr=out
@@ -114,7 +117,20 @@ def measure(args: list[str], env: dict[str, str], limit: int, log: Path) -> Meas
             time.sleep(0.05)
         child.wait()
     seconds = time.perf_counter() - started
-    return Measured(seconds, sum(cpu.values()), peak, killed, child.returncode)
+    error = first_error(log, since) if child.returncode else ""
+    return Measured(seconds, sum(cpu.values()), peak, killed, child.returncode, error)
+
+
+def first_error(log: Path, since: int) -> str:
+    """The first line naming an error or exception that a stage wrote to ``log`` after byte
+    ``since`` (the cause, before what it broke), since the log lives in the run's temporary
+    folder, gone when the run ends."""
+    with log.open(errors="replace") as lines:
+        lines.seek(since)
+        for line in lines:
+            if re.search(r"\w(Error|Exception): ", line):
+                return line.strip()[:300]
+    return ""
 
 
 def run_stage(name: str, work: Path) -> None:
