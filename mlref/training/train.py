@@ -33,6 +33,7 @@ from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
+from mlref import storage
 from mlref.console import console, progress
 from mlref.features.transform import FeatureSpec, transform
 from mlref.settings import TrainSettings
@@ -324,9 +325,12 @@ class _Streamed:
                 with np.load(path) as arrays:
                     return Tensors(*(torch.from_numpy(arrays[f]) for f in TENSOR_FIELDS))
             split = encode(sets.inputs(self.shards[i], columns), spec)
-            staging = path.with_name(f".{path.name}")  # a failed write leaves no shard behind
-            np.savez(staging, **{f: getattr(split, f).numpy() for f in TENSOR_FIELDS})
-            staging.replace(path)
+
+            def write(staging: Path) -> None:  # a failed write leaves no shard behind
+                with staging.open("wb") as out:
+                    np.savez(out, **{f: getattr(split, f).numpy() for f in TENSOR_FIELDS})
+
+            storage.write_atomically(str(path), write)
             return split
 
         def load(i: int, epoch: int) -> Tensors:
