@@ -15,7 +15,9 @@ CPU time (resident / streamed, all threads of the process: less load-dependent t
 though threads spin-waiting for a descheduled peer inflate it under load); and each run's test
 AUC and logloss. Before the pairs, ``--read-rounds`` rounds time (CPU) what streaming adds to
 every epoch, reading and encoding the train shards: a whole-shard read against the columns
-training encodes (what the streamed path reads), in turn.
+training encodes (what the streamed path reads), in turn. Then ``--host-rounds`` rounds time the
+loader alone (no model) from the encoded-shard cache: the host's share of streaming on CUDA
+(reading and joining each buffer) against the whole CPU loader, in rows per CPU second.
 
 Run from the repo root: ``python bench/streaming.py --work /tmp/mlref-streaming`` (10 days of
 100,000 rows, 3 pairs).
@@ -64,6 +66,49 @@ def read_cpu(sets, spec, columns: list[str] | None) -> float:
     return time.process_time() - started
 
 
+def loader_cpu(split, batch_size: int, host_share: bool) -> float:
+    """CPU seconds (all threads) of one epoch of the streamed loader over ``split``'s cached
+    tensors, with no model: on the CPU the whole loader (reading, joining, permuting, cutting
+    batches); with ``host_share`` only what the host does per row on CUDA (reading and joining
+    each buffer, :meth:`ShardBatches.buffers`), after which the GPU permutes the buffer."""
+    import torch
+
+    from mlref.training.loader import ShardBatches
+
+    def load(i: int):
+        tensors = split.load(i, 1)
+        return tensors.cat, tensors.num, tensors.labels
+
+    batches = ShardBatches(load, split.shard_rows, batch_size, torch.device("cpu"), seed=0)
+    started = time.process_time()
+    for _ in batches.buffers() if host_share else batches:
+        pass
+    return time.process_time() - started
+
+
+def host_share(sets, spec, rounds: int) -> None:
+    """The loader alone, from the encoded-shard cache, in alternating rounds: rows per CPU
+    second of the host's share on CUDA and of the whole CPU loader, and their ratio."""
+    import tempfile
+
+    from mlref.training.train import StreamedSplit
+
+    with tempfile.TemporaryDirectory(prefix="mlref-cache-") as cache:
+        split = StreamedSplit(sets, "train", spec, prefetch=2, cache=Path(cache))
+        split.input_stats()  # the statistics pass, which fills the cache
+        cuda, cpu = [], []
+        for _ in range(rounds):
+            cuda.append(split.rows / loader_cpu(split, 65_536, host_share=True))
+            cpu.append(split.rows / loader_cpu(split, 65_536, host_share=False))
+    print(
+        f"the streamed loader alone, from the cache, {rounds} rounds, rows per CPU second, "
+        f"median (min-max): the host's share on CUDA (read + join) "
+        f"{statistics.median(cuda) / 1e6:.1f}M ({min(cuda) / 1e6:.1f}M-{max(cuda) / 1e6:.1f}M), "
+        f"the whole loader on the CPU {statistics.median(cpu) / 1e6:.1f}M; ratio "
+        f"{spread([a / b for a, b in zip(cuda, cpu, strict=True)])}\n"
+    )
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
@@ -77,6 +122,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--host-memory-mib", type=int, default=256)
     parser.add_argument("--read-rounds", type=int, default=3)
+    parser.add_argument("--host-rounds", type=int, default=3)
     options = parser.parse_args()
     sets_dir = build(options.work, options.days, options.rows_per_day)
 
@@ -109,6 +155,10 @@ def main() -> None:
             f"reading + encoding the train shards, CPU of a whole-shard read / the columns "
             f"encoded, {options.read_rounds} rounds: {spread(reads)}\n"
         )
+    if options.host_rounds:
+        host_share(sets, spec, options.host_rounds)
+    if not options.pairs:
+        return
     print(
         "| pair | samples/s | whole train(), speed | whole train(), CPU | load average | "
         "resident AUC, logloss | streamed AUC, logloss |"

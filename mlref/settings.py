@@ -206,7 +206,10 @@ class TrainSettings(Section):
         4, ge=1, description="Streamed training: shards whose rows are shuffled together."
     )
     prefetch_shards: int = Field(
-        2, ge=1, description="Streamed training: shards a background thread reads ahead."
+        2,
+        ge=1,
+        description="Streamed reads in shard order (the statistics pass, evaluation): shards "
+        "a background thread reads ahead. Training reads a shuffle buffer ahead.",
     )
     cache_encoded: bool = Field(
         True,

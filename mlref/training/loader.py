@@ -158,18 +158,20 @@ class ShardBatches:
     memory; the same interface as :class:`Batches` (``rows``, ``device``, ``resident``).
 
     ``load(i)`` returns shard ``i`` as tensors (rows first). Each epoch the shard order is a
-    fresh permutation; a background thread reads up to ``prefetch`` shards ahead; rows are
-    shuffled within a buffer of ``buffer_shards`` shards and cut into batches, the remainder
-    (under a batch) carried into the next buffer. Every row is seen exactly once per epoch.
-    ``load`` may read ``epoch`` (the epoch being read, from 1) to return other rows each epoch
-    (a fresh sample of negatives); ``rows`` is then the last epoch's count.
+    fresh permutation, cut into buffers of ``buffer_shards`` shards. A background thread reads
+    each buffer's shards and joins them into one set of tensors (pinned, on CUDA), a buffer
+    ahead of training; the training thread only moves a joined buffer to the device, permutes
+    its rows there and cuts it into batches. The remainder (under a batch) opens the next
+    buffer's first batch, so every row is seen exactly once per epoch. ``load`` may read
+    ``epoch`` (the epoch being read, from 1) to return other rows each epoch (a fresh sample of
+    negatives); ``rows`` is then the last epoch's count.
 
     Randomness, against a full permutation: the order of shards and the order of rows within a
-    buffer are uniform, but a batch only mixes rows of the shards of one buffer (plus a
-    carried remainder); with day-ordered shards a batch spans ``buffer_shards`` random days,
-    not the whole range. Host memory holds a buffer of ``buffer_shards`` shards (three copies
-    of it for a moment, while it is joined and permuted) and ``prefetch + 1`` shards read ahead,
-    whatever the set's size.
+    buffer are uniform, but a batch only mixes rows of the shards of one buffer (the first
+    batch also the previous buffer's remainder); with day-ordered shards a batch spans
+    ``buffer_shards`` random days, not the whole range. Host memory holds the buffer being
+    trained on (and its permuted copy, on the CPU), one joined buffer ready and one being read
+    (its shards, then their join): five buffers' rows at most, whatever the set's size.
     """
 
     resident = False
@@ -182,52 +184,74 @@ class ShardBatches:
         device: torch.device,
         seed: int,
         buffer_shards: int = 4,
-        prefetch: int = 2,
     ) -> None:
         self.load, self.shard_rows = load, list(shard_rows)
         self.rows, self.batch_size, self.device = sum(self.shard_rows), batch_size, device
-        self.buffer_shards, self.prefetch = buffer_shards, prefetch
+        self.buffer_shards = buffer_shards
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0
-        self.taken = 0  # shards taken from the read-ahead queue (tests check the bound)
-        self.max_buffered_rows = 0  # most rows held in a buffer at once
+        self.taken = 0  # shards whose buffer training has taken (tests check the read-ahead)
+        self.max_buffered_rows = 0  # most rows joined in a buffer
 
     def __len__(self) -> int:
         return math.ceil(self.rows / self.batch_size)  # only an epoch's last batch is partial
 
-    def _shuffled(self, parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-        """The buffer's rows as one permuted set of tensors, moved to the device once. On
-        CUDA the rows are permuted there, after one pinned copy in order: a random gather is
-        the host's costliest step per row, and the GPU's is nearly free."""
-        columns = [torch.cat(column) for column in zip(*parts, strict=True)]
-        self.max_buffered_rows = max(self.max_buffered_rows, len(columns[0]))
-        order = torch.randperm(len(columns[0]), generator=self.generator)
-        if self.device.type == "cuda":
-            columns = [c.pin_memory().to(self.device, non_blocking=True) for c in columns]
-            order = order.to(self.device, non_blocking=True)
-        return tuple(column.index_select(0, order) for column in columns)
+    def _join(self, group: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """The shards of ``group`` as one set of tensors, in order, made on the background
+        thread: on CUDA straight into pinned memory, so the copy to the device is one
+        asynchronous transfer and the training thread copies nothing on the host."""
+        parts = [self.load(i) for i in group]
+        joined = []
+        for column in zip(*parts, strict=True):
+            rows, first = sum(len(part) for part in column), column[0]
+            out = torch.empty(
+                (rows, *first.shape[1:]),
+                dtype=first.dtype,
+                pin_memory=self.device.type == "cuda",
+            )
+            joined.append(torch.cat(column, out=out))
+        self.max_buffered_rows = max(self.max_buffered_rows, len(joined[0]))
+        return tuple(joined)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def buffers(self) -> Iterator[tuple[Sequence[int], tuple[torch.Tensor, ...]]]:
+        """The next epoch's buffers as the background thread joins them, with the shards of
+        each: the host's whole share of streaming on CUDA (a benchmark times it alone)."""
         self.epoch += 1
         order = torch.randperm(len(self.shard_rows), generator=self.generator).tolist()
-        buffer: list[tuple[torch.Tensor, ...]] = []
+        groups = [
+            order[k : k + self.buffer_shards] for k in range(0, len(order), self.buffer_shards)
+        ]
+        return zip(groups, Prefetched(self._join, groups, 1), strict=True)
+
+    def _shuffled(self, buffer: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The buffer's rows permuted on the device. On CUDA the buffer crosses in order and
+        is permuted there: a random gather is the host's costliest step per row, and the GPU's
+        is nearly free."""
+        order = torch.randperm(len(buffer[0]), generator=self.generator)
+        if self.device.type == "cuda":
+            buffer = tuple(c.to(self.device, non_blocking=True) for c in buffer)
+            order = order.to(self.device, non_blocking=True)
+        return tuple(column.index_select(0, order) for column in buffer)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         carry: tuple[torch.Tensor, ...] | None = None
         read = 0
-        for shard in Prefetched(self.load, order, self.prefetch):
-            self.taken += 1
-            read += len(shard[0])
-            buffer.append(shard)
-            if len(buffer) < self.buffer_shards:
-                continue
-            rows = self._shuffled(buffer if carry is None else [carry, *buffer])
-            buffer = []
+        for group, buffer in self.buffers():
+            self.taken += len(group)
+            read += len(buffer[0])
+            rows = self._shuffled(buffer)
+            if carry is not None:  # the last buffer's remainder opens this one's first batch
+                need = self.batch_size - len(carry[0])
+                carry = tuple(torch.cat([c, t[:need]]) for c, t in zip(carry, rows, strict=True))
+                rows = tuple(t[need:] for t in rows)
+                if len(carry[0]) < self.batch_size:  # a buffer smaller than the gap
+                    continue
+                yield carry
             whole = len(rows[0]) - len(rows[0]) % self.batch_size
             for start in range(0, whole, self.batch_size):
                 yield tuple(t[start : start + self.batch_size] for t in rows)
-            carry = tuple(t[whole:].cpu() for t in rows) if whole < len(rows[0]) else None
+            # A copy, so that the buffer's memory is freed before the next one arrives.
+            carry = tuple(t[whole:].clone() for t in rows) if whole < len(rows[0]) else None
         self.rows = read
-        rest = buffer if carry is None else [carry, *buffer]
-        if rest:
-            rows = self._shuffled(rest)
-            for start in range(0, len(rows[0]), self.batch_size):
-                yield tuple(t[start : start + self.batch_size] for t in rows)
+        if carry is not None:
+            yield carry

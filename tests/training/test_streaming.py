@@ -54,7 +54,6 @@ def test_shard_batches_cover_every_row_once_per_epoch_with_a_bounded_buffer():
         torch.device("cpu"),
         seed=5,
         buffer_shards=3,
-        prefetch=2,
     )
     holder.append(batches)
     epochs = [list(batches) for _ in range(2)]
@@ -68,10 +67,18 @@ def test_shard_batches_cover_every_row_once_per_epoch_with_a_bounded_buffer():
     assert not torch.equal(first, second)  # a new shard order and shuffle each epoch
     # Rows are mixed across shards, not read in shard order.
     assert not torch.equal(first[:BATCH].sort().values, first[:BATCH])
-    # Host memory: a buffer holds at most 3 shards plus a carried remainder under one batch,
-    # and the reader never runs more than prefetch + 1 shards ahead of those taken.
-    assert batches.max_buffered_rows <= sum(sorted(SHARD_ROWS)[-3:]) + BATCH - 1
-    assert max(ahead) <= 2 + 1
+    # Host memory: a buffer joins at most 3 shards, and the reader never runs more than a
+    # buffer ready and one being read ahead of the buffers taken: 3 + 2 shards before a load.
+    assert batches.max_buffered_rows <= sum(sorted(SHARD_ROWS)[-3:])
+    assert max(ahead) <= 3 + 2
+    # The host's share on CUDA alone: each buffer is its 3 shards joined, in the group's order.
+    starts = np.cumsum([0, *SHARD_ROWS])
+    groups = list(batches.buffers())
+    assert sorted(i for group, _ in groups for i in group) == list(range(len(SHARD_ROWS)))
+    for group, (rows, labels) in groups:
+        assert len(group) <= 3
+        assert torch.equal(rows, torch.cat([torch.arange(starts[i], starts[i + 1]) for i in group]))
+        assert torch.equal(labels, (rows % 3 == 0).float())
 
 
 def test_shard_batches_are_reproducible_and_surface_read_errors():
