@@ -56,7 +56,9 @@ def session(settings: Settings, **conf: str) -> SparkSession:
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
-        "spark.ui.showConsoleProgress": "false",
+        # Spark's own progress bar (stage, tasks done + running / total), as spark-shell
+        # shows it, when someone watches a terminal; in a pod's log its redraws are noise.
+        "spark.ui.showConsoleProgress": str(sys.stderr.isatty()).lower(),
         # No web UI: nobody watches a data step's session, and the UI's server and listeners
         # cost start-up time and memory (engine.spark_conf can turn it on).
         "spark.ui.enabled": "false",
