@@ -169,8 +169,10 @@ def _publish(output: str, day: str, table: pa.Table) -> None:
 
 def _predict_on_spark(
     settings: Settings, model_path: Path, days: list[str], report: BatchReport
-) -> list[tuple[str, tuple[int, int]]]:
-    """Each day scored and published by one Spark task; no row reaches this process."""
+) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each day scored and published by one Spark task, a job per group of days (as
+    :func:`joined_by_day` joins them): (day, (rows, rows without features)) as each group's
+    job ends. No row reaches this process."""
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
@@ -197,8 +199,14 @@ def _predict_on_spark(
             yield pa.RecordBatch.from_pylist([line], schema=DAYS)
 
     try:
-        with joined_by_day(settings, files, len(days)) as joined:
-            lines = joined.mapInArrow(score, sparks.spark_schema(DAYS)).toArrow().to_pylist()
+        with joined_by_day(settings, files) as groups:
+            for group, joined in groups:
+                lines = joined.mapInArrow(score, sparks.spark_schema(DAYS)).toArrow().to_pylist()
+                for day in group:  # what a killed task left: readers skip it, a rerun would not
+                    fs, folder = storage.filesystem(partition_uri(output, day).rsplit("/", 1)[0])
+                    for scratch in fs.glob(f"{folder}/.{PART}.*.staging"):
+                        fs.rm(scratch)
+                yield from sorted((line["day"], (line["rows"], line["dropped"])) for line in lines)
     except (Py4JJavaError, PySparkException) as e:
         raise BatchPredictionFailed(
             f"{output}: Spark job failed after its retries: {sparks.failure_cause(e)}; each "
@@ -206,11 +214,6 @@ def _predict_on_spark(
         ) from e
     finally:
         model_file.destroy()
-    for day in days:  # what a killed task left: readers skip it, a rerun would not
-        fs, folder = storage.filesystem(partition_uri(output, day).rsplit("/", 1)[0])
-        for scratch in fs.glob(f"{folder}/.{PART}.*.staging"):
-            fs.rm(scratch)
-    return sorted((line["day"], (line["rows"], line["dropped"])) for line in lines)
 
 
 DAYS = pa.schema([("day", pa.string()), ("rows", pa.int64()), ("dropped", pa.int64())])

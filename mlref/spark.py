@@ -83,13 +83,20 @@ def session(settings: Settings, **conf: str) -> SparkSession:
 
 
 def failure_cause(error: Exception) -> str:
-    """The first Python error in a Spark failure's text, else a crashed worker, else its
-    first line."""
+    """The first Python error in a Spark failure's text, else a JVM out of memory (with the
+    setting that fixes it), else a crashed worker, else its first line."""
     text = str(error)
     # A traceback's last line: the first unindented line after its frames (ArrowInvalid too).
     last = re.search(r"^Traceback \(most recent call last\):\n(?:[ \t].*\n)+(\S.*)$", text, re.M)
     if last:
         return last[1]
+    if "java.lang.OutOfMemoryError" in text:
+        return (
+            "a Spark JVM ran out of memory (java.lang.OutOfMemoryError): give it more in "
+            'engine.spark_conf, e.g. MLREF_ENGINE__SPARK_CONF=\'{"spark.driver.memory": "4g"}\' '
+            "with a local[N] master (its tasks run in the driver), spark.executor.memory on a "
+            "cluster"
+        )
     python = re.findall(r"^(?!org\.|java\.|py4j\.)([\w.]*(?:Error|Exception): .+)$", text, re.M)
     if python:
         return python[0]

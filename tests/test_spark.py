@@ -72,3 +72,21 @@ def test_a_terminal_gets_sparks_progress_bar_and_a_log_does_not(spark) -> None:
     text = shown.decode(errors="replace")
     assert "counted 4" in text, text[-2000:]
     assert re.search(r"\[Stage 0:=*>? *\(\d+ \+ \d+\) / 2\]", text), text[-2000:]
+
+
+def test_a_jvm_out_of_memory_names_the_setting_that_fixes_it() -> None:
+    """Spark's text for a task that ran the JVM's heap out (a local[2] run's, abridged)."""
+    from mlref.spark import failure_cause
+
+    text = (
+        "An error occurred while calling o1199.getResult.\n"
+        ": org.apache.spark.SparkException: Exception thrown in awaitResult: \n"
+        "\tat org.apache.spark.util.SparkThreadUtils$.awaitResult(SparkThreadUtils.scala:56)\n"
+        "Caused by: org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 "
+        "in stage 2087.0 failed 1 times, most recent failure: Lost task 0.0 in stage 2087.0 "
+        "(TID 2851) (192.0.2.2 executor driver): java.lang.OutOfMemoryError: Java heap space\n"
+        "Caused by: java.lang.OutOfMemoryError: Java heap space\n"
+    )
+    cause = failure_cause(RuntimeError(text))
+    assert "java.lang.OutOfMemoryError" in cause
+    assert "spark.driver.memory" in cause and "spark.executor.memory" in cause

@@ -16,7 +16,6 @@ rewrites its shards whole; the manifest is written last.
 from __future__ import annotations
 
 import contextlib
-import functools
 import posixpath
 import shutil
 import uuid
@@ -32,6 +31,7 @@ import pyarrow.parquet as pq
 
 from mlref import spark as sparks
 from mlref import storage
+from mlref.console import progress
 from mlref.features.counts import TABLES
 from mlref.features.transform import REQUEST_COLUMNS, STAT_COLUMNS, FeatureSpec, fill_defaults
 from mlref.schema import DATE_COLUMN, RAW_SCHEMA, TIMESTAMP
@@ -152,8 +152,14 @@ def _write(
                     number += 1
         yield from _flush(writer, split_of, day, number, pending, spec, columns)
 
-    with joined_by_day(settings, files, len(split_of)) as ordered:
-        lines = ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
+    lines = []
+    with joined_by_day(settings, files) as groups, progress() as bar:
+        task = bar.add_task("training set", total=len(split_of))
+        for days_joined, ordered in groups:
+            lines += (
+                ordered.mapInArrow(write, sparks.spark_schema(SHARD_SCHEMA)).toArrow().to_pylist()
+            )
+            bar.advance(task, len(days_joined))
     written = Written()
     for line in sorted(lines, key=lambda r: (SPLITS.index(r["split"]), r["path"])):
         split = line["split"]
@@ -170,21 +176,26 @@ def _write(
 
 @contextlib.contextmanager
 def joined_by_day(
-    settings: Settings, files: list[tuple[str, str]], partitions: int
-) -> Iterator[DataFrame]:
+    settings: Settings, files: list[tuple[str, str]]
+) -> Iterator[Iterator[tuple[list[str], DataFrame]]]:
     """The curated rows of ``files`` ((path, day), in the local engine's reading order), each
-    joined by Feast's Spark offline store with the stats valid at its time: a DataFrame of
-    JOINED_SCHEMA's columns and ``LOST`` (the rows the local engine counts as dropped), in
-    ``partitions`` partitions by day, each day's rows together in the local engine's order
-    (time, then file and row). The executors read the files; no row reaches this process.
+    joined by Feast's Spark offline store with the stats valid at its time, ``JOIN_DAYS`` days
+    at a time (:func:`day_groups`): an iterator of (the group's days, a DataFrame of
+    JOINED_SCHEMA's columns and ``LOST``, the rows the local engine counts as dropped), one
+    partition a day, each day's rows together in the local engine's order (time, then file and
+    row). The executors read the files; no row reaches this process.
 
-    Feast joins ``JOIN_DAYS`` days at a time (:func:`day_groups`): its query joins each row
-    with every snapshot of its key between the first row's time less the TTL and the last
-    row's, before it keeps the one valid at the row's time, so one join of the whole range
-    would cost rows x days of history; a group's costs rows x (``JOIN_DAYS`` + the TTL's
-    days). Feast reads its entity DataFrame three times (the first and last event times, then
-    the join), so each group's rows are kept on the executors' disks until the caller's job is
-    done, instead of each file being read and converted three times."""
+    The caller runs each group's job before it asks for the next. The driver tracks a running
+    query's whole plan and the metrics of every stage it has run until the query ends, so a
+    union of the range's groups in one query grew with the days: at 160 days of 100,000 rows
+    it ran the driver's 1 GiB heap out. A group at a time, it holds one group's.
+
+    Feast's query joins each row with every snapshot of its key between the first row's time
+    less the TTL and the last row's, before it keeps the one valid at the row's time, so one
+    join of the whole range would cost rows x days of history; a group's costs rows x
+    (``JOIN_DAYS`` + the TTL's days). Feast reads its entity DataFrame three times (the first
+    and last event times, then the join), so a group's rows are kept on the executors' disks
+    until its job is done, instead of each file being read and converted three times."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -217,37 +228,49 @@ def joined_by_day(
 
         return read
 
-    groups = []
+    kept: list[DataFrame] = []  # persisted on the executors' disks, dropped on the way out
     try:
         feast = store.checked_store(settings)
+        known = {}  # per view: the keys with snapshots, which every group's lost rows read
         refs = [f"{table.name}:{name}" for table in TABLES for name in table.columns]
-        parts = []
-        for indices in day_groups(files, JOIN_DAYS):
-            entities = sparks.tasks(spark, len(indices)).mapInArrow(
-                reader(indices), sparks.spark_schema(ENTITY_SCHEMA)
-            )
-            groups.append(entities.persist(StorageLevel.DISK_ONLY))
-            job = feast.get_historical_features(entity_df=groups[-1], features=refs)
-            parts.append(job.to_spark_df())
-        joined = functools.reduce(lambda a, b: a.unionByName(b), parts)
-        lost = F.lit(False)
         for table in TABLES:
-            # The local engine's count (mlref.features.store.historical_features): rows of an
-            # entity that has snapshots, none valid at the row's time.
             source = feast.get_feature_view(table.name).batch_source.get_table_query_string()
-            known = f"_mlref_known_{table.key}"
-            keys = spark.sql(f"SELECT DISTINCT {table.key}, true AS {known} FROM {source}")
-            joined = joined.join(keys, on=table.key, how="left")
-            lost = lost | (F.col(table.columns[0]).isNull() & F.col(known).isNotNull())
-        yield (
-            joined.withColumn(LOST, lost)
-            .repartition(max(partitions, 1), DATE_COLUMN)
-            .sortWithinPartitions(DATE_COLUMN, TIMESTAMP, FILE, ROW)
-            .select(*JOINED_SCHEMA.names, LOST)
-        )
+            flag = f"_mlref_known_{table.key}"
+            keys = spark.sql(f"SELECT DISTINCT {table.key}, true AS {flag} FROM {source}")
+            known[table] = (flag, keys.persist(StorageLevel.DISK_ONLY))
+            kept.append(keys)
+
+        def groups() -> Iterator[tuple[list[str], DataFrame]]:
+            for indices in day_groups(files, JOIN_DAYS):
+                entities = sparks.tasks(spark, len(indices)).mapInArrow(
+                    reader(indices), sparks.spark_schema(ENTITY_SCHEMA)
+                )
+                kept.append(entities.persist(StorageLevel.DISK_ONLY))
+                joined = feast.get_historical_features(entity_df=entities, features=refs)
+                joined = joined.to_spark_df()
+                lost = F.lit(False)
+                for table, (flag, keys) in known.items():
+                    # The local engine's count (mlref.features.store.historical_features): rows
+                    # of an entity that has snapshots, none valid at the row's time.
+                    joined = joined.join(keys, on=table.key, how="left")
+                    lost = lost | (F.col(table.columns[0]).isNull() & F.col(flag).isNotNull())
+                days = sorted({files[i][1] for i in indices})
+                yield (
+                    days,
+                    (
+                        joined.withColumn(LOST, lost)
+                        .repartition(len(days), DATE_COLUMN)
+                        .sortWithinPartitions(DATE_COLUMN, TIMESTAMP, FILE, ROW)
+                        .select(*JOINED_SCHEMA.names, LOST)
+                    ),
+                )
+                kept.remove(entities)
+                entities.unpersist()
+
+        yield groups()
     finally:
-        for entities in groups:
-            entities.unpersist()
+        for frame in kept:
+            frame.unpersist()
 
 
 def day_groups(files: list[tuple[str, str]], days: int) -> list[list[int]]:

@@ -16,6 +16,7 @@ from mlref.data.generate import generate
 from mlref.data.ingest import ingest
 from mlref.features import store
 from mlref.features.compute import compute_tables
+from mlref.schema import DATE_COLUMN
 from mlref.settings import EngineSettings, Settings
 from mlref.training import dataset, dataset_spark, shards
 from mlref.training.dataset_spark import TrainingSetFailed
@@ -67,6 +68,13 @@ def test_spark_builds_the_local_engines_training_set(
     for split in shards.SPLITS:
         pd.testing.assert_frame_equal(frames[split], expected[split])
     assert not list((tmp_path / "spark").glob(".*"))  # no staging left
+    # A query per group of days, not one over the range: each holds its own days' rows only.
+    with dataset_spark.joined_by_day(on, files) as groups:
+        seen = [
+            (days, sorted(row[0] for row in joined.select(DATE_COLUMN).distinct().collect()))
+            for days, joined in groups
+        ]
+    assert seen == [([day], [day]) for day in sorted({day for _, day in files})]
 
 
 def test_spark_materializes_the_local_engines_online_rows(features: Settings, spark):
