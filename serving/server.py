@@ -325,15 +325,15 @@ def run_transformer(
     from mlref.serving.transformer import CtrTransformer
 
     inference_log = open_log(settings)
-    model = CtrTransformer(
-        settings.model_name,
-        settings,
-        OnlineFeatureLookup(settings, cache_rows=settings.serving.feature_cache_rows),
-        predictor_url,
-        inference_log,
-        host_header,
-    )
-    try:
+    try:  # the log's threads stop too when the predictor never answers
+        model = CtrTransformer(
+            settings.model_name,
+            settings,
+            OnlineFeatureLookup(settings, cache_rows=settings.serving.feature_cache_rows),
+            predictor_url,
+            inference_log,
+            host_header,
+        )
         serve([model], host, port, "transformer", model.default_labels, use_uvloop=True)
     finally:
         inference_log.close()
