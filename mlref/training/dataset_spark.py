@@ -181,8 +181,9 @@ def joined_by_day(
     """The curated rows of ``files`` ((path, day), in the local engine's reading order), each
     joined by Feast's Spark offline store with the stats valid at its time, ``JOIN_DAYS`` days
     at a time (:func:`day_groups`): an iterator of (the group's days, a DataFrame of
-    JOINED_SCHEMA's columns and ``LOST``, the rows the local engine counts as dropped), one
-    partition a day, each day's rows together in the local engine's order (time, then file and
+    JOINED_SCHEMA's columns and ``LOST``, the rows the local engine counts as dropped), in as
+    many partitions as the group has days, hashed by day (a day is never split, two may share
+    a partition), each day's rows together in the local engine's order (time, then file and
     row). The executors read the files; no row reaches this process.
 
     The caller runs each group's job before it asks for the next. The driver tracks a running
